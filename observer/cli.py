@@ -1,0 +1,232 @@
+"""Command line: `observer migrate | check | run | sessions | simulate`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import sys
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from dotenv import dotenv_values
+
+if TYPE_CHECKING:
+    import aiohttp
+
+from observer import __version__, logs
+from observer.config import ConfigError, Settings
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+class UsageError(Exception):
+    """Bad input on the command line; exit 2."""
+
+
+def read_env(env_file: str | None) -> dict[str, str]:
+    """The environment over the `.env` file: real environment variables win."""
+    path = Path(env_file or ".env")
+    if env_file and not path.is_file():
+        raise UsageError(f"env file not found: {env_file}")
+    values = (
+        {k: v for k, v in dotenv_values(path).items() if v is not None} if path.is_file() else {}
+    )
+    return {**values, **os.environ}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="observer",
+        description="Record how long AI agents stay in LiveKit rooms, as rows in SQL.",
+    )
+    p.add_argument("--version", action="version", version=f"observer {__version__}")
+    p.add_argument("--env-file", help="read settings from this file instead of ./.env")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    sub.add_parser("migrate", help="create or upgrade the database schema (safe to repeat)")
+    sub.add_parser("check", help="check that LiveKit and the database are reachable")
+    sub.add_parser("run", help="watch rooms and record sessions until SIGTERM/SIGINT")
+
+    s = sub.add_parser("sessions", help="list recorded sessions")
+    s.add_argument("--room")
+    s.add_argument("--identity")
+    s.add_argument("--agent-name")
+    s.add_argument("--kind")
+    s.add_argument("--since", help="ISO 8601 date/time, or relative: 30m, 24h, 7d")
+    s.add_argument("--until", help="ISO 8601 date/time, or relative: 30m, 24h, 7d")
+    state = s.add_mutually_exclusive_group()
+    state.add_argument("--open", action="store_const", dest="state", const="open")
+    state.add_argument("--closed", action="store_const", dest="state", const="closed")
+    s.add_argument("--limit", type=int, default=100)
+    s.add_argument("--format", choices=("table", "json", "csv"), default="table")
+
+    sim = sub.add_parser("simulate", help="send simulated agents into rooms")
+    sim.add_argument("--rooms", type=int, default=2)
+    sim.add_argument("--agents", type=int, default=1, help="agents per room")
+    sim.add_argument("--users", type=int, default=1, help="non-agent participants per room")
+    sim.add_argument("--duration", type=float, default=20.0, help="seconds each agent stays")
+    sim.add_argument("--room-prefix", default="sim")
+    sim.add_argument("--no-audio", action="store_true", help="agents do not publish audio")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        env = read_env(args.env_file)
+        need_lk = args.command in ("check", "run", "simulate")
+        settings = Settings.from_mapping(env, need_livekit=need_lk)
+        logs.setup(settings.log_level, settings.log_format)
+        return dispatch(args, settings)
+    except ConfigError as exc:
+        print(f"observer: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except UsageError as exc:
+        print(f"observer: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:  # one clear line; details only at debug level
+        from sqlalchemy.exc import SQLAlchemyError
+
+        if isinstance(exc, SQLAlchemyError):
+            msg = f"database error: {type(exc).__name__}: {str(exc).splitlines()[0]}"
+        else:
+            msg = f"{type(exc).__name__}: {exc}"
+        print(f"observer: {msg}", file=sys.stderr)
+        return EXIT_USAGE if args.command in ("migrate", "sessions") else EXIT_FAILED
+
+
+def dispatch(args: argparse.Namespace, settings: Settings) -> int:
+    if args.command == "migrate":
+        return cmd_migrate(settings)
+    if args.command == "check":
+        return asyncio.run(cmd_check(settings))
+    if args.command == "run":
+        return cmd_run(settings)
+    if args.command == "sessions":
+        return cmd_sessions(settings, args)
+    if args.command == "simulate":
+        from observer import simulate
+
+        return asyncio.run(simulate.run(settings.require_livekit(), args))
+    raise UsageError(f"unknown command {args.command}")
+
+
+def cmd_migrate(settings: Settings) -> int:
+    from observer import migrate
+
+    migrate.upgrade(settings.database_url)
+    print(f"database at head revision {migrate.head_revision()}: {settings.database_url_safe}")
+    return EXIT_OK
+
+
+async def cmd_check(settings: Settings) -> int:
+    from livekit import api
+
+    from observer.store import Store
+
+    lk = settings.require_livekit()
+    ok = True
+    lkapi = api.LiveKitAPI(lk.http_url, lk.api_key, lk.api_secret, timeout=_timeout(5))
+    try:
+        resp = await lkapi.room.list_rooms(api.ListRoomsRequest())
+        print(f"livekit: ok ({len(resp.rooms)} rooms) at {lk.http_url}")
+    except api.TwirpError as exc:
+        ok = False
+        hint = " (check LIVEKIT_API_KEY / LIVEKIT_API_SECRET)" if exc.status in (401, 403) else ""
+        print(f"livekit: FAILED at {lk.http_url}: {exc.code}: {exc.message}{hint}")
+    except Exception as exc:
+        ok = False
+        print(f"livekit: FAILED at {lk.http_url}: unreachable ({type(exc).__name__}: {exc})")
+    finally:
+        await lkapi.aclose()
+
+    store = Store(settings.database_url)
+    try:
+        await asyncio.to_thread(store.ping)
+        current = await asyncio.to_thread(store.schema_is_current)
+        if current:
+            print(f"database: ok at {settings.database_url_safe}")
+        else:
+            ok = False
+            print(
+                f"database: reachable but schema is not current; run `observer migrate`"
+                f" ({settings.database_url_safe})"
+            )
+    except Exception as exc:
+        ok = False
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        print(f"database: FAILED at {settings.database_url_safe}: {first}")
+    finally:
+        store.close()
+    return EXIT_OK if ok else EXIT_FAILED
+
+
+def _timeout(total_s: float) -> aiohttp.ClientTimeout:
+    import aiohttp
+
+    return aiohttp.ClientTimeout(total=total_s)
+
+
+def cmd_run(settings: Settings) -> int:
+    from observer.service import Observer, run_forever
+
+    def install(obs: Observer) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, obs.stop)
+
+    return run_forever(settings, install)
+
+
+def parse_time(raw: str, *, now: datetime | None = None) -> datetime:
+    """ISO 8601 date or time (UTC unless it says otherwise), or `30m`, `24h`, `7d` ago."""
+    now = now or datetime.now(UTC)
+    units = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+    text = raw.strip()
+    if len(text) >= 2 and text[-1] in units and text[:-1].isdigit():
+        return now - timedelta(**{units[text[-1]]: int(text[:-1])})
+    try:
+        value = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise UsageError(f"not an ISO 8601 time or a relative time like 24h: {raw!r}") from None
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def cmd_sessions(settings: Settings, args: argparse.Namespace) -> int:
+    from observer import report
+    from observer.store import SessionFilter, Store
+
+    since = parse_time(args.since) if args.since else None
+    until = parse_time(args.until) if args.until else None
+    if since and until and since > until:
+        raise UsageError("--since is after --until")
+    if args.limit is not None and args.limit < 1:
+        raise UsageError("--limit must be at least 1")
+    f = SessionFilter(
+        room=args.room,
+        identity=args.identity,
+        agent_name=args.agent_name,
+        kind=args.kind,
+        since=since,
+        until=until,
+        state=args.state,
+        limit=args.limit,
+    )
+    store = Store(settings.database_url)
+    try:
+        rows = store.sessions(f)
+    finally:
+        store.close()
+    sys.stdout.write(report.render_sessions(rows, args.format))
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

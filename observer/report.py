@@ -1,0 +1,87 @@
+"""Rendering session rows as a table, CSV or JSON."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from observer.store import SessionRow
+
+COLUMNS = (
+    "id",
+    "room_name",
+    "room_sid",
+    "participant_sid",
+    "participant_identity",
+    "participant_name",
+    "participant_kind",
+    "agent_name",
+    "joined_at",
+    "left_at",
+    "duration_ms",
+    "disconnect_reason",
+    "end_source",
+    "end_uncertainty_ms",
+    "last_seen_at",
+    "observer_id",
+)
+
+
+def _iso(v: datetime | None) -> str | None:
+    return v.isoformat(timespec="milliseconds").replace("+00:00", "Z") if v else None
+
+
+def row_dict(r: SessionRow) -> dict[str, Any]:
+    d: dict[str, Any] = {c: getattr(r, c) for c in COLUMNS}
+    for c in ("joined_at", "left_at", "last_seen_at"):
+        d[c] = _iso(d[c])
+    d["attributes"] = dict(r.attributes or {})
+    return d
+
+
+def human_duration(ms: int | None) -> str:
+    if ms is None:
+        return "open"
+    s = ms / 1000
+    if s < 60:
+        return f"{s:.1f}s"
+    m, s = divmod(round(s), 60)
+    h, m = divmod(m, 60)
+    return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"
+
+
+def render_sessions(rows: Sequence[SessionRow], fmt: str) -> str:
+    if fmt == "json":
+        return json.dumps([row_dict(r) for r in rows], indent=2) + "\n"
+    if fmt == "csv":
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=COLUMNS, extrasaction="ignore", lineterminator="\n")
+        w.writeheader()
+        for r in rows:
+            w.writerow(row_dict(r))
+        return buf.getvalue()
+    header = ("joined_at", "room", "identity", "agent", "kind", "duration", "reason", "source")
+    table = [header] + [
+        (
+            _iso(r.joined_at) or "",
+            r.room_name,
+            r.participant_identity,
+            r.agent_name or "",
+            r.participant_kind,
+            human_duration(r.duration_ms),
+            r.disconnect_reason or "",
+            r.end_source or "",
+        )
+        for r in rows
+    ]
+    widths = [max(len(str(row[i])) for row in table) for i in range(len(header))]
+    lines = [
+        "  ".join(str(v).ljust(w) for v, w in zip(row, widths, strict=True)).rstrip()
+        for row in table
+    ]
+    lines.append(f"({len(rows)} sessions)")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,95 @@
+"""Shared pytest fixtures: real PostgreSQL and livekit-server processes on loopback."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from livekit_server import LiveKitServer, LiveKitServerFactory
+from postgres_server import PostgresServer
+
+# --------------------------------------------------------------------------- #
+# PostgreSQL                                                                   #
+# --------------------------------------------------------------------------- #
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """One private PostgreSQL instance for the whole test run."""
+    server = PostgresServer()
+    try:
+        server.start()
+        yield server
+    finally:
+        server.cleanup()
+
+
+@pytest.fixture
+def pg_url(postgres_server: PostgresServer) -> Iterator[str]:
+    """SQLAlchemy URL of a fresh, empty database; dropped after the test."""
+    name = f"test_{uuid.uuid4().hex[:16]}"
+    url = postgres_server.create_database(name)
+    yield url
+    if not postgres_server.running:  # a test stopped the server and did not bring it back
+        postgres_server.start()
+    postgres_server.drop_database(name)
+
+
+# --------------------------------------------------------------------------- #
+# LiveKit                                                                      #
+# --------------------------------------------------------------------------- #
+
+
+@pytest.fixture(scope="session")
+def livekit_server() -> Iterator[LiveKitServer]:
+    """A shared livekit-server with default settings. Don't stop it; use the factory."""
+    server = LiveKitServer()
+    try:
+        server.start()
+        yield server
+    finally:
+        server.cleanup()
+
+
+@pytest.fixture
+def livekit_server_factory() -> Iterator[LiveKitServerFactory]:
+    """Start private livekit-servers with custom settings; all are stopped after the test.
+
+    ``livekit_server_factory(departure_timeout=1, webhook_urls=[url])`` takes the
+    keyword arguments of ``LiveKitServer`` and returns a started server.
+    """
+    servers: list[LiveKitServer] = []
+
+    def factory(**kwargs: Any) -> LiveKitServer:
+        server = LiveKitServer(**kwargs)
+        servers.append(server)
+        server.start()
+        return server
+
+    yield factory
+    for server in servers:
+        server.cleanup()
+
+
+# --------------------------------------------------------------------------- #
+# Databases: every store test runs on SQLite and on PostgreSQL                 #
+# --------------------------------------------------------------------------- #
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def empty_db_url(request: pytest.FixtureRequest, tmp_path: Any) -> str:
+    """URL of an empty database of each kind (no schema yet)."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'observer.db'}"
+    return str(request.getfixturevalue("pg_url"))
+
+
+@pytest.fixture
+def db_url(empty_db_url: str) -> str:
+    """URL of a database of each kind, migrated to the newest schema."""
+    from observer import migrate
+
+    migrate.upgrade(empty_db_url)
+    return empty_db_url

@@ -1,0 +1,174 @@
+"""The store and the schema, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from sqlalchemy import inspect, text
+
+from observer import migrate
+from observer.store import SessionFilter, Store
+from observer.tracker import (
+    END_RTC,
+    Close,
+    Open,
+    Touch,
+    TrackedSession,
+    UpdateAttributes,
+)
+
+T0 = datetime(2026, 3, 1, 23, 59, 30, 123000, tzinfo=UTC)
+
+
+def session(sid: str = "PA1", room_sid: str = "RM1", **kw: object) -> TrackedSession:
+    base: dict[str, object] = dict(
+        room_name="room",
+        room_sid=room_sid,
+        participant_sid=sid,
+        identity=f"id-{sid}",
+        name="Agent",
+        kind="agent",
+        agent_name="bob",
+        attributes={"lk.agent_name": "bob"},
+        joined_at=T0,
+        last_seen_at=T0,
+    )
+    base.update(kw)
+    return TrackedSession(**base)  # type: ignore[arg-type]
+
+
+def close(s: TrackedSession, left: datetime, reason: str = "CLIENT_INITIATED") -> Close:
+    return Close(s.key, left, reason, END_RTC, None, left, s)
+
+
+def test_upgrade_downgrade_and_models_match_migrations(empty_db_url: str) -> None:
+    migrate.upgrade(empty_db_url)
+    migrate.upgrade(empty_db_url)  # safe to run twice
+    migrate.check(empty_db_url)  # raises if models and migrations differ
+    store = Store(empty_db_url)
+    try:
+        insp = inspect(store.engine)
+        cols = {c["name"] for c in insp.get_columns("sessions")}
+        assert {
+            "room_name",
+            "room_sid",
+            "participant_sid",
+            "joined_at",
+            "left_at",
+            "duration_ms",
+            "end_source",
+            "end_uncertainty_ms",
+        } <= cols
+        names = {i["name"] for i in insp.get_indexes("sessions")}
+        assert {"ix_sessions_open", "ix_sessions_agent_name_joined_at"} <= names
+        assert store.schema_is_current()
+        migrate.downgrade(empty_db_url, "base")
+        assert "sessions" not in inspect(store.engine).get_table_names()
+        assert not store.schema_is_current()
+    finally:
+        store.close()
+
+
+def test_open_close_roundtrip_in_utc(db_url: str) -> None:
+    store = Store(db_url)
+    try:
+        s = session()
+        store.apply([Open(s)], "obs-1")
+        store.apply([close(s, T0 + timedelta(seconds=75, milliseconds=250))], "obs-1")
+        (row,) = store.sessions(SessionFilter())
+        assert row.joined_at == T0 and row.joined_at.tzinfo is not None
+        assert row.left_at == T0 + timedelta(seconds=75, milliseconds=250)
+        assert row.duration_ms == 75250
+        assert row.disconnect_reason == "CLIENT_INITIATED"
+        assert row.end_source == END_RTC
+        assert row.observer_id == "obs-1"
+        assert row.attributes == {"lk.agent_name": "bob"}
+    finally:
+        store.close()
+
+
+def test_replayed_batches_change_nothing(db_url: str) -> None:
+    store = Store(db_url)
+    try:
+        a, b = session("PA1"), session("PA2")
+        batch = [Open(a), Open(b), close(a, T0 + timedelta(seconds=10))]
+        store.apply(batch, "obs")
+        store.apply(batch, "obs")  # a retry after an unknown commit outcome
+        store.apply([close(a, T0 + timedelta(seconds=99))], "obs")  # a late duplicate close
+        rows = {r.participant_sid: r for r in store.sessions(SessionFilter())}
+        assert len(rows) == 2
+        assert rows["PA1"].duration_ms == 10000
+        assert rows["PA2"].left_at is None
+    finally:
+        store.close()
+
+
+def test_touch_attributes_and_open_sessions(db_url: str) -> None:
+    store = Store(db_url)
+    try:
+        a, b, c = session("PA1"), session("PA2"), session("PA3")
+        store.apply([Open(a), Open(b), Open(c), close(c, T0 + timedelta(seconds=1))], "obs")
+        store.apply([Open(session("PZ", room_sid="RM9"))], "other-observer")
+        later = T0 + timedelta(minutes=5)
+        store.apply(
+            [
+                Touch((a.key, c.key), later),
+                UpdateAttributes(b.key, {"lk.agent.name": "eve"}, "eve"),
+            ],
+            "obs",
+        )
+        open_ = {s.participant_sid: s for s in store.open_sessions("obs")}
+        assert set(open_) == {"PA1", "PA2"}
+        assert open_["PA1"].last_seen_at == later
+        assert open_["PA2"].last_seen_at == T0
+        assert open_["PA2"].agent_name == "eve"
+        closed = store.sessions(SessionFilter(state="closed"))
+        assert [r.participant_sid for r in closed] == ["PA3"]
+        assert closed[0].last_seen_at == T0 + timedelta(seconds=1)  # a touch never reopens
+    finally:
+        store.close()
+
+
+def test_unique_per_room_and_participant(db_url: str) -> None:
+    store = Store(db_url)
+    try:
+        store.apply(
+            [Open(session("PA1", room_sid="RM1")), Open(session("PA1", room_sid="RM2"))], "obs"
+        )
+        assert len(store.sessions(SessionFilter())) == 2
+        with store.engine.connect() as conn:
+            n = conn.execute(text("SELECT count(*) FROM sessions")).scalar_one()
+        assert n == 2
+    finally:
+        store.close()
+
+
+def test_filters(db_url: str) -> None:
+    store = Store(db_url)
+    try:
+        store.apply(
+            [
+                Open(session("PA1", room_name="a", agent_name="x")),
+                Open(
+                    session("PA2", room_name="b", agent_name="y", joined_at=T0 + timedelta(days=2))
+                ),
+            ],
+            "obs",
+        )
+        assert [r.participant_sid for r in store.sessions(SessionFilter(room="a"))] == ["PA1"]
+        assert [r.participant_sid for r in store.sessions(SessionFilter(agent_name="y"))] == ["PA2"]
+        got = store.sessions(SessionFilter(until=T0 + timedelta(days=1)))
+        assert [r.participant_sid for r in got] == ["PA1"]
+        assert len(store.sessions(SessionFilter(limit=1))) == 1
+    finally:
+        store.close()
+
+
+def test_naive_datetimes_are_refused(db_url: str) -> None:
+    store = Store(db_url)
+    try:
+        with pytest.raises(Exception, match="naive"):
+            store.apply([Open(session(joined_at=datetime(2026, 1, 1)))], "obs")
+    finally:
+        store.close()

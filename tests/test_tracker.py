@@ -1,0 +1,250 @@
+"""The session tracker, as tables of event sequences. Pure logic: no server, no database."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from observer.tracker import (
+    END_RECONCILED,
+    END_ROOM_CLOSED,
+    END_RTC,
+    AttributesChanged,
+    Close,
+    Event,
+    Op,
+    Open,
+    ParticipantJoined,
+    ParticipantLeft,
+    Reconnected,
+    Reconnecting,
+    RoomClosed,
+    RoomGone,
+    RoomJoined,
+    RoomLost,
+    Seen,
+    SessionKey,
+    SessionTracker,
+    Tick,
+    Touch,
+    TrackedSession,
+    UpdateAttributes,
+)
+
+T0 = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
+
+
+def t(s: float) -> datetime:
+    return T0 + timedelta(seconds=s)
+
+
+def agent(sid: str, joined: float = 0.0, identity: str | None = None, **attrs: str) -> Seen:
+    return Seen(sid, identity or f"id-{sid}", "", "agent", attrs, t(joined))
+
+
+def user(sid: str) -> Seen:
+    return Seen(sid, f"user-{sid}", "", "standard", {}, t(0))
+
+
+def run(events: list[Event], tracker: SessionTracker | None = None) -> list[Op]:
+    tr = tracker or SessionTracker(frozenset({"agent"}), leave_grace_s=2, heartbeat_s=10)
+    ops: list[Op] = []
+    for ev in events:
+        ops += tr.handle(ev)
+    return ops
+
+
+def closes(ops: list[Op]) -> list[tuple[str, datetime, str | None, str, int | None]]:
+    return [
+        (o.key.participant_sid, o.left_at, o.reason, o.end_source, o.uncertainty_ms)
+        for o in ops
+        if isinstance(o, Close)
+    ]
+
+
+def opens(ops: list[Op]) -> list[str]:
+    return [o.session.participant_sid for o in ops if isinstance(o, Open)]
+
+
+CASES: list[tuple[str, list[Event], list[str], list[tuple[object, ...]]]] = [
+    (
+        "join then leave",
+        [
+            RoomJoined("r", "RM1", (), t(0)),
+            ParticipantJoined("r", "RM1", agent("PA1", 1), t(1)),
+            ParticipantLeft("RM1", "PA1", "CLIENT_INITIATED", t(5)),
+        ],
+        ["PA1"],
+        [("PA1", t(5), "CLIENT_INITIATED", END_RTC, None)],
+    ),
+    (
+        "non-agents are not recorded",
+        [
+            RoomJoined("r", "RM1", (user("PU1"),), t(0)),
+            ParticipantJoined("r", "RM1", user("PU2"), t(1)),
+            ParticipantLeft("RM1", "PU1", "CLIENT_INITIATED", t(2)),
+        ],
+        [],
+        [],
+    ),
+    (
+        "agent already present keeps the server's join time",
+        [RoomJoined("r", "RM1", (agent("PA1", -100),), t(0))],
+        ["PA1"],
+        [],
+    ),
+    (
+        "room deleted closes everyone in it at that moment",
+        [
+            RoomJoined("r", "RM1", (agent("PA1"), agent("PA2")), t(0)),
+            RoomClosed("RM1", "ROOM_DELETED", t(9)),
+        ],
+        ["PA1", "PA2"],
+        [
+            ("PA1", t(9), "ROOM_DELETED", END_ROOM_CLOSED, None),
+            ("PA2", t(9), "ROOM_DELETED", END_ROOM_CLOSED, None),
+        ],
+    ),
+    (
+        "full reconnect: the SDK's fake leaves are ignored",
+        [
+            RoomJoined("r", "RM1", (agent("PA1"),), t(0)),
+            ParticipantLeft("RM1", "PA1", "UNKNOWN_REASON", t(10)),
+            Reconnecting("RM1", t(10)),
+            Tick(t(20)),
+            ParticipantJoined("r", "RM1", agent("PA1"), t(21)),
+            Reconnected("RM1", (agent("PA1"),), t(21)),
+            Tick(t(30)),
+        ],
+        ["PA1"],
+        [],
+    ),
+    (
+        "an agent that left during the observer's reconnect is closed, bounded",
+        [
+            RoomJoined("r", "RM1", (agent("PA1"), agent("PA2")), t(0)),
+            Reconnecting("RM1", t(10)),
+            Reconnected("RM1", (agent("PA1"),), t(13)),
+        ],
+        ["PA1", "PA2"],
+        [("PA2", t(10), None, END_RECONCILED, 3000)],
+    ),
+    (
+        "a leave with an unknown reason closes after the grace period at its own time",
+        [
+            RoomJoined("r", "RM1", (agent("PA1"),), t(0)),
+            ParticipantLeft("RM1", "PA1", "UNKNOWN_REASON", t(5)),
+            Tick(t(6)),
+            Tick(t(7.5)),
+        ],
+        ["PA1"],
+        [("PA1", t(5), "UNKNOWN_REASON", END_RTC, None)],
+    ),
+    (
+        "same identity, new sid: the old session closes, a new one opens",
+        [
+            RoomJoined("r", "RM1", (agent("PA1", identity="bot"),), t(0)),
+            ParticipantLeft("RM1", "PA1", "UNKNOWN_REASON", t(5)),
+            ParticipantJoined("r", "RM1", agent("PA2", 5, identity="bot"), t(5)),
+            Tick(t(8)),
+        ],
+        ["PA1", "PA2"],
+        [("PA1", t(5), "UNKNOWN_REASON", END_RTC, None)],
+    ),
+    (
+        "a duplicate join of an open session changes nothing",
+        [
+            RoomJoined("r", "RM1", (agent("PA1"),), t(0)),
+            ParticipantJoined("r", "RM1", agent("PA1"), t(1)),
+            RoomJoined("r", "RM1", (agent("PA1"),), t(2)),
+        ],
+        ["PA1"],
+        [],
+    ),
+    (
+        "a room lost and then gone closes its sessions reconciled, from last seen",
+        [
+            RoomJoined("r", "RM1", (agent("PA1"),), t(0)),
+            RoomLost("RM1", "SIGNAL_CLOSE", t(4)),
+            RoomGone("RM1", t(30)),
+        ],
+        ["PA1"],
+        [("PA1", t(4), None, END_RECONCILED, 26000)],
+    ),
+    (
+        "a leave for an unknown session is ignored",
+        [
+            RoomJoined("r", "RM1", (), t(0)),
+            ParticipantLeft("RM1", "PX", "CLIENT_INITIATED", t(1)),
+        ],
+        [],
+        [],
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("events", "want_opens", "want_closes"), [c[1:] for c in CASES], ids=[c[0] for c in CASES]
+)
+def test_event_sequences(
+    events: list[Event], want_opens: list[str], want_closes: list[tuple[object, ...]]
+) -> None:
+    ops = run(events)
+    assert opens(ops) == want_opens
+    assert closes(ops) == want_closes
+
+
+def test_open_row_carries_server_join_time_and_agent_name() -> None:
+    ops = run([RoomJoined("r", "RM1", (agent("PA1", -100, **{"lk.agent_name": "bob"}),), t(0))])
+    (op,) = ops
+    assert isinstance(op, Open)
+    assert op.session.joined_at == t(-100)
+    assert op.session.agent_name == "bob"
+    assert op.session.last_seen_at == t(0)
+
+
+def test_restart_continues_open_sessions_and_closes_missing_ones() -> None:
+    tr = SessionTracker(frozenset({"agent"}))
+    seeded = [
+        TrackedSession("r", "RM1", sid, f"id-{sid}", "", "agent", None, {}, t(0), t(50))
+        for sid in ("PA1", "PA2")
+    ]
+    tr.seed(seeded)
+    assert tr.unwatched_rooms() == {"RM1": "r"}
+    ops = tr.handle(RoomJoined("r", "RM1", (agent("PA1"),), t(80)))
+    assert opens(ops) == []
+    assert closes(ops) == [("PA2", t(50), None, END_RECONCILED, 30000)]
+    assert [o for o in ops if isinstance(o, Touch)] == [Touch((SessionKey("RM1", "PA1"),), t(80))]
+    assert tr.unwatched_rooms() == {}
+
+
+def test_heartbeat_touches_only_watched_rooms() -> None:
+    tr = SessionTracker(frozenset({"agent"}), heartbeat_s=10)
+    run(
+        [
+            RoomJoined("r", "RM1", (agent("PA1"),), t(0)),
+            RoomJoined("q", "RM2", (agent("PB1"),), t(0)),
+            Reconnecting("RM2", t(1)),
+        ],
+        tr,
+    )
+    assert tr.handle(Tick(t(2))) == []  # first tick only starts the clock
+    assert tr.handle(Tick(t(5))) == []
+    ops = tr.handle(Tick(t(12.5)))
+    assert ops == [Touch((SessionKey("RM1", "PA1"),), t(12.5))]
+
+
+def test_attribute_change_updates_agent_name() -> None:
+    tr = SessionTracker(frozenset({"agent"}))
+    run([RoomJoined("r", "RM1", (agent("PA1"),), t(0))], tr)
+    ops = tr.handle(AttributesChanged("RM1", "PA1", {"lk.agent.name": "eve"}, t(1)))
+    assert ops == [UpdateAttributes(SessionKey("RM1", "PA1"), {"lk.agent.name": "eve"}, "eve")]
+    assert tr.handle(AttributesChanged("RM1", "PA1", {"lk.agent.name": "eve"}, t(2))) == []
+
+
+def test_tracked_kinds_setting() -> None:
+    tr = SessionTracker(frozenset({"agent", "sip"}))
+    sip = Seen("PS1", "caller", "", "sip", {}, t(0))
+    ops = run([RoomJoined("r", "RM1", (sip, user("PU1")), t(0))], tr)
+    assert opens(ops) == ["PS1"]
