@@ -12,6 +12,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 
 UNKNOWN_REASON = "UNKNOWN_REASON"
+DUPLICATE_IDENTITY = "DUPLICATE_IDENTITY"
 
 # How `left_at` was learned; stored in `sessions.end_source`.
 END_RTC = "rtc"  # the leave was seen live by the observer in the room
@@ -248,7 +249,8 @@ class SessionTracker:
                 return self._snapshot(ev.room_sid, room.name, ev.present, ev.at)
             case ParticipantJoined():
                 self._pending.pop(SessionKey(ev.room_sid, ev.participant.sid), None)
-                return self._joined(ev.room_name, ev.room_sid, ev.participant, ev.at)
+                ops = self._replaced(ev.room_sid, ev.participant.identity)
+                return ops + self._joined(ev.room_name, ev.room_sid, ev.participant, ev.at)
             case ParticipantLeft():
                 key = SessionKey(ev.room_sid, ev.participant_sid)
                 if key not in self._open:
@@ -370,6 +372,15 @@ class SessionTracker:
         last_seen = self._open[key].last_seen_at
         width_ms = max(0, round((at - last_seen).total_seconds() * 1000))
         return self._close(key, last_seen, None, END_RECONCILED, width_ms, last_seen)
+
+    def _replaced(self, room_sid: str, identity: str) -> list[Op]:
+        """A held leave followed by a join of the same identity is LiveKit replacing the
+        older session (the newest connection wins): close it now, with that reason."""
+        ops: list[Op] = []
+        for key, ev in list(self._pending.items()):
+            if key.room_sid == room_sid and self._open[key].identity == identity:
+                ops.append(self._close(key, ev.at, DUPLICATE_IDENTITY, END_RTC, None, ev.at))
+        return ops
 
     def _flush_pending(self, room_sid: str) -> list[Op]:
         ops: list[Op] = []

@@ -93,3 +93,45 @@ def db_url(empty_db_url: str) -> str:
 
     migrate.upgrade(empty_db_url)
     return empty_db_url
+
+
+# --------------------------------------------------------------------------- #
+# The daemon, run in-process, and rtc clients                                  #
+# --------------------------------------------------------------------------- #
+
+
+@pytest.fixture
+async def start_observer() -> Any:
+    """Start observers in this test's event loop: `await start_observer(server, db_url)`."""
+    import asyncio
+
+    from daemon_helpers import RunningObserver, settings_for
+
+    from observer.service import Observer
+    from observer.store import Store
+
+    running: list[RunningObserver] = []
+
+    async def start(server: LiveKitServer, db_url: str, **extra: str) -> RunningObserver:
+        settings = settings_for(server, db_url, **extra)
+        store = Store(settings.database_url)
+        assert settings.livekit is not None
+        obs = Observer(settings, store, settings.livekit)
+        handle = RunningObserver(obs, asyncio.create_task(obs.run()), store)
+        running.append(handle)
+        return handle
+
+    yield start
+    for handle in running:
+        if not handle.task.done():
+            await handle.stop()
+        handle.store.close()
+
+
+@pytest.fixture
+async def clients(livekit_server: LiveKitServer) -> Any:
+    from daemon_helpers import Clients
+
+    c = Clients(livekit_server)
+    yield c
+    await c.close()

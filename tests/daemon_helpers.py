@@ -1,0 +1,131 @@
+"""Helpers for tests that run the observer daemon against a real livekit-server."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from livekit import api, rtc
+from livekit_server import LiveKitServer
+
+from observer.config import LiveKitSettings, Settings
+from observer.service import Observer
+from observer.store import SessionFilter, SessionRow, Store
+
+
+def settings_for(server: LiveKitServer, db_url: str, **extra: str) -> Settings:
+    env = {
+        "LIVEKIT_URL": server.ws_url,
+        "LIVEKIT_API_KEY": server.api_key,
+        "LIVEKIT_API_SECRET": server.api_secret,
+        "OBSERVER_DATABASE_URL": db_url,
+        "OBSERVER_ID": "test-observer",
+        "OBSERVER_POLL_INTERVAL_S": "0.3",
+        "OBSERVER_HEARTBEAT_S": "1",
+        "OBSERVER_DB_RETRY_MAX_S": "1",
+        **extra,
+    }
+    return Settings.from_mapping(env, need_livekit=True)
+
+
+def lk_settings(server: LiveKitServer) -> LiveKitSettings:
+    return LiveKitSettings(server.ws_url, server.api_key, server.api_secret)
+
+
+@dataclass
+class RunningObserver:
+    obs: Observer
+    task: asyncio.Task[int]
+    store: Store
+
+    async def stop(self) -> int:
+        self.obs.stop()
+        return await asyncio.wait_for(self.task, 30)
+
+    def rows(self, **filters: Any) -> list[SessionRow]:
+        return sorted(self.store.sessions(SessionFilter(**filters)), key=lambda r: r.id)
+
+    async def wait_rows(
+        self, pred: Callable[[list[SessionRow]], bool], timeout: float = 15.0, **filters: Any
+    ) -> list[SessionRow]:
+        deadline = time.monotonic() + timeout
+        while True:
+            rows = self.rows(**filters)
+            if pred(rows):
+                return rows
+            if time.monotonic() > deadline:
+                raise AssertionError(f"condition not met in {timeout}s; rows: {describe(rows)}")
+            await asyncio.sleep(0.1)
+
+    async def wait_watching(self, room_name: str, timeout: float = 15.0) -> None:
+        deadline = time.monotonic() + timeout
+        while room_name not in self.obs.tracker.watched_rooms.values():
+            if time.monotonic() > deadline:
+                raise AssertionError(f"observer did not join {room_name}")
+            await asyncio.sleep(0.05)
+
+
+def describe(rows: list[SessionRow]) -> list[tuple[Any, ...]]:
+    return [
+        (r.room_name, r.participant_identity, r.participant_sid, r.left_at, r.disconnect_reason,
+         r.end_source)
+        for r in rows
+    ]
+
+
+@dataclass
+class Clients:
+    """rtc clients opened by a test; all disconnected at teardown."""
+
+    server: LiveKitServer
+    rooms: list[rtc.Room] = field(default_factory=list)
+
+    async def join(
+        self,
+        room: str,
+        identity: str,
+        *,
+        kind: str | None = None,
+        agent_name: str | None = None,
+        audio: bool = False,
+    ) -> rtc.Room:
+        attrs = {"lk.agent.name": agent_name} if agent_name else None
+        token = self.server.token(identity, room, kind=kind, attributes=attrs)
+        r = rtc.Room()
+        await r.connect(self.server.ws_url, token, rtc.RoomOptions(auto_subscribe=False))
+        self.rooms.append(r)
+        if audio:
+            source = rtc.AudioSource(48000, 1)
+            track = rtc.LocalAudioTrack.create_audio_track("voice", source)
+            opts = rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_MICROPHONE)
+            await r.local_participant.publish_track(track, opts)
+            await source.capture_frame(rtc.AudioFrame.create(48000, 1, 480))
+        return r
+
+    async def agent(self, room: str, identity: str, **kw: Any) -> rtc.Room:
+        return await self.join(room, identity, kind="agent", audio=kw.pop("audio", True), **kw)
+
+    async def close(self) -> None:
+        for r in self.rooms:
+            if r.isconnected():
+                await r.disconnect()
+
+
+async def create_room(server: LiveKitServer, name: str, **kw: Any) -> api.Room:
+    lkapi = server.api_client()
+    try:
+        return await lkapi.room.create_room(api.CreateRoomRequest(name=name, **kw))
+    finally:
+        await lkapi.aclose()
+
+
+async def list_rooms(server: LiveKitServer, *names: str) -> list[api.Room]:
+    lkapi = server.api_client()
+    try:
+        resp = await lkapi.room.list_rooms(api.ListRoomsRequest(names=list(names)))
+        return list(resp.rooms)
+    finally:
+        await lkapi.aclose()

@@ -1,0 +1,106 @@
+"""The daemon against a real livekit-server: session rows under what really happens."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from daemon_helpers import Clients, create_room
+from livekit import api
+from livekit_server import LiveKitServer
+
+
+async def test_agent_join_and_leave_is_recorded_accurately(
+    livekit_server: LiveKitServer, db_url: str, start_observer, clients: Clients
+) -> None:
+    await create_room(livekit_server, "basic")
+    await clients.join("basic", "user-1")
+    obs = await start_observer(livekit_server, db_url)
+    await obs.wait_watching("basic")
+
+    agent = await clients.agent("basic", "agent-1", agent_name="support-bot")
+    connected = time.time()
+    (row,) = await obs.wait_rows(lambda rows: len(rows) == 1)
+    assert row.left_at is None and row.participant_kind == "agent"
+    assert row.agent_name == "support-bot"
+    assert row.participant_sid == agent.local_participant.sid
+
+    await asyncio.sleep(2.0)
+    leaving = time.time()
+    await agent.disconnect()
+    (row,) = await obs.wait_rows(lambda rows: rows[0].left_at is not None)
+    assert row.disconnect_reason == "CLIENT_INITIATED"
+    assert row.end_source == "rtc"
+    measured_ms = (leaving - connected) * 1000
+    assert row.duration_ms is not None
+    assert abs(row.duration_ms - measured_ms) < 500, (row.duration_ms, measured_ms)
+    # the user is not an agent: not recorded
+    assert [r.participant_identity for r in obs.rows()] == ["agent-1"]
+
+
+async def test_agent_present_before_observer_gets_its_true_start(
+    livekit_server: LiveKitServer, db_url: str, start_observer, clients: Clients
+) -> None:
+    await create_room(livekit_server, "early")
+    await clients.join("early", "user-1")
+    agent = await clients.agent("early", "agent-early")
+    joined = time.time()
+    await asyncio.sleep(1.5)
+    obs = await start_observer(livekit_server, db_url)
+    (row,) = await obs.wait_rows(lambda rows: len(rows) == 1)
+    assert abs(row.joined_at.timestamp() - joined) < 0.5
+    assert row.created_at.timestamp() - row.joined_at.timestamp() > 1.0
+    await agent.disconnect()
+    await obs.wait_rows(lambda rows: rows[0].left_at is not None)
+
+
+async def test_several_agents_and_same_identity_rejoining(
+    livekit_server: LiveKitServer, db_url: str, start_observer, clients: Clients
+) -> None:
+    await create_room(livekit_server, "multi")
+    await clients.join("multi", "user-1")
+    obs = await start_observer(livekit_server, db_url)
+    await obs.wait_watching("multi")
+    a1 = await clients.agent("multi", "agent-a")
+    await clients.agent("multi", "agent-b")
+    await obs.wait_rows(lambda rows: len(rows) == 2)
+
+    # same identity joins again: new sid, the old session ends, nothing doubled
+    a1_again = await clients.agent("multi", "agent-a")
+    assert a1_again.local_participant.sid != a1.local_participant.sid
+    rows = await obs.wait_rows(lambda rows: len(rows) == 3 and rows[0].left_at is not None)
+    old, b, new = rows
+    assert old.participant_sid == a1.local_participant.sid
+    assert old.disconnect_reason == "DUPLICATE_IDENTITY"
+    assert new.participant_sid == a1_again.local_participant.sid and new.left_at is None
+    assert b.left_at is None
+    assert old.left_at is not None
+    assert abs((old.left_at - new.joined_at).total_seconds()) < 1.0
+
+
+async def test_room_deleted_with_agent_inside(
+    livekit_server: LiveKitServer, db_url: str, start_observer, clients: Clients
+) -> None:
+    await create_room(livekit_server, "doomed")
+    await clients.join("doomed", "user-1")
+    await clients.agent("doomed", "agent-1")
+    obs = await start_observer(livekit_server, db_url)
+    await obs.wait_rows(lambda rows: len(rows) == 1)
+    lkapi = livekit_server.api_client()
+    try:
+        deleted_at = time.time()
+        await lkapi.room.delete_room(api.DeleteRoomRequest(room="doomed"))
+    finally:
+        await lkapi.aclose()
+    (row,) = await obs.wait_rows(lambda rows: rows[0].left_at is not None)
+    assert row.disconnect_reason == "ROOM_DELETED"
+    assert row.end_source in ("room_closed", "rtc")
+    assert row.left_at is not None and abs(row.left_at.timestamp() - deleted_at) < 1.0
+    # never rejoined: the room stays gone
+    await asyncio.sleep(1.5)
+    lkapi = livekit_server.api_client()
+    try:
+        rooms = await lkapi.room.list_rooms(api.ListRoomsRequest(names=["doomed"]))
+    finally:
+        await lkapi.aclose()
+    assert list(rooms.rooms) == []
