@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 EXIT_OK = 0
 EXIT_OVERFLOW = 3
 TICK_S = 0.5
+JOIN_TIMEOUT_S = 10.0
 
 
 def utcnow() -> datetime:
@@ -61,6 +62,7 @@ class Observer:
         self._stop = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._api: api.LiveKitAPI | None = None
+        self._stopping = False
 
     # ---- lifecycle ----------------------------------------------------------------------
 
@@ -120,6 +122,11 @@ class Observer:
     async def _shutdown(self, consumer: asyncio.Task[Any]) -> None:
         """Leave every room. Open sessions stay open (their participants are still there);
         the next start continues them."""
+        self._stopping = True
+        # Never cancel a connect in flight: the SDK's native core then kills the process.
+        joins = [t for t in self._tasks if t.get_name().startswith("join:")]
+        if joins:
+            await asyncio.wait(joins, timeout=JOIN_TIMEOUT_S + 5)
         now = utcnow()
         for sid, watcher in list(self.watchers.items()):
             self._emit(RoomLost(sid, "OBSERVER_STOPPED", now))
@@ -252,7 +259,7 @@ class Observer:
         now = utcnow()
         for sid in p.gone:
             self._emit(RoomGone(sid, now))
-        for room in p.join:
+        for room in p.join if not self._stopping else ():
             watcher = RoomWatcher(room.name, room.sid, self._emit)
             self.watchers[room.sid] = watcher
             self._spawn(self._join(watcher), f"join:{room.name}")
@@ -262,7 +269,11 @@ class Observer:
             self.lk.api_key, self.lk.api_secret, self.identity, watcher.room_name
         )
         try:
-            await watcher.join(self.lk.ws_url, token)
+            await watcher.join(self.lk.ws_url, token, JOIN_TIMEOUT_S)
+            if self._stopping:
+                self.watchers.pop(watcher.room_sid, None)
+                self._emit(RoomLost(watcher.room_sid, "OBSERVER_STOPPED", utcnow()))
+                await watcher.leave()
         except RoomMismatchError as exc:
             # Our join created a fresh room: the listed one ended in between.
             self.ended_rooms.add(watcher.room_sid)

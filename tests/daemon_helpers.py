@@ -70,8 +70,14 @@ class RunningObserver:
 
 def describe(rows: list[SessionRow]) -> list[tuple[Any, ...]]:
     return [
-        (r.room_name, r.participant_identity, r.participant_sid, r.left_at, r.disconnect_reason,
-         r.end_source)
+        (
+            r.room_name,
+            r.participant_identity,
+            r.participant_sid,
+            r.left_at,
+            r.disconnect_reason,
+            r.end_source,
+        )
         for r in rows
     ]
 

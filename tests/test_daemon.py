@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
+from pathlib import Path
 
 from daemon_helpers import Clients, create_room
 from livekit import api
@@ -104,3 +106,77 @@ async def test_room_deleted_with_agent_inside(
     finally:
         await lkapi.aclose()
     assert list(rooms.rooms) == []
+
+
+async def test_killed_agent_closes_when_server_announces_it(
+    livekit_server: LiveKitServer, db_url: str, start_observer, clients: Clients
+) -> None:
+    await create_room(livekit_server, "crash")
+    await clients.join("crash", "user-1")
+    obs = await start_observer(livekit_server, db_url)
+    await obs.wait_watching("crash")
+    token = livekit_server.token("agent-crash", "crash", kind="agent")
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        str(Path(__file__).parent / "agent_process.py"),
+        livekit_server.ws_url,
+        token,
+        stdout=asyncio.subprocess.PIPE,
+    )
+    try:
+        assert proc.stdout is not None
+        line = await asyncio.wait_for(proc.stdout.readline(), 20)
+        assert line.startswith(b"ready")
+        await obs.wait_rows(lambda rows: len(rows) == 1)
+        proc.kill()
+        killed_at = time.time()
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+        await proc.wait()
+    (row,) = await obs.wait_rows(lambda rows: rows[0].left_at is not None, timeout=60)
+    assert row.disconnect_reason == "CONNECTION_TIMEOUT"
+    assert row.end_source == "rtc"
+    assert row.left_at is not None
+    # announced by the server some 15-25 s after the process died, not left open
+    assert 5 < row.left_at.timestamp() - killed_at < 45
+
+
+async def test_room_closed_by_timeout_with_agent_inside(
+    livekit_server_factory, db_url: str, start_observer
+) -> None:
+    server = livekit_server_factory(empty_timeout=30, departure_timeout=1)
+    c = Clients(server)
+    try:
+        await create_room(server, "timeout")
+        user = await c.join("timeout", "user-1")
+        await c.agent("timeout", "agent-1")
+        obs = await start_observer(server, db_url)
+        await obs.wait_rows(lambda rows: len(rows) == 1)
+        await user.disconnect()
+        left = time.time()
+        (row,) = await obs.wait_rows(lambda rows: rows[0].left_at is not None)
+        assert row.disconnect_reason == "ROOM_CLOSED"
+        assert row.left_at is not None
+        assert 0.5 < row.left_at.timestamp() - left < 3.0  # departure_timeout after the user
+    finally:
+        await c.close()
+
+
+async def test_many_rooms_at_once(
+    livekit_server: LiveKitServer, db_url: str, start_observer, clients: Clients
+) -> None:
+    names = [f"many-{i:02d}" for i in range(20)]
+    for name in names:
+        await create_room(livekit_server, name)
+        await clients.join(name, "user")
+    obs = await start_observer(livekit_server, db_url, OBSERVER_ROOM_PATTERN="many-*")
+    agents = [await clients.agent(name, f"agent-{i}") for i, name in enumerate(names)]
+    agents += [await clients.agent(name, f"second-{i}") for i, name in enumerate(names[:5])]
+    rows = await obs.wait_rows(lambda rows: len(rows) == 25, timeout=30)
+    assert {r.room_name for r in rows} == set(names)
+    await asyncio.gather(*(a.disconnect() for a in agents))
+    rows = await obs.wait_rows(lambda rows: all(r.left_at for r in rows), timeout=30)
+    assert len(rows) == 25
+    assert {r.disconnect_reason for r in rows} == {"CLIENT_INITIATED"}
+    assert len({(r.room_sid, r.participant_sid) for r in rows}) == 25

@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 import time
 
-from daemon_helpers import Clients, create_room, list_rooms
 import pytest
+from daemon_helpers import Clients, create_room, list_rooms
 from livekit import api, rtc
 from livekit_server import LiveKitServer
 
@@ -116,7 +116,9 @@ async def test_never_creates_a_room(
     obs.obs.poll_once([ListedRoom(listed.sid, "ghost")])
     deadline = time.monotonic() + 10
     while listed.sid not in obs.obs.ended_rooms:
-        assert time.monotonic() < deadline, "observer did not notice the room was not the listed one"
+        assert time.monotonic() < deadline, (
+            "observer did not notice the room was not the listed one"
+        )
         await asyncio.sleep(0.05)
     await asyncio.sleep(0.5)
     assert await list_rooms(livekit_server, "ghost") == []

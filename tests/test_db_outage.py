@@ -1,0 +1,68 @@
+"""PostgreSQL stopped for 30 s under a running daemon: nothing lost, nothing doubled."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+from daemon_helpers import Clients, create_room
+from livekit_server import LiveKitServer
+from postgres_server import PostgresServer
+
+
+async def test_database_outage_is_survived(
+    livekit_server: LiveKitServer,
+    postgres_server: PostgresServer,
+    pg_url: str,
+    start_observer,
+    clients: Clients,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from observer import migrate
+
+    migrate.upgrade(pg_url)
+    await create_room(livekit_server, "outage")
+    await clients.join("outage", "user-1")
+    before = await clients.agent("outage", "agent-before")
+    obs = await start_observer(livekit_server, pg_url)
+    await obs.wait_rows(lambda rows: len(rows) == 1)
+
+    await asyncio.to_thread(postgres_server.stop)
+    down_at = time.monotonic()
+    try:
+        # the daemon keeps watching while the database is away
+        during = await clients.agent("outage", "agent-during")
+        deadline = time.monotonic() + 5
+        while not any(s.identity == "agent-during" for s in obs.obs.tracker.open_sessions.values()):
+            assert time.monotonic() < deadline, (
+                "events were not handled while the database was down"
+            )
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(2)
+        await before.disconnect()
+        await during.disconnect()
+        short = await clients.agent("outage", "agent-short")
+        await asyncio.sleep(1)
+        await short.disconnect()
+        await asyncio.sleep(max(0.0, 30 - (time.monotonic() - down_at)))
+        assert obs.obs.writer.pending > 0
+    finally:
+        await asyncio.to_thread(postgres_server.start)
+
+    rows = await obs.wait_rows(
+        lambda rows: len(rows) == 3 and all(r.left_at for r in rows), timeout=30
+    )
+    assert sorted(r.participant_identity for r in rows) == [
+        "agent-before",
+        "agent-during",
+        "agent-short",
+    ]
+    assert {r.disconnect_reason for r in rows} == {"CLIENT_INITIATED"}
+    assert {r.end_source for r in rows} == {"rtc"}
+    short_row = next(r for r in rows if r.participant_identity == "agent-short")
+    assert short_row.duration_ms is not None and 500 < short_row.duration_ms < 2500
+    messages = [r.getMessage() for r in caplog.records]
+    assert "database write failed; retrying" in messages
+    assert "database available again" in messages
+    assert not obs.task.done()
