@@ -32,6 +32,12 @@ SETTINGS_DOC: dict[str, tuple[str, str]] = {
     "OBSERVER_HEARTBEAT_S": ("15", "Seconds between last_seen_at refreshes of open sessions"),
     "OBSERVER_QUEUE_MAX": ("100000", "Events buffered before the daemon stops with exit code 3"),
     "OBSERVER_DB_RETRY_MAX_S": ("10", "Longest wait between database retries, seconds"),
+    "OBSERVER_HTTP_ADDR": (
+        "127.0.0.1:9465",
+        "host:port for /webhook, /metrics, /healthz, /readyz; 'off' disables",
+    ),
+    "OBSERVER_WEBHOOK_MAX_BYTES": ("1048576", "Largest webhook body accepted (larger: 413)"),
+    "OBSERVER_STUCK_AGENT_S": ("300", "Seconds an agent may be alone in a room before a warning"),
     "OBSERVER_LOG_FORMAT": ("text", "Log format: text or json"),
     "OBSERVER_LOG_LEVEL": ("info", "Log level: debug, info, warning or error"),
 }
@@ -75,6 +81,10 @@ class Settings:
     heartbeat_s: float = 15.0
     queue_max: int = 100_000
     db_retry_max_s: float = 10.0
+    http_host: str | None = "127.0.0.1"
+    http_port: int = 9465
+    webhook_max_bytes: int = 1_048_576
+    stuck_agent_s: float = 300.0
     log_format: str = "text"
     log_level: str = "info"
 
@@ -160,6 +170,20 @@ class Settings:
         number("OBSERVER_QUEUE_MAX", 100_000, minimum=10, integer=True)
         number("OBSERVER_DB_RETRY_MAX_S", 10.0, minimum=0.1)
 
+        number("OBSERVER_WEBHOOK_MAX_BYTES", 1_048_576, minimum=1024, integer=True)
+        number("OBSERVER_STUCK_AGENT_S", 300.0, minimum=1)
+        http_host: str | None = "127.0.0.1"
+        http_port = 9465
+        addr = get("OBSERVER_HTTP_ADDR") or "127.0.0.1:9465"
+        if addr.lower() == "off":
+            http_host = None
+        else:
+            host, sep, port = addr.rpartition(":")
+            if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+                problems.append(f"OBSERVER_HTTP_ADDR must be host:port or 'off', got {addr!r}")
+            else:
+                http_host, http_port = host.strip("[]"), int(port)
+
         log_format = (get("OBSERVER_LOG_FORMAT") or "text").lower()
         if log_format not in LOG_FORMATS:
             problems.append(f"OBSERVER_LOG_FORMAT must be text or json, got {log_format!r}")
@@ -179,6 +203,10 @@ class Settings:
             heartbeat_s=values.get("OBSERVER_HEARTBEAT_S", 15.0),
             queue_max=int(values.get("OBSERVER_QUEUE_MAX", 100_000)),
             db_retry_max_s=values.get("OBSERVER_DB_RETRY_MAX_S", 10.0),
+            http_host=http_host,
+            http_port=http_port,
+            webhook_max_bytes=int(values.get("OBSERVER_WEBHOOK_MAX_BYTES", 1_048_576)),
+            stuck_agent_s=values.get("OBSERVER_STUCK_AGENT_S", 300.0),
             log_format=log_format,
             log_level=log_level,
         )

@@ -1,39 +1,52 @@
-"""The daemon: wires room watchers -> event queue -> tracker -> writer -> store."""
+"""The daemon: wires room watchers and webhooks -> event queue -> tracker -> writer -> store,
+with metrics and the HTTP server alongside."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Coroutine
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Coroutine, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+import aiohttp
 from livekit import api, rtc
 
-from observer import discovery
+from observer import discovery, webhooks
 from observer.config import LiveKitSettings, Settings
-from observer.store import Store
+from observer.metrics import Metrics
+from observer.store import Store, Write
 from observer.tracker import (
+    END_RECONCILED,
     Close,
     Event,
     Op,
     Open,
+    Reconnecting,
     RoomClosed,
     RoomGone,
     RoomJoined,
     RoomLost,
     SessionTracker,
+    StuckAgents,
     Tick,
+    WebhookRoomFinished,
 )
 from observer.watcher import RoomMismatchError, RoomWatcher, observer_token
+from observer.web import WebServer
 from observer.writer import BufferFull, Writer
 
 log = logging.getLogger(__name__)
 
 EXIT_OK = 0
+EXIT_FAILED = 1
 EXIT_OVERFLOW = 3
 TICK_S = 0.5
 JOIN_TIMEOUT_S = 10.0
+SEEN_WEBHOOKS_MAX = 50_000
+IDENTITY_PREFIX = "lk-observer-"
 
 
 def utcnow() -> datetime:
@@ -41,13 +54,22 @@ def utcnow() -> datetime:
 
 
 class Observer:
-    def __init__(self, settings: Settings, store: Store, lk: LiveKitSettings) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        lk: LiveKitSettings,
+        metrics: Metrics | None = None,
+    ) -> None:
         self.settings = settings
         self.store = store
         self.lk = lk
-        self.identity = f"lk-observer-{settings.observer_id}"
+        self.metrics = metrics or Metrics()
+        self.identity = IDENTITY_PREFIX + settings.observer_id
         self.tracker = SessionTracker(
-            tracked_kinds=settings.track_kinds, heartbeat_s=settings.heartbeat_s
+            tracked_kinds=settings.track_kinds,
+            heartbeat_s=settings.heartbeat_s,
+            stuck_after_s=settings.stuck_agent_s,
         )
         self.queue: asyncio.Queue[Event] = asyncio.Queue(maxsize=settings.queue_max)
         self.writer = Writer(
@@ -55,14 +77,19 @@ class Observer:
             settings.observer_id,
             retry_max_s=settings.db_retry_max_s,
             max_pending=settings.queue_max,
+            on_error=self._db_error,
+            on_written=self._written,
         )
         self.watchers: dict[str, RoomWatcher] = {}
         self.ended_rooms: set[str] = set()
+        self.web: WebServer | None = None
         self.exit_code = EXIT_OK
+        self._first_seen: dict[str, float] = {}
+        self._seen_webhooks: OrderedDict[str, None] = OrderedDict()
         self._stop = asyncio.Event()
+        self._stopping = False
         self._tasks: set[asyncio.Task[Any]] = set()
         self._api: api.LiveKitAPI | None = None
-        self._stopping = False
 
     # ---- lifecycle ----------------------------------------------------------------------
 
@@ -72,39 +99,46 @@ class Observer:
 
     async def run(self) -> int:
         """Watch until stopped; return the process exit code."""
-        await self._load_open_sessions()
-        self._api = api.LiveKitAPI(self.lk.http_url, self.lk.api_key, self.lk.api_secret)
+        self._api = api.LiveKitAPI(
+            self.lk.http_url,
+            self.lk.api_key,
+            self.lk.api_secret,
+            timeout=aiohttp.ClientTimeout(total=10),
+        )
         try:
-            self._spawn(self.writer.run(), "writer")
-            consumer = self._spawn(self._consume(), "consumer")
-            self._spawn(self._tick(), "ticker")
-            self._spawn(self._discover(), "discovery")
-            log.info(
-                "observer started",
-                extra={
-                    "observer_id": self.settings.observer_id,
-                    "url": self.lk.url,
-                    "open_sessions": len(self.tracker.open_sessions),
-                },
-            )
-            await self._stop.wait()
-            await self._shutdown(consumer)
+            if await self._load_open_sessions():
+                await self._start_web()
+                self._spawn(self.writer.run(), "writer")
+                consumer = self._spawn(self._consume(), "consumer")
+                self._spawn(self._tick(), "ticker")
+                self._spawn(self._discover(), "discovery")
+                log.info(
+                    "observer started",
+                    extra={
+                        "observer_id": self.settings.observer_id,
+                        "url": self.lk.url,
+                        "open_sessions": len(self.tracker.open_sessions),
+                    },
+                )
+                await self._stop.wait()
+                await self._shutdown(consumer)
         finally:
-            for t in self._tasks:
+            for t in list(self._tasks):
                 t.cancel()
             await asyncio.gather(*self._tasks, return_exceptions=True)
+            if self.web is not None:
+                await self.web.stop()
             await self._api.aclose()
         log.info("observer stopped", extra={"exit_code": self.exit_code})
         return self.exit_code
 
-    async def _load_open_sessions(self) -> None:
+    async def _load_open_sessions(self) -> bool:
         attempt = 0
-        while True:
+        while not self._stop.is_set():
             try:
                 sessions = await asyncio.to_thread(
                     self.store.open_sessions, self.settings.observer_id
                 )
-                break
             except Exception as exc:  # the database may still be starting
                 attempt += 1
                 delay = min(self.settings.db_retry_max_s, 0.5 * 2**attempt)
@@ -114,15 +148,33 @@ class Observer:
                 )
                 try:
                     await asyncio.wait_for(self._stop.wait(), delay)
-                    raise SystemExit(self.exit_code)
                 except TimeoutError:
-                    continue
-        self.tracker.seed(sessions)
+                    pass
+            else:
+                self.tracker.seed(sessions)
+                self._update_gauges()
+                return True
+        return False
+
+    async def _start_web(self) -> None:
+        if self.settings.http_host is None:
+            return
+        self.web = WebServer(
+            receiver=api.WebhookReceiver(api.TokenVerifier(self.lk.api_key, self.lk.api_secret)),
+            metrics=self.metrics,
+            max_body_bytes=self.settings.webhook_max_bytes,
+            on_webhook=self._on_webhook,
+            readiness=self.readiness,
+        )
+        await self.web.start(self.settings.http_host, self.settings.http_port)
 
     async def _shutdown(self, consumer: asyncio.Task[Any]) -> None:
         """Leave every room. Open sessions stay open (their participants are still there);
         the next start continues them."""
         self._stopping = True
+        for t in list(self._tasks):
+            if t.get_name() in ("ticker", "discovery"):
+                t.cancel()
         # Never cancel a connect in flight: the SDK's native core then kills the process.
         joins = [t for t in self._tasks if t.get_name().startswith("join:")]
         if joins:
@@ -135,10 +187,8 @@ class Observer:
             except Exception:
                 log.warning("leaving a room failed", extra={"room": watcher.room_name})
         self.watchers.clear()
-        while not self.queue.empty():
-            await asyncio.sleep(0.01)
-            if consumer.done():
-                break
+        if not consumer.done():
+            await asyncio.wait_for(self.queue.join(), 10)
         try:
             await asyncio.wait_for(self.writer.wait_idle(), 15)
         except TimeoutError:
@@ -160,7 +210,7 @@ class Observer:
         exc = task.exception()
         if exc is not None:
             log.error("background task failed", exc_info=exc, extra={"task": task.get_name()})
-            self.stop(1)
+            self.stop(EXIT_FAILED)
 
     # ---- event flow ---------------------------------------------------------------------
 
@@ -174,37 +224,47 @@ class Observer:
             )
             self.stop(EXIT_OVERFLOW)
 
+    def _submit(self, writes: Sequence[Write]) -> None:
+        try:
+            self.writer.submit(writes)
+        except BufferFull as exc:
+            log.error(
+                "database buffer full; stopping so that nothing is silently lost",
+                extra={"detail": str(exc)},
+            )
+            self.stop(EXIT_OVERFLOW)
+
     async def _consume(self) -> None:
         while True:
             ev = await self.queue.get()
-            if isinstance(ev, RoomClosed):
+            if isinstance(ev, (RoomClosed, WebhookRoomFinished)):
                 self.ended_rooms.add(ev.room_sid)
             if isinstance(ev, (RoomClosed, RoomLost)):
                 self.watchers.pop(ev.room_sid, None)
+            if isinstance(ev, Reconnecting):
+                self.metrics.reconnects.inc()
             ops = self.tracker.handle(ev)
             if isinstance(ev, RoomJoined):
-                log.info(
-                    "room joined",
-                    extra={
-                        "room": ev.room_name,
-                        "room_sid": ev.room_sid,
-                        "present": len(ev.present),
-                    },
-                )
-            self._log_ops(ops)
-            try:
-                self.writer.submit(ops)
-            except BufferFull as exc:
-                log.error(
-                    "database buffer full; stopping so that nothing is silently lost",
-                    extra={"detail": str(exc)},
-                )
-                self.stop(EXIT_OVERFLOW)
+                self._joined(ev)
+            self._observe(ops)
+            self._submit(ops)
+            self._update_gauges()
+            self.queue.task_done()
 
-    def _log_ops(self, ops: list[Op]) -> None:
+    def _joined(self, ev: RoomJoined) -> None:
+        first = self._first_seen.pop(ev.room_sid, None)
+        if first is not None:
+            self.metrics.room_join_latency.observe(time.monotonic() - first)
+        log.info(
+            "room joined",
+            extra={"room": ev.room_name, "room_sid": ev.room_sid, "present": len(ev.present)},
+        )
+
+    def _observe(self, ops: list[Op]) -> None:
         for op in ops:
             if isinstance(op, Open):
                 s = op.session
+                self.metrics.sessions_opened.labels(kind=s.kind).inc()
                 log.info(
                     "session opened",
                     extra={
@@ -218,6 +278,12 @@ class Observer:
                 )
             elif isinstance(op, Close):
                 s = op.session
+                duration_s = max(0.0, (op.left_at - s.joined_at).total_seconds())
+                self.metrics.sessions_closed.labels(
+                    reason=op.reason or "UNKNOWN", end_source=op.end_source
+                ).inc()
+                if s.kind == "agent":
+                    self.metrics.session_duration.observe(duration_s)
                 log.info(
                     "session closed",
                     extra={
@@ -226,14 +292,82 @@ class Observer:
                         "identity": s.identity,
                         "reason": op.reason,
                         "end_source": op.end_source,
-                        "duration_ms": round((op.left_at - s.joined_at).total_seconds() * 1000),
+                        "duration_ms": round(duration_s * 1000),
                     },
                 )
+            elif isinstance(op, StuckAgents):
+                self.metrics.stuck_alerts.inc()
+                log.warning(
+                    "agent alone in room",
+                    extra={
+                        "room": op.room_name,
+                        "room_sid": op.room_sid,
+                        "identities": ",".join(op.identities),
+                        "alone_since": op.alone_since,
+                        "limit_s": self.settings.stuck_agent_s,
+                    },
+                )
+
+    def _update_gauges(self) -> None:
+        m = self.metrics
+        m.sessions_open.set(len(self.tracker.open_sessions))
+        m.rooms_watched.set(len(self.tracker.watched_rooms))
+        m.stuck_agents.set(self.tracker.stuck_agents)
+        m.event_queue_depth.set(self.queue.qsize())
+        m.db_pending_ops.set(self.writer.pending)
+
+    def _db_error(self, _exc: BaseException) -> None:
+        self.metrics.db_errors.inc()
+        self.metrics.db_retries.inc()
+
+    def _written(self, writes: Sequence[Write]) -> None:
+        now = utcnow()
+        for w in writes:
+            if isinstance(w, Close) and w.end_source != END_RECONCILED:
+                self.metrics.leave_to_row.observe(max(0.0, (now - w.left_at).total_seconds()))
+        self.metrics.db_pending_ops.set(self.writer.pending)
 
     async def _tick(self) -> None:
         while True:
             await asyncio.sleep(TICK_S)
             self._emit(Tick(utcnow()))
+
+    # ---- webhooks and health ------------------------------------------------------------
+
+    def _on_webhook(self, ev: api.WebhookEvent, body: str) -> str:
+        """Handle a verified event: store it raw (once) and feed what it says to the tracker."""
+        if ev.id in self._seen_webhooks:
+            return "duplicate"
+        self._seen_webhooks[ev.id] = None
+        if len(self._seen_webhooks) > SEEN_WEBHOOKS_MAX:
+            self._seen_webhooks.popitem(last=False)
+        if ev.num_dropped:
+            log.warning(
+                "livekit reports dropped webhook events",
+                extra={"num_dropped": ev.num_dropped, "room": ev.room.name},
+            )
+        self._submit([webhooks.record(ev, body, utcnow())])
+        if ev.event == "room_started" and ev.room.sid:
+            self.join_now(discovery.ListedRoom(ev.room.sid, ev.room.name))
+        for tracker_event in webhooks.translate(ev, IDENTITY_PREFIX):
+            self._emit(tracker_event)
+        return "accepted"
+
+    async def readiness(self) -> list[str]:
+        """What is not working right now (empty when ready)."""
+        assert self._api is not None
+        problems: list[str] = []
+        try:
+            await asyncio.wait_for(self._api.room.list_rooms(api.ListRoomsRequest()), 3)
+        except Exception as exc:
+            problems.append(f"livekit unreachable: {type(exc).__name__}")
+        try:
+            await asyncio.wait_for(asyncio.to_thread(self.store.ping), 3)
+        except Exception as exc:
+            problems.append(f"database unreachable: {type(exc).__name__}")
+        if self.writer.failing_since is not None:
+            problems.append(f"database writes failing; {self.writer.pending} changes waiting")
+        return problems
 
     # ---- rooms --------------------------------------------------------------------------
 
@@ -249,6 +383,7 @@ class Observer:
             await asyncio.sleep(self.settings.poll_interval_s)
 
     def poll_once(self, listed: list[discovery.ListedRoom]) -> None:
+        """Act on one complete room listing."""
         p = discovery.plan(
             listed,
             patterns=self.settings.room_patterns,
@@ -259,10 +394,28 @@ class Observer:
         now = utcnow()
         for sid in p.gone:
             self._emit(RoomGone(sid, now))
-        for room in p.join if not self._stopping else ():
-            watcher = RoomWatcher(room.name, room.sid, self._emit)
-            self.watchers[room.sid] = watcher
-            self._spawn(self._join(watcher), f"join:{room.name}")
+        for room in p.join:
+            self._start_join(room)
+
+    def join_now(self, room: discovery.ListedRoom) -> None:
+        """Join one room now (announced by a webhook) if the listing rules allow it."""
+        p = discovery.plan(
+            [room],
+            patterns=self.settings.room_patterns,
+            busy=set(self.watchers),
+            ended=self.ended_rooms,
+            with_open_sessions={},
+        )
+        for r in p.join:
+            self._start_join(r)
+
+    def _start_join(self, room: discovery.ListedRoom) -> None:
+        if self._stopping:
+            return
+        self._first_seen.setdefault(room.sid, time.monotonic())
+        watcher = RoomWatcher(room.name, room.sid, self._emit)
+        self.watchers[room.sid] = watcher
+        self._spawn(self._join(watcher), f"join:{room.name}")
 
     async def _join(self, watcher: RoomWatcher) -> None:
         token = observer_token(
@@ -278,6 +431,7 @@ class Observer:
             # Our join created a fresh room: the listed one ended in between.
             self.ended_rooms.add(watcher.room_sid)
             self.watchers.pop(watcher.room_sid, None)
+            self._first_seen.pop(watcher.room_sid, None)
             log.warning(
                 "room ended before the observer joined; left the new room it created",
                 extra={

@@ -119,6 +119,45 @@ class SessionRow(Base):
     )
 
 
+class WebhookEventRow(Base):
+    """Every accepted LiveKit webhook event, once (deduplicated by the event id)."""
+
+    __tablename__ = "webhook_events"
+
+    id: Mapped[str] = mapped_column(Text, primary_key=True)
+    event: Mapped[str] = mapped_column(Text)
+    room_name: Mapped[str | None] = mapped_column(Text)
+    room_sid: Mapped[str | None] = mapped_column(Text)
+    participant_sid: Mapped[str | None] = mapped_column(Text)
+    participant_identity: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    body: Mapped[str] = mapped_column(Text)
+
+    __table_args__ = (
+        Index("ix_webhook_events_created_at", "created_at"),
+        Index("ix_webhook_events_room_sid_participant_sid", "room_sid", "participant_sid"),
+    )
+
+
+@dataclass(frozen=True)
+class WebhookRecord:
+    """A webhook event as stored in `webhook_events`."""
+
+    id: str
+    event: str
+    room_name: str | None
+    room_sid: str | None
+    participant_sid: str | None
+    participant_identity: str | None
+    created_at: datetime
+    received_at: datetime
+    body: str
+
+
+Write = Op | WebhookRecord
+
+
 def utcnow() -> datetime:
     return datetime.now(UTC)
 
@@ -169,7 +208,7 @@ class Store:
 
         return is_current(self.engine)
 
-    def apply(self, ops: Sequence[Op], observer_id: str) -> None:
+    def apply(self, ops: Sequence[Write], observer_id: str) -> None:
         """Apply a batch of tracker operations in one transaction.
 
         Every operation is idempotent, so a batch that failed half-way can be retried whole.
@@ -183,6 +222,12 @@ class Store:
                     self._close(db, op, now)
                 elif isinstance(op, Touch):
                     self._touch(db, op.keys, op.at, now)
+                elif isinstance(op, WebhookRecord):
+                    insert = (
+                        pg_insert if db.get_bind().dialect.name == "postgresql" else sqlite_insert
+                    )
+                    stmt = insert(WebhookEventRow).values(**vars(op))
+                    db.execute(stmt.on_conflict_do_nothing(index_elements=["id"]))
                 elif isinstance(op, UpdateAttributes):
                     db.execute(
                         update(SessionRow)
@@ -251,6 +296,12 @@ class Store:
             .values(last_seen_at=bindparam("at"), updated_at=bindparam("now"))
         )
         db.connection().execute(stmt, params)
+
+    def webhook_events(self) -> list[WebhookEventRow]:
+        with Session(self.engine, expire_on_commit=False) as db:
+            rows = list(db.scalars(select(WebhookEventRow).order_by(WebhookEventRow.received_at)))
+            db.expunge_all()
+            return rows
 
     def open_sessions(self, observer_id: str) -> list[TrackedSession]:
         """Sessions this observer left open, to continue after a restart."""

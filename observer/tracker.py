@@ -7,6 +7,7 @@ operations for the store. No I/O, no asyncio, no LiveKit or SQL types.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
@@ -18,6 +19,11 @@ DUPLICATE_IDENTITY = "DUPLICATE_IDENTITY"
 END_RTC = "rtc"  # the leave was seen live by the observer in the room
 END_ROOM_CLOSED = "room_closed"  # the room was deleted or closed while the participant was in it
 END_RECONCILED = "reconciled"  # the leave happened while the observer could not see the room
+END_WEBHOOK = "webhook"  # learned from LiveKit's webhook, not seen by the observer
+
+# Participants that keep an agent company; an agent alone with none of these is "stuck".
+COMPANY_KINDS = frozenset({"standard", "sip", "ingress", "connector", "bridge"})
+RECENTLY_CLOSED_MAX = 100_000
 
 
 @dataclass(frozen=True)
@@ -139,6 +145,33 @@ class Tick:
     at: datetime
 
 
+@dataclass(frozen=True)
+class WebhookJoined:
+    """LiveKit's webhook says a participant joined (`at` is the event's createdAt)."""
+
+    room_name: str
+    room_sid: str
+    participant: Seen
+    at: datetime
+
+
+@dataclass(frozen=True)
+class WebhookLeft:
+    """LiveKit's webhook says a participant left; it carries the participant's join time."""
+
+    room_name: str
+    room_sid: str
+    participant: Seen
+    reason: str
+    at: datetime
+
+
+@dataclass(frozen=True)
+class WebhookRoomFinished:
+    room_sid: str
+    at: datetime
+
+
 Event = (
     RoomJoined
     | ParticipantJoined
@@ -150,6 +183,9 @@ Event = (
     | RoomLost
     | RoomGone
     | Tick
+    | WebhookJoined
+    | WebhookLeft
+    | WebhookRoomFinished
 )
 
 # ---- operations ---------------------------------------------------------------------------
@@ -184,7 +220,17 @@ class UpdateAttributes:
     agent_name: str | None
 
 
-Op = Open | Close | Touch | UpdateAttributes
+@dataclass(frozen=True)
+class StuckAgents:
+    """Agents alone in a room (no company) for longer than the limit; not a database write."""
+
+    room_name: str
+    room_sid: str
+    identities: tuple[str, ...]
+    alone_since: datetime
+
+
+Op = Open | Close | Touch | UpdateAttributes | StuckAgents
 
 
 def agent_name_of(attributes: Mapping[str, str]) -> str | None:
@@ -210,10 +256,16 @@ class SessionTracker:
     tracked_kinds: frozenset[str]
     leave_grace_s: float = 2.0
     heartbeat_s: float = 15.0
+    stuck_after_s: float = 300.0
     _open: dict[SessionKey, TrackedSession] = field(default_factory=dict)
     _rooms: dict[str, _Room] = field(default_factory=dict)
     _pending: dict[SessionKey, ParticipantLeft] = field(default_factory=dict)
     _last_heartbeat: datetime | None = None
+    _company: dict[str, set[str]] = field(default_factory=dict)
+    _alone_since: dict[str, datetime] = field(default_factory=dict)
+    _alerted: set[str] = field(default_factory=set)
+    _recently_closed: OrderedDict[SessionKey, None] = field(default_factory=OrderedDict)
+    _in_view: set[SessionKey] = field(default_factory=set)  # seen present by the observer
 
     def seed(self, sessions: Iterable[TrackedSession]) -> None:
         """Continue sessions left open by an earlier run; their rooms are not joined yet."""
@@ -228,6 +280,13 @@ class SessionTracker:
     def watched_rooms(self) -> Mapping[str, str]:
         """room_sid -> room_name for rooms the observer is in."""
         return {sid: r.name for sid, r in self._rooms.items()}
+
+    @property
+    def stuck_agents(self) -> int:
+        """Agents in rooms currently flagged as stuck."""
+        return sum(
+            1 for k, s in self._open.items() if k.room_sid in self._alerted and s.kind == "agent"
+        )
 
     def unwatched_rooms(self) -> dict[str, str]:
         """room_sid -> room_name of rooms with open sessions that the observer is not in."""
@@ -249,9 +308,14 @@ class SessionTracker:
                 return self._snapshot(ev.room_sid, room.name, ev.present, ev.at)
             case ParticipantJoined():
                 self._pending.pop(SessionKey(ev.room_sid, ev.participant.sid), None)
+                if ev.participant.kind in self.tracked_kinds:
+                    self._in_view.add(SessionKey(ev.room_sid, ev.participant.sid))
+                if ev.participant.kind in COMPANY_KINDS:
+                    self._company.setdefault(ev.room_sid, set()).add(ev.participant.sid)
                 ops = self._replaced(ev.room_sid, ev.participant.identity)
                 return ops + self._joined(ev.room_name, ev.room_sid, ev.participant, ev.at)
             case ParticipantLeft():
+                self._company.get(ev.room_sid, set()).discard(ev.participant_sid)
                 key = SessionKey(ev.room_sid, ev.participant_sid)
                 if key not in self._open:
                     return []
@@ -270,18 +334,21 @@ class SessionTracker:
                     del self._pending[key]
                 return self._touch(self._keys_in(ev.room_sid), ev.at)
             case RoomClosed():
+                self._forget_room(ev.room_sid)
                 ops = self._flush_pending(ev.room_sid)
                 self._rooms.pop(ev.room_sid, None)
                 for key in self._keys_in(ev.room_sid):
                     ops.append(self._close(key, ev.at, ev.reason, END_ROOM_CLOSED, None, ev.at))
                 return ops
             case RoomLost():
+                self._forget_room(ev.room_sid)
                 ops = self._flush_pending(ev.room_sid)
                 room = self._rooms.pop(ev.room_sid, None)
                 if room is not None and room.state == "watching":
                     ops += self._touch(self._keys_in(ev.room_sid), ev.at)
                 return ops
             case RoomGone():
+                self._forget_room(ev.room_sid)
                 ops = self._flush_pending(ev.room_sid)
                 self._rooms.pop(ev.room_sid, None)
                 for key in self._keys_in(ev.room_sid):
@@ -289,6 +356,17 @@ class SessionTracker:
                 return ops
             case Tick():
                 return self._tick(ev.at)
+            case WebhookJoined():
+                return self._joined(ev.room_name, ev.room_sid, ev.participant, ev.at)
+            case WebhookLeft():
+                return self._webhook_left(ev)
+            case WebhookRoomFinished():
+                if ev.room_sid in self._rooms:
+                    return []  # the observer is inside and sees the room end itself
+                return [
+                    self._close(key, ev.at, None, END_WEBHOOK, None, ev.at)
+                    for key in self._keys_in(ev.room_sid)
+                ]
         raise TypeError(f"unknown event {ev!r}")
 
     # ---- helpers ------------------------------------------------------------------------
@@ -297,9 +375,9 @@ class SessionTracker:
         return [k for k in self._open if k.room_sid == room_sid]
 
     def _joined(self, room_name: str, room_sid: str, p: Seen, at: datetime) -> list[Op]:
-        if p.kind not in self.tracked_kinds:
-            return []
         key = SessionKey(room_sid, p.sid)
+        if p.kind not in self.tracked_kinds or key in self._recently_closed:
+            return []
         if key in self._open:
             return self._touch([key], at)
         s = TrackedSession(
@@ -322,6 +400,10 @@ class SessionTracker:
     ) -> list[Op]:
         ops: list[Op] = []
         present_sids = {p.sid for p in present}
+        self._company[room_sid] = {p.sid for p in present if p.kind in COMPANY_KINDS}
+        self._in_view.update(
+            SessionKey(room_sid, p.sid) for p in present if p.kind in self.tracked_kinds
+        )
         for key in self._keys_in(room_sid):
             if key.participant_sid not in present_sids:
                 pending = self._pending.pop(key, None)
@@ -364,6 +446,10 @@ class SessionTracker:
     ) -> Close:
         s = self._open.pop(key)
         self._pending.pop(key, None)
+        self._recently_closed[key] = None
+        self._in_view.discard(key)
+        if len(self._recently_closed) > RECENTLY_CLOSED_MAX:
+            self._recently_closed.popitem(last=False)
         return Close(key, left_at, reason, source, uncertainty_ms, last_seen_at, s)
 
     def _reconciled(self, key: SessionKey, at: datetime) -> Close:
@@ -372,6 +458,47 @@ class SessionTracker:
         last_seen = self._open[key].last_seen_at
         width_ms = max(0, round((at - last_seen).total_seconds() * 1000))
         return self._close(key, last_seen, None, END_RECONCILED, width_ms, last_seen)
+
+    def _webhook_left(self, ev: WebhookLeft) -> list[Op]:
+        key = SessionKey(ev.room_sid, ev.participant.sid)
+        pending = self._pending.get(key)
+        if pending is not None:  # seen live with no reason; the webhook knows the reason
+            reason = ev.reason if ev.reason not in ("", UNKNOWN_REASON) else pending.reason
+            return [self._close(key, pending.at, reason, END_RTC, None, pending.at)]
+        room = self._rooms.get(ev.room_sid)
+        if key in self._in_view and room is not None and room.state == "watching":
+            return []  # the observer sees this participant live: its own, ms-precise leave wins
+        # A session the observer never saw (it was down, or not in the room yet) is
+        # opened from the webhook's participant info and closed at once.
+        ops = self._joined(ev.room_name, ev.room_sid, ev.participant, ev.at)
+        if key in self._open:
+            ops.append(self._close(key, ev.at, ev.reason or None, END_WEBHOOK, None, ev.at))
+        return ops
+
+    def _forget_room(self, room_sid: str) -> None:
+        self._in_view = {k for k in self._in_view if k.room_sid != room_sid}
+        self._company.pop(room_sid, None)
+        self._alone_since.pop(room_sid, None)
+        self._alerted.discard(room_sid)
+
+    def _stuck(self, at: datetime) -> list[Op]:
+        agents_by_room: dict[str, list[TrackedSession]] = {}
+        for k, s in self._open.items():
+            if s.kind == "agent" and k.room_sid in self._rooms:
+                agents_by_room.setdefault(k.room_sid, []).append(s)
+        ops: list[Op] = []
+        for room_sid, room in self._rooms.items():
+            agents = agents_by_room.get(room_sid)
+            if room.state != "watching" or not agents or self._company.get(room_sid):
+                self._alone_since.pop(room_sid, None)
+                self._alerted.discard(room_sid)
+                continue
+            since = self._alone_since.setdefault(room_sid, at)
+            if (at - since).total_seconds() >= self.stuck_after_s and room_sid not in self._alerted:
+                self._alerted.add(room_sid)
+                ids = tuple(sorted(s.identity for s in agents))
+                ops.append(StuckAgents(room.name, room_sid, ids, since))
+        return ops
 
     def _replaced(self, room_sid: str, identity: str) -> list[Op]:
         """A held leave followed by a join of the same identity is LiveKit replacing the
@@ -395,6 +522,7 @@ class SessionTracker:
         for key, ev in list(self._pending.items()):
             if at - ev.at >= grace:
                 ops.append(self._close(key, ev.at, ev.reason, END_RTC, None, ev.at))
+        ops += self._stuck(at)
         if self._last_heartbeat is None:
             self._last_heartbeat = at
         elif (at - self._last_heartbeat).total_seconds() >= self.heartbeat_s:

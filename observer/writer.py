@@ -13,8 +13,7 @@ from collections.abc import Callable, Sequence
 
 from sqlalchemy.exc import SQLAlchemyError
 
-from observer.store import Store
-from observer.tracker import Op
+from observer.store import Store, Write
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +33,7 @@ class Writer:
         retry_max_s: float,
         max_pending: int,
         on_error: Callable[[BaseException], None] = lambda _e: None,
-        on_written: Callable[[Sequence[Op]], None] = lambda _ops: None,
+        on_written: Callable[[Sequence[Write]], None] = lambda _ops: None,
     ) -> None:
         self._store = store
         self._observer_id = observer_id
@@ -42,7 +41,7 @@ class Writer:
         self._max_pending = max_pending
         self._on_error = on_error
         self._on_written = on_written
-        self._pending: list[Op] = []
+        self._pending: list[Write] = []
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
@@ -52,7 +51,7 @@ class Writer:
     def pending(self) -> int:
         return len(self._pending)
 
-    def submit(self, ops: Sequence[Op]) -> None:
+    def submit(self, ops: Sequence[Write]) -> None:
         """Queue operations; raises BufferFull instead of dropping any."""
         if not ops:
             return

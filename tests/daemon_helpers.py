@@ -26,6 +26,7 @@ def settings_for(server: LiveKitServer, db_url: str, **extra: str) -> Settings:
         "OBSERVER_POLL_INTERVAL_S": "0.3",
         "OBSERVER_HEARTBEAT_S": "1",
         "OBSERVER_DB_RETRY_MAX_S": "1",
+        "OBSERVER_HTTP_ADDR": "off",
         **extra,
     }
     return Settings.from_mapping(env, need_livekit=True)

@@ -28,6 +28,7 @@ def start_daemon(server: LiveKitServer, db_url: str, log: Path) -> subprocess.Po
         OBSERVER_POLL_INTERVAL_S="0.3",
         OBSERVER_HEARTBEAT_S="1",
         OBSERVER_LOG_FORMAT="json",
+        OBSERVER_HTTP_ADDR="off",
     )
     with log.open("ab") as out:
         return subprocess.Popen(

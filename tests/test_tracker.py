@@ -10,6 +10,7 @@ from observer.tracker import (
     END_RECONCILED,
     END_ROOM_CLOSED,
     END_RTC,
+    END_WEBHOOK,
     AttributesChanged,
     Close,
     Event,
@@ -26,10 +27,14 @@ from observer.tracker import (
     Seen,
     SessionKey,
     SessionTracker,
+    StuckAgents,
     Tick,
     Touch,
     TrackedSession,
     UpdateAttributes,
+    WebhookJoined,
+    WebhookLeft,
+    WebhookRoomFinished,
 )
 
 T0 = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
@@ -248,3 +253,124 @@ def test_tracked_kinds_setting() -> None:
     sip = Seen("PS1", "caller", "", "sip", {}, t(0))
     ops = run([RoomJoined("r", "RM1", (sip, user("PU1")), t(0))], tr)
     assert opens(ops) == ["PS1"]
+
+
+def webhook_left(sid: str, at: float, joined: float = 0.0, reason: str = "CLIENT_INITIATED"):
+    return WebhookLeft("r", "RM1", agent(sid, joined), reason, t(at))
+
+
+WEBHOOK_CASES: list[tuple[str, list[Event], list[str], list[tuple[object, ...]]]] = [
+    (
+        "a session the observer never saw is recorded from webhooks",
+        [WebhookJoined("r", "RM1", agent("PA1", 1), t(1)), webhook_left("PA1", 9, 1)],
+        ["PA1"],
+        [("PA1", t(9), "CLIENT_INITIATED", END_WEBHOOK, None)],
+    ),
+    (
+        "a lone participant_left (join event dropped) still records the session",
+        [webhook_left("PA1", 9, 1)],
+        ["PA1"],
+        [("PA1", t(9), "CLIENT_INITIATED", END_WEBHOOK, None)],
+    ),
+    (
+        "seen by both witnesses: one row, the observer's own leave wins",
+        [
+            RoomJoined("r", "RM1", (), t(0)),
+            WebhookJoined("r", "RM1", agent("PA1", 1), t(1)),
+            ParticipantJoined("r", "RM1", agent("PA1", 1), t(1.1)),
+            webhook_left("PA1", 9, 1),
+            ParticipantLeft("RM1", "PA1", "CLIENT_INITIATED", t(8.7)),
+            WebhookJoined("r", "RM1", agent("PA1", 1), t(1)),  # redelivered late
+        ],
+        ["PA1"],
+        [("PA1", t(8.7), "CLIENT_INITIATED", END_RTC, None)],
+    ),
+    (
+        "rtc first, webhook after: nothing doubled",
+        [
+            RoomJoined("r", "RM1", (agent("PA1"),), t(0)),
+            ParticipantLeft("RM1", "PA1", "CLIENT_INITIATED", t(5)),
+            webhook_left("PA1", 5),
+        ],
+        ["PA1"],
+        [("PA1", t(5), "CLIENT_INITIATED", END_RTC, None)],
+    ),
+    (
+        "while the observer reconnects the webhook closes the session",
+        [
+            RoomJoined("r", "RM1", (agent("PA1"),), t(0)),
+            Reconnecting("RM1", t(4)),
+            webhook_left("PA1", 5),
+            Reconnected("RM1", (), t(8)),
+        ],
+        ["PA1"],
+        [("PA1", t(5), "CLIENT_INITIATED", END_WEBHOOK, None)],
+    ),
+    (
+        "a held unknown-reason leave takes the webhook's reason",
+        [
+            RoomJoined("r", "RM1", (agent("PA1"),), t(0)),
+            ParticipantLeft("RM1", "PA1", "UNKNOWN_REASON", t(5)),
+            webhook_left("PA1", 5, reason="CONNECTION_TIMEOUT"),
+        ],
+        ["PA1"],
+        [("PA1", t(5), "CONNECTION_TIMEOUT", END_RTC, None)],
+    ),
+    (
+        "room finished closes webhook-only sessions of a room the observer is not in",
+        [WebhookJoined("r", "RM1", agent("PA1", 1), t(1)), WebhookRoomFinished("RM1", t(30))],
+        ["PA1"],
+        [("PA1", t(30), None, END_WEBHOOK, None)],
+    ),
+    (
+        "room finished is ignored for a room the observer is in",
+        [RoomJoined("r", "RM1", (agent("PA1"),), t(0)), WebhookRoomFinished("RM1", t(30))],
+        ["PA1"],
+        [],
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("events", "want_opens", "want_closes"),
+    [c[1:] for c in WEBHOOK_CASES],
+    ids=[c[0] for c in WEBHOOK_CASES],
+)
+def test_webhook_sequences(
+    events: list[Event], want_opens: list[str], want_closes: list[tuple[object, ...]]
+) -> None:
+    ops = run(events)
+    assert opens(ops) == want_opens
+    assert closes(ops) == want_closes
+
+
+def test_stuck_agent_alerts_once_per_occurrence() -> None:
+    tr = SessionTracker(frozenset({"agent"}), stuck_after_s=60)
+    run([RoomJoined("r", "RM1", (agent("PA1"), user("PU1")), t(0))], tr)
+    assert stucks(tr, [Tick(t(100))]) == []  # company present
+    run([ParticipantLeft("RM1", "PU1", "CLIENT_INITIATED", t(101))], tr)
+    assert stucks(tr, [Tick(t(102)), Tick(t(150))]) == []
+    (alert,) = stucks(tr, [Tick(t(162)), Tick(t(170)), Tick(t(300))])
+    assert alert.identities == ("id-PA1",) and alert.alone_since == t(102)
+    assert tr.stuck_agents == 1
+    run([ParticipantJoined("r", "RM1", user("PU2"), t(301))], tr)
+    assert stucks(tr, [Tick(t(302))]) == [] and tr.stuck_agents == 0
+    run([ParticipantLeft("RM1", "PU2", "CLIENT_INITIATED", t(303))], tr)
+    assert len(stucks(tr, [Tick(t(304)), Tick(t(365))])) == 1  # a new occurrence
+
+
+def stucks(tr: SessionTracker, events: list[Event]) -> list[StuckAgents]:
+    return [o for o in run(events, tr) if isinstance(o, StuckAgents)]
+
+
+def test_webhook_only_session_in_a_watched_room_closes_by_webhook() -> None:
+    """The webhook join arrives after the observer joined, for an agent already gone."""
+    ops = run(
+        [
+            RoomJoined("r", "RM1", (), t(0)),
+            WebhookJoined("r", "RM1", agent("PA1", -5), t(-5)),
+            webhook_left("PA1", -1, -5),
+        ]
+    )
+    assert opens(ops) == ["PA1"]
+    assert closes(ops) == [("PA1", t(-1), "CLIENT_INITIATED", END_WEBHOOK, None)]

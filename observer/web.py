@@ -1,0 +1,90 @@
+"""The daemon's HTTP server: /webhook, /metrics, /healthz, /readyz (aiohttp)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+from livekit import api
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from observer.metrics import Metrics
+from observer.webhooks import Rejected, verify
+
+log = logging.getLogger(__name__)
+
+
+class WebServer:
+    def __init__(
+        self,
+        *,
+        receiver: api.WebhookReceiver,
+        metrics: Metrics,
+        max_body_bytes: int,
+        on_webhook: Callable[[api.WebhookEvent, str], str],
+        readiness: Callable[[], Awaitable[list[str]]],
+    ) -> None:
+        self._receiver = receiver
+        self._metrics = metrics
+        self._max = max_body_bytes
+        self._on_webhook = on_webhook
+        self._readiness = readiness
+        self._runner: web.AppRunner | None = None
+        self.port: int | None = None
+
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=self._max)
+        app.router.add_post("/webhook", self._webhook)
+        app.router.add_get("/metrics", self._metrics_page)
+        app.router.add_get("/healthz", self._healthz)
+        app.router.add_get("/readyz", self._readyz)
+        return app
+
+    async def start(self, host: str, port: int) -> None:
+        self._runner = web.AppRunner(self.app(), access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, host, port)
+        await site.start()
+        server = site._server
+        sockets = getattr(server, "sockets", None) or []
+        self.port = sockets[0].getsockname()[1] if sockets else port
+        log.info("http server listening", extra={"host": host, "port": self.port})
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    async def _webhook(self, request: web.Request) -> web.Response:
+        try:
+            if request.content_length is not None and request.content_length > self._max:
+                raise Rejected(413, "too_large", "body too large")
+            try:
+                body = await request.read()
+            except web.HTTPRequestEntityTooLarge:
+                raise Rejected(413, "too_large", "body too large") from None
+            event = verify(self._receiver, body, request.headers.get("Authorization"))
+        except Rejected as exc:
+            self._metrics.webhooks.labels(outcome=exc.outcome).inc()
+            log.warning(
+                "webhook rejected",
+                extra={"status": exc.status, "why": str(exc), "remote": request.remote},
+            )
+            return web.Response(status=exc.status, text=str(exc) + "\n")
+        outcome = self._on_webhook(event, body.decode())
+        self._metrics.webhooks.labels(outcome=outcome).inc()
+        return web.Response(text=outcome + "\n")
+
+    async def _metrics_page(self, _request: web.Request) -> web.Response:
+        body = generate_latest(self._metrics.registry)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def _healthz(self, _request: web.Request) -> web.Response:
+        return web.Response(text="ok\n")
+
+    async def _readyz(self, _request: web.Request) -> web.Response:
+        problems = await self._readiness()
+        if problems:
+            return web.Response(status=503, text="; ".join(problems) + "\n")
+        return web.Response(text="ready\n")

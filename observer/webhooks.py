@@ -1,0 +1,120 @@
+"""LiveKit webhook events: verified with livekit-api, translated into tracker events."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from livekit import api
+from livekit.protocol import models
+
+from observer.store import WebhookRecord
+from observer.tracker import Event, Seen, WebhookJoined, WebhookLeft, WebhookRoomFinished
+
+KINDS = {
+    models.ParticipantInfo.Kind.STANDARD: "standard",
+    models.ParticipantInfo.Kind.INGRESS: "ingress",
+    models.ParticipantInfo.Kind.EGRESS: "egress",
+    models.ParticipantInfo.Kind.SIP: "sip",
+    models.ParticipantInfo.Kind.AGENT: "agent",
+    models.ParticipantInfo.Kind.CONNECTOR: "connector",
+    models.ParticipantInfo.Kind.BRIDGE: "bridge",
+}
+LEFT_EVENTS = frozenset({"participant_left", "participant_connection_aborted"})
+KNOWN_EVENTS = frozenset(
+    {
+        "room_started",
+        "room_finished",
+        "participant_joined",
+        "participant_left",
+        "participant_connection_aborted",
+        "track_published",
+        "track_unpublished",
+        "egress_started",
+        "egress_updated",
+        "egress_ended",
+        "ingress_started",
+        "ingress_ended",
+    }
+)
+
+
+class Rejected(Exception):
+    """A request that is not an authentic LiveKit event; `status` is the HTTP answer."""
+
+    def __init__(self, status: int, outcome: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.outcome = outcome
+
+
+def verify(
+    receiver: api.WebhookReceiver, body: bytes, authorization: str | None
+) -> api.WebhookEvent:
+    """Check the signature and body hash (livekit-api does both), then parse."""
+    from google.protobuf.json_format import ParseError
+
+    if not authorization:
+        raise Rejected(401, "unauthorized", "missing Authorization header")
+    token = authorization.removeprefix("Bearer ").strip()
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        raise Rejected(400, "malformed", "body is not UTF-8") from None
+    try:
+        event = receiver.receive(text, token)
+    except ParseError:
+        raise Rejected(400, "malformed", "body is not a LiveKit webhook event") from None
+    except Exception:  # bad or expired signature, or a body that does not match its hash
+        raise Rejected(401, "unauthorized", "signature check failed") from None
+    if not event.id or event.event not in KNOWN_EVENTS:
+        raise Rejected(400, "malformed", "not a LiveKit webhook event")
+    return event
+
+
+def record(ev: api.WebhookEvent, body: str, received_at: datetime) -> WebhookRecord:
+    """What the raw-events table keeps of an event."""
+    return WebhookRecord(
+        id=ev.id,
+        event=ev.event,
+        room_name=ev.room.name or None,
+        room_sid=ev.room.sid or None,
+        participant_sid=ev.participant.sid or None,
+        participant_identity=ev.participant.identity or None,
+        created_at=created_at(ev),
+        received_at=received_at,
+        body=body,
+    )
+
+
+def created_at(ev: api.WebhookEvent) -> datetime:
+    # createdAt has one-second resolution: it is the best leave time a webhook gives.
+    return datetime.fromtimestamp(ev.created_at, UTC)
+
+
+def seen(p: models.ParticipantInfo, fallback: datetime) -> Seen:
+    joined_ms = p.joined_at_ms or p.joined_at * 1000
+    return Seen(
+        sid=p.sid,
+        identity=p.identity,
+        name=p.name,
+        kind=KINDS.get(p.kind, "standard"),
+        attributes=dict(p.attributes),
+        joined_at=datetime.fromtimestamp(joined_ms / 1000, UTC) if joined_ms else fallback,
+    )
+
+
+def translate(ev: api.WebhookEvent, ignore_identity_prefix: str) -> list[Event]:
+    """Tracker events for a verified webhook event (the observer's own presence ignored)."""
+    at = created_at(ev)
+    if ev.event == "room_finished" and ev.room.sid:
+        return [WebhookRoomFinished(ev.room.sid, at)]
+    if ev.event not in LEFT_EVENTS and ev.event != "participant_joined":
+        return []
+    p = ev.participant
+    if not p.sid or not ev.room.sid or p.identity.startswith(ignore_identity_prefix):
+        return []
+    who = seen(p, at)
+    if ev.event == "participant_joined":
+        return [WebhookJoined(ev.room.name, ev.room.sid, who, at)]
+    reason = models.DisconnectReason.Name(p.disconnect_reason) if p.disconnect_reason else ""
+    return [WebhookLeft(ev.room.name, ev.room.sid, who, reason, at)]

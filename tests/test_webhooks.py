@@ -1,0 +1,234 @@
+"""Webhooks as a second witness, metrics and health, against a real livekit-server."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import time
+import uuid
+
+import aiohttp
+import pytest
+from daemon_helpers import Clients, create_room
+from livekit import api
+from livekit_server import LiveKitServer, free_tcp_port
+from postgres_server import PostgresServer
+
+from observer import migrate
+
+
+def webhook_server(factory, port: int) -> LiveKitServer:  # type: ignore[no-untyped-def]
+    return factory(webhook_urls=[f"http://127.0.0.1:{port}/webhook"], departure_timeout=5)
+
+
+def signed(server: LiveKitServer, body: str, secret: str | None = None) -> str:
+    digest = base64.b64encode(hashlib.sha256(body.encode()).digest()).decode()
+    tok = api.AccessToken(server.api_key, secret or server.api_secret).with_sha256(digest)
+    return tok.to_jwt()
+
+
+def event_body(event: str = "participant_joined", room_sid: str = "RM_x") -> str:
+    from google.protobuf.json_format import MessageToJson
+
+    ev = api.WebhookEvent(
+        event=event,
+        id=f"EV_{uuid.uuid4().hex[:12]}",
+        created_at=int(time.time()),
+        room=api.Room(sid=room_sid, name="posted"),
+        participant=api.ParticipantInfo(
+            sid="PA_posted",
+            identity="posted-agent",
+            kind=api.ParticipantInfo.Kind.AGENT,
+            joined_at_ms=int(time.time() * 1000),
+        ),
+    )
+    return MessageToJson(ev)
+
+
+async def post(port: int, body: str | bytes, auth: str | None) -> tuple[int, str]:
+    headers = {"Content-Type": "application/webhook+json"}
+    if auth is not None:
+        headers["Authorization"] = auth
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(f"http://127.0.0.1:{port}/webhook", data=body, headers=headers) as resp,
+    ):
+        return resp.status, await resp.text()
+
+
+async def get(port: int, path: str) -> tuple[int, str]:
+    async with aiohttp.ClientSession() as http, http.get(f"http://127.0.0.1:{port}{path}") as r:
+        return r.status, await r.text()
+
+
+async def test_session_missed_while_observer_was_down_is_recorded_from_webhooks(
+    livekit_server_factory, db_url: str, start_observer
+) -> None:
+    port = free_tcp_port()
+    server = webhook_server(livekit_server_factory, port)
+    c = Clients(server)
+    try:
+        await create_room(server, "missed")
+        await c.join("missed", "user-1")
+        first = await start_observer(server, db_url, OBSERVER_HTTP_ADDR=f"127.0.0.1:{port}")
+        await first.wait_watching("missed")
+        assert await first.stop() == 0
+
+        agent = await c.agent("missed", "agent-unseen", agent_name="night-shift")
+        joined = time.time()
+        await asyncio.sleep(1.5)
+        await agent.disconnect()
+        left = time.time()
+
+        # back within LiveKit's 30 s webhook retry window
+        second = await start_observer(server, db_url, OBSERVER_HTTP_ADDR=f"127.0.0.1:{port}")
+        (row,) = await second.wait_rows(lambda rows: len(rows) == 1 and rows[0].left_at, timeout=40)
+        assert row.participant_identity == "agent-unseen"
+        assert row.end_source == "webhook"
+        assert row.disconnect_reason == "CLIENT_INITIATED"
+        assert row.agent_name == "night-shift"
+        assert abs(row.joined_at.timestamp() - joined) < 0.5  # the server's ms join time
+        assert row.left_at is not None and abs(row.left_at.timestamp() - left) < 1.5
+        events = {e.event for e in second.store.webhook_events()}
+        assert {"participant_joined", "participant_left"} <= events
+    finally:
+        await c.close()
+
+
+async def test_seen_by_both_witnesses_is_one_row_and_metrics_move(
+    livekit_server_factory, db_url: str, start_observer
+) -> None:
+    port = free_tcp_port()
+    server = webhook_server(livekit_server_factory, port)
+    c = Clients(server)
+    try:
+        await create_room(server, "both")
+        await c.join("both", "user-1")
+        obs = await start_observer(server, db_url, OBSERVER_HTTP_ADDR=f"127.0.0.1:{port}")
+        await obs.wait_watching("both")
+        m = obs.obs.metrics
+        agent = await c.agent("both", "agent-both")
+        await obs.wait_rows(lambda rows: len(rows) == 1)
+        assert m.value("observer_sessions_open") == 1
+        assert m.value("observer_rooms_watched") >= 1
+        await agent.disconnect()
+        await obs.wait_rows(lambda rows: rows[0].left_at is not None)
+        deadline = time.monotonic() + 15
+        while m.value("observer_webhooks_total", {"outcome": "accepted"}) < 4:  # started, joins
+            assert time.monotonic() < deadline, "webhooks did not arrive"
+            await asyncio.sleep(0.1)
+        await asyncio.sleep(1.0)
+        (row,) = obs.rows()
+        assert row.end_source == "rtc"  # the observer's own ms-precise leave
+        assert m.value("observer_sessions_open") == 0
+        labels = {"reason": "CLIENT_INITIATED", "end_source": "rtc"}
+        assert m.value("observer_sessions_closed_total", labels) == 1
+        assert m.value("observer_agent_session_duration_seconds_count") == 1
+        assert m.value("observer_leave_to_row_seconds_count") == 1
+        assert m.value("observer_room_join_latency_seconds_count") >= 1
+        status, text = await get(port, "/metrics")
+        assert status == 200 and "observer_sessions_closed_total" in text
+        assert await get(port, "/healthz") == (200, "ok\n")
+    finally:
+        await c.close()
+
+
+async def test_bad_requests_are_rejected_and_write_nothing(
+    livekit_server: LiveKitServer, db_url: str, start_observer
+) -> None:
+    port = free_tcp_port()
+    obs = await start_observer(
+        livekit_server,
+        db_url,
+        OBSERVER_HTTP_ADDR=f"127.0.0.1:{port}",
+        OBSERVER_WEBHOOK_MAX_BYTES="4096",
+    )
+    await asyncio.sleep(0.5)
+    body = event_body()
+    assert (await post(port, body, None))[0] == 401  # unsigned
+    assert (await post(port, body, signed(livekit_server, body, "f" * 40)))[0] == 401  # forged
+    other = event_body()
+    assert (await post(port, body, signed(livekit_server, other)))[0] == 401  # hash mismatch
+    expired = api.AccessToken(livekit_server.api_key, livekit_server.api_secret)
+    expired = expired.with_ttl(__import__("datetime").timedelta(seconds=-120))
+    digest = base64.b64encode(hashlib.sha256(body.encode()).digest()).decode()
+    assert (await post(port, body, expired.with_sha256(digest).to_jwt()))[0] == 401
+    big = "x" * 10_000
+    assert (await post(port, big, signed(livekit_server, big)))[0] == 413  # oversized
+    junk = "this is not json"
+    assert (await post(port, junk, signed(livekit_server, junk)))[0] == 400  # malformed
+    notlk = '{"hello": "world"}'
+    assert (await post(port, notlk, signed(livekit_server, notlk)))[0] == 400
+    await asyncio.sleep(0.5)
+    assert obs.store.webhook_events() == [] and obs.rows() == []
+    m = obs.obs.metrics
+    assert m.value("observer_webhooks_total", {"outcome": "unauthorized"}) == 4
+    assert m.value("observer_webhooks_total", {"outcome": "too_large"}) == 1
+    assert m.value("observer_webhooks_total", {"outcome": "malformed"}) == 2
+    assert not obs.task.done()
+
+
+async def test_duplicate_deliveries_are_idempotent(
+    livekit_server: LiveKitServer, db_url: str, start_observer
+) -> None:
+    port = free_tcp_port()
+    obs = await start_observer(livekit_server, db_url, OBSERVER_HTTP_ADDR=f"127.0.0.1:{port}")
+    await asyncio.sleep(0.5)
+    body = event_body("participant_joined", room_sid="RM_elsewhere")
+    auth = signed(livekit_server, body)
+    assert await post(port, body, auth) == (200, "accepted\n")
+    assert await post(port, body, auth) == (200, "duplicate\n")
+    rows = await obs.wait_rows(lambda rows: len(rows) == 1)
+    await asyncio.sleep(0.5)
+    assert len(obs.rows()) == 1 and rows[0].participant_sid == "PA_posted"
+    assert len(obs.store.webhook_events()) == 1
+
+
+async def test_readiness_follows_the_database(
+    livekit_server: LiveKitServer, postgres_server: PostgresServer, pg_url: str, start_observer
+) -> None:
+    migrate.upgrade(pg_url)
+    port = free_tcp_port()
+    await start_observer(livekit_server, pg_url, OBSERVER_HTTP_ADDR=f"127.0.0.1:{port}")
+    await asyncio.sleep(0.5)
+    assert await get(port, "/readyz") == (200, "ready\n")
+    await asyncio.to_thread(postgres_server.stop)
+    try:
+        status, text = await get(port, "/readyz")
+        assert status == 503 and "database" in text
+        assert (await get(port, "/healthz"))[0] == 200
+    finally:
+        await asyncio.to_thread(postgres_server.start)
+    deadline = time.monotonic() + 10
+    while (await get(port, "/readyz"))[0] != 200:
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.2)
+
+
+@pytest.mark.parametrize("company", [False, True], ids=["alone", "with-user"])
+async def test_stuck_agent_alert(
+    company: bool,
+    livekit_server: LiveKitServer,
+    db_url: str,
+    start_observer,
+    clients: Clients,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    room = f"stuck-{company}"
+    await create_room(livekit_server, room, empty_timeout=60, departure_timeout=60)
+    if company:
+        await clients.join(room, "user-1")
+    obs = await start_observer(livekit_server, db_url, OBSERVER_STUCK_AGENT_S="1")
+    await obs.wait_watching(room)
+    await clients.agent(room, "lonely-agent")
+    await obs.wait_rows(lambda rows: len(rows) == 1)
+    await asyncio.sleep(2.5)
+    m = obs.obs.metrics
+    warnings = [r for r in caplog.records if r.getMessage() == "agent alone in room"]
+    if company:
+        assert m.value("observer_stuck_agents") == 0 and warnings == []
+    else:
+        assert m.value("observer_stuck_agents") == 1
+        assert len(warnings) == 1  # one line per occurrence, not one per tick
+        assert m.value("observer_stuck_agent_alerts_total") == 1
