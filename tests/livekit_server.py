@@ -164,7 +164,25 @@ class LiveKitServer:
     # -- lifecycle -------------------------------------------------------------
 
     def start(self, timeout: float = START_TIMEOUT) -> None:
-        """Start the server and wait until ``GET /`` answers 200 "OK"."""
+        """Start the server and wait until ``GET /`` answers 200 "OK".
+
+        A free port can be taken by another process between choosing and binding it;
+        before the first successful start the server then moves to new ports.
+        """
+        for attempt in range(3):
+            try:
+                self._start_once(timeout)
+                self._started_once = True
+                return
+            except LiveKitServerError as exc:
+                moved = getattr(self, "_started_once", False)
+                if moved or attempt == 2 or "address already in use" not in str(exc):
+                    raise
+                self.port = free_tcp_port()
+                self.rtc_tcp_port = free_tcp_port()
+                self.rtc_udp_port = free_udp_port()
+
+    def _start_once(self, timeout: float) -> None:
         if self.running:
             return
         if not self.binary.is_file():
