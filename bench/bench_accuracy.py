@@ -25,14 +25,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
-from livekit import api  # noqa: E402
-from livekit_server import LiveKitServer  # noqa: E402
+from livekit import api
+from livekit_server import LiveKitServer
 
-from observer import migrate  # noqa: E402
-from observer.config import LiveKitSettings, Settings  # noqa: E402
-from observer.service import Observer  # noqa: E402
-from observer.simulate import Stay, connect_agent, leave, user_token  # noqa: E402
-from observer.store import SessionFilter, Store  # noqa: E402
+from observer import migrate
+from observer.config import LiveKitSettings, Settings
+from observer.service import Observer
+from observer.simulate import Stay, connect_agent, leave, user_token
+from observer.store import SessionFilter, Store
 
 
 def cpu_model() -> str:

@@ -9,6 +9,6 @@ scripts/ensure-postgres.sh
 scripts/bootstrap.sh
 export LIVEKIT_SERVER_BIN="${LIVEKIT_SERVER_BIN:-$(scripts/install-livekit-server.sh | tail -n 1)}"
 
-.venv/bin/ruff check observer tests migrations scripts
+.venv/bin/ruff check observer tests migrations bench
 .venv/bin/mypy
 .venv/bin/python -m pytest "$@"
