@@ -45,6 +45,9 @@ EXIT_FAILED = 1
 EXIT_OVERFLOW = 3
 TICK_S = 0.5
 JOIN_TIMEOUT_S = 10.0
+# Each connect briefly starts many native threads; a burst of hundreds starves the rooms
+# already watched.
+JOIN_CONCURRENCY = 4
 SEEN_WEBHOOKS_MAX = 50_000
 IDENTITY_PREFIX = "lk-observer-"
 
@@ -90,6 +93,7 @@ class Observer:
         self._stopping = False
         self._tasks: set[asyncio.Task[Any]] = set()
         self._api: api.LiveKitAPI | None = None
+        self._join_slots = asyncio.Semaphore(JOIN_CONCURRENCY)
 
     # ---- lifecycle ----------------------------------------------------------------------
 
@@ -196,6 +200,7 @@ class Observer:
                 "stopped with unwritten changes; the next start reconciles them",
                 extra={"waiting_ops": self.writer.pending},
             )
+            self.exit_code = max(self.exit_code, EXIT_FAILED)
 
     def _spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
         task = asyncio.create_task(coro, name=name)
@@ -347,6 +352,8 @@ class Observer:
                 extra={"num_dropped": ev.num_dropped, "room": ev.room.name},
             )
         self._submit([webhooks.record(ev, body, utcnow())])
+        if ev.room.name and not discovery.matches(ev.room.name, self.settings.room_patterns):
+            return "accepted"  # stored, but not a room this observer watches
         if ev.event == "room_started" and ev.room.sid:
             self.join_now(discovery.ListedRoom(ev.room.sid, ev.room.name))
         for tracker_event in webhooks.translate(ev, IDENTITY_PREFIX):
@@ -374,16 +381,20 @@ class Observer:
     async def _discover(self) -> None:
         assert self._api is not None
         while True:
+            listed_at = utcnow()
             try:
                 resp = await self._api.room.list_rooms(api.ListRoomsRequest())
             except Exception as exc:
                 log.warning("listing rooms failed", extra={"error": f"{type(exc).__name__}: {exc}"})
             else:
-                self.poll_once([discovery.ListedRoom(r.sid, r.name) for r in resp.rooms])
+                rooms = [discovery.ListedRoom(r.sid, r.name) for r in resp.rooms]
+                self.poll_once(rooms, listed_at)
             await asyncio.sleep(self.settings.poll_interval_s)
 
-    def poll_once(self, listed: list[discovery.ListedRoom]) -> None:
-        """Act on one complete room listing."""
+    def poll_once(
+        self, listed: list[discovery.ListedRoom], listed_at: datetime | None = None
+    ) -> None:
+        """Act on one complete room listing, requested at `listed_at`."""
         p = discovery.plan(
             listed,
             patterns=self.settings.room_patterns,
@@ -393,7 +404,7 @@ class Observer:
         )
         now = utcnow()
         for sid in p.gone:
-            self._emit(RoomGone(sid, now))
+            self._emit(RoomGone(sid, now, listed_at or now))
         for room in p.join:
             self._start_join(room)
 
@@ -422,7 +433,11 @@ class Observer:
             self.lk.api_key, self.lk.api_secret, self.identity, watcher.room_name
         )
         try:
-            await watcher.join(self.lk.ws_url, token, JOIN_TIMEOUT_S)
+            async with self._join_slots:
+                if self._stopping:
+                    self.watchers.pop(watcher.room_sid, None)
+                    return
+                await watcher.join(self.lk.ws_url, token, JOIN_TIMEOUT_S)
             if self._stopping:
                 self.watchers.pop(watcher.room_sid, None)
                 self._emit(RoomLost(watcher.room_sid, "OBSERVER_STOPPED", utcnow()))

@@ -134,10 +134,15 @@ class RoomLost:
 
 @dataclass(frozen=True)
 class RoomGone:
-    """The room is confirmed to no longer exist, and the observer did not see it end."""
+    """The room is confirmed to no longer exist, and the observer did not see it end.
+
+    `listed_at` is when the listing that lacked the room was requested: sessions seen after
+    that (a webhook about a room newer than the listing) are left alone.
+    """
 
     room_sid: str
     at: datetime
+    listed_at: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -352,7 +357,8 @@ class SessionTracker:
                 ops = self._flush_pending(ev.room_sid)
                 self._rooms.pop(ev.room_sid, None)
                 for key in self._keys_in(ev.room_sid):
-                    ops.append(self._reconciled(key, ev.at))
+                    if ev.listed_at is None or self._open[key].last_seen_at < ev.listed_at:
+                        ops.append(self._reconciled(key, ev.at))
                 return ops
             case Tick():
                 return self._tick(ev.at)

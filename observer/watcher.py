@@ -89,6 +89,40 @@ def seen(p: rtc.RemoteParticipant, now: datetime) -> Seen:
     )
 
 
+class SdkInternalsChanged(RuntimeError):
+    """The rtc SDK no longer looks the way `narrow_event_delivery` relies on."""
+
+
+def narrow_event_delivery(room: rtc.Room) -> None:
+    """Deliver to this room only its own native events.
+
+    The SDK puts every native event (of every room) on every Room's queue and each Room's
+    task discards the ones that are not its own, so a process watching N rooms does N times
+    the work for each event. This installs a per-subscriber filter (an SDK feature) that
+    keeps the room's own events only. It relies on SDK internals; if they change, this
+    raises instead of silently doing nothing (a test calls it against the real SDK).
+    """
+    from livekit.rtc._ffi_client import FfiClient
+
+    try:
+        handle = room._ffi_handle.handle  # type: ignore[union-attr]
+        own_queue = room._ffi_queue
+        subscribers = FfiClient.instance.queue._subscribers
+        lock = FfiClient.instance.queue._lock
+    except AttributeError as exc:
+        raise SdkInternalsChanged(f"rtc SDK internals changed: {exc}") from exc
+
+    def own(e: Any) -> bool:
+        return bool(e.WhichOneof("message") == "room_event" and e.room_event.room_handle == handle)
+
+    with lock:
+        for i, (queue, loop, _old) in enumerate(subscribers):
+            if queue is own_queue:
+                subscribers[i] = (queue, loop, own)
+                return
+    raise SdkInternalsChanged("rtc SDK internals changed: room queue not subscribed")
+
+
 class RoomMismatchError(Exception):
     """The room joined is not the room that was listed: joining created a new one."""
 
@@ -139,6 +173,7 @@ class RoomWatcher:
         except BaseException:
             self._unsubscribe()
             raise
+        narrow_event_delivery(self._room)
         joined_sid = await self._room.sid
         if joined_sid != self.room_sid:
             await self.leave()

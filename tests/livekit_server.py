@@ -45,9 +45,10 @@ def default_binary() -> Path:
 
 
 def free_tcp_port() -> int:
-    """A TCP port on 127.0.0.1 that is free right now."""
+    """A TCP port that is free right now."""
+    # Checked on all interfaces: the server binds its ICE/TCP port on all of them.
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
+        sock.bind(("", 0))
         return int(sock.getsockname()[1])
 
 

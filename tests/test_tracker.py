@@ -374,3 +374,12 @@ def test_webhook_only_session_in_a_watched_room_closes_by_webhook() -> None:
     )
     assert opens(ops) == ["PA1"]
     assert closes(ops) == [("PA1", t(-1), "CLIENT_INITIATED", END_WEBHOOK, None)]
+
+
+def test_room_gone_spares_sessions_seen_after_the_listing() -> None:
+    tr = SessionTracker(frozenset({"agent"}))
+    run([WebhookJoined("r", "RM1", agent("PA1", 10), t(10))], tr)
+    assert tr.handle(RoomGone("RM1", t(11), listed_at=t(9))) == []
+    assert closes(tr.handle(RoomGone("RM1", t(20), listed_at=t(15)))) == [
+        ("PA1", t(10), None, END_RECONCILED, 10000)
+    ]

@@ -232,3 +232,19 @@ async def test_stuck_agent_alert(
         assert m.value("observer_stuck_agents") == 1
         assert len(warnings) == 1  # one line per occurrence, not one per tick
         assert m.value("observer_stuck_agent_alerts_total") == 1
+
+
+async def test_room_started_webhook_joins_without_waiting_for_a_listing(
+    livekit_server_factory, db_url: str, start_observer
+) -> None:
+    port = free_tcp_port()
+    server = webhook_server(livekit_server_factory, port)
+    obs = await start_observer(
+        server, db_url, OBSERVER_HTTP_ADDR=f"127.0.0.1:{port}", OBSERVER_POLL_INTERVAL_S="60"
+    )
+    await asyncio.sleep(1.0)  # the first listing (of no rooms) is done
+    created = time.monotonic()
+    await create_room(server, "announced")
+    await obs.wait_watching("announced", timeout=10)
+    assert time.monotonic() - created < 5  # well before the next listing, 60 s away
+    assert obs.obs.metrics.value("observer_room_join_latency_seconds_count") == 1
