@@ -484,8 +484,33 @@ class Observer:
             )
 
 
+# Measured: each watched room holds about 100 sockets (ICE candidates of the SDK's peer
+# connections); see bench/bench_rooms.py.
+FDS_PER_ROOM = 100
+
+
+def raise_fd_limit() -> int:
+    """Raise the soft open-files limit to the hard limit; return the limit in force."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        target = 1_048_576 if hard == resource.RLIM_INFINITY else hard
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError):
+            pass
+    level = logging.WARNING if soft // FDS_PER_ROOM < 100 else logging.INFO
+    log.log(
+        level, "open files limit", extra={"limit": soft, "rooms_it_allows": soft // FDS_PER_ROOM}
+    )
+    return soft
+
+
 def run_forever(settings: Settings, install_signals: Callable[[Observer], None]) -> int:
     lk = settings.require_livekit()
+    raise_fd_limit()
     store = Store(settings.database_url)
 
     async def main() -> int:
