@@ -1,4 +1,4 @@
-"""Command line: `observer migrate | check | run | sessions | simulate`."""
+"""Command line: `observer migrate | check | run | sessions | usage | reconcile | simulate`."""
 
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ from observer import __version__, logs
 from observer.config import ConfigError, Settings
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+WHEN = "ISO 8601 date/time (UTC unless it says otherwise), or relative: 30m, 24h, 7d"
 
 
 class UsageError(Exception):
@@ -64,6 +65,41 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--limit", type=int, default=100)
     s.add_argument("--format", choices=("table", "json", "csv"), default="table")
 
+    u = sub.add_parser("usage", help="standing time per group inside a time window")
+    u.add_argument("--from", dest="start", required=True, help="window start (inclusive): " + WHEN)
+    u.add_argument("--to", dest="end", help="window end (exclusive; default now): " + WHEN)
+    u.add_argument(
+        "--by",
+        action="append",
+        default=[],
+        metavar="GROUP",
+        help="agent, identity, room, day or month (UTC); repeat or comma-separate",
+    )
+    u.add_argument(
+        "--rounding",
+        default="none",
+        metavar="RULE",
+        help="none (exact ms), second, or minute (each session rounded up, as LiveKit bills)",
+    )
+    u.add_argument("--exclude-open", action="store_true", help="leave out open sessions")
+    u.add_argument("--kind", default="agent", help="participant kind counted, or 'all'")
+    u.add_argument("--now", help="count open sessions up to this time instead of now")
+    u.add_argument("--format", choices=("table", "json", "csv"), default="table")
+
+    r = sub.add_parser("reconcile", help="settle open sessions and roll up a finished period")
+    r.add_argument("--period", help="YYYY-MM (a month) or YYYY-MM-DD (a day), UTC")
+    r.add_argument("--from", dest="start", help="period start (with --to): " + WHEN)
+    r.add_argument("--to", dest="end", help="period end, exclusive: " + WHEN)
+    r.add_argument("--no-settle", action="store_true", help="do not ask LiveKit; close nothing")
+    r.add_argument("--force", action="store_true", help="rewrite a finalized period")
+    r.add_argument("--statement", help="CSV with group_kind,group_key,minutes to compare")
+    r.add_argument("--tolerance-minutes", default="0", help="differences up to this are fine")
+    r.add_argument("--report", help="write the differences to this .csv or .json file")
+    r.add_argument("--report-format", choices=("csv", "json"))
+    r.add_argument(
+        "--now", help="roll up as if it were this time (settling always uses the real time)"
+    )
+
     sim = sub.add_parser("simulate", help="send simulated agents into rooms")
     sim.add_argument("--rooms", type=int, default=2)
     sim.add_argument("--agents", type=int, default=1, help="agents per room")
@@ -99,7 +135,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             msg = f"{type(exc).__name__}: {exc}"
         print(f"observer: {msg}", file=sys.stderr)
-        return EXIT_USAGE if args.command in ("migrate", "sessions") else EXIT_FAILED
+        one_shot = ("migrate", "sessions", "usage", "reconcile")  # any failure is exit 2
+        return EXIT_USAGE if args.command in one_shot else EXIT_FAILED
 
 
 def dispatch(args: argparse.Namespace, settings: Settings) -> int:
@@ -111,6 +148,10 @@ def dispatch(args: argparse.Namespace, settings: Settings) -> int:
         return cmd_run(settings)
     if args.command == "sessions":
         return cmd_sessions(settings, args)
+    if args.command == "usage":
+        return cmd_usage(settings, args)
+    if args.command == "reconcile":
+        return cmd_reconcile(settings, args)
     if args.command == "simulate":
         from observer import simulate
 
@@ -226,6 +267,95 @@ def cmd_sessions(settings: Settings, args: argparse.Namespace) -> int:
         store.close()
     sys.stdout.write(report.render_sessions(rows, args.format))
     return EXIT_OK
+
+
+def cmd_usage(settings: Settings, args: argparse.Namespace) -> int:
+    from observer import usage
+    from observer.config import KINDS
+    from observer.store import Store
+
+    now = parse_time(args.now) if args.now else datetime.now(UTC)
+    start = parse_time(args.start, now=now)
+    end = parse_time(args.end, now=now) if args.end else now
+    if start >= end:
+        raise UsageError(f"--from {args.start} is not before --to {args.end or 'now'}")
+    by: list[str] = []
+    for raw in args.by:
+        for g in (part.strip().lower() for part in raw.split(",")):
+            if g not in usage.GROUPINGS:
+                raise UsageError(f"unknown --by {g!r}; choose from {', '.join(usage.GROUPINGS)}")
+            if g not in by:
+                by.append(g)
+    if {"day", "month"} <= set(by):
+        raise UsageError("--by day and --by month cannot be combined")
+    if args.rounding not in usage.ROUNDINGS:
+        raise UsageError(f"unknown --rounding {args.rounding!r}; choose from none, second, minute")
+    if args.kind != "all" and args.kind not in KINDS:
+        raise UsageError(f"unknown --kind {args.kind!r}; choose from {', '.join(KINDS)} or all")
+    q = usage.UsageQuery(
+        start=start,
+        end=end,
+        now=now,
+        by=tuple(by),
+        rounding=args.rounding,
+        include_open=not args.exclude_open,
+        kind=None if args.kind == "all" else args.kind,
+    )
+    store = Store(settings.database_url)
+    try:
+        lines = usage.compute(store, q)
+    finally:
+        store.close()
+    sys.stdout.write(usage.render(q, lines, args.format))
+    return EXIT_OK
+
+
+def cmd_reconcile(settings: Settings, args: argparse.Namespace) -> int:
+    from decimal import Decimal, InvalidOperation
+
+    from observer import reconcile
+    from observer.store import Store
+
+    now = parse_time(args.now) if args.now else datetime.now(UTC)
+    try:
+        tolerance = Decimal(args.tolerance_minutes)
+    except InvalidOperation:
+        tolerance = Decimal("NaN")
+    if not tolerance.is_finite() or tolerance < 0:
+        raise UsageError(f"--tolerance-minutes must be 0 or more, got {args.tolerance_minutes!r}")
+    try:
+        if args.period and (args.start or args.end):
+            raise UsageError("give --period or --from/--to, not both")
+        if args.period:
+            period = reconcile.parse_period(args.period)
+        elif args.start and args.end:
+            period = reconcile.period_between(
+                parse_time(args.start, now=now), parse_time(args.end, now=now)
+            )
+        else:
+            raise UsageError("give --period YYYY-MM or YYYY-MM-DD, or both --from and --to")
+        job = reconcile.Job(
+            period=period,
+            now=now,
+            settle=not args.no_settle,
+            force=args.force,
+            stale_s=settings.settle_stale_s,
+            finalize_delay_s=settings.finalize_delay_s,
+            statement=Path(args.statement) if args.statement else None,
+            tolerance_minutes=tolerance,
+            report=Path(args.report) if args.report else None,
+            report_format=args.report_format,
+        )
+        store = Store(settings.database_url)
+        try:
+            outcome = reconcile.run(store, settings.livekit, job)
+        finally:
+            store.close()
+    except reconcile.ReconcileError as exc:
+        print(f"observer: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    sys.stdout.write(reconcile.render(outcome))
+    return outcome.exit_code
 
 
 if __name__ == "__main__":

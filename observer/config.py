@@ -38,6 +38,8 @@ SETTINGS_DOC: dict[str, tuple[str, str]] = {
     ),
     "OBSERVER_WEBHOOK_MAX_BYTES": ("1048576", "Largest webhook body accepted (larger: 413)"),
     "OBSERVER_STUCK_AGENT_S": ("300", "Seconds an agent may be alone in a room before a warning"),
+    "OBSERVER_SETTLE_STALE_S": ("60", "Seconds unseen before reconcile may close an open session"),
+    "OBSERVER_FINALIZE_DELAY_S": ("3600", "Seconds after a period ends before reconcile finalizes"),
     "OBSERVER_LOG_FORMAT": ("text", "Log format: text or json"),
     "OBSERVER_LOG_LEVEL": ("info", "Log level: debug, info, warning or error"),
 }
@@ -85,6 +87,8 @@ class Settings:
     http_port: int = 9465
     webhook_max_bytes: int = 1_048_576
     stuck_agent_s: float = 300.0
+    settle_stale_s: float = 60.0
+    finalize_delay_s: float = 3600.0
     log_format: str = "text"
     log_level: str = "info"
 
@@ -172,6 +176,8 @@ class Settings:
 
         number("OBSERVER_WEBHOOK_MAX_BYTES", 1_048_576, minimum=1024, integer=True)
         number("OBSERVER_STUCK_AGENT_S", 300.0, minimum=1)
+        number("OBSERVER_SETTLE_STALE_S", 60.0, minimum=0)
+        number("OBSERVER_FINALIZE_DELAY_S", 3600.0, minimum=0)
         http_host: str | None = "127.0.0.1"
         http_port = 9465
         addr = get("OBSERVER_HTTP_ADDR") or "127.0.0.1:9465"
@@ -207,6 +213,8 @@ class Settings:
             http_port=http_port,
             webhook_max_bytes=int(values.get("OBSERVER_WEBHOOK_MAX_BYTES", 1_048_576)),
             stuck_agent_s=values.get("OBSERVER_STUCK_AGENT_S", 300.0),
+            settle_stale_s=values.get("OBSERVER_SETTLE_STALE_S", 60.0),
+            finalize_delay_s=values.get("OBSERVER_FINALIZE_DELAY_S", 3600.0),
             log_format=log_format,
             log_level=log_level,
         )

@@ -1,0 +1,233 @@
+"""Benchmark: `observer usage --by agent --by day` and `observer reconcile` over a month.
+
+Fills a fresh SQLite file and a fresh PostgreSQL database with realistic sessions (by
+default 1,000,000 sessions of 1,000 agents in 50,000 rooms over 30 days; some cross
+midnight, some are still open), then times the usage query and the reconcile job several
+times each and prints the medians.
+
+    .venv/bin/python bench/bench_usage.py                      # starts a private PostgreSQL
+    .venv/bin/python bench/bench_usage.py --pg-url postgresql://user@host/empty_db
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import sqlite3
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+
+import psycopg
+from sqlalchemy.engine import make_url
+
+from observer import migrate, reconcile, usage
+from observer.config import normalize_database_url
+from observer.store import Store
+
+MONTH_START = datetime(2026, 3, 1, tzinfo=UTC)
+DAYS = 30
+COLUMNS = (
+    "room_name",
+    "room_sid",
+    "participant_sid",
+    "participant_identity",
+    "participant_name",
+    "participant_kind",
+    "agent_name",
+    "attributes",
+    "joined_at",
+    "left_at",
+    "duration_ms",
+    "disconnect_reason",
+    "end_source",
+    "end_uncertainty_ms",
+    "last_seen_at",
+    "observer_id",
+    "created_at",
+    "updated_at",
+)
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.machine()
+
+
+def sessions(n: int, agents: int, rooms: int, seed: int = 7) -> Iterator[tuple[object, ...]]:
+    """Rows in joined_at order: mostly minutes long, a few hours long; the last ones open."""
+    rnd = random.Random(seed)
+    span_ms = DAYS * 86_400_000
+    starts = sorted(rnd.randrange(span_ms - 3_600_000) for _ in range(n))
+    open_from = n - max(1, n // 1000)
+    for i, offset in enumerate(starts):
+        agent = f"agent-{rnd.randrange(agents):04d}"
+        room = f"room-{rnd.randrange(rooms):05d}"
+        joined = MONTH_START + timedelta(milliseconds=offset)
+        if rnd.random() < 0.02:
+            duration_ms = rnd.randrange(3_600_000, 8 * 3_600_000)  # a long call
+        else:
+            duration_ms = int(min(rnd.lognormvariate(12.0, 0.9), 3_600_000))  # ~3 min median
+        left = joined + timedelta(milliseconds=duration_ms, microseconds=rnd.randrange(1000))
+        is_open = i >= open_from
+        yield (
+            room,
+            f"RM_{room}",
+            f"PA_{i:08d}",
+            f"agent-AJ_{i:08d}",
+            agent,
+            "agent",
+            agent,
+            json.dumps({"lk.agent_name": agent}),
+            joined,
+            None if is_open else left,
+            None if is_open else duration_ms,
+            None if is_open else "CLIENT_INITIATED",
+            None if is_open else "rtc",
+            None,
+            joined if is_open else left,
+            "bench",
+            joined,
+            joined if is_open else left,
+        )
+
+
+def fill_sqlite(path: str, rows: list[tuple[object, ...]]) -> None:
+    def text(v: object) -> object:
+        return v.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f") if isinstance(v, datetime) else v
+
+    conn = sqlite3.connect(path)
+    try:
+        marks = ", ".join("?" * len(COLUMNS))
+        with conn:
+            conn.executemany(
+                f"INSERT INTO sessions ({', '.join(COLUMNS)}) VALUES ({marks})",
+                ([text(v) for v in row] for row in rows),
+            )
+        conn.execute("ANALYZE")
+    finally:
+        conn.close()
+
+
+def fill_postgres(url: str, rows: list[tuple[object, ...]]) -> None:
+    conninfo = make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+    with psycopg.connect(conninfo) as conn:
+        with (
+            conn.cursor() as cur,
+            cur.copy(f"COPY sessions ({', '.join(COLUMNS)}) FROM STDIN") as cp,
+        ):
+            for row in rows:
+                cp.write_row(row)
+        conn.commit()
+        conn.autocommit = True
+        conn.execute("VACUUM ANALYZE sessions")
+
+
+def timed(fn: Callable[[], object], runs: int) -> list[float]:
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def bench(name: str, url: str, rows: list[tuple[object, ...]], runs: int) -> None:
+    migrate.upgrade(url)
+    t0 = time.perf_counter()
+    if url.startswith("sqlite"):
+        fill_sqlite(make_url(url).database or "", rows)
+    else:
+        fill_postgres(url, rows)
+    fill_s = time.perf_counter() - t0
+
+    end = MONTH_START + timedelta(days=DAYS)
+    now = end + timedelta(hours=2)
+    q = usage.UsageQuery(start=MONTH_START, end=end, now=now, by=("agent", "day"))
+    job = reconcile.Job(period=reconcile.Period(MONTH_START, end, "bench"), now=now, settle=False)
+    store = Store(url)
+    try:
+        groups = len(usage.compute(store, q))
+        # what `observer usage` does after start-up: the query, then the rows as CSV
+        usage_runs = timed(lambda: usage.render(q, usage.compute(store, q), "csv"), runs)
+        # the first run writes the month's rows; the others recompute and compare
+        first = timed(lambda: reconcile.run(store, None, job), 1)[0]
+        reconcile_runs = timed(lambda: reconcile.run(store, None, job), runs)
+    finally:
+        store.close()
+
+    def summary(times: list[float]) -> str:
+        each = ", ".join(f"{t:.2f}" for t in times)
+        return f"median {statistics.median(times):.2f} s ({each})"
+
+    print(
+        f"{name}: filled in {fill_s:.0f} s\n"
+        f"  usage --by agent --by day, month ({groups:,} groups): {summary(usage_runs)}\n"
+        f"  reconcile month, first run (writes the rollups): {first:.2f} s\n"
+        f"  reconcile month, again: {summary(reconcile_runs)}",
+        flush=True,
+    )
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    ap.add_argument("--sessions", type=int, default=1_000_000)
+    ap.add_argument("--agents", type=int, default=1_000)
+    ap.add_argument("--rooms", type=int, default=50_000)
+    ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--pg-url", help="an empty PostgreSQL database (default: start a private one)")
+    ap.add_argument("--skip-sqlite", action="store_true")
+    ap.add_argument("--skip-postgres", action="store_true")
+    args = ap.parse_args()
+
+    print(
+        f"machine: {os.cpu_count()} CPUs, {cpu_model()}; load average {os.getloadavg()[0]:.2f};"
+        f" Python {platform.python_version()}, SQLite {sqlite3.sqlite_version}"
+    )
+    rows = list(sessions(args.sessions, args.agents, args.rooms))
+    across = sum(1 for r in rows if r[9] is not None and str(r[8])[:10] != str(r[9])[:10])
+    opened = sum(1 for r in rows if r[9] is None)
+    print(
+        f"data: {len(rows):,} sessions, {args.agents:,} agents, {args.rooms:,} rooms, {DAYS} days;"
+        f" {across:,} cross midnight, {opened:,} open",
+        flush=True,
+    )
+
+    if not args.skip_sqlite:
+        with tempfile.TemporaryDirectory() as tmp:
+            bench("sqlite", f"sqlite:///{tmp}/bench.db", rows, args.runs)
+    if args.skip_postgres:
+        return
+    if args.pg_url:
+        bench("postgresql", normalize_database_url(args.pg_url), rows, args.runs)
+        return
+    import postgres_server
+
+    # PostgreSQL's own default rather than the test suite's smaller one
+    postgres_server.SERVER_SETTINGS["shared_buffers"] = "128MB"
+    with postgres_server.PostgresServer() as pg:
+        with psycopg.connect(pg.conninfo(), autocommit=True) as conn:
+            version = conn.execute("SHOW server_version").fetchone()
+        print(
+            f"postgresql {version[0] if version else '?'}: private instance, shared_buffers 128MB"
+        )
+        bench("postgresql", pg.create_database("bench"), rows, args.runs)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,556 @@
+"""The scheduled reconcile job (`observer reconcile`), run at the end of each period.
+
+1. Settle: open sessions that no observer has confirmed present for a while, and whose
+   participant the LiveKit server no longer has, are closed the way the daemon closes them
+   at start-up (at `last_seen_at`, with the gap as the uncertainty).
+2. Roll up: agent standing time in the period per agent name, per room and in total, under
+   LiveKit's per-session minute rounding, into `period_rollups`. Rows are provisional until
+   the finalize delay after the period's end has passed; a finalized period is kept as it is
+   unless forced.
+3. Compare: with an external statement (CSV), within a tolerance, into a report.
+
+Everything the run writes to the database is written in one transaction, after every input
+has been checked and LiveKit has answered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import io
+import json
+import os
+import re
+import tempfile
+from collections.abc import Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+
+from observer.config import LiveKitSettings
+from observer.store import Rollup, RollupTx, StaleSession, Store, UsageSpec
+from observer.usage import iso
+
+GROUP_KINDS = ("agent", "room", "total")
+STATEMENT_COLUMNS = ("group_kind", "group_key", "minutes")
+REPORT_FIELDS = (
+    "group_kind",
+    "group_key",
+    "observer_minutes",
+    "statement_minutes",
+    "difference_minutes",
+    "status",
+)
+LIVEKIT_TIMEOUT_S = 10.0
+LIST_ROOMS_BATCH = 100
+
+
+class ReconcileError(Exception):
+    """The job cannot run as asked; nothing was written. Exit code 2."""
+
+
+# ---- periods --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Period:
+    start: datetime  # inclusive, UTC
+    end: datetime  # exclusive, UTC
+    label: str
+
+
+def parse_period(raw: str) -> Period:
+    """`YYYY-MM` (a calendar month) or `YYYY-MM-DD` (a day), in UTC."""
+    m = re.fullmatch(r"(\d{4})-(\d{2})(?:-(\d{2}))?", raw.strip())
+    try:
+        if m is None:
+            raise ValueError
+        year, month = int(m[1]), int(m[2])
+        if m[3] is None:
+            start = datetime(year, month, 1, tzinfo=UTC)
+            end = start.replace(year=year + month // 12, month=month % 12 + 1)
+        else:
+            start = datetime(year, month, int(m[3]), tzinfo=UTC)
+            end = start + timedelta(days=1)
+    except ValueError:
+        raise ReconcileError(f"--period must be YYYY-MM or YYYY-MM-DD, got {raw!r}") from None
+    return Period(start, end, raw.strip())
+
+
+def period_between(start: datetime, end: datetime) -> Period:
+    if start >= end:
+        raise ReconcileError(f"--from {iso(start)} is not before --to {iso(end)}")
+    return Period(start, end, f"{iso(start)}..{iso(end)}")
+
+
+# ---- settling -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LiveRoom:
+    sid: str
+    participant_sids: frozenset[str]
+
+
+def gone(stale: Iterable[StaleSession], live: Mapping[str, LiveRoom]) -> list[StaleSession]:
+    """The sessions whose participant is no longer in its room (or whose room has ended,
+    perhaps re-created since under the same name with a new sid)."""
+    out = []
+    for s in stale:
+        room = live.get(s.room_name)
+        if room is None or room.sid != s.room_sid or s.participant_sid not in room.participant_sids:
+            out.append(s)
+    return out
+
+
+async def live_rooms(lk: LiveKitSettings, names: Collection[str]) -> dict[str, LiveRoom]:
+    """The rooms among `names` that exist now and who is in them (ListRooms, then
+    ListParticipants per room). With no names, only checks that the server answers."""
+    import aiohttp
+    from livekit import api
+
+    lkapi = api.LiveKitAPI(
+        lk.http_url,
+        lk.api_key,
+        lk.api_secret,
+        timeout=aiohttp.ClientTimeout(total=LIVEKIT_TIMEOUT_S),
+    )
+    wanted = sorted(names)
+    try:
+        sids: dict[str, str] = {}
+        for i in range(0, max(len(wanted), 1), LIST_ROOMS_BATCH):
+            batch = wanted[i : i + LIST_ROOMS_BATCH]
+            resp = await lkapi.room.list_rooms(api.ListRoomsRequest(names=batch))
+            sids.update({r.name: r.sid for r in resp.rooms if r.name in names})
+        rooms = {}
+        for name, sid in sids.items():
+            who = await lkapi.room.list_participants(api.ListParticipantsRequest(room=name))
+            rooms[name] = LiveRoom(sid, frozenset(p.sid for p in who.participants))
+        return rooms
+    except api.TwirpError as exc:
+        hint = " (check LIVEKIT_API_KEY / LIVEKIT_API_SECRET)" if exc.status in (401, 403) else ""
+        raise ReconcileError(
+            f"livekit refused the room listing at {lk.http_url}: {exc.code}: {exc.message}{hint}"
+        ) from None
+    except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+        raise ReconcileError(
+            f"livekit unreachable at {lk.http_url}: {type(exc).__name__}: {exc}"
+        ) from None
+    finally:
+        await lkapi.aclose()
+
+
+@dataclass(frozen=True)
+class SettleSummary:
+    skipped: str | None = None  # why settling did not run
+    stale: int = 0  # open sessions not confirmed present within the staleness threshold
+    gone: int = 0  # of those, the ones whose participant LiveKit no longer has
+    closed: int = 0  # rows closed (fewer if the daemon closed or saw some meanwhile)
+
+
+# ---- rollups --------------------------------------------------------------------------------
+
+
+def compute_rollups(tx: RollupTx, period: Period, now: datetime) -> list[Rollup]:
+    """Agent standing time in the period per agent name, per room and in total.
+
+    Open sessions count up to min(now, period end). Sessions without an agent name are
+    grouped under the key "", and a period without sessions still gets its total row.
+    """
+    total = [0, 0, 0]
+    sums: dict[tuple[str, str], list[int]] = {("total", ""): total}
+    for kind in ("agent", "room"):
+        spec = UsageSpec(edges=(period.start, period.end), group_by=(kind,), open_until=now)
+        for t in tx.usage(spec):
+            targets = [sums.setdefault((kind, t.keys[0] or ""), [0, 0, 0])]
+            if kind == "agent":  # every session has one agent name or none: they add up
+                targets.append(total)
+            for acc in targets:
+                acc[0] += t.sessions
+                acc[1] += t.duration_ms
+                acc[2] += t.billable_minutes
+    return [Rollup(kind, key, acc[0], acc[1], acc[2]) for (kind, key), acc in sorted(sums.items())]
+
+
+@dataclass(frozen=True)
+class Change:
+    group_kind: str
+    group_key: str
+    old: Rollup | None
+    new: Rollup | None
+
+
+@dataclass(frozen=True)
+class RollupPlan:
+    state: str  # "provisional" | "finalized" | "final" (kept as it was) | "forced"
+    rows: tuple[Rollup, ...]  # the period's rows once the plan is written
+    write: tuple[Rollup, ...]  # rows to insert or replace
+    drop: tuple[tuple[str, str], ...]  # groups to delete
+    changes: tuple[Change, ...]  # groups whose stored numbers differ from the fresh ones
+
+
+def _numbers(r: Rollup | None) -> tuple[int, int, int] | None:
+    return None if r is None else (r.sessions, r.duration_ms, r.billable_minutes)
+
+
+def plan_rollups(
+    existing: Sequence[Rollup],
+    fresh: Sequence[Rollup],
+    *,
+    finalize: bool,
+    force: bool,
+    now: datetime,
+) -> RollupPlan:
+    """What to write for a period, given its stored rows and freshly computed ones.
+
+    A finalized period stays as it is unless forced (and then only if a number changed).
+    Rows whose numbers and state are unchanged are not rewritten, so running twice leaves
+    identical rows; `computed_at` is when a row's numbers were last written.
+    """
+    old = {(r.group_kind, r.group_key): r for r in existing}
+    new = {(r.group_kind, r.group_key): r for r in fresh}
+    changes = tuple(
+        Change(k[0], k[1], old.get(k), new.get(k))
+        for k in sorted(old.keys() | new.keys())
+        if _numbers(old.get(k)) != _numbers(new.get(k))
+    )
+    was_final = any(r.finalized_at for r in existing)
+    if was_final and not (force and changes):
+        return RollupPlan("final", tuple(existing), (), (), changes)
+    if was_final:
+        state, finalized_at = "forced", now
+    elif finalize:
+        state, finalized_at = "finalized", now
+    else:
+        state, finalized_at = "provisional", None
+    rows, write = [], []
+    for k, r in sorted(new.items()):
+        prev = old.get(k)
+        same = prev is not None and _numbers(prev) == _numbers(r)
+        computed_at = prev.computed_at if prev is not None and same else now
+        row = replace(r, finalized_at=finalized_at, computed_at=computed_at)
+        rows.append(row)
+        if row != prev:
+            write.append(row)
+    drop = tuple(k for k in sorted(old) if k not in new)
+    return RollupPlan(state, tuple(rows), tuple(write), drop, changes)
+
+
+# ---- the statement --------------------------------------------------------------------------
+
+
+def read_statement(path: Path) -> dict[tuple[str, str], Decimal]:
+    """Minutes per (group_kind, group_key) from a CSV statement.
+
+    Columns group_kind (agent, room or total), group_key, minutes. A header row naming them
+    may come first (then in any order, extra columns ignored); without one they are taken
+    in that order. Errors name the file and line.
+    """
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError:
+        raise ReconcileError(f"{path}: not UTF-8 text") from None
+    except OSError as exc:
+        raise ReconcileError(f"cannot read statement {path}: {exc.strerror}") from None
+    out: dict[tuple[str, str], Decimal] = {}
+    first_line: dict[tuple[str, str], int] = {}
+    columns: tuple[int, ...] | None = None
+    reader = csv.reader(io.StringIO(text))
+    try:
+        for cells in reader:
+            line = reader.line_num
+            if not any(c.strip() for c in cells):
+                continue
+            if columns is None:
+                names = [c.strip().lower() for c in cells]
+                if "group_kind" in names:
+                    missing = [c for c in STATEMENT_COLUMNS if c not in names]
+                    if missing:
+                        raise ReconcileError(
+                            f"{path}:{line}: header has no column {', '.join(missing)}"
+                            f" (expected {','.join(STATEMENT_COLUMNS)})"
+                        )
+                    columns = tuple(names.index(c) for c in STATEMENT_COLUMNS)
+                    continue
+                columns = (0, 1, 2)
+            if len(cells) <= max(columns):
+                raise ReconcileError(
+                    f"{path}:{line}: expected the columns {','.join(STATEMENT_COLUMNS)},"
+                    f" found {len(cells)} value(s)"
+                )
+            kind, key, raw = (cells[i].strip() for i in columns)
+            kind = kind.lower()
+            if kind not in GROUP_KINDS:
+                raise ReconcileError(
+                    f"{path}:{line}: group_kind must be agent, room or total, got {kind!r}"
+                )
+            try:
+                minutes = Decimal(raw)
+            except InvalidOperation:
+                minutes = Decimal("NaN")
+            if not minutes.is_finite() or minutes < 0:
+                raise ReconcileError(
+                    f"{path}:{line}: minutes must be a number of at least 0, got {raw!r}"
+                )
+            if (kind, key) in out:
+                raise ReconcileError(
+                    f"{path}:{line}: a second row for {kind} {key!r}"
+                    f" (the first is on line {first_line[kind, key]})"
+                )
+            out[kind, key] = minutes
+            first_line[kind, key] = line
+    except csv.Error as exc:
+        raise ReconcileError(f"{path}:{reader.line_num}: {exc}") from None
+    return out
+
+
+@dataclass(frozen=True)
+class Difference:
+    group_kind: str
+    group_key: str
+    observer_minutes: int | None
+    statement_minutes: Decimal | None
+    status: str  # "missing_in_statement" | "missing_in_observer" | "minutes_differ"
+
+    @property
+    def difference_minutes(self) -> Decimal:
+        return Decimal(self.observer_minutes or 0) - (self.statement_minutes or 0)
+
+
+def compare(
+    rows: Iterable[Rollup], statement: Mapping[tuple[str, str], Decimal], tolerance: Decimal
+) -> tuple[int, list[Difference]]:
+    """Billable minutes against the statement: (groups compared, differences).
+
+    Only the group kinds the statement has are compared (agent for an empty statement);
+    a group missing on one side counts as 0 minutes there, and is reported when that is
+    more than `tolerance` minutes off.
+    """
+    kinds = {kind for kind, _ in statement} or {"agent"}
+    ours = {(r.group_kind, r.group_key): r.billable_minutes for r in rows if r.group_kind in kinds}
+    keys = sorted(ours.keys() | statement.keys())
+    diffs = []
+    for key in keys:
+        d = Difference(key[0], key[1], ours.get(key), statement.get(key), "")
+        if abs(d.difference_minutes) <= tolerance:
+            continue
+        if d.statement_minutes is None:
+            status = "missing_in_statement"
+        elif d.observer_minutes is None:
+            status = "missing_in_observer"
+        else:
+            status = "minutes_differ"
+        diffs.append(replace(d, status=status))
+    return len(keys), diffs
+
+
+def report_format(path: Path, fmt: str | None) -> str:
+    """The report's format: as given, or from the file's extension."""
+    fmt = fmt or {".csv": "csv", ".json": "json"}.get(path.suffix.lower())
+    if fmt is None:
+        raise ReconcileError(
+            f"cannot tell the report format from {path.name!r}; name it .csv or .json,"
+            " or pass --report-format"
+        )
+    if not path.parent.is_dir():
+        raise ReconcileError(f"report directory does not exist: {path.parent}")
+    return fmt
+
+
+def write_report(
+    path: Path, fmt: str, period: Period, tolerance: Decimal, diffs: Sequence[Difference]
+) -> None:
+    """Write the differences (possibly none) as CSV or JSON; replaces the file whole."""
+    records = [
+        {
+            "group_kind": d.group_kind,
+            "group_key": d.group_key,
+            "observer_minutes": d.observer_minutes,
+            "statement_minutes": _number(d.statement_minutes),
+            "difference_minutes": _number(d.difference_minutes),
+            "status": d.status,
+        }
+        for d in diffs
+    ]
+    if fmt == "json":
+        body = (
+            json.dumps(
+                {
+                    "period_start": iso(period.start),
+                    "period_end": iso(period.end),
+                    "tolerance_minutes": _number(tolerance),
+                    "differences": records,
+                },
+                indent=2,
+            )
+            + "\n"
+        )
+    else:
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=REPORT_FIELDS, lineterminator="\n")
+        w.writeheader()
+        w.writerows(records)
+        body = buf.getvalue()
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(body)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _number(d: Decimal | None) -> int | float | None:
+    if d is None:
+        return None
+    return int(d) if d == d.to_integral_value() else float(d)
+
+
+# ---- the job --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Job:
+    period: Period
+    now: datetime  # open sessions count up to here; decides whether the period is final
+    settle: bool = True
+    force: bool = False
+    stale_s: float = 60.0
+    finalize_delay_s: float = 3600.0
+    statement: Path | None = None
+    tolerance_minutes: Decimal = Decimal(0)
+    report: Path | None = None
+    report_format: str | None = None
+
+    @property
+    def finalize_after(self) -> datetime:
+        return self.period.end + timedelta(seconds=self.finalize_delay_s)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    job: Job
+    settle: SettleSummary
+    plan: RollupPlan
+    compared: int = 0
+    differences: tuple[Difference, ...] | None = None  # None: no statement given
+
+    @property
+    def exit_code(self) -> int:
+        """0 clean; 1 when the statement differs or a finalized period no longer matches."""
+        drift = self.plan.state == "final" and bool(self.plan.changes)
+        return 1 if self.differences or drift else 0
+
+
+def run(store: Store, lk: LiveKitSettings | None, job: Job) -> Outcome:
+    """Run the job; raises ReconcileError (or a database error) with nothing written."""
+    statement = read_statement(job.statement) if job.statement else None
+    fmt = report_format(job.report, job.report_format) if job.report else None
+    if not store.schema_is_current():
+        raise ReconcileError("the database schema is not current; run `observer migrate`")
+
+    # Settling compares with what LiveKit has right now, so it uses the real clock, never
+    # --now: a time in the future would close sessions a daemon is still watching.
+    settled_at = datetime.now(UTC)
+    to_close: list[StaleSession] = []
+    if not job.settle:
+        summary = SettleSummary(skipped="--no-settle")
+    elif lk is None:
+        summary = SettleSummary(skipped="LIVEKIT_URL and its keys are not set")
+    else:
+        stale = store.stale_open_sessions(settled_at - timedelta(seconds=job.stale_s))
+        live = asyncio.run(live_rooms(lk, {s.room_name for s in stale}))
+        to_close = gone(stale, live)
+        summary = SettleSummary(stale=len(stale), gone=len(to_close))
+
+    p = job.period
+    with store.rollup_transaction() as tx:
+        closed = tx.settle(to_close, settled_at)
+        existing = tx.rollups(p.start, p.end)
+        fresh = compute_rollups(tx, p, job.now)
+        plan = plan_rollups(
+            existing, fresh, finalize=job.now >= job.finalize_after, force=job.force, now=job.now
+        )
+        tx.write_rollups(p.start, p.end, plan.write, plan.drop)
+    summary = replace(summary, closed=closed)
+
+    if statement is None:
+        return Outcome(job, summary, plan)
+    compared, diffs = compare(plan.rows, statement, job.tolerance_minutes)
+    if job.report and fmt:
+        write_report(job.report, fmt, p, job.tolerance_minutes, diffs)
+    return Outcome(job, summary, plan, compared, tuple(diffs))
+
+
+def render(o: Outcome) -> str:
+    """A short summary for stdout."""
+    job, plan = o.job, o.plan
+    out = [f"reconcile {job.period.label}: [{iso(job.period.start)}, {iso(job.period.end)})"]
+    s = o.settle
+    if s.skipped:
+        out.append(f"settle: skipped ({s.skipped})")
+    else:
+        out.append(
+            f"settle: {s.stale} open session(s) not seen for {job.stale_s:g} s;"
+            f" {s.gone} gone from LiveKit, {s.closed} closed as reconciled"
+        )
+    total = next((r for r in plan.rows if r.group_kind == "total"), None)
+    agents = sum(1 for r in plan.rows if r.group_kind == "agent")
+    rooms = sum(1 for r in plan.rows if r.group_kind == "room")
+    numbers = (
+        f"{agents} agent(s), {rooms} room(s), {total.sessions if total else 0} session(s),"
+        f" {total.billable_minutes if total else 0} billable minute(s)"
+    )
+    if plan.state == "provisional":
+        out.append(f"rollup: provisional until {iso(job.finalize_after)}; {numbers}")
+    elif plan.state == "finalized":
+        out.append(f"rollup: finalized; {numbers}")
+    elif plan.state == "forced":
+        out.append(f"rollup: rewritten (--force), {len(plan.changes)} group(s) changed; {numbers}")
+    elif plan.changes:
+        since = iso(min(r.finalized_at for r in plan.rows if r.finalized_at))
+        out.append(
+            f"rollup: final since {since}, but the sessions now give other numbers for"
+            f" {len(plan.changes)} group(s); run with --force to rewrite; {numbers}"
+        )
+    else:
+        since = iso(min(r.finalized_at for r in plan.rows if r.finalized_at))
+        out.append(f"rollup: final since {since}, unchanged; {numbers}")
+    if plan.state in ("forced", "final"):
+        out += [f"  {_describe_change(c)}" for c in plan.changes]
+    if o.differences is not None:
+        out.append(
+            f"statement: {o.compared} group(s) compared, {len(o.differences)} difference(s)"
+            f" beyond {_number(job.tolerance_minutes)} minute(s)"
+        )
+        out += [
+            f"  {_group(d.group_kind, d.group_key)}: observer {_or_dash(d.observer_minutes)},"
+            f" statement {_or_dash(_number(d.statement_minutes))} ({d.status})"
+            for d in o.differences
+        ]
+        if job.report:
+            out.append(f"report: {job.report}")
+    return "\n".join(out) + "\n"
+
+
+def _describe_change(c: Change) -> str:
+    def pair(field: str) -> str:
+        old, new = (getattr(r, field) if r else None for r in (c.old, c.new))
+        return f"{_or_dash(old)} -> {_or_dash(new)}"
+
+    return (
+        f"{_group(c.group_kind, c.group_key)}: billable minutes {pair('billable_minutes')},"
+        f" sessions {pair('sessions')}, ms {pair('duration_ms')}"
+    )
+
+
+def _group(kind: str, key: str) -> str:
+    if kind == "total":
+        return kind
+    return f"{kind} {key!r}" if key else f"{kind} (no name)"
+
+
+def _or_dash(v: object) -> str:
+    return "-" if v is None else str(v)
