@@ -135,3 +135,16 @@ async def clients(livekit_server: LiveKitServer) -> Any:
     c = Clients(livekit_server)
     yield c
     await c.close()
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging() -> Iterator[None]:
+    """`observer.cli.main` points the root logger at the stderr of the moment (pytest's
+    capture, in-process); undo that after each test."""
+    import logging
+
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
