@@ -66,3 +66,31 @@ async def test_database_outage_is_survived(
     assert "database write failed; retrying" in messages
     assert "database available again" in messages
     assert not obs.task.done()
+
+
+async def test_full_buffer_stops_the_daemon_with_exit_code_3(
+    livekit_server: LiveKitServer,
+    postgres_server: PostgresServer,
+    pg_url: str,
+    start_observer,
+    clients: Clients,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from observer import migrate
+
+    migrate.upgrade(pg_url)
+    await create_room(livekit_server, "overflow")
+    await clients.join("overflow", "user-1")
+    obs = await start_observer(livekit_server, pg_url, OBSERVER_QUEUE_MAX="10")
+    await obs.wait_watching("overflow")
+    await asyncio.to_thread(postgres_server.stop)
+    try:
+        for i in range(12):  # more changes than the buffer may hold while the database is away
+            await clients.agent("overflow", f"agent-{i}", audio=False)
+        code = await asyncio.wait_for(obs.task, 30)
+    finally:
+        await asyncio.to_thread(postgres_server.start)
+    assert code == 3
+    assert "database buffer full; stopping so that nothing is silently lost" in [
+        r.getMessage() for r in caplog.records
+    ]
