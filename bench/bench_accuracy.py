@@ -111,12 +111,16 @@ async def main(args: argparse.Namespace) -> None:
 
     by_identity = {r.participant_identity: r for r in rows}
     errors_ms = []
+    join_ms, leave_ms = [], []
     for stay in stays:
         row = by_identity.get(stay.identity)
         if row is None or row.duration_ms is None:
             print(f"missing row for {stay.identity}")
             continue
         errors_ms.append(row.duration_ms - stay.measured_ms)
+        join_ms.append((stay.connected_at - row.joined_at.timestamp()) * 1000)
+        if row.left_at is not None:
+            leave_ms.append((row.left_at.timestamp() - stay.leaving_at) * 1000)
     abs_err = sorted(abs(e) for e in errors_ms)
     print(f"machine: {cpu_model()}, {os.cpu_count()} cores, Python {platform.python_version()}")
     print(f"sessions: {len(errors_ms)} of {args.sessions} recorded, in {args.rooms} rooms")
@@ -124,6 +128,15 @@ async def main(args: argparse.Namespace) -> None:
     print(
         f"|error| median: {statistics.median(abs_err):.1f} ms, "
         f"p95: {abs_err[int(len(abs_err) * 0.95) - 1]:.1f} ms, worst: {abs_err[-1]:.1f} ms"
+    )
+    connect_ms = statistics.median((s.connected_at - s.connecting_at) * 1000 for s in stays)
+    print(
+        f"join: connect() returned a median {statistics.median(join_ms):.1f} ms after the "
+        f"server's joined_at (connect() itself took a median {connect_ms:.1f} ms)"
+    )
+    print(
+        f"leave: left_at a median {statistics.median(leave_ms):.1f} ms after disconnect() "
+        f"was called (worst {max(leave_ms):.1f} ms)"
     )
     if latency_count:
         print(

@@ -47,6 +47,7 @@ class Stay:
 
     room: str
     identity: str
+    connecting_at: float = 0.0  # time.time() when connect() was called
     connected_at: float = 0.0  # time.time() when connect() returned
     leaving_at: float = 0.0  # time.time() when disconnect() was called
 
@@ -60,12 +61,13 @@ async def connect_agent(
 ) -> tuple[rtc.Room, Stay]:
     """Connect a simulated agent; with `audio` it publishes a (silent) microphone track."""
     room = rtc.Room()
+    connecting_at = time.time()
     await room.connect(
         lk.ws_url,
         agent_token(lk, identity, room_name, agent_name),
         rtc.RoomOptions(auto_subscribe=False),
     )
-    stay = Stay(room_name, identity, connected_at=time.time())
+    stay = Stay(room_name, identity, connecting_at=connecting_at, connected_at=time.time())
     if audio:
         source = rtc.AudioSource(48000, 1)
         track = rtc.LocalAudioTrack.create_audio_track("agent-voice", source)
