@@ -248,9 +248,9 @@ class Observer:
                 self.watchers.pop(ev.room_sid, None)
             if isinstance(ev, Reconnecting):
                 self.metrics.reconnects.inc()
-            ops = self.tracker.handle(ev)
             if isinstance(ev, RoomJoined):
                 self._joined(ev)
+            ops = self.tracker.handle(ev)
             self._observe(ops)
             self._submit(ops)
             self._update_gauges()
