@@ -62,7 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
     state = s.add_mutually_exclusive_group()
     state.add_argument("--open", action="store_const", dest="state", const="open")
     state.add_argument("--closed", action="store_const", dest="state", const="closed")
-    s.add_argument("--limit", type=int, default=100)
+    s.add_argument(
+        "--limit", type=int, default=None, help="at most N rows (table default 100; csv/json: all)"
+    )
     s.add_argument("--format", choices=("table", "json", "csv"), default="table")
 
     u = sub.add_parser("usage", help="standing time per group inside a time window")
@@ -258,7 +260,7 @@ def cmd_sessions(settings: Settings, args: argparse.Namespace) -> int:
         since=since,
         until=until,
         state=args.state,
-        limit=args.limit,
+        limit=args.limit if args.limit is not None else (100 if args.format == "table" else None),
     )
     store = Store(settings.database_url)
     try:

@@ -169,3 +169,21 @@ def test_bad_input_is_one_line_exit_2(
     assert main(["sessions", *args]) == 2
     out, err = capsys.readouterr()
     assert out == "" and len(err.strip().splitlines()) == 1 and message in err, err
+
+
+def test_exports_are_not_cut_at_the_table_limit(
+    db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    store = Store(db_url)
+    try:
+        store.apply(
+            [Open(session(f"PA_{i}", "r", f"a{i}", "agent", "x", T0)) for i in range(130)], "obs"
+        )
+    finally:
+        store.close()
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("OBSERVER_DATABASE_URL", db_url)
+    assert main(["sessions", "--format", "json"]) == 0
+    assert len(json.loads(capsys.readouterr().out)) == 130
+    assert main(["sessions"]) == 0
+    assert "(100 sessions)" in capsys.readouterr().out
