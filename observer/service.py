@@ -5,18 +5,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections import OrderedDict
 from collections.abc import Callable, Coroutine, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
 import aiohttp
-from livekit import api, rtc
+from livekit import api
 
 from observer import discovery, webhooks
 from observer.config import LiveKitSettings, Settings
 from observer.metrics import Metrics
+from observer.rooms import Rooms
 from observer.store import Store, Write
 from observer.tracker import (
     END_RECONCILED,
@@ -26,7 +26,6 @@ from observer.tracker import (
     Open,
     Reconnecting,
     RoomClosed,
-    RoomGone,
     RoomJoined,
     RoomLost,
     SessionTracker,
@@ -34,7 +33,6 @@ from observer.tracker import (
     Tick,
     WebhookRoomFinished,
 )
-from observer.watcher import RoomMismatchError, RoomWatcher, observer_token
 from observer.web import WebServer
 from observer.writer import BufferFull, Writer
 
@@ -44,10 +42,6 @@ EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_OVERFLOW = 3
 TICK_S = 0.5
-JOIN_TIMEOUT_S = 10.0
-# Each connect briefly starts many native threads; a burst of hundreds starves the rooms
-# already watched.
-JOIN_CONCURRENCY = 4
 SEEN_WEBHOOKS_MAX = 50_000
 IDENTITY_PREFIX = "lk-observer-"
 
@@ -83,17 +77,13 @@ class Observer:
             on_error=self._db_error,
             on_written=self._written,
         )
-        self.watchers: dict[str, RoomWatcher] = {}
-        self.ended_rooms: set[str] = set()
+        self.rooms: Rooms | None = None
         self.web: WebServer | None = None
         self.exit_code = EXIT_OK
-        self._first_seen: dict[str, float] = {}
         self._seen_webhooks: OrderedDict[str, None] = OrderedDict()
         self._stop = asyncio.Event()
-        self._stopping = False
         self._tasks: set[asyncio.Task[Any]] = set()
         self._api: api.LiveKitAPI | None = None
-        self._join_slots = asyncio.Semaphore(JOIN_CONCURRENCY)
 
     # ---- lifecycle ----------------------------------------------------------------------
 
@@ -109,13 +99,22 @@ class Observer:
             self.lk.api_secret,
             timeout=aiohttp.ClientTimeout(total=10),
         )
+        self.rooms = Rooms(
+            self.settings,
+            self.lk,
+            self._api,
+            self.identity,
+            emit=self._emit,
+            spawn=self._spawn,
+            unwatched_with_sessions=self.tracker.unwatched_rooms,
+        )
         try:
             if await self._load_open_sessions():
                 await self._start_web()
                 self._spawn(self.writer.run(), "writer")
                 consumer = self._spawn(self._consume(), "consumer")
                 self._spawn(self._tick(), "ticker")
-                self._spawn(self._discover(), "discovery")
+                self._spawn(self.rooms.discover_forever(), "discovery")
                 log.info(
                     "observer started",
                     extra={
@@ -175,22 +174,11 @@ class Observer:
     async def _shutdown(self, consumer: asyncio.Task[Any]) -> None:
         """Leave every room. Open sessions stay open (their participants are still there);
         the next start continues them."""
-        self._stopping = True
         for t in list(self._tasks):
             if t.get_name() in ("ticker", "discovery"):
                 t.cancel()
-        # Never cancel a connect in flight: the SDK's native core then kills the process.
-        joins = [t for t in self._tasks if t.get_name().startswith("join:")]
-        if joins:
-            await asyncio.wait(joins, timeout=JOIN_TIMEOUT_S + 5)
-        now = utcnow()
-        for sid, watcher in list(self.watchers.items()):
-            self._emit(RoomLost(sid, "OBSERVER_STOPPED", now))
-            try:
-                await asyncio.wait_for(watcher.leave(), 5)
-            except Exception:
-                log.warning("leaving a room failed", extra={"room": watcher.room_name})
-        self.watchers.clear()
+        if self.rooms is not None:
+            await self.rooms.leave_all()
         if not consumer.done():
             await asyncio.wait_for(self.queue.join(), 10)
         try:
@@ -242,10 +230,8 @@ class Observer:
     async def _consume(self) -> None:
         while True:
             ev = await self.queue.get()
-            if isinstance(ev, (RoomClosed, WebhookRoomFinished)):
-                self.ended_rooms.add(ev.room_sid)
-            if isinstance(ev, (RoomClosed, RoomLost)):
-                self.watchers.pop(ev.room_sid, None)
+            if isinstance(ev, (RoomClosed, RoomLost, WebhookRoomFinished)) and self.rooms:
+                self.rooms.forget(ev.room_sid, ended=not isinstance(ev, RoomLost))
             if isinstance(ev, Reconnecting):
                 self.metrics.reconnects.inc()
             if isinstance(ev, RoomJoined):
@@ -257,9 +243,9 @@ class Observer:
             self.queue.task_done()
 
     def _joined(self, ev: RoomJoined) -> None:
-        first = self._first_seen.pop(ev.room_sid, None)
-        if first is not None:
-            self.metrics.room_join_latency.observe(time.monotonic() - first)
+        latency = self.rooms.join_latency_s(ev.room_sid) if self.rooms else None
+        if latency is not None:
+            self.metrics.room_join_latency.observe(latency)
         log.info(
             "room joined",
             extra={"room": ev.room_name, "room_sid": ev.room_sid, "present": len(ev.present)},
@@ -355,7 +341,8 @@ class Observer:
         if ev.room.name and not discovery.matches(ev.room.name, self.settings.room_patterns):
             return "accepted"  # stored, but not a room this observer watches
         if ev.event == "room_started" and ev.room.sid:
-            self.join_now(discovery.ListedRoom(ev.room.sid, ev.room.name))
+            assert self.rooms is not None
+            self.rooms.join_now(discovery.ListedRoom(ev.room.sid, ev.room.name))
         for tracker_event in webhooks.translate(ev, IDENTITY_PREFIX):
             self._emit(tracker_event)
         return "accepted"
@@ -375,113 +362,6 @@ class Observer:
         if self.writer.failing_since is not None:
             problems.append(f"database writes failing; {self.writer.pending} changes waiting")
         return problems
-
-    # ---- rooms --------------------------------------------------------------------------
-
-    async def _discover(self) -> None:
-        assert self._api is not None
-        while True:
-            listed_at = utcnow()
-            try:
-                resp = await self._api.room.list_rooms(api.ListRoomsRequest())
-            except Exception as exc:
-                log.warning("listing rooms failed", extra={"error": f"{type(exc).__name__}: {exc}"})
-            else:
-                rooms = [discovery.ListedRoom(r.sid, r.name) for r in resp.rooms]
-                self.poll_once(rooms, listed_at)
-            await asyncio.sleep(self.settings.poll_interval_s)
-
-    def poll_once(
-        self, listed: list[discovery.ListedRoom], listed_at: datetime | None = None
-    ) -> None:
-        """Act on one complete room listing, requested at `listed_at`."""
-        p = discovery.plan(
-            listed,
-            patterns=self.settings.room_patterns,
-            busy=set(self.watchers),
-            ended=self.ended_rooms,
-            with_open_sessions=self.tracker.unwatched_rooms(),
-        )
-        now = utcnow()
-        for sid in p.gone:
-            self._emit(RoomGone(sid, now, listed_at or now))
-        for room in p.join:
-            self._start_join(room)
-
-    def join_now(self, room: discovery.ListedRoom) -> None:
-        """Join one room now (announced by a webhook) if the listing rules allow it."""
-        p = discovery.plan(
-            [room],
-            patterns=self.settings.room_patterns,
-            busy=set(self.watchers),
-            ended=self.ended_rooms,
-            with_open_sessions={},
-        )
-        for r in p.join:
-            self._start_join(r)
-
-    def _start_join(self, room: discovery.ListedRoom) -> None:
-        if self._stopping:
-            return
-        self._first_seen.setdefault(room.sid, time.monotonic())
-        watcher = RoomWatcher(room.name, room.sid, self._emit)
-        self.watchers[room.sid] = watcher
-        self._spawn(self._join(watcher), f"join:{room.name}")
-
-    async def _join(self, watcher: RoomWatcher) -> None:
-        token = observer_token(
-            self.lk.api_key, self.lk.api_secret, self.identity, watcher.room_name
-        )
-        try:
-            async with self._join_slots:
-                if self._stopping:
-                    self.watchers.pop(watcher.room_sid, None)
-                    return
-                await watcher.join(self.lk.ws_url, token, JOIN_TIMEOUT_S)
-            if self._stopping:
-                self.watchers.pop(watcher.room_sid, None)
-                self._emit(RoomLost(watcher.room_sid, "OBSERVER_STOPPED", utcnow()))
-                await watcher.leave()
-        except RoomMismatchError as exc:
-            # Our join created a fresh room: the listed one ended in between.
-            self.ended_rooms.add(watcher.room_sid)
-            self.watchers.pop(watcher.room_sid, None)
-            self._first_seen.pop(watcher.room_sid, None)
-            log.warning(
-                "room ended before the observer joined; left the new room it created",
-                extra={
-                    "room": watcher.room_name,
-                    "listed_sid": watcher.room_sid,
-                    "created_sid": exc.joined_sid,
-                },
-            )
-            await self._delete_if_only_dependents(watcher.room_name, exc.joined_sid)
-        except (rtc.ConnectError, TimeoutError, OSError) as exc:
-            self.watchers.pop(watcher.room_sid, None)
-            log.warning(
-                "joining a room failed; will retry",
-                extra={"room": watcher.room_name, "error": f"{type(exc).__name__}: {exc}"},
-            )
-
-    async def _delete_if_only_dependents(self, room_name: str, sid: str) -> None:
-        """Delete a room the observer created by accident, unless someone real is in it."""
-        assert self._api is not None
-        try:
-            resp = await self._api.room.list_participants(
-                api.ListParticipantsRequest(room=room_name)
-            )
-            if all(
-                p.permission.agent or p.kind == api.ParticipantInfo.Kind.AGENT
-                for p in resp.participants
-            ):
-                rooms = await self._api.room.list_rooms(api.ListRoomsRequest(names=[room_name]))
-                if any(r.sid == sid for r in rooms.rooms):
-                    await self._api.room.delete_room(api.DeleteRoomRequest(room=room_name))
-        except Exception as exc:
-            log.warning(
-                "could not clean up the accidental room",
-                extra={"room": room_name, "error": type(exc).__name__},
-            )
 
 
 # Measured: each watched room holds about 100 sockets (ICE candidates of the SDK's peer

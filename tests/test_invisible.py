@@ -113,9 +113,9 @@ async def test_never_creates_a_room(
     obs = await start_observer(livekit_server, db_url, OBSERVER_ROOM_PATTERN="ghost")
     await asyncio.sleep(1)
     # a listing said "ghost" was live, but it ended before the observer got there
-    obs.obs.poll_once([ListedRoom(listed.sid, "ghost")])
+    obs.obs.rooms.poll_once([ListedRoom(listed.sid, "ghost")])
     deadline = time.monotonic() + 10
-    while listed.sid not in obs.obs.ended_rooms:
+    while listed.sid not in obs.obs.rooms.ended:
         assert time.monotonic() < deadline, (
             "observer did not notice the room was not the listed one"
         )
@@ -124,5 +124,5 @@ async def test_never_creates_a_room(
     assert await list_rooms(livekit_server, "ghost") == []
     assert obs.rows() == []
     # and it is not tried again
-    obs.obs.poll_once([ListedRoom(listed.sid, "ghost")])
-    assert listed.sid not in obs.obs.watchers
+    obs.obs.rooms.poll_once([ListedRoom(listed.sid, "ghost")])
+    assert listed.sid not in obs.obs.rooms.watchers

@@ -26,7 +26,7 @@ async def test_observer_reconnect_keeps_sessions(
     leaves = await clients.agent(room_name, "agent-leaves")
     obs = await start_observer(livekit_server, db_url)
     await obs.wait_rows(lambda rows: len(rows) == 2)
-    (watcher,) = [w for w in obs.obs.watchers.values() if w.room_name == room_name]
+    (watcher,) = [w for w in obs.obs.rooms.watchers.values() if w.room_name == room_name]
     sdk_leaves: list[str] = []
     reconnected = asyncio.Event()
     watcher.room.on("participant_disconnected", lambda p: sdk_leaves.append(p.identity))

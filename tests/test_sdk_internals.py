@@ -24,7 +24,7 @@ async def test_each_watched_room_gets_only_its_own_events(
     obs = await start_observer(livekit_server, db_url, OBSERVER_ROOM_PATTERN="narrow-*")
     await obs.wait_watching("narrow-a")
     await obs.wait_watching("narrow-b")
-    rooms = {w.room_name: w.room for w in obs.obs.watchers.values()}
+    rooms = {w.room_name: w.room for w in obs.obs.rooms.watchers.values()}
     a, b = rooms["narrow-a"], rooms["narrow-b"]
     subscribers = _ffi_client.FfiClient.instance.queue._subscribers
     filters = {id(q): f for q, _loop, f in subscribers}
