@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import math
 import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
 from urllib.parse import urlsplit
 
 from sqlalchemy.engine import URL, make_url
@@ -106,25 +106,33 @@ class Settings:
     def from_mapping(cls, env: Mapping[str, str], *, need_livekit: bool = False) -> Settings:
         """Build settings from a mapping, reporting every bad value at once."""
         problems: list[str] = []
-        values: dict[str, Any] = {}
 
         def get(name: str) -> str:
             return env.get(name, "").strip()
 
-        def number(name: str, default: float, *, minimum: float, integer: bool = False) -> None:
-            raw = get(name)
-            if not raw:
-                return
+        def number(name: str, *, minimum: float) -> float:
+            """The setting's value, or its documented default when unset."""
+            default = SETTINGS_DOC[name][0]
+            raw = get(name) or default
             try:
-                value: float = int(raw) if integer else float(raw)
+                value = float(raw)
             except ValueError:
-                kind = "an integer" if integer else "a number"
-                problems.append(f"{name} must be {kind}, got {raw!r}")
-                return
+                value = math.nan
+            if not math.isfinite(value):
+                problems.append(f"{name} must be a number, got {raw!r}")
+                return float(default)
             if value < minimum:
                 problems.append(f"{name} must be at least {minimum:g}, got {raw!r}")
-                return
-            values[name] = value
+            return value
+
+        def integer(name: str, *, minimum: int) -> int:
+            raw = get(name) or SETTINGS_DOC[name][0]
+            if not raw.isdigit():
+                problems.append(f"{name} must be an integer, got {raw!r}")
+                return int(SETTINGS_DOC[name][0])
+            if int(raw) < minimum:
+                problems.append(f"{name} must be at least {minimum}, got {raw!r}")
+            return int(raw)
 
         url, key, secret = get("LIVEKIT_URL"), get("LIVEKIT_API_KEY"), get("LIVEKIT_API_SECRET")
         livekit = None
@@ -169,15 +177,14 @@ class Settings:
         patterns = tuple(p.strip() for p in (get("OBSERVER_ROOM_PATTERN") or "*").split(","))
         patterns = tuple(p for p in patterns if p) or ("*",)
 
-        number("OBSERVER_POLL_INTERVAL_S", 5.0, minimum=0.1)
-        number("OBSERVER_HEARTBEAT_S", 15.0, minimum=0.1)
-        number("OBSERVER_QUEUE_MAX", 100_000, minimum=10, integer=True)
-        number("OBSERVER_DB_RETRY_MAX_S", 10.0, minimum=0.1)
-
-        number("OBSERVER_WEBHOOK_MAX_BYTES", 1_048_576, minimum=1024, integer=True)
-        number("OBSERVER_STUCK_AGENT_S", 300.0, minimum=1)
-        number("OBSERVER_SETTLE_STALE_S", 60.0, minimum=0)
-        number("OBSERVER_FINALIZE_DELAY_S", 3600.0, minimum=0)
+        poll_interval_s = number("OBSERVER_POLL_INTERVAL_S", minimum=0.1)
+        heartbeat_s = number("OBSERVER_HEARTBEAT_S", minimum=0.1)
+        queue_max = integer("OBSERVER_QUEUE_MAX", minimum=10)
+        db_retry_max_s = number("OBSERVER_DB_RETRY_MAX_S", minimum=0.1)
+        webhook_max_bytes = integer("OBSERVER_WEBHOOK_MAX_BYTES", minimum=1024)
+        stuck_agent_s = number("OBSERVER_STUCK_AGENT_S", minimum=1)
+        settle_stale_s = number("OBSERVER_SETTLE_STALE_S", minimum=0)
+        finalize_delay_s = number("OBSERVER_FINALIZE_DELAY_S", minimum=0)
         http_host: str | None = "127.0.0.1"
         http_port = 9465
         addr = get("OBSERVER_HTTP_ADDR") or "127.0.0.1:9465"
@@ -205,16 +212,16 @@ class Settings:
             observer_id=get("OBSERVER_ID") or socket.gethostname(),
             room_patterns=patterns,
             track_kinds=kinds,
-            poll_interval_s=values.get("OBSERVER_POLL_INTERVAL_S", 5.0),
-            heartbeat_s=values.get("OBSERVER_HEARTBEAT_S", 15.0),
-            queue_max=int(values.get("OBSERVER_QUEUE_MAX", 100_000)),
-            db_retry_max_s=values.get("OBSERVER_DB_RETRY_MAX_S", 10.0),
+            poll_interval_s=poll_interval_s,
+            heartbeat_s=heartbeat_s,
+            queue_max=queue_max,
+            db_retry_max_s=db_retry_max_s,
             http_host=http_host,
             http_port=http_port,
-            webhook_max_bytes=int(values.get("OBSERVER_WEBHOOK_MAX_BYTES", 1_048_576)),
-            stuck_agent_s=values.get("OBSERVER_STUCK_AGENT_S", 300.0),
-            settle_stale_s=values.get("OBSERVER_SETTLE_STALE_S", 60.0),
-            finalize_delay_s=values.get("OBSERVER_FINALIZE_DELAY_S", 3600.0),
+            webhook_max_bytes=webhook_max_bytes,
+            stuck_agent_s=stuck_agent_s,
+            settle_stale_s=settle_stale_s,
+            finalize_delay_s=finalize_delay_s,
             log_format=log_format,
             log_level=log_level,
         )

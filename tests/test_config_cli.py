@@ -44,6 +44,8 @@ def test_every_problem_is_named_at_once() -> None:
         "LIVEKIT_API_KEY": "k",
         "OBSERVER_DATABASE_URL": "mysql://x/y",
         "OBSERVER_POLL_INTERVAL_S": "soon",
+        "OBSERVER_HEARTBEAT_S": "nan",
+        "OBSERVER_QUEUE_MAX": "1.5",
         "OBSERVER_TRACK_KINDS": "agent,robot",
         "OBSERVER_LOG_FORMAT": "xml",
     }
