@@ -57,6 +57,8 @@ def test_every_problem_is_named_at_once() -> None:
         "LIVEKIT_API_SECRET",
         "mysql",
         "OBSERVER_POLL_INTERVAL_S",
+        "OBSERVER_HEARTBEAT_S must be a number, got 'nan'",
+        "OBSERVER_QUEUE_MAX must be an integer",
         "robot",
         "OBSERVER_LOG_FORMAT",
     ):
