@@ -74,7 +74,8 @@ class Observer:
             settings.observer_id,
             retry_max_s=settings.db_retry_max_s,
             max_pending=settings.queue_max,
-            on_error=self._db_error,
+            on_error=lambda _exc: self.metrics.db_errors.inc(),
+            on_retry=self.metrics.db_retries.inc,
             on_written=self._written,
         )
         self.rooms: Rooms | None = None
@@ -179,9 +180,9 @@ class Observer:
                 t.cancel()
         if self.rooms is not None:
             await self.rooms.leave_all()
-        if not consumer.done():
-            await asyncio.wait_for(self.queue.join(), 10)
         try:
+            if not consumer.done():
+                await asyncio.wait_for(self.queue.join(), 10)
             await asyncio.wait_for(self.writer.wait_idle(), 15)
         except TimeoutError:
             log.error(
@@ -306,10 +307,6 @@ class Observer:
         m.stuck_agents.set(self.tracker.stuck_agents)
         m.event_queue_depth.set(self.queue.qsize())
         m.db_pending_ops.set(self.writer.pending)
-
-    def _db_error(self, _exc: BaseException) -> None:
-        self.metrics.db_errors.inc()
-        self.metrics.db_retries.inc()
 
     def _written(self, writes: Sequence[Write]) -> None:
         now = utcnow()

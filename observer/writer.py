@@ -33,6 +33,7 @@ class Writer:
         retry_max_s: float,
         max_pending: int,
         on_error: Callable[[BaseException], None] = lambda _e: None,
+        on_retry: Callable[[], None] = lambda: None,
         on_written: Callable[[Sequence[Write]], None] = lambda _ops: None,
     ) -> None:
         self._store = store
@@ -40,6 +41,7 @@ class Writer:
         self._retry_max_s = retry_max_s
         self._max_pending = max_pending
         self._on_error = on_error
+        self._on_retry = on_retry
         self._on_written = on_written
         self._pending: list[Write] = []
         self._wake = asyncio.Event()
@@ -89,6 +91,7 @@ class Writer:
                         },
                     )
                     await asyncio.sleep(delay)
+                    self._on_retry()
                     continue
                 del self._pending[: len(batch)]
                 if self.failing_since is not None:

@@ -66,6 +66,10 @@ async def test_database_outage_is_survived(
     assert "database write failed; retrying" in messages
     assert "database available again" in messages
     assert not obs.task.done()
+    m = obs.obs.metrics
+    assert m.value("observer_db_errors_total") >= 1
+    assert m.value("observer_db_retries_total") >= 1
+    assert m.value("observer_db_pending_ops") == 0
 
 
 async def test_full_buffer_stops_the_daemon_with_exit_code_3(
