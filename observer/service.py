@@ -303,7 +303,7 @@ class Observer:
     def _update_gauges(self) -> None:
         m = self.metrics
         m.sessions_open.set(len(self.tracker.open_sessions))
-        m.rooms_watched.set(len(self.tracker.watched_rooms))
+        m.rooms_watched.set(self.tracker.watched_count)
         m.stuck_agents.set(self.tracker.stuck_agents)
         m.event_queue_depth.set(self.queue.qsize())
         m.db_pending_ops.set(self.writer.pending)

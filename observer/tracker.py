@@ -271,6 +271,7 @@ class SessionTracker:
     _alerted: set[str] = field(default_factory=set)
     _recently_closed: OrderedDict[SessionKey, None] = field(default_factory=OrderedDict)
     _in_view: set[SessionKey] = field(default_factory=set)  # seen present by the observer
+    _stuck_count: int = 0
 
     def seed(self, sessions: Iterable[TrackedSession]) -> None:
         """Continue sessions left open by an earlier run; their rooms are not joined yet."""
@@ -288,10 +289,12 @@ class SessionTracker:
 
     @property
     def stuck_agents(self) -> int:
-        """Agents in rooms currently flagged as stuck."""
-        return sum(
-            1 for k, s in self._open.items() if k.room_sid in self._alerted and s.kind == "agent"
-        )
+        """Agents in rooms flagged as stuck, as of the last tick."""
+        return self._stuck_count
+
+    @property
+    def watched_count(self) -> int:
+        return len(self._rooms)
 
     def unwatched_rooms(self) -> dict[str, str]:
         """room_sid -> room_name of rooms with open sessions that the observer is not in."""
@@ -504,6 +507,7 @@ class SessionTracker:
                 self._alerted.add(room_sid)
                 ids = tuple(sorted(s.identity for s in agents))
                 ops.append(StuckAgents(room.name, room_sid, ids, since))
+        self._stuck_count = sum(len(agents_by_room.get(sid, ())) for sid in self._alerted)
         return ops
 
     def _replaced(self, room_sid: str, identity: str) -> list[Op]:
