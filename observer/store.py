@@ -210,6 +210,11 @@ class WebhookRecord:
 Write = Op | WebhookRecord
 
 
+def _insert(dialect: str, target: Any) -> Any:
+    """An INSERT that can take ON CONFLICT, in the dialect's own flavour."""
+    return pg_insert(target) if dialect == "postgresql" else sqlite_insert(target)
+
+
 def utcnow() -> datetime:
     return datetime.now(UTC)
 
@@ -275,10 +280,7 @@ class Store:
                 elif isinstance(op, Touch):
                     self._touch(db, op.keys, op.at, now)
                 elif isinstance(op, WebhookRecord):
-                    insert = (
-                        pg_insert if db.get_bind().dialect.name == "postgresql" else sqlite_insert
-                    )
-                    stmt = insert(WebhookEventRow).values(**vars(op))
+                    stmt = _insert(db.get_bind().dialect.name, WebhookEventRow).values(**vars(op))
                     db.execute(stmt.on_conflict_do_nothing(index_elements=["id"]))
                 elif isinstance(op, UpdateAttributes):
                     db.execute(
@@ -305,8 +307,7 @@ class Store:
             created_at=now,
             updated_at=now,
         )
-        insert = pg_insert if db.get_bind().dialect.name == "postgresql" else sqlite_insert
-        stmt = insert(SessionRow).values(**values)
+        stmt = _insert(db.get_bind().dialect.name, SessionRow).values(**values)
         db.execute(stmt.on_conflict_do_nothing(index_elements=["room_sid", "participant_sid"]))
 
     def _close(self, db: Session, op: Close, now: datetime) -> None:
@@ -576,7 +577,7 @@ class RollupTx:
             conn.execute(stmt, [{"kind": kind, "key": key} for kind, key in drop])
         if not rows:
             return
-        insert = pg_insert(table) if conn.dialect.name == "postgresql" else sqlite_insert(table)
+        insert = _insert(conn.dialect.name, table)
         numbers = ("sessions", "duration_ms", "billable_minutes", "finalized_at", "computed_at")
         upsert = insert.on_conflict_do_update(
             index_elements=["period_start", "period_end", "group_kind", "group_key"],
