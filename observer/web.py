@@ -31,7 +31,6 @@ class WebServer:
         self._on_webhook = on_webhook
         self._readiness = readiness
         self._runner: web.AppRunner | None = None
-        self.port: int | None = None
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=self._max)
@@ -46,10 +45,7 @@ class WebServer:
         await self._runner.setup()
         site = web.TCPSite(self._runner, host, port)
         await site.start()
-        server = site._server
-        sockets = getattr(server, "sockets", None) or []
-        self.port = sockets[0].getsockname()[1] if sockets else port
-        log.info("http server listening", extra={"host": host, "port": self.port})
+        log.info("http server listening", extra={"host": host, "port": port})
 
     async def stop(self) -> None:
         if self._runner is not None:
