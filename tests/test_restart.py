@@ -99,3 +99,19 @@ async def test_restart_continues_rows_and_reconciles_the_gap(
             daemon.wait(30)
         store.close()
     assert "Traceback" not in log.read_text()
+
+
+def test_open_files_limit_is_raised_to_the_hard_limit() -> None:
+    import resource
+
+    from observer.service import FDS_PER_ROOM, raise_fd_limit
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(1024, hard), hard))
+        limit = raise_fd_limit()
+        assert resource.getrlimit(resource.RLIMIT_NOFILE)[0] == limit
+        assert limit == hard or hard == resource.RLIM_INFINITY
+        assert limit // FDS_PER_ROOM >= 10
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
