@@ -14,7 +14,7 @@ from livekit import api, rtc
 
 from observer import discovery
 from observer.config import LiveKitSettings, Settings
-from observer.tracker import Event, RoomGone, RoomLost
+from observer.tracker import Event, Listed, RoomGone, RoomLost
 from observer.watcher import RoomMismatchError, RoomWatcher, observer_token
 
 log = logging.getLogger(__name__)
@@ -23,6 +23,10 @@ JOIN_TIMEOUT_S = 10.0
 # Each connect briefly starts many native threads; a burst of hundreds starves the rooms
 # already watched.
 JOIN_CONCURRENCY = 4
+# Questions to the server's API about rooms, asked in batches.
+CHECK_BATCH_DELAY_S = 0.2
+CHECK_RETRY_S = 1.0
+CHECK_CONCURRENCY = 8
 
 
 def utcnow() -> datetime:
@@ -54,6 +58,106 @@ class Rooms:
         self._slots = asyncio.Semaphore(JOIN_CONCURRENCY)
         self._joins: set[asyncio.Task[Any]] = set()
         self._stopping = False
+        self._to_confirm: dict[str, RoomWatcher] = {}  # room sid -> watcher after a reconnect
+        self._to_verify: dict[str, str] = {}  # room sid -> name, whose participants to list
+        self._checks_wanted = asyncio.Event()
+
+    async def check_forever(self) -> None:
+        """Answer, in batches, the questions that only the server's API can settle: is a
+        room the SDK reconnected to still the one watched, and who is in a room."""
+        while True:
+            await self._checks_wanted.wait()
+            await asyncio.sleep(CHECK_BATCH_DELAY_S)
+            self._checks_wanted.clear()
+            confirm, self._to_confirm = self._to_confirm, {}
+            verify, self._to_verify = self._to_verify, {}
+            names = {w.room_name for w in confirm.values()} | set(verify.values())
+            requested_at = utcnow()
+            try:
+                listed = await self._list_rooms(names)
+            except Exception as exc:
+                log.warning("listing rooms failed", extra={"error": f"{type(exc).__name__}: {exc}"})
+                self._retry_later(confirm, verify)
+                continue
+            live = {r.sid for r in listed}
+            for sid, watcher in confirm.items():
+                await self._confirm(watcher, sid in live, requested_at)
+            gone = {sid: name for sid, name in verify.items() if sid not in live}
+            for sid in gone:
+                self._emit(Listed(sid, False, frozenset(), requested_at, utcnow()))
+            rest = {sid: name for sid, name in verify.items() if sid in live}
+            slots = asyncio.Semaphore(CHECK_CONCURRENCY)
+            answers = await asyncio.gather(
+                *(self._list_participants(sid, name, slots) for sid, name in rest.items())
+            )
+            failed = {
+                sid: name for (sid, name), ok in zip(rest.items(), answers, strict=True) if not ok
+            }
+            if failed:
+                self._retry_later({}, failed)
+
+    async def _list_participants(self, sid: str, name: str, slots: asyncio.Semaphore) -> bool:
+        async with slots:
+            asked = utcnow()
+            try:
+                resp = await self._api.room.list_participants(
+                    api.ListParticipantsRequest(room=name)
+                )
+            except Exception as exc:
+                log.warning(
+                    "listing participants failed",
+                    extra={"room": name, "error": f"{type(exc).__name__}: {exc}"},
+                )
+                return False
+        present = frozenset(p.sid for p in resp.participants)
+        self._emit(Listed(sid, True, present, asked, utcnow()))
+        return True
+
+    def _retry_later(self, confirm: Mapping[str, RoomWatcher], verify: Mapping[str, str]) -> None:
+        async def again() -> None:
+            await asyncio.sleep(CHECK_RETRY_S)
+            for sid, w in confirm.items():
+                if self.watchers.get(sid) is w and w.recovering:
+                    self._to_confirm[sid] = w
+            for sid, name in verify.items():
+                self._to_verify.setdefault(sid, name)
+            self._checks_wanted.set()
+
+        self._spawn(again(), "check-retry")
+
+    async def _list_rooms(self, names: set[str]) -> list[api.Room]:
+        if not names:
+            return []
+        resp = await self._api.room.list_rooms(api.ListRoomsRequest(names=sorted(names)))
+        return list(resp.rooms)
+
+    def verify(self, room_sid: str, room_name: str) -> None:
+        """Ask the server who is in this room; the answer arrives as a `Listed` event."""
+        self._to_verify[room_sid] = room_name
+        self._checks_wanted.set()
+
+    def recovered(self, watcher: RoomWatcher) -> None:
+        """The SDK reconnected this watcher: check it is still in the room it watched."""
+        self._to_confirm[watcher.room_sid] = watcher
+        self._checks_wanted.set()
+
+    async def _confirm(self, watcher: RoomWatcher, same_room: bool, listed_at: datetime) -> None:
+        if self.watchers.get(watcher.room_sid) is not watcher or not watcher.recovering:
+            return
+        watcher.recovered(same_room)
+        if same_room:
+            return
+        # The SDK's full reconnect joined a new room of the same name: the watched one ended.
+        log.warning(
+            "room ended while the observer reconnected; left its successor",
+            extra={"room": watcher.room_name, "room_sid": watcher.room_sid},
+        )
+        self.forget(watcher.room_sid, ended=True)
+        self._emit(RoomGone(watcher.room_sid, utcnow(), listed_at))
+        try:
+            await asyncio.wait_for(watcher.leave(), 5)
+        except Exception:
+            log.warning("leaving a room failed", extra={"room": watcher.room_name})
 
     async def discover_forever(self) -> None:
         while True:
@@ -80,8 +184,22 @@ class Rooms:
         now = utcnow()
         for sid in p.gone:
             self._emit(RoomGone(sid, now, listed_at or now))
+        live = {r.sid for r in listed}
+        for sid, watcher in list(self.watchers.items()):
+            if watcher.recovering and sid not in live:
+                # The SDK is trying to get back into a room that no longer exists.
+                self.forget(sid, ended=True)
+                self._emit(RoomGone(sid, now, listed_at or now))
+                self._spawn(self._leave(watcher), f"leave:{watcher.room_name}")
         for room in p.join:
             self._start(room)
+
+    async def _leave(self, watcher: RoomWatcher) -> None:
+        watcher.recovered(False)
+        try:
+            await asyncio.wait_for(watcher.leave(), 5)
+        except Exception:
+            log.warning("leaving a room failed", extra={"room": watcher.room_name})
 
     def join_now(self, room: discovery.ListedRoom) -> None:
         """Join one room now (announced by a webhook) if the listing rules allow it."""
@@ -125,7 +243,7 @@ class Rooms:
         if self._stopping:
             return
         self._first_seen.setdefault(room.sid, time.monotonic())
-        watcher = RoomWatcher(room.name, room.sid, self._emit)
+        watcher = RoomWatcher(room.name, room.sid, self._emit, on_recovered=self.recovered)
         self.watchers[room.sid] = watcher
         task = self._spawn(self._join(watcher), f"join:{room.name}")
         self._joins.add(task)
@@ -159,10 +277,27 @@ class Rooms:
             await self._delete_if_only_dependents(watcher.room_name, exc.joined_sid)
         except (rtc.ConnectError, TimeoutError, OSError) as exc:
             self.watchers.pop(watcher.room_sid, None)
+            error = f"{type(exc).__name__}: {getattr(exc, 'message', exc)}"
+            if await self._ended_meanwhile(watcher):
+                # The server refused to re-create it (see NO_CREATE_PRESET).
+                log.info("room ended before the observer joined", extra={"room": watcher.room_name})
+                return
             log.warning(
                 "joining a room failed; will retry",
-                extra={"room": watcher.room_name, "error": f"{type(exc).__name__}: {exc}"},
+                extra={"room": watcher.room_name, "error": error},
             )
+
+    async def _ended_meanwhile(self, watcher: RoomWatcher) -> bool:
+        """After a failed join: is the listed room gone? Then it is never tried again."""
+        try:
+            live = {r.sid for r in await self._list_rooms({watcher.room_name})}
+        except Exception:
+            return False
+        if watcher.room_sid in live:
+            return False
+        self.forget(watcher.room_sid, ended=True)
+        self._first_seen.pop(watcher.room_sid, None)
+        return True
 
     async def _delete_if_only_dependents(self, room_name: str, sid: str) -> None:
         """Delete a room the observer created by accident, unless someone real is in it."""

@@ -22,6 +22,7 @@ from observer.tracker import (
     END_RECONCILED,
     Close,
     Event,
+    Listed,
     Op,
     Open,
     Reconnecting,
@@ -31,6 +32,7 @@ from observer.tracker import (
     SessionTracker,
     StuckAgents,
     Tick,
+    Verify,
     WebhookRoomFinished,
 )
 from observer.web import WebServer
@@ -116,6 +118,7 @@ class Observer:
                 consumer = self._spawn(self._consume(), "consumer")
                 self._spawn(self._tick(), "ticker")
                 self._spawn(self.rooms.discover_forever(), "discovery")
+                self._spawn(self.rooms.check_forever(), "checks")
                 log.info(
                     "observer started",
                     extra={
@@ -176,7 +179,7 @@ class Observer:
         """Leave every room. Open sessions stay open (their participants are still there);
         the next start continues them."""
         for t in list(self._tasks):
-            if t.get_name() in ("ticker", "discovery"):
+            if t.get_name() in ("ticker", "discovery", "checks"):
                 t.cancel()
         if self.rooms is not None:
             await self.rooms.leave_all()
@@ -233,6 +236,8 @@ class Observer:
             ev = await self.queue.get()
             if isinstance(ev, (RoomClosed, RoomLost, WebhookRoomFinished)) and self.rooms:
                 self.rooms.forget(ev.room_sid, ended=not isinstance(ev, RoomLost))
+            if isinstance(ev, Listed) and not ev.exists and self.rooms:
+                self.rooms.ended.add(ev.room_sid)
             if isinstance(ev, Reconnecting):
                 self.metrics.reconnects.inc()
             if isinstance(ev, RoomJoined):
@@ -287,6 +292,9 @@ class Observer:
                         "duration_ms": round(duration_s * 1000),
                     },
                 )
+            elif isinstance(op, Verify):
+                if self.rooms is not None:
+                    self.rooms.verify(op.room_sid, op.room_name)
             elif isinstance(op, StuckAgents):
                 self.metrics.stuck_alerts.inc()
                 log.warning(

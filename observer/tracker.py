@@ -146,6 +146,21 @@ class RoomGone:
 
 
 @dataclass(frozen=True)
+class Listed:
+    """What the server's API says about a room, asked at `requested_at`.
+
+    `exists` is False when no room of that name has this sid any more; `present` holds the
+    participant sids the server lists in it.
+    """
+
+    room_sid: str
+    exists: bool
+    present: frozenset[str]
+    requested_at: datetime
+    at: datetime
+
+
+@dataclass(frozen=True)
 class Tick:
     at: datetime
 
@@ -187,6 +202,7 @@ Event = (
     | RoomClosed
     | RoomLost
     | RoomGone
+    | Listed
     | Tick
     | WebhookJoined
     | WebhookLeft
@@ -235,7 +251,16 @@ class StuckAgents:
     alone_since: datetime
 
 
-Op = Open | Close | Touch | UpdateAttributes | StuckAgents
+@dataclass(frozen=True)
+class Verify:
+    """Ask the server's API who is in this room; the answer comes back as `Listed`.
+    Not a database write."""
+
+    room_sid: str
+    room_name: str
+
+
+Op = Open | Close | Touch | UpdateAttributes | StuckAgents | Verify
 
 
 def agent_name_of(attributes: Mapping[str, str]) -> str | None:
@@ -253,18 +278,26 @@ class _Room:
 class SessionTracker:
     """Holds the open sessions and turns events into store operations.
 
-    A leave with an unknown reason is held for `leave_grace_s`: the SDK reports every remote
-    participant as disconnected (reason unknown) just before the observer's own full
-    reconnect, and those must not close sessions.
+    The observer's own connection never ends a session. A leave counts when the server
+    announced it with a reason while the observer was watching (closed at that moment), or
+    when the server's API confirms the participant is gone. A leave without a reason (the
+    SDK reports every remote participant that way around its own reconnects) only makes
+    the session a suspect: a `Verify` asks the API, and `Listed` settles it. A leave that
+    happened while the observer could not see is closed `reconciled` between when the
+    participant was last seen and when its absence was learned, or at the webhook's time
+    when LiveKit's webhook told it.
     """
 
     tracked_kinds: frozenset[str]
-    leave_grace_s: float = 2.0
     heartbeat_s: float = 15.0
     stuck_after_s: float = 300.0
+    verify_retry_s: float = 3.0
+    webhook_hold_s: float = 3.0
     _open: dict[SessionKey, TrackedSession] = field(default_factory=dict)
     _rooms: dict[str, _Room] = field(default_factory=dict)
-    _pending: dict[SessionKey, ParticipantLeft] = field(default_factory=dict)
+    _suspect: dict[SessionKey, ParticipantLeft] = field(default_factory=dict)
+    _witness: dict[SessionKey, WebhookLeft] = field(default_factory=dict)
+    _verify_asked: dict[str, datetime] = field(default_factory=dict)
     _last_heartbeat: datetime | None = None
     _company: dict[str, set[str]] = field(default_factory=dict)
     _alone_since: dict[str, datetime] = field(default_factory=dict)
@@ -281,6 +314,11 @@ class SessionTracker:
     @property
     def open_sessions(self) -> Mapping[SessionKey, TrackedSession]:
         return self._open
+
+    @property
+    def suspects(self) -> Mapping[SessionKey, ParticipantLeft]:
+        """Sessions whose leave was reported without a reason and is not yet confirmed."""
+        return self._suspect
 
     @property
     def watched_rooms(self) -> Mapping[str, str]:
@@ -315,22 +353,16 @@ class SessionTracker:
                 room.state = "watching"
                 return self._snapshot(ev.room_sid, room.name, ev.present, ev.at)
             case ParticipantJoined():
-                self._pending.pop(SessionKey(ev.room_sid, ev.participant.sid), None)
+                key = SessionKey(ev.room_sid, ev.participant.sid)
+                self._suspect.pop(key, None)
                 if ev.participant.kind in self.tracked_kinds:
-                    self._in_view.add(SessionKey(ev.room_sid, ev.participant.sid))
+                    self._in_view.add(key)
                 if ev.participant.kind in COMPANY_KINDS:
                     self._company.setdefault(ev.room_sid, set()).add(ev.participant.sid)
-                ops = self._replaced(ev.room_sid, ev.participant.identity)
+                ops = self._replaced(ev.room_sid, ev.participant.identity, ev.at)
                 return ops + self._joined(ev.room_name, ev.room_sid, ev.participant, ev.at)
             case ParticipantLeft():
-                self._company.get(ev.room_sid, set()).discard(ev.participant_sid)
-                key = SessionKey(ev.room_sid, ev.participant_sid)
-                if key not in self._open:
-                    return []
-                if ev.reason in ("", UNKNOWN_REASON):
-                    self._pending[key] = ev
-                    return []
-                return [self._close(key, ev.at, ev.reason, END_RTC, None, ev.at)]
+                return self._left(ev)
             case AttributesChanged():
                 return self._attributes(ev)
             case Reconnecting():
@@ -338,31 +370,21 @@ class SessionTracker:
                 if room is None:
                     return []
                 room.state = "reconnecting"
-                for key in [k for k in self._pending if k.room_sid == ev.room_sid]:
-                    del self._pending[key]
-                return self._touch(self._keys_in(ev.room_sid), ev.at)
+                keys = [k for k in self._keys_in(ev.room_sid) if k not in self._suspect]
+                return self._touch(keys, ev.at)
             case RoomClosed():
-                self._forget_room(ev.room_sid)
-                ops = self._flush_pending(ev.room_sid)
-                self._rooms.pop(ev.room_sid, None)
-                for key in self._keys_in(ev.room_sid):
-                    ops.append(self._close(key, ev.at, ev.reason, END_ROOM_CLOSED, None, ev.at))
-                return ops
+                return self._room_closed(ev)
             case RoomLost():
                 self._forget_room(ev.room_sid)
-                ops = self._flush_pending(ev.room_sid)
                 room = self._rooms.pop(ev.room_sid, None)
                 if room is not None and room.state == "watching":
-                    ops += self._touch(self._keys_in(ev.room_sid), ev.at)
-                return ops
+                    keys = [k for k in self._keys_in(ev.room_sid) if k not in self._suspect]
+                    return self._touch(keys, ev.at)
+                return []
             case RoomGone():
-                self._forget_room(ev.room_sid)
-                ops = self._flush_pending(ev.room_sid)
-                self._rooms.pop(ev.room_sid, None)
-                for key in self._keys_in(ev.room_sid):
-                    if ev.listed_at is None or self._open[key].last_seen_at < ev.listed_at:
-                        ops.append(self._reconciled(key, ev.at))
-                return ops
+                return self._gone(ev.room_sid, ev.at, ev.listed_at)
+            case Listed():
+                return self._listed(ev)
             case Tick():
                 return self._tick(ev.at)
             case WebhookJoined():
@@ -370,7 +392,8 @@ class SessionTracker:
             case WebhookLeft():
                 return self._webhook_left(ev)
             case WebhookRoomFinished():
-                if ev.room_sid in self._rooms:
+                room = self._rooms.get(ev.room_sid)
+                if room is not None and room.state == "watching":
                     return []  # the observer is inside and sees the room end itself
                 return [
                     self._close(key, ev.at, None, END_WEBHOOK, None, ev.at)
@@ -382,6 +405,10 @@ class SessionTracker:
 
     def _keys_in(self, room_sid: str) -> list[SessionKey]:
         return [k for k in self._open if k.room_sid == room_sid]
+
+    def _watching(self, room_sid: str) -> bool:
+        room = self._rooms.get(room_sid)
+        return room is not None and room.state == "watching"
 
     def _joined(self, room_name: str, room_sid: str, p: Seen, at: datetime) -> list[Op]:
         key = SessionKey(room_sid, p.sid)
@@ -404,6 +431,50 @@ class SessionTracker:
         self._open[key] = s
         return [Open(s)]
 
+    def _left(self, ev: ParticipantLeft) -> list[Op]:
+        self._company.get(ev.room_sid, set()).discard(ev.participant_sid)
+        key = SessionKey(ev.room_sid, ev.participant_sid)
+        if key not in self._open:
+            return []
+        watching = self._watching(ev.room_sid)
+        if ev.reason in ("", UNKNOWN_REASON):
+            # Not known to be real: may be the SDK's own reconnect. Ask the server.
+            ops: list[Op] = self._touch([key], ev.at) if watching else []
+            self._suspect.setdefault(key, ev)
+            return ops + self._verify(ev.room_sid, ev.at)
+        if watching:
+            return [self._close(key, ev.at, ev.reason, END_RTC, None, ev.at)]
+        # Announced by the server while the observer was reconnecting: real, but the moment
+        # it happened is only known to lie in the gap.
+        return [self._reconciled(key, ev.at, reason=ev.reason)]
+
+    def _room_closed(self, ev: RoomClosed) -> list[Op]:
+        self._forget_room(ev.room_sid)
+        self._rooms.pop(ev.room_sid, None)
+        ops: list[Op] = []
+        for key in self._keys_in(ev.room_sid):
+            if key in self._suspect or key in self._witness:
+                ops.append(self._reconciled(key, ev.at))
+            else:
+                ops.append(self._close(key, ev.at, ev.reason, END_ROOM_CLOSED, None, ev.at))
+        return ops
+
+    def _verify(self, room_sid: str, at: datetime) -> list[Op]:
+        name = self._room_name(room_sid)
+        if name is None:
+            return []
+        self._verify_asked[room_sid] = at
+        return [Verify(room_sid, name)]
+
+    def _room_name(self, room_sid: str) -> str | None:
+        room = self._rooms.get(room_sid)
+        if room is not None:
+            return room.name
+        for k, s in self._open.items():
+            if k.room_sid == room_sid:
+                return s.room_name
+        return None
+
     def _snapshot(
         self, room_sid: str, room_name: str, present: tuple[Seen, ...], at: datetime
     ) -> list[Op]:
@@ -413,17 +484,50 @@ class SessionTracker:
         self._in_view.update(
             SessionKey(room_sid, p.sid) for p in present if p.kind in self.tracked_kinds
         )
+        missing = False
         for key in self._keys_in(room_sid):
-            if key.participant_sid not in present_sids:
-                pending = self._pending.pop(key, None)
-                if pending is not None:
-                    ops.append(
-                        self._close(key, pending.at, pending.reason, END_RTC, None, pending.at)
-                    )
-                else:
-                    ops.append(self._reconciled(key, at))
+            if key.participant_sid in present_sids:
+                self._suspect.pop(key, None)
+            elif key not in self._suspect:
+                # Absent from what the SDK shows; only the server's API may end it.
+                s = self._open[key]
+                self._suspect[key] = ParticipantLeft(
+                    room_sid, key.participant_sid, "", s.last_seen_at
+                )
+                missing = True
+            else:
+                missing = True
         for p in present:
             ops += self._joined(room_name, room_sid, p, at)
+        if missing:
+            ops += self._verify(room_sid, at)
+        return ops
+
+    def _listed(self, ev: Listed) -> list[Op]:
+        self._verify_asked.pop(ev.room_sid, None)
+        if not ev.exists:
+            return self._gone(ev.room_sid, ev.at, ev.requested_at)
+        ops: list[Op] = []
+        for key in [k for k in self._suspect if k.room_sid == ev.room_sid]:
+            left = self._suspect[key]
+            if key not in self._open:
+                self._suspect.pop(key)
+            elif key.participant_sid in ev.present:
+                if left.at <= ev.requested_at:  # still there after the leave was reported
+                    del self._suspect[key]
+                    if self._watching(ev.room_sid):
+                        ops += self._touch([key], ev.requested_at)
+            else:
+                ops.append(self._reconciled(key, ev.at))
+        return ops
+
+    def _gone(self, room_sid: str, at: datetime, listed_at: datetime | None) -> list[Op]:
+        self._forget_room(room_sid)
+        self._rooms.pop(room_sid, None)
+        ops: list[Op] = []
+        for key in self._keys_in(room_sid):
+            if listed_at is None or self._open[key].last_seen_at < listed_at:
+                ops.append(self._reconciled(key, at))
         return ops
 
     def _attributes(self, ev: AttributesChanged) -> list[Op]:
@@ -454,29 +558,37 @@ class SessionTracker:
         last_seen_at: datetime,
     ) -> Close:
         s = self._open.pop(key)
-        self._pending.pop(key, None)
+        self._suspect.pop(key, None)
+        self._witness.pop(key, None)
         self._recently_closed[key] = None
         self._in_view.discard(key)
         if len(self._recently_closed) > RECENTLY_CLOSED_MAX:
             self._recently_closed.popitem(last=False)
         return Close(key, left_at, reason, source, uncertainty_ms, last_seen_at, s)
 
-    def _reconciled(self, key: SessionKey, at: datetime) -> Close:
-        """Close a session whose leave the observer missed: it ended after it was last seen
-        and before `at`; record the lower bound and the width of the gap."""
+    def _reconciled(self, key: SessionKey, at: datetime, *, reason: str | None = None) -> Close:
+        """Close a session whose leave the observer did not see: at the webhook's time when
+        LiveKit's webhook told it, else between when it was last seen and `at` (the lower
+        bound is recorded, with the width of the gap)."""
+        witness = self._witness.get(key)
+        if witness is not None:
+            return self._close(
+                key, witness.at, witness.reason or reason, END_WEBHOOK, None, witness.at
+            )
         last_seen = self._open[key].last_seen_at
         width_ms = max(0, round((at - last_seen).total_seconds() * 1000))
-        return self._close(key, last_seen, None, END_RECONCILED, width_ms, last_seen)
+        return self._close(key, last_seen, reason, END_RECONCILED, width_ms, last_seen)
 
     def _webhook_left(self, ev: WebhookLeft) -> list[Op]:
         key = SessionKey(ev.room_sid, ev.participant.sid)
-        pending = self._pending.get(key)
-        if pending is not None:  # seen live with no reason; the webhook knows the reason
-            reason = ev.reason if ev.reason not in ("", UNKNOWN_REASON) else pending.reason
-            return [self._close(key, pending.at, reason, END_RTC, None, pending.at)]
-        room = self._rooms.get(ev.room_sid)
-        if key in self._in_view and room is not None and room.state == "watching":
-            return []  # the observer sees this participant live: its own, ms-precise leave wins
+        if key in self._open and key in self._in_view and self._watching(ev.room_sid):
+            if key not in self._suspect:
+                # The observer should see this leave itself, to the millisecond: give it a
+                # moment before the webhook's time is used.
+                self._witness.setdefault(key, ev)
+                return []
+        if key in self._open:
+            return [self._close(key, ev.at, ev.reason or None, END_WEBHOOK, None, ev.at)]
         # A session the observer never saw (it was down, or not in the room yet) is
         # opened from the webhook's participant info and closed at once.
         ops = self._joined(ev.room_name, ev.room_sid, ev.participant, ev.at)
@@ -493,7 +605,7 @@ class SessionTracker:
     def _stuck(self, at: datetime) -> list[Op]:
         agents_by_room: dict[str, list[TrackedSession]] = {}
         for k, s in self._open.items():
-            if s.kind == "agent" and k.room_sid in self._rooms:
+            if s.kind == "agent" and k.room_sid in self._rooms and k not in self._suspect:
                 agents_by_room.setdefault(k.room_sid, []).append(s)
         ops: list[Op] = []
         for room_sid, room in self._rooms.items():
@@ -510,28 +622,33 @@ class SessionTracker:
         self._stuck_count = sum(len(agents_by_room.get(sid, ())) for sid in self._alerted)
         return ops
 
-    def _replaced(self, room_sid: str, identity: str) -> list[Op]:
-        """A held leave followed by a join of the same identity is LiveKit replacing the
+    def _replaced(self, room_sid: str, identity: str, at: datetime) -> list[Op]:
+        """A suspect leave followed by a join of the same identity is LiveKit replacing the
         older session (the newest connection wins): close it now, with that reason."""
         ops: list[Op] = []
-        for key, ev in list(self._pending.items()):
-            if key.room_sid == room_sid and self._open[key].identity == identity:
-                ops.append(self._close(key, ev.at, DUPLICATE_IDENTITY, END_RTC, None, ev.at))
-        return ops
-
-    def _flush_pending(self, room_sid: str) -> list[Op]:
-        ops: list[Op] = []
-        for key, ev in list(self._pending.items()):
-            if key.room_sid == room_sid:
-                ops.append(self._close(key, ev.at, ev.reason, END_RTC, None, ev.at))
+        for key, ev in list(self._suspect.items()):
+            if key.room_sid == room_sid and key in self._open:
+                if self._open[key].identity != identity:
+                    continue
+                if self._watching(room_sid):
+                    ops.append(self._close(key, ev.at, DUPLICATE_IDENTITY, END_RTC, None, ev.at))
+                else:
+                    ops.append(self._reconciled(key, at, reason=DUPLICATE_IDENTITY))
         return ops
 
     def _tick(self, at: datetime) -> list[Op]:
         ops: list[Op] = []
-        grace = timedelta(seconds=self.leave_grace_s)
-        for key, ev in list(self._pending.items()):
-            if at - ev.at >= grace:
-                ops.append(self._close(key, ev.at, ev.reason, END_RTC, None, ev.at))
+        hold = timedelta(seconds=self.webhook_hold_s)
+        for key, wh in list(self._witness.items()):
+            if key not in self._open:
+                del self._witness[key]
+            elif at - wh.at >= hold:
+                ops.append(self._close(key, wh.at, wh.reason or None, END_WEBHOOK, None, wh.at))
+        retry = timedelta(seconds=self.verify_retry_s)
+        for room_sid in {k.room_sid for k in self._suspect}:
+            asked = self._verify_asked.get(room_sid)
+            if asked is None or at - asked >= retry:
+                ops += self._verify(room_sid, at)
         ops += self._stuck(at)
         if self._last_heartbeat is None:
             self._last_heartbeat = at
@@ -539,6 +656,6 @@ class SessionTracker:
             self._last_heartbeat = at
             watching = {sid for sid, r in self._rooms.items() if r.state == "watching"}
             ops += self._touch(
-                [k for k in self._open if k.room_sid in watching and k not in self._pending], at
+                [k for k in self._open if k.room_sid in watching and k not in self._suspect], at
             )
         return ops

@@ -41,13 +41,22 @@ KIND_NAMES = {
 # The room itself ended: its sessions end now, and the room must never be joined again.
 ROOM_ENDED = frozenset({"ROOM_DELETED", "ROOM_CLOSED"})
 
+# A room preset no server defines. livekit-server applies a token's preset only when the
+# join would create the room, and refuses the join when the preset is unknown: so neither
+# the observer's joins nor the SDK's own reconnects can ever create a room, while joining a
+# live room works as before.
+NO_CREATE_PRESET = "lk-observer-never-creates-rooms"
+# Participant events held while the observer's own connection recovers, per room.
+HELD_EVENTS_MAX = 10_000
+
 
 def observer_token(key: str, secret: str, identity: str, room_name: str) -> str:
     """A token with the least rights that let the observer watch a room unseen.
 
     `hidden` keeps it out of other participants' view; the `agent` grant (without an
     agent kind claim) makes it a dependent participant, so it neither keeps the room open,
-    nor counts toward max_participants, nor sets the room's first-join time.
+    nor counts toward max_participants, nor sets the room's first-join time. The unknown
+    room preset makes every join that would create the room fail.
     """
     grants = api.VideoGrants(
         room_join=True,
@@ -64,6 +73,7 @@ def observer_token(key: str, secret: str, identity: str, room_name: str) -> str:
         .with_identity(identity)
         .with_name("room observer")
         .with_grants(grants)
+        .with_room_preset(NO_CREATE_PRESET)
         .with_ttl(timedelta(hours=24))
         .to_jwt()
     )
@@ -132,19 +142,31 @@ class RoomMismatchError(Exception):
 
 
 class RoomWatcher:
-    """One hidden connection to one room."""
+    """One hidden connection to one room.
+
+    The SDK recovers a lost connection by itself, by a signal resume (same room, same
+    participant) or by a full reconnect, which joins the room *by name* and may land in a
+    new room of the same name. So from `reconnecting` on, what the SDK reports about
+    participants is held back; after `reconnected` the owner checks the room's sid against
+    the server (`on_recovered`) and calls `recovered(same_room)`: the held events are then
+    handed on, or dropped and the room given up.
+    """
 
     def __init__(
         self,
         room_name: str,
         room_sid: str,
         emit: Callable[[Event], None],
+        *,
+        on_recovered: Callable[[RoomWatcher], None] = lambda _w: None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self.room_name = room_name
         self.room_sid = room_sid
-        self._emit = emit
+        self._emit_now = emit
+        self._on_recovered = on_recovered
         self._clock = clock
+        self._held: list[Event] | None = None  # not None while the connection recovers
         self._room = rtc.Room()
         self._handlers: dict[rtc.room.EventTypes, Callable[..., Any]] = {
             "participant_connected": self._on_connected,
@@ -159,6 +181,35 @@ class RoomWatcher:
     @property
     def room(self) -> rtc.Room:
         return self._room
+
+    @property
+    def recovering(self) -> bool:
+        """The SDK is re-establishing the connection, or its result is not yet checked."""
+        return self._held is not None
+
+    def recovered(self, same_room: bool) -> None:
+        """The owner checked the room after the SDK's reconnect: hand on what was held if
+        the room is the one watched, else drop it (the caller then leaves)."""
+        held, self._held = self._held, None
+        if not same_room:
+            self._active = False
+            return
+        for ev in held or ():
+            self._emit_now(ev)
+
+    def _emit(self, ev: Event) -> None:
+        if self._held is None:
+            self._emit_now(ev)
+        elif len(self._held) < HELD_EVENTS_MAX:
+            self._held.append(ev)
+        else:
+            log.warning(
+                "too many events while reconnecting; giving the room up",
+                extra={"room": self.room_name},
+            )
+            self._held = None
+            self._active = False
+            self._emit_now(RoomLost(self.room_sid, "OBSERVER_OVERFLOW", self._clock()))
 
     async def join(self, ws_url: str, token: str, connect_timeout_s: float = 10.0) -> None:
         """Connect, check the room is the one listed, then report who is present."""
@@ -211,16 +262,22 @@ class RoomWatcher:
             self._emit(AttributesChanged(self.room_sid, p.sid, dict(p.attributes), self._clock()))
 
     def _on_reconnecting(self) -> None:
-        if self._active:
-            self._emit(Reconnecting(self.room_sid, self._clock()))
+        if self._active and self._held is None:
+            self._emit_now(Reconnecting(self.room_sid, self._clock()))
+            self._held = []
 
     def _on_reconnected(self) -> None:
         if self._active:
             now = self._clock()
+            if self._held is None:  # reported without a `reconnecting` first
+                self._emit_now(Reconnecting(self.room_sid, now))
+                self._held = []
             present = tuple(seen(p, now) for p in self._room.remote_participants.values())
             self._emit(Reconnected(self.room_sid, present, now))
+            self._on_recovered(self)
 
     def _on_room_disconnected(self, reason: int) -> None:
+        self._held = None  # what a failed recovery saw is not trusted
         if not self._active:
             return
         self._active = False

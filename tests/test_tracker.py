@@ -14,6 +14,7 @@ from observer.tracker import (
     AttributesChanged,
     Close,
     Event,
+    Listed,
     Op,
     Open,
     ParticipantJoined,
@@ -32,6 +33,7 @@ from observer.tracker import (
     Touch,
     TrackedSession,
     UpdateAttributes,
+    Verify,
     WebhookJoined,
     WebhookLeft,
     WebhookRoomFinished,
@@ -53,7 +55,7 @@ def user(sid: str) -> Seen:
 
 
 def run(events: list[Event], tracker: SessionTracker | None = None) -> list[Op]:
-    tr = tracker or SessionTracker(frozenset({"agent"}), leave_grace_s=2, heartbeat_s=10)
+    tr = tracker or SessionTracker(frozenset({"agent"}), heartbeat_s=10)
     ops: list[Op] = []
     for ev in events:
         ops += tr.handle(ev)
@@ -126,25 +128,102 @@ CASES: list[tuple[str, list[Event], list[str], list[tuple[object, ...]]]] = [
         [],
     ),
     (
-        "an agent that left during the observer's reconnect is closed, bounded",
+        "an agent that left during the observer's reconnect is closed once the API confirms",
         [
             RoomJoined("r", "RM1", (agent("PA1"), agent("PA2")), t(0)),
             Reconnecting("RM1", t(10)),
             Reconnected("RM1", (agent("PA1"),), t(13)),
+            Tick(t(20)),
+            Listed("RM1", True, frozenset({"PA1"}), t(14), t(14.2)),
         ],
         ["PA1", "PA2"],
-        [("PA2", t(10), None, END_RECONCILED, 3000)],
+        [("PA2", t(10), None, END_RECONCILED, 4200)],
     ),
     (
-        "a leave with an unknown reason closes after the grace period at its own time",
+        "a leave without a reason never closes on its own",
         [
             RoomJoined("r", "RM1", (agent("PA1"),), t(0)),
             ParticipantLeft("RM1", "PA1", "UNKNOWN_REASON", t(5)),
             Tick(t(6)),
-            Tick(t(7.5)),
+            Tick(t(60)),
         ],
         ["PA1"],
-        [("PA1", t(5), "UNKNOWN_REASON", END_RTC, None)],
+        [],
+    ),
+    (
+        "a leave without a reason closes, bounded, when the API no longer lists it",
+        [
+            RoomJoined("r", "RM1", (agent("PA1"),), t(0)),
+            ParticipantLeft("RM1", "PA1", "UNKNOWN_REASON", t(5)),
+            Listed("RM1", True, frozenset(), t(5.5), t(5.6)),
+        ],
+        ["PA1"],
+        [("PA1", t(5), None, END_RECONCILED, 600)],
+    ),
+    (
+        "a leave without a reason is dropped when the API still lists it afterwards",
+        [
+            RoomJoined("r", "RM1", (agent("PA1"),), t(0)),
+            ParticipantLeft("RM1", "PA1", "UNKNOWN_REASON", t(5)),
+            Listed("RM1", True, frozenset({"PA1"}), t(4), t(5.1)),  # asked before the leave
+            Listed("RM1", True, frozenset({"PA1"}), t(6), t(6.1)),
+            Listed("RM1", True, frozenset(), t(7), t(7.1)),
+            ParticipantLeft("RM1", "PA1", "CLIENT_INITIATED", t(9)),
+        ],
+        ["PA1"],
+        [("PA1", t(9), "CLIENT_INITIATED", END_RTC, None)],
+    ),
+    (
+        "signal cut, resume: leaves the server replays with a reason are bounded, not rtc",
+        [
+            RoomJoined("r", "RM1", (agent("PA1"), agent("PA2")), t(0)),
+            Reconnecting("RM1", t(10)),
+            ParticipantLeft("RM1", "PA2", "CLIENT_INITIATED", t(14)),
+            Reconnected("RM1", (agent("PA1"),), t(14)),
+            ParticipantLeft("RM1", "PA1", "CLIENT_INITIATED", t(30)),
+        ],
+        ["PA1", "PA2"],
+        [
+            ("PA2", t(10), "CLIENT_INITIATED", END_RECONCILED, 4000),
+            ("PA1", t(30), "CLIENT_INITIATED", END_RTC, None),
+        ],
+    ),
+    (
+        "full reconnect: fake leaves, same sids back, nothing closed or reopened",
+        [
+            RoomJoined("r", "RM1", (agent("PA1"),), t(0)),
+            ParticipantLeft("RM1", "PA1", "UNKNOWN_REASON", t(10)),
+            Reconnecting("RM1", t(10)),
+            Tick(t(15)),
+            ParticipantJoined("r", "RM1", agent("PA1"), t(16)),
+            Reconnected("RM1", (agent("PA1"),), t(16)),
+            Listed("RM1", True, frozenset({"PA1"}), t(16.5), t(16.6)),
+            Tick(t(40)),
+        ],
+        ["PA1"],
+        [],
+    ),
+    (
+        "full reconnect: an agent that rejoined with a new sid during the gap is bounded",
+        [
+            RoomJoined("r", "RM1", (agent("PA1", identity="bot"),), t(0)),
+            ParticipantLeft("RM1", "PA1", "UNKNOWN_REASON", t(10)),
+            Reconnecting("RM1", t(10)),
+            ParticipantJoined("r", "RM1", agent("PA2", 12, identity="bot"), t(16)),
+            Reconnected("RM1", (agent("PA2", 12, identity="bot"),), t(16)),
+        ],
+        ["PA1", "PA2"],
+        [("PA1", t(10), "DUPLICATE_IDENTITY", END_RECONCILED, 6000)],
+    ),
+    (
+        "the API says the room is gone: its sessions close, bounded",
+        [
+            RoomJoined("r", "RM1", (agent("PA1"),), t(0)),
+            Reconnecting("RM1", t(10)),
+            Listed("RM1", False, frozenset(), t(12), t(12.1)),
+        ],
+        ["PA1"],
+        [("PA1", t(10), None, END_RECONCILED, 2100)],
     ),
     (
         "same identity, new sid: the old session closes, a new one opens",
@@ -219,8 +298,11 @@ def test_restart_continues_open_sessions_and_closes_missing_ones() -> None:
     assert tr.unwatched_rooms() == {"RM1": "r"}
     ops = tr.handle(RoomJoined("r", "RM1", (agent("PA1"),), t(80)))
     assert opens(ops) == []
-    assert closes(ops) == [("PA2", t(50), None, END_RECONCILED, 30000)]
+    assert closes(ops) == []  # absent from the SDK's view: the server's API decides
     assert [o for o in ops if isinstance(o, Touch)] == [Touch((SessionKey("RM1", "PA1"),), t(80))]
+    assert [o for o in ops if isinstance(o, Verify)] == [Verify("RM1", "r")]
+    ops = tr.handle(Listed("RM1", True, frozenset({"PA1"}), t(81), t(81.1)))
+    assert closes(ops) == [("PA2", t(50), None, END_RECONCILED, 31100)]
     assert tr.unwatched_rooms() == {}
 
 
@@ -307,14 +389,36 @@ WEBHOOK_CASES: list[tuple[str, list[Event], list[str], list[tuple[object, ...]]]
         [("PA1", t(5), "CLIENT_INITIATED", END_WEBHOOK, None)],
     ),
     (
-        "a held unknown-reason leave takes the webhook's reason",
+        "a leave without a reason is confirmed by the webhook, at its time and reason",
         [
             RoomJoined("r", "RM1", (agent("PA1"),), t(0)),
-            ParticipantLeft("RM1", "PA1", "UNKNOWN_REASON", t(5)),
+            ParticipantLeft("RM1", "PA1", "UNKNOWN_REASON", t(5.4)),
             webhook_left("PA1", 5, reason="CONNECTION_TIMEOUT"),
         ],
         ["PA1"],
-        [("PA1", t(5), "CONNECTION_TIMEOUT", END_RTC, None)],
+        [("PA1", t(5), "CONNECTION_TIMEOUT", END_WEBHOOK, None)],
+    ),
+    (
+        "a webhook leave the observer does not see itself closes after a short hold",
+        [
+            RoomJoined("r", "RM1", (agent("PA1"),), t(0)),
+            webhook_left("PA1", 5),
+            Tick(t(6)),
+            Tick(t(8.5)),
+        ],
+        ["PA1"],
+        [("PA1", t(5), "CLIENT_INITIATED", END_WEBHOOK, None)],
+    ),
+    (
+        "a webhook leave during the observer's gap gives the time when the API confirms",
+        [
+            RoomJoined("r", "RM1", (agent("PA1"),), t(0)),
+            webhook_left("PA1", 5),
+            ParticipantLeft("RM1", "PA1", "UNKNOWN_REASON", t(5.5)),
+            Listed("RM1", True, frozenset(), t(6), t(6.1)),
+        ],
+        ["PA1"],
+        [("PA1", t(5), "CLIENT_INITIATED", END_WEBHOOK, None)],
     ),
     (
         "room finished closes webhook-only sessions of a room the observer is not in",
