@@ -35,6 +35,7 @@ from observer.tracker import (
     Verify,
     WebhookRoomFinished,
 )
+from observer.watcher import start_native_core_quietly
 from observer.web import WebServer
 from observer.writer import BufferFull, Writer
 
@@ -369,9 +370,9 @@ class Observer:
         return problems
 
 
-# Measured: each watched room holds about 100 sockets (ICE candidates of the SDK's peer
-# connections); see bench/bench_rooms.py.
-FDS_PER_ROOM = 100
+# Measured: each watched room holds a few sockets and pipes (one peer connection, ICE
+# candidates gathered once); see bench/bench_rooms.py. Kept with a margin.
+FDS_PER_ROOM = 10
 
 
 def raise_fd_limit() -> int:
@@ -396,6 +397,7 @@ def raise_fd_limit() -> int:
 def run_forever(settings: Settings, install_signals: Callable[[Observer], None]) -> int:
     lk = settings.require_livekit()
     raise_fd_limit()
+    start_native_core_quietly()
     store = Store(settings.database_url)
 
     async def main() -> int:

@@ -6,6 +6,7 @@ they never await and never touch the database.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -100,37 +101,127 @@ def seen(p: rtc.RemoteParticipant, now: datetime) -> Seen:
 
 
 class SdkInternalsChanged(RuntimeError):
-    """The rtc SDK no longer looks the way `narrow_event_delivery` relies on."""
+    """The rtc SDK no longer looks the way this module relies on."""
 
 
-def narrow_event_delivery(room: rtc.Room) -> None:
-    """Deliver to this room only its own native events.
+# How every watched room connects: no media (auto_subscribe off), ICE candidates gathered
+# once (continual gathering holds ~50-100 sockets per room, once ~3), and one peer
+# connection, set explicitly because the SDK's default changed between versions.
+def room_options(connect_timeout_s: float) -> rtc.RoomOptions:
+    return rtc.RoomOptions(
+        auto_subscribe=False,
+        connect_timeout=connect_timeout_s,
+        single_peer_connection=True,
+        rtc_config=rtc.RtcConfiguration(
+            continual_gathering_policy=rtc.ContinualGatheringPolicy.GATHER_ONCE
+        ),
+    )
 
-    The SDK puts every native event (of every room) on every Room's queue and each Room's
-    task discards the ones that are not its own, so a process watching N rooms does N times
-    the work for each event. This installs a per-subscriber filter (an SDK feature) that
-    keeps the room's own events only. It relies on SDK internals; if they change, this
-    raises instead of silently doing nothing (a test calls it against the real SDK).
+
+def start_native_core_quietly() -> None:
+    """Start the SDK's native core without forwarding its logs to Python.
+
+    The SDK starts the core with log capture on, at trace level: every record crosses into
+    Python, which drops nearly all of them, and that is most of an idle room's CPU. Off,
+    the core logs errors to stderr itself (RUST_LOG changes that). Call before anything
+    else touches livekit.rtc; raises if the SDK's internals changed.
     """
-    from livekit.rtc._ffi_client import FfiClient
+    from livekit.rtc import _ffi_client as ffi
 
+    if ffi.FfiClient._instance is not None:
+        raise SdkInternalsChanged("the rtc SDK's native core was already started")
+    real_get_lib = ffi.get_ffi_lib
+    lib = real_get_lib()
+
+    class Quiet:
+        """The native library, but `livekit_ffi_initialize` is told not to capture logs."""
+
+        def __init__(self) -> None:
+            self.init = lib.livekit_ffi_initialize
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(lib, name)
+
+        @property
+        def livekit_ffi_initialize(self) -> Any:
+            init = self.init
+
+            class Call:
+                def __setattr__(self, name: str, value: Any) -> None:
+                    setattr(init, name, value)
+
+                def __call__(self, callback: Any, _capture: bool, *rest: Any) -> Any:
+                    return init(callback, False, *rest)
+
+            return Call()
+
+    ffi.get_ffi_lib = lambda: Quiet()  # type: ignore[assignment,return-value]
     try:
-        handle = room._ffi_handle.handle  # type: ignore[union-attr]
-        own_queue = room._ffi_queue
-        subscribers = FfiClient.instance.queue._subscribers
-        lock = FfiClient.instance.queue._lock
-    except AttributeError as exc:
-        raise SdkInternalsChanged(f"rtc SDK internals changed: {exc}") from exc
+        client = ffi.FfiClient.instance
+    finally:
+        ffi.get_ffi_lib = real_get_lib
+    client._ffi_lib = lib
 
-    def own(e: Any) -> bool:
-        return bool(e.WhichOneof("message") == "room_event" and e.room_event.room_handle == handle)
 
-    with lock:
-        for i, (queue, loop, _old) in enumerate(subscribers):
-            if queue is own_queue:
-                subscribers[i] = (queue, loop, own)
-                return
-    raise SdkInternalsChanged("rtc SDK internals changed: room queue not subscribed")
+class EventRouter:
+    """Hands each native room event straight to its own room.
+
+    The SDK puts every native event on every Room's queue and each Room's filter discards
+    the others, so with N rooms every event costs N filter calls. The router replaces the
+    rooms' own subscriptions by one that looks the room up by handle. It relies on SDK
+    internals; if they change it raises instead of silently doing nothing (a test calls it
+    against the real SDK).
+    """
+
+    def __init__(self) -> None:
+        self._rooms: dict[int, tuple[asyncio.Queue[Any], asyncio.AbstractEventLoop]] = {}
+        self._installed = False
+
+    def add(self, room: rtc.Room) -> None:
+        from livekit.rtc._ffi_client import FfiClient
+
+        try:
+            handle = room._ffi_handle.handle  # type: ignore[union-attr]
+            own_queue = room._ffi_queue
+            queue = FfiClient.instance.queue
+            subscribers = queue._subscribers
+            lock = queue._lock
+        except AttributeError as exc:
+            raise SdkInternalsChanged(f"rtc SDK internals changed: {exc}") from exc
+        with lock:
+            for i, (q, loop, _filter) in enumerate(subscribers):
+                if q is own_queue:
+                    del subscribers[i]
+                    self._rooms[handle] = (q, loop)
+                    break
+            else:
+                raise SdkInternalsChanged("rtc SDK internals changed: room queue not subscribed")
+            if not self._installed:
+                subscribers.append((asyncio.Queue(), loop, self._route))
+                self._installed = True
+
+    def remove(self, room: rtc.Room) -> None:
+        handle = getattr(room._ffi_handle, "handle", None)
+        if handle is not None:
+            self._rooms.pop(handle, None)
+
+    def __len__(self) -> int:
+        return len(self._rooms)
+
+    def _route(self, e: Any) -> bool:
+        """Runs on the SDK's callback thread; never delivers to its own (unused) queue."""
+        if e.WhichOneof("message") == "room_event":
+            handle = e.room_event.room_handle
+            target = self._rooms.get(handle)
+            if target is not None:
+                q, loop = target
+                loop.call_soon_threadsafe(q.put_nowait, e)
+                if e.room_event.HasField("eos"):  # the room's last event
+                    self._rooms.pop(handle, None)
+        return False
+
+
+ROUTER = EventRouter()
 
 
 class RoomMismatchError(Exception):
@@ -216,15 +307,11 @@ class RoomWatcher:
         for event, handler in self._handlers.items():
             self._room.on(event, handler)
         try:
-            await self._room.connect(
-                ws_url,
-                token,
-                rtc.RoomOptions(auto_subscribe=False, connect_timeout=connect_timeout_s),
-            )
+            await self._room.connect(ws_url, token, room_options(connect_timeout_s))
         except BaseException:
             self._unsubscribe()
             raise
-        narrow_event_delivery(self._room)
+        ROUTER.add(self._room)
         joined_sid = await self._room.sid
         if joined_sid != self.room_sid:
             await self.leave()
@@ -239,7 +326,10 @@ class RoomWatcher:
         """Disconnect without reporting anything: the caller decides what leaving means."""
         self._active = False
         self._unsubscribe()
-        await self._room.disconnect()
+        try:
+            await self._room.disconnect()
+        finally:
+            ROUTER.remove(self._room)
 
     def _unsubscribe(self) -> None:
         for event, handler in self._handlers.items():

@@ -1,17 +1,23 @@
-"""The one place the observer relies on rtc SDK internals fails loudly if they change."""
+"""The places the observer relies on rtc SDK internals fail loudly if they change."""
 
 from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
 
 from daemon_helpers import Clients, create_room
 from livekit.rtc import _ffi_client
 from livekit.rtc._proto import ffi_pb2
 from livekit_server import LiveKitServer
 
+from observer.watcher import ROUTER
+
 
 def room_event(handle: int) -> ffi_pb2.FfiEvent:
     ev = ffi_pb2.FfiEvent()
     ev.room_event.room_handle = handle
-    ev.room_event.eos.SetInParent()
+    ev.room_event.connection_quality_changed.participant_identity = "x"
     return ev
 
 
@@ -27,13 +33,65 @@ async def test_each_watched_room_gets_only_its_own_events(
     rooms = {w.room_name: w.room for w in obs.obs.rooms.watchers.values()}
     a, b = rooms["narrow-a"], rooms["narrow-b"]
     subscribers = _ffi_client.FfiClient.instance.queue._subscribers
-    filters = {id(q): f for q, _loop, f in subscribers}
-    fa, fb = filters[id(a._ffi_queue)], filters[id(b._ffi_queue)]
+    # the rooms' own subscriptions are gone: one router delivers to them
+    queues = {id(q) for q, _loop, _f in subscribers}
+    assert id(a._ffi_queue) not in queues and id(b._ffi_queue) not in queues
+    routes = [f for _q, _loop, f in subscribers if f == ROUTER._route]
+    assert len(routes) == 1
     ha, hb = a._ffi_handle.handle, b._ffi_handle.handle
-    assert fa(room_event(ha)) and not fa(room_event(hb))
-    assert fb(room_event(hb)) and not fb(room_event(ha))
+    before = a._ffi_queue.qsize(), b._ffi_queue.qsize()
+    assert ROUTER._route(room_event(ha)) is False  # never to its own queue
+    await _settle()
+    assert (a._ffi_queue.qsize(), b._ffi_queue.qsize()) in ((before[0] + 1, before[1]), before)
     # and the rooms still see their participants come and go
     agent = await clients.agent("narrow-b", "agent-b")
     await obs.wait_rows(lambda rows: len(rows) == 1 and rows[0].room_name == "narrow-b")
     await agent.disconnect()
     await obs.wait_rows(lambda rows: rows[0].left_at is not None)
+    await obs.stop()
+    assert ha not in ROUTER._rooms and hb not in ROUTER._rooms
+
+
+async def _settle() -> None:
+    import asyncio
+
+    await asyncio.sleep(0)
+
+
+def test_native_logs_stay_in_the_native_core(livekit_server: LiveKitServer) -> None:
+    """With log capture off, a whole join crosses no log record into Python; with the
+    SDK's default, many do (so the check can fail)."""
+    script = textwrap.dedent(
+        f"""
+        import asyncio, logging, sys
+        from livekit import api, rtc
+        from observer.watcher import start_native_core_quietly, room_options
+        if sys.argv[1] == "quiet":
+            start_native_core_quietly()
+        records = []
+        class H(logging.Handler):
+            def emit(self, r): records.append(r)
+        logging.getLogger("livekit").addHandler(H())
+        logging.getLogger("livekit").setLevel(logging.DEBUG)
+        async def main():
+            lk = api.LiveKitAPI({livekit_server.url!r}, {livekit_server.api_key!r},
+                                {livekit_server.api_secret!r})
+            await lk.room.create_room(api.CreateRoomRequest(name="quiet"))
+            await lk.aclose()
+            token = {livekit_server.token("quiet-user", "quiet")!r}
+            room = rtc.Room()
+            await room.connect({livekit_server.ws_url!r}, token, room_options(5))
+            await asyncio.sleep(1)
+            await room.disconnect()
+        asyncio.run(main())
+        print(len([r for r in records if "livekit" in r.getMessage()]))
+        """
+    )
+    counts = {}
+    for mode in ("quiet", "default"):
+        out = subprocess.run(
+            [sys.executable, "-c", script, mode], capture_output=True, text=True, timeout=60
+        )
+        assert out.returncode == 0, out.stderr[-2000:]
+        counts[mode] = int(out.stdout.strip().splitlines()[-1])
+    assert counts["quiet"] == 0 and counts["default"] > 0, counts
