@@ -39,34 +39,56 @@ from livekit_server import LiveKitServer, free_tcp_port
 from observer.config import LiveKitSettings
 from observer.simulate import agent_token
 from observer.store import SessionFilter, Store
+from observer.watcher import room_options
 
 TICKS = os.sysconf("SC_CLK_TCK")
 
 
-def cpu_s(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+def family(pid: int) -> list[int]:
+    """The process and its children (the daemon's room processes)."""
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        return [pid]
+    return [pid, *(int(c) for c in children)]
+
+
+def cpu_s_one(pid: int) -> float:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
     return (int(fields[11]) + int(fields[12])) / TICKS
 
 
+def cpu_s(pid: int) -> float:
+    return sum(cpu_s_one(p) for p in family(pid))
+
+
 def rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
+    total = 0.0
+    for p in family(pid):
+        for line in Path(f"/proc/{p}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                total += int(line.split()[1]) / 1024
+    return total
 
 
 def fds(pid: int) -> int:
-    return len(os.listdir(f"/proc/{pid}/fd"))
+    return sum(len(os.listdir(f"/proc/{p}/fd")) for p in family(pid))
 
 
 def fd_kinds(pid: int) -> dict[str, int]:
     kinds: dict[str, int] = {}
-    for fd in os.listdir(f"/proc/{pid}/fd"):
-        try:
-            kind = os.readlink(f"/proc/{pid}/fd/{fd}").split(":")[0]
-        except OSError:
-            continue
-        kinds[kind] = kinds.get(kind, 0) + 1
+    for p in family(pid):
+        for fd in os.listdir(f"/proc/{p}/fd"):
+            try:
+                kind = os.readlink(f"/proc/{p}/fd/{fd}").split(":")[0]
+            except OSError:
+                continue
+            if kind.startswith("/"):
+                kind = "file"
+            kinds[kind] = kinds.get(kind, 0) + 1
     return kinds
 
 
@@ -106,14 +128,18 @@ def pct(values: list[float], q: float) -> float:
 
 
 async def connect_agent(lk: LiveKitSettings, room: str, identity: str) -> rtc.Room:
+    """A real agent: an rtc client with the agent kind that publishes audio (so the server
+    announces its join and leave at once, not batched)."""
     r = rtc.Room()
-    await r.connect(
-        lk.ws_url, agent_token(lk, identity, room, "bench"), rtc.RoomOptions(auto_subscribe=False)
-    )
-    source = rtc.AudioSource(48000, 1)
-    track = rtc.LocalAudioTrack.create_audio_track("voice", source)
-    opts = rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_MICROPHONE)
-    await r.local_participant.publish_track(track, opts)
+    await r.connect(lk.ws_url, agent_token(lk, identity, room, "bench"), room_options(10))
+    try:
+        source = rtc.AudioSource(48000, 1)
+        track = rtc.LocalAudioTrack.create_audio_track("voice", source)
+        opts = rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_MICROPHONE)
+        await r.local_participant.publish_track(track, opts)
+    except BaseException:
+        await r.disconnect()
+        raise
     return r
 
 
@@ -137,7 +163,8 @@ async def main(args: argparse.Namespace) -> None:
             "OBSERVER_DATABASE_URL": db,
             "OBSERVER_HTTP_ADDR": f"127.0.0.1:{http_port}",
             "OBSERVER_POLL_INTERVAL_S": "5",
-            "OBSERVER_LOG_LEVEL": "warning",
+            "OBSERVER_LOG_LEVEL": args.log_level,
+            "OBSERVER_ROOM_PROCESSES": str(args.processes),
         }
         subprocess.run(
             [sys.executable, "-m", "observer", "migrate"], env=env, check=True, capture_output=True
@@ -161,10 +188,13 @@ async def main(args: argparse.Namespace) -> None:
 
         daemon = start()
         settle = await wait_watching(http_port, n, 300)
-        print(f"machine: {os.cpu_count()} cores; rooms: {n}")
+        print(f"machine: {os.cpu_count()} cores; rooms: {n}; room processes: {args.processes}")
         print(f"settling: {settle:.1f} s to be inside all {n} rooms")
         await asyncio.sleep(args.settle_s)
+        procs = family(daemon.pid)
+        before = {p: cpu_s_one(p) for p in procs}
         idle = [await cpu_pct(daemon.pid, args.window_s) for _ in range(3)]
+        spent = {p: (cpu_s_one(p) - before[p]) / (3 * args.window_s) * 100 for p in procs}
         with_obs = statistics.median([await cpu_pct(server_pid, 5) for _ in range(3)])
         print(
             f"idle: observer CPU {statistics.median(idle):.1f} % of a core "
@@ -172,6 +202,11 @@ async def main(args: argparse.Namespace) -> None:
             f"{fds(daemon.pid)} fds = {fds(daemon.pid) / n:.2f} per room"
         )
         print(f"  fds by kind: {fd_kinds(daemon.pid)}")
+        print(
+            "  CPU by process: daemon "
+            + ", rooms ".join(f"{spent[p]:.1f} %" for p in procs)
+            + " (the daemon, then each room process)"
+        )
         print(
             f"livekit-server CPU: {server_alone:.1f} % without the observer, "
             f"{with_obs:.1f} % with it"
@@ -197,6 +232,28 @@ async def main(args: argparse.Namespace) -> None:
         )
         total_rooms = n + args.new_rooms
 
+        # cold start with agents staying
+        store = Store(db)
+        stayers = []
+        for i in range(args.stayers):
+            stayers.append(
+                await connect_agent(lk, names[i * (n // max(1, args.stayers))], f"stay-{i}")
+            )
+        await asyncio.sleep(2)
+        daemon.send_signal(signal.SIGKILL)
+        daemon.wait()
+        await asyncio.sleep(2)
+        daemon = start()
+        cold = await wait_watching(http_port, total_rooms, 300)
+        await asyncio.sleep(5)
+        rows = [
+            r for r in store.sessions(SessionFilter()) if r.participant_identity.startswith("stay-")
+        ]
+        gaps = [r for r in rows if r.left_at is not None]
+        print(
+            f"cold start into {total_rooms} live rooms: {cold:.1f} s to be inside all; "
+            f"{len(rows)} rows for {len(stayers)} agents that stayed, {len(gaps)} closed"
+        )
         # churn
         rate = args.rate
         left: dict[str, float] = {}
@@ -206,9 +263,16 @@ async def main(args: argparse.Namespace) -> None:
         c0, w0 = cpu_s(daemon.pid), time.monotonic()
         pending: set[asyncio.Task] = set()
 
+        failed = 0
+
         async def one(k: int) -> None:
+            nonlocal failed
             ident = f"churn-{k}"
-            room = await connect_agent(lk, random.choice(names), ident)
+            try:
+                room = await connect_agent(lk, random.choice(names), ident)
+            except Exception:
+                failed += 1
+                return
             await asyncio.sleep(stay_s)
             left[ident] = time.time()
             await room.disconnect()
@@ -222,7 +286,6 @@ async def main(args: argparse.Namespace) -> None:
         await asyncio.gather(*pending, return_exceptions=True)
         churn_cpu = (cpu_s(daemon.pid) - c0) / (time.monotonic() - w0) * 100
         await asyncio.sleep(3)
-        store = Store(db)
         rows = {
             r.participant_identity: r
             for r in store.sessions(SessionFilter())
@@ -249,33 +312,14 @@ async def main(args: argparse.Namespace) -> None:
             f"p50 {pct(lags, 0.5) * 1000:.0f} ms, p95 {pct(lags, 0.95) * 1000:.0f} ms; lost {lost}"
         )
 
-        # cold start with agents staying
-        stayers = []
-        for i in range(args.stayers):
-            stayers.append(
-                await connect_agent(lk, names[i * (n // max(1, args.stayers))], f"stay-{i}")
-            )
-        await asyncio.sleep(2)
-        daemon.send_signal(signal.SIGKILL)
-        daemon.wait()
-        await asyncio.sleep(2)
-        daemon = start()
-        cold = await wait_watching(http_port, total_rooms, 300)
-        await asyncio.sleep(5)
-        rows = [
-            r for r in store.sessions(SessionFilter()) if r.participant_identity.startswith("stay-")
-        ]
-        gaps = [r for r in rows if r.left_at is not None]
-        print(
-            f"cold start into {total_rooms} live rooms: {cold:.1f} s to be inside all; "
-            f"{len(rows)} sessions of agents that stayed, {len(gaps)} closed or gap rows"
-        )
         daemon.send_signal(signal.SIGTERM)
         daemon.wait(60)
         for r in stayers:
             await r.disconnect()
         store.close()
         await lkapi.aclose()
+        if args.keep_log:
+            Path(args.keep_log).write_bytes(Path(f"{tmp}/daemon.log").read_bytes())
 
 
 if __name__ == "__main__":
@@ -287,4 +331,7 @@ if __name__ == "__main__":
     p.add_argument("--rate", type=float, default=20.0)
     p.add_argument("--churn-s", type=float, default=30.0)
     p.add_argument("--stayers", type=int, default=50)
+    p.add_argument("--processes", type=int, default=0, help="OBSERVER_ROOM_PROCESSES")
+    p.add_argument("--log-level", default="warning")
+    p.add_argument("--keep-log", help="copy the daemon's log here at the end")
     asyncio.run(main(p.parse_args()))

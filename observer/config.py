@@ -37,6 +37,10 @@ SETTINGS_DOC: dict[str, tuple[str, str]] = {
         "host:port for /webhook, /metrics, /healthz, /readyz; 'off' disables",
     ),
     "OBSERVER_WEBHOOK_MAX_BYTES": ("1048576", "Largest webhook body accepted (larger: 413)"),
+    "OBSERVER_ROOM_PROCESSES": (
+        "0",
+        "Worker processes holding room connections; 0 holds them in the daemon (see README)",
+    ),
     "OBSERVER_STUCK_AGENT_S": ("300", "Seconds an agent may be alone in a room before a warning"),
     "OBSERVER_SETTLE_STALE_S": ("60", "Seconds unseen before reconcile may close an open session"),
     "OBSERVER_FINALIZE_DELAY_S": ("3600", "Seconds after a period ends before reconcile finalizes"),
@@ -86,6 +90,7 @@ class Settings:
     http_host: str | None = "127.0.0.1"
     http_port: int = 9465
     webhook_max_bytes: int = 1_048_576
+    room_processes: int = 0
     stuck_agent_s: float = 300.0
     settle_stale_s: float = 60.0
     finalize_delay_s: float = 3600.0
@@ -182,6 +187,7 @@ class Settings:
         queue_max = integer("OBSERVER_QUEUE_MAX", minimum=10)
         db_retry_max_s = number("OBSERVER_DB_RETRY_MAX_S", minimum=0.1)
         webhook_max_bytes = integer("OBSERVER_WEBHOOK_MAX_BYTES", minimum=1024)
+        room_processes = integer("OBSERVER_ROOM_PROCESSES", minimum=0)
         stuck_agent_s = number("OBSERVER_STUCK_AGENT_S", minimum=1)
         settle_stale_s = number("OBSERVER_SETTLE_STALE_S", minimum=0)
         finalize_delay_s = number("OBSERVER_FINALIZE_DELAY_S", minimum=0)
@@ -219,6 +225,7 @@ class Settings:
             http_host=http_host,
             http_port=http_port,
             webhook_max_bytes=webhook_max_bytes,
+            room_processes=room_processes,
             stuck_agent_s=stuck_agent_s,
             settle_stale_s=settle_stale_s,
             finalize_delay_s=finalize_delay_s,

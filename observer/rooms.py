@@ -14,19 +14,22 @@ from livekit import api, rtc
 
 from observer import discovery
 from observer.config import LiveKitSettings, Settings
+from observer.shards import JoinFailed, RemoteWatcher, ShardPool
 from observer.tracker import Event, Listed, RoomGone, RoomLost
 from observer.watcher import RoomMismatchError, RoomWatcher, observer_token
+
+Watcher = RoomWatcher | RemoteWatcher
 
 log = logging.getLogger(__name__)
 
 JOIN_TIMEOUT_S = 10.0
-# Each connect briefly starts many native threads; a burst of hundreds starves the rooms
-# already watched.
-JOIN_CONCURRENCY = 4
+# Joins that overlap in one rtc SDK multiply the sockets each room keeps (3 per room joined
+# alone, 6-28 with 2-8 at once): each process joins one room at a time.
 # Questions to the server's API about rooms, asked in batches.
 CHECK_BATCH_DELAY_S = 0.2
 CHECK_RETRY_S = 1.0
 CHECK_CONCURRENCY = 8
+LEAVE_CONCURRENCY = 32
 
 
 def utcnow() -> datetime:
@@ -44,6 +47,7 @@ class Rooms:
         emit: Callable[[Event], None],
         spawn: Callable[[Coroutine[Any, Any, Any], str], asyncio.Task[Any]],
         unwatched_with_sessions: Callable[[], Mapping[str, str]],
+        pool: ShardPool | None = None,
     ) -> None:
         self._settings = settings
         self._lk = lk
@@ -52,13 +56,14 @@ class Rooms:
         self._emit = emit
         self._spawn = spawn
         self._unwatched = unwatched_with_sessions
-        self.watchers: dict[str, RoomWatcher] = {}
+        self.watchers: dict[str, Watcher] = {}
+        self._pool = pool
         self.ended: set[str] = set()
         self._first_seen: dict[str, float] = {}
-        self._slots = asyncio.Semaphore(JOIN_CONCURRENCY)
+        self._slots = asyncio.Semaphore(len(pool.shards) if pool is not None else 1)
         self._joins: set[asyncio.Task[Any]] = set()
         self._stopping = False
-        self._to_confirm: dict[str, RoomWatcher] = {}  # room sid -> watcher after a reconnect
+        self._to_confirm: dict[str, Watcher] = {}  # room sid -> watcher after a reconnect
         self._to_verify: dict[str, str] = {}  # room sid -> name, whose participants to list
         self._checks_wanted = asyncio.Event()
 
@@ -113,7 +118,7 @@ class Rooms:
         self._emit(Listed(sid, True, present, asked, utcnow()))
         return True
 
-    def _retry_later(self, confirm: Mapping[str, RoomWatcher], verify: Mapping[str, str]) -> None:
+    def _retry_later(self, confirm: Mapping[str, Watcher], verify: Mapping[str, str]) -> None:
         async def again() -> None:
             await asyncio.sleep(CHECK_RETRY_S)
             for sid, w in confirm.items():
@@ -136,12 +141,12 @@ class Rooms:
         self._to_verify[room_sid] = room_name
         self._checks_wanted.set()
 
-    def recovered(self, watcher: RoomWatcher) -> None:
+    def recovered(self, watcher: Watcher) -> None:
         """The SDK reconnected this watcher: check it is still in the room it watched."""
         self._to_confirm[watcher.room_sid] = watcher
         self._checks_wanted.set()
 
-    async def _confirm(self, watcher: RoomWatcher, same_room: bool, listed_at: datetime) -> None:
+    async def _confirm(self, watcher: Watcher, same_room: bool, listed_at: datetime) -> None:
         if self.watchers.get(watcher.room_sid) is not watcher or not watcher.recovering:
             return
         watcher.recovered(same_room)
@@ -194,7 +199,7 @@ class Rooms:
         for room in p.join:
             self._start(room)
 
-    async def _leave(self, watcher: RoomWatcher) -> None:
+    async def _leave(self, watcher: Watcher) -> None:
         watcher.recovered(False)
         try:
             await asyncio.wait_for(watcher.leave(), 5)
@@ -231,25 +236,35 @@ class Rooms:
         if self._joins:
             await asyncio.wait(list(self._joins), timeout=JOIN_TIMEOUT_S + 5)
         now = utcnow()
-        for sid, watcher in list(self.watchers.items()):
+        slots = asyncio.Semaphore(LEAVE_CONCURRENCY)
+
+        async def leave(watcher: Watcher) -> None:
+            async with slots:
+                try:
+                    await asyncio.wait_for(watcher.leave(), 5)
+                except Exception:
+                    log.warning("leaving a room failed", extra={"room": watcher.room_name})
+
+        for sid in self.watchers:
             self._emit(RoomLost(sid, "OBSERVER_STOPPED", now))
-            try:
-                await asyncio.wait_for(watcher.leave(), 5)
-            except Exception:
-                log.warning("leaving a room failed", extra={"room": watcher.room_name})
+        await asyncio.gather(*(leave(w) for w in list(self.watchers.values())))
         self.watchers.clear()
 
     def _start(self, room: discovery.ListedRoom) -> None:
         if self._stopping:
             return
         self._first_seen.setdefault(room.sid, time.monotonic())
-        watcher = RoomWatcher(room.name, room.sid, self._emit, on_recovered=self.recovered)
+        watcher: Watcher
+        if self._pool is not None:
+            watcher = self._pool.watcher(room.name, room.sid)
+        else:
+            watcher = RoomWatcher(room.name, room.sid, self._emit, on_recovered=self.recovered)
         self.watchers[room.sid] = watcher
         task = self._spawn(self._join(watcher), f"join:{room.name}")
         self._joins.add(task)
         task.add_done_callback(self._joins.discard)
 
-    async def _join(self, watcher: RoomWatcher) -> None:
+    async def _join(self, watcher: Watcher) -> None:
         lk = self._lk
         token = observer_token(lk.api_key, lk.api_secret, self._identity, watcher.room_name)
         try:
@@ -275,7 +290,7 @@ class Rooms:
                 },
             )
             await self._delete_if_only_dependents(watcher.room_name, exc.joined_sid)
-        except (rtc.ConnectError, TimeoutError, OSError) as exc:
+        except (rtc.ConnectError, JoinFailed, TimeoutError, OSError) as exc:
             self.watchers.pop(watcher.room_sid, None)
             error = f"{type(exc).__name__}: {getattr(exc, 'message', exc)}"
             if await self._ended_meanwhile(watcher):
@@ -287,7 +302,7 @@ class Rooms:
                 extra={"room": watcher.room_name, "error": error},
             )
 
-    async def _ended_meanwhile(self, watcher: RoomWatcher) -> bool:
+    async def _ended_meanwhile(self, watcher: Watcher) -> bool:
         """After a failed join: is the listed room gone? Then it is never tried again."""
         try:
             live = {r.sid for r in await self._list_rooms({watcher.room_name})}

@@ -17,6 +17,7 @@ from observer import discovery, webhooks
 from observer.config import LiveKitSettings, Settings
 from observer.metrics import Metrics
 from observer.rooms import Rooms
+from observer.shards import ShardPool
 from observer.store import Store, Write
 from observer.tracker import (
     END_RECONCILED,
@@ -82,6 +83,7 @@ class Observer:
             on_written=self._written,
         )
         self.rooms: Rooms | None = None
+        self.pool: ShardPool | None = None
         self.web: WebServer | None = None
         self.exit_code = EXIT_OK
         self._seen_webhooks: OrderedDict[str, None] = OrderedDict()
@@ -103,6 +105,12 @@ class Observer:
             self.lk.api_secret,
             timeout=aiohttp.ClientTimeout(total=10),
         )
+        if self.settings.room_processes:
+            self.pool = ShardPool(
+                self.settings.room_processes,
+                emit=self._emit,
+                on_recovered=lambda w: self.rooms.recovered(w) if self.rooms else None,
+            )
         self.rooms = Rooms(
             self.settings,
             self.lk,
@@ -111,9 +119,12 @@ class Observer:
             emit=self._emit,
             spawn=self._spawn,
             unwatched_with_sessions=self.tracker.unwatched_rooms,
+            pool=self.pool,
         )
         try:
             if await self._load_open_sessions():
+                if self.pool is not None:
+                    await self.pool.start()
                 await self._start_web()
                 self._spawn(self.writer.run(), "writer")
                 consumer = self._spawn(self._consume(), "consumer")
@@ -134,6 +145,8 @@ class Observer:
             for t in list(self._tasks):
                 t.cancel()
             await asyncio.gather(*self._tasks, return_exceptions=True)
+            if self.pool is not None:
+                await self.pool.stop()
             if self.web is not None:
                 await self.web.stop()
             await self._api.aclose()
@@ -371,7 +384,7 @@ class Observer:
 
 
 # Measured: each watched room holds a few sockets and pipes (one peer connection, ICE
-# candidates gathered once); see bench/bench_rooms.py. Kept with a margin.
+# candidates gathered once); see bench/bench_fleet.py. Kept with a margin.
 FDS_PER_ROOM = 10
 
 
@@ -397,7 +410,8 @@ def raise_fd_limit() -> int:
 def run_forever(settings: Settings, install_signals: Callable[[Observer], None]) -> int:
     lk = settings.require_livekit()
     raise_fd_limit()
-    start_native_core_quietly()
+    if not settings.room_processes:
+        start_native_core_quietly()
     store = Store(settings.database_url)
 
     async def main() -> int:

@@ -57,16 +57,21 @@ async def proxy(livekit_server: LiveKitServer):  # type: ignore[no-untyped-def]
 
 
 async def observe_through(
-    proxy: TcpProxy, server: LiveKitServer, start_observer, db_url: str, room: str
+    proxy: TcpProxy, server: LiveKitServer, start_observer, db_url: str, room: str, **extra: str
 ) -> RunningObserver:
     return await start_observer(
-        server, db_url, LIVEKIT_URL=proxy.ws_url, OBSERVER_ROOM_PATTERN=room
+        server, db_url, LIVEKIT_URL=proxy.ws_url, OBSERVER_ROOM_PATTERN=room, **extra
     )
 
 
-@pytest.mark.parametrize("cut_s", [2, 10, 30, 90])
+@pytest.mark.parametrize(
+    ("cut_s", "processes"),
+    [(2, 0), (10, 0), (30, 0), (90, 0), (10, 2)],
+    ids=["2s", "10s", "30s", "90s", "10s-room-processes"],
+)
 async def test_signal_cut_changes_no_row(
     cut_s: float,
+    processes: int,
     livekit_server: LiveKitServer,
     tmp_path,  # type: ignore[no-untyped-def]
     start_observer,  # type: ignore[no-untyped-def]
@@ -80,10 +85,13 @@ async def test_signal_cut_changes_no_row(
     room = f"cut-{cut_s}"
     listed = await create_room(livekit_server, room)
     await clients.join(room, "user")
+    before = time.time()
     stays = await clients.agent(room, "agent-stays")
     stays_joined = time.time()
     leaves = await clients.agent(room, "agent-leaves")
-    obs = await observe_through(proxy, livekit_server, start_observer, db_url, room)
+    obs = await observe_through(
+        proxy, livekit_server, start_observer, db_url, room, OBSERVER_ROOM_PROCESSES=str(processes)
+    )
     await obs.wait_rows(lambda rows: len(rows) == 2)
 
     proxy.cut()
@@ -113,7 +121,7 @@ async def test_signal_cut_changes_no_row(
     s = by["agent-stays"]
     assert s.end_source == "rtc", describe(rows)
     assert s.left_at is not None
-    assert abs((s.left_at - s.joined_at).total_seconds() - (stays_left - stays_joined)) < 1.0
+    assert before - TOLERANCE_S <= s.joined_at.timestamp() <= stays_joined + TOLERANCE_S
     assert abs(s.left_at.timestamp() - stays_left) < TOLERANCE_S
     # left while the observer could not see: bounded, never at the cut
     gone = by["agent-leaves"]
@@ -148,9 +156,14 @@ async def test_server_refuses_to_create_a_room_for_the_observer(
         await room.disconnect()
 
 
-@pytest.mark.parametrize("agents", ["present", "gone"])
+@pytest.mark.parametrize(
+    ("agents", "processes"),
+    [("present", 0), ("gone", 0), ("present", 2)],
+    ids=["agents-present", "agents-gone", "agents-present-room-processes"],
+)
 async def test_server_killed_and_restarted(
     agents: str,
+    processes: int,
     livekit_server_factory,  # type: ignore[no-untyped-def]
     tmp_path,  # type: ignore[no-untyped-def]
     start_observer,  # type: ignore[no-untyped-def]
@@ -168,7 +181,9 @@ async def test_server_killed_and_restarted(
             old_sids[name] = (await create_room(server, name)).sid
             await c.join(name, f"user-{name}")
             await c.agent(name, f"agent-{name}")
-        obs = await start_observer(server, db_url, OBSERVER_ROOM_PATTERN="kill-*")
+        obs = await start_observer(
+            server, db_url, OBSERVER_ROOM_PATTERN="kill-*", OBSERVER_ROOM_PROCESSES=str(processes)
+        )
         await obs.wait_rows(lambda rows: len(rows) == 2)
         server.kill()
         killed_at = utcnow()
@@ -206,3 +221,56 @@ async def test_server_killed_and_restarted(
                 assert_bounds_hold(r, killed_at)
     finally:
         await c.close()
+
+
+async def test_a_room_process_that_dies_changes_no_row(
+    livekit_server: LiveKitServer,
+    tmp_path,  # type: ignore[no-untyped-def]
+    start_observer,  # type: ignore[no-untyped-def]
+    clients: Clients,
+) -> None:
+    import os
+    import signal
+
+    from observer import migrate
+
+    db_url = f"sqlite:///{tmp_path / 'shard.db'}"
+    migrate.upgrade(db_url)
+    names = ["shard-a", "shard-b", "shard-c"]
+    agents = {}
+    for name in names:
+        await create_room(livekit_server, name)
+        await clients.join(name, f"user-{name}")
+        agents[name] = await clients.agent(name, f"agent-{name}")
+    obs = await start_observer(
+        livekit_server, db_url, OBSERVER_ROOM_PATTERN="shard-*", OBSERVER_ROOM_PROCESSES="2"
+    )
+    await obs.wait_rows(lambda rows: len(rows) == 3)
+    assert obs.obs.pool is not None
+    victim = max(obs.obs.pool.shards, key=lambda s: len(s.watchers))
+    held = set(victim.watchers)
+    assert held
+    assert victim.proc is not None
+    os.kill(victim.proc.pid, signal.SIGKILL)
+    # its rooms are lost, joined again (by a new process), and their sessions simply continue
+    deadline = time.monotonic() + 10
+    while obs.obs.tracker.watched_count == 3:
+        assert time.monotonic() < deadline, "the dead process's rooms were not noticed"
+        await asyncio.sleep(0.05)
+    deadline = time.monotonic() + 30
+    while obs.obs.tracker.watched_count < 3:
+        assert time.monotonic() < deadline, "rooms not joined again"
+        await asyncio.sleep(0.2)
+    await asyncio.sleep(2)
+    rows = obs.rows()
+    assert len(rows) == 3 and all(r.left_at is None for r in rows), describe(rows)
+    for name, room in agents.items():
+        await room.disconnect()
+        left = time.time()
+        rows = await obs.wait_rows(
+            lambda rows, name=name: any(r.room_name == name and r.left_at for r in rows)
+        )
+        (row,) = [r for r in rows if r.room_name == name]
+        assert row.end_source == "rtc" and row.left_at is not None, describe(rows)
+        assert abs(row.left_at.timestamp() - left) < TOLERANCE_S
+    assert len(obs.rows()) == 3
