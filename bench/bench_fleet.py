@@ -240,7 +240,8 @@ async def main(args: argparse.Namespace) -> None:
                 await connect_agent(lk, names[i * (n // max(1, args.stayers))], f"stay-{i}")
             )
         await asyncio.sleep(2)
-        daemon.send_signal(signal.SIGKILL)
+        for p in family(daemon.pid):  # as systemd kills the whole unit
+            os.kill(p, signal.SIGKILL)
         daemon.wait()
         await asyncio.sleep(2)
         daemon = start()

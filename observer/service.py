@@ -385,7 +385,7 @@ class Observer:
 
 # Measured: each watched room holds a few sockets and pipes (one peer connection, ICE
 # candidates gathered once); see bench/bench_fleet.py. Kept with a margin.
-FDS_PER_ROOM = 10
+FDS_PER_ROOM = 5
 
 
 def raise_fd_limit() -> int:

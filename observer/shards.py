@@ -27,6 +27,9 @@ log = logging.getLogger(__name__)
 
 HEADER = struct.Struct("!I")
 STOP_TIMEOUT_S = 20.0
+# A worker answers every join; this only guards against one that never does (the SDK tries
+# a join up to 4 times, each bounded by the connect timeout).
+JOIN_REPLY_TIMEOUT_S = 90.0
 
 
 class JoinFailed(Exception):
@@ -74,7 +77,11 @@ class RemoteWatcher:
         self.shard.joining += 1
         self.shard.send(("join", self.room_name, self.room_sid, ws_url, token, connect_timeout_s))
         try:
-            await self._joined
+            await asyncio.wait_for(self._joined, JOIN_REPLY_TIMEOUT_S)
+        except TimeoutError:
+            self.shard.watchers.pop(self.room_sid, None)
+            self.shard.send(("leave", self.room_sid))
+            raise JoinFailed("no answer from the room process") from None
         except (RoomMismatchError, JoinFailed):
             self.shard.watchers.pop(self.room_sid, None)
             raise
@@ -262,8 +269,9 @@ async def serve() -> None:
     tasks: set[asyncio.Task[None]] = set()
 
     def send(message: tuple[Any, ...]) -> None:
-        out.write(frame(message))
-        out.flush()
+        with contextlib.suppress(OSError):  # the daemon is gone; we are leaving anyway
+            out.write(frame(message))
+            out.flush()
 
     async def join(name: str, sid: str, ws_url: str, token: str, timeout_s: float) -> None:
         w = RoomWatcher(
@@ -283,6 +291,13 @@ async def serve() -> None:
             except (rtc.ConnectError, TimeoutError, OSError) as exc:
                 watchers.pop(sid, None)
                 send(("failed", sid, f"{type(exc).__name__}: {getattr(exc, 'message', exc)}"))
+                return
+            except Exception as exc:  # the daemon must hear back, whatever happened
+                log.exception("joining a room failed", extra={"room": name})
+                watchers.pop(sid, None)
+                with contextlib.suppress(Exception):
+                    await w.leave()
+                send(("failed", sid, f"{type(exc).__name__}: {exc}"))
                 return
         send(("joined", sid))
 
@@ -308,10 +323,12 @@ async def serve() -> None:
                 w = watchers.get(sid)
                 if w is not None:
                     w.recovered(same_room)
-    # The daemon closed our stdin: leave every room, then exit.
-    if tasks:
+    # stdin closed. On a clean stop the daemon has had us leave every room already. If rooms
+    # are still held, the daemon died: exit without leaving them one by one (a storm of
+    # leaves next to the new daemon's joins); the next daemon's joins replace this process's
+    # participants (same identity), and the server drops the rest on its own.
+    if tasks and not watchers:
         await asyncio.wait(list(tasks), timeout=15)
-    await asyncio.gather(*(leave(sid) for sid in list(watchers)))
 
 
 def main() -> None:
