@@ -36,6 +36,31 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+# A join holds its turn this long at most: a join that hangs (the SDK retries for up to
+# ~40 s) must not hold up the joins behind it.
+SLOW_JOIN_S = 1.0
+
+
+async def join_in_turn(
+    slots: asyncio.Semaphore, start: Callable[[], Coroutine[Any, Any, None] | None]
+) -> bool:
+    """When a slot is free, `start()` a join (None: don't) and run it to the end; the slot is
+    given up once the join is done or after SLOW_JOIN_S, whichever is first. A join in
+    flight is never cancelled (the SDK's native core kills the process when a connect is
+    cancelled). Returns whether a join was started."""
+    await slots.acquire()
+    try:
+        join = start()
+        if join is None:
+            return False
+        task = asyncio.ensure_future(join)
+        await asyncio.wait({task}, timeout=SLOW_JOIN_S)
+    finally:
+        slots.release()
+    await task
+    return True
+
+
 class Rooms:
     def __init__(
         self,
@@ -268,11 +293,13 @@ class Rooms:
         lk = self._lk
         token = observer_token(lk.api_key, lk.api_secret, self._identity, watcher.room_name)
         try:
-            async with self._slots:
-                if self._stopping:
-                    self.watchers.pop(watcher.room_sid, None)
-                    return
-                await watcher.join(lk.ws_url, token, JOIN_TIMEOUT_S)
+            started = await join_in_turn(
+                self._slots,
+                lambda: None if self._stopping else watcher.join(lk.ws_url, token, JOIN_TIMEOUT_S),
+            )
+            if not started:
+                self.watchers.pop(watcher.room_sid, None)
+                return
             if self._stopping:
                 self.watchers.pop(watcher.room_sid, None)
                 self._emit(RoomLost(watcher.room_sid, "OBSERVER_STOPPED", utcnow()))

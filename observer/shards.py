@@ -257,6 +257,7 @@ async def serve() -> None:
     """Run in a worker: hold the rooms the daemon asks for, one join at a time."""
     from livekit import rtc
 
+    from observer.rooms import join_in_turn
     from observer.watcher import RoomMismatchError, RoomWatcher, start_native_core_quietly
 
     start_native_core_quietly()
@@ -265,7 +266,7 @@ async def serve() -> None:
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
     out = sys.stdout.buffer
     watchers: dict[str, RoomWatcher] = {}
-    join_lock = asyncio.Lock()
+    join_lock = asyncio.Semaphore(1)
     tasks: set[asyncio.Task[None]] = set()
 
     def send(message: tuple[Any, ...]) -> None:
@@ -281,24 +282,23 @@ async def serve() -> None:
             on_recovered=lambda w: send(("on_recovered", w.room_sid)),
         )
         watchers[sid] = w
-        async with join_lock:
-            try:
-                await w.join(ws_url, token, timeout_s)
-            except RoomMismatchError as exc:
-                watchers.pop(sid, None)
-                send(("mismatch", sid, exc.joined_sid))
-                return
-            except (rtc.ConnectError, TimeoutError, OSError) as exc:
-                watchers.pop(sid, None)
-                send(("failed", sid, f"{type(exc).__name__}: {getattr(exc, 'message', exc)}"))
-                return
-            except Exception as exc:  # the daemon must hear back, whatever happened
-                log.exception("joining a room failed", extra={"room": name})
-                watchers.pop(sid, None)
-                with contextlib.suppress(Exception):
-                    await w.leave()
-                send(("failed", sid, f"{type(exc).__name__}: {exc}"))
-                return
+        try:
+            await join_in_turn(join_lock, lambda: w.join(ws_url, token, timeout_s))
+        except RoomMismatchError as exc:
+            watchers.pop(sid, None)
+            send(("mismatch", sid, exc.joined_sid))
+            return
+        except (rtc.ConnectError, TimeoutError, OSError) as exc:
+            watchers.pop(sid, None)
+            send(("failed", sid, f"{type(exc).__name__}: {getattr(exc, 'message', exc)}"))
+            return
+        except Exception as exc:  # the daemon must hear back, whatever happened
+            log.exception("joining a room failed", extra={"room": name})
+            watchers.pop(sid, None)
+            with contextlib.suppress(Exception):
+                await w.leave()
+            send(("failed", sid, f"{type(exc).__name__}: {exc}"))
+            return
         send(("joined", sid))
 
     async def leave(sid: str) -> None:
