@@ -24,7 +24,8 @@ log = logging.getLogger(__name__)
 
 JOIN_TIMEOUT_S = 10.0
 # Joins that overlap in one rtc SDK multiply the sockets each room keeps (3 per room joined
-# alone, 6-28 with 2-8 at once): each process joins one room at a time.
+# alone, 6-28 with 2-8 at once): each process joins one room at a time (`join_in_turn`).
+
 # Questions to the server's API about rooms, asked in batches.
 CHECK_BATCH_DELAY_S = 0.2
 CHECK_RETRY_S = 1.0
@@ -174,16 +175,25 @@ class Rooms:
     async def _confirm(self, watcher: Watcher, same_room: bool, listed_at: datetime) -> None:
         if self.watchers.get(watcher.room_sid) is not watcher or not watcher.recovering:
             return
-        watcher.recovered(same_room)
         if same_room:
+            watcher.recovered(True)
             return
         # The SDK's full reconnect joined a new room of the same name: the watched one ended.
         log.warning(
             "room ended while the observer reconnected; left its successor",
             extra={"room": watcher.room_name, "room_sid": watcher.room_sid},
         )
+        await self._give_up(watcher, listed_at)
+
+    async def _give_up(self, watcher: Watcher, listed_at: datetime) -> None:
+        """The watched room no longer exists: its sessions are settled as gone, and the
+        connection (recovering, or landed in a successor room) is left."""
+        watcher.recovered(False)
         self.forget(watcher.room_sid, ended=True)
         self._emit(RoomGone(watcher.room_sid, utcnow(), listed_at))
+        await self._leave_quietly(watcher)
+
+    async def _leave_quietly(self, watcher: Watcher) -> None:
         try:
             await asyncio.wait_for(watcher.leave(), 5)
         except Exception:
@@ -218,18 +228,9 @@ class Rooms:
         for sid, watcher in list(self.watchers.items()):
             if watcher.recovering and sid not in live:
                 # The SDK is trying to get back into a room that no longer exists.
-                self.forget(sid, ended=True)
-                self._emit(RoomGone(sid, now, listed_at or now))
-                self._spawn(self._leave(watcher), f"leave:{watcher.room_name}")
+                self._spawn(self._give_up(watcher, listed_at or now), f"leave:{watcher.room_name}")
         for room in p.join:
             self._start(room)
-
-    async def _leave(self, watcher: Watcher) -> None:
-        watcher.recovered(False)
-        try:
-            await asyncio.wait_for(watcher.leave(), 5)
-        except Exception:
-            log.warning("leaving a room failed", extra={"room": watcher.room_name})
 
     def join_now(self, room: discovery.ListedRoom) -> None:
         """Join one room now (announced by a webhook) if the listing rules allow it."""
@@ -265,10 +266,7 @@ class Rooms:
 
         async def leave(watcher: Watcher) -> None:
             async with slots:
-                try:
-                    await asyncio.wait_for(watcher.leave(), 5)
-                except Exception:
-                    log.warning("leaving a room failed", extra={"room": watcher.room_name})
+                await self._leave_quietly(watcher)
 
         for sid in self.watchers:
             self._emit(RoomLost(sid, "OBSERVER_STOPPED", now))

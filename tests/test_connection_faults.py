@@ -65,13 +65,22 @@ async def observe_through(
 
 
 @pytest.mark.parametrize(
-    ("cut_s", "processes"),
-    [(2, 0), (10, 0), (30, 0), (90, 0), (10, 2)],
-    ids=["2s", "10s", "30s", "90s", "10s-room-processes"],
+    ("cut_s", "processes", "db"),
+    [
+        (2, 0, "sqlite"),
+        (2, 0, "postgresql"),
+        (10, 0, "sqlite"),
+        (30, 0, "sqlite"),
+        (90, 0, "sqlite"),
+        (10, 2, "postgresql"),
+    ],
+    ids=["2s", "2s-postgresql", "10s", "30s", "90s", "10s-room-processes-postgresql"],
 )
 async def test_signal_cut_changes_no_row(
     cut_s: float,
     processes: int,
+    db: str,
+    request: pytest.FixtureRequest,
     livekit_server: LiveKitServer,
     tmp_path,  # type: ignore[no-untyped-def]
     start_observer,  # type: ignore[no-untyped-def]
@@ -80,7 +89,9 @@ async def test_signal_cut_changes_no_row(
 ) -> None:
     from observer import migrate
 
-    db_url = f"sqlite:///{tmp_path / 'cut.db'}"
+    db_url = (
+        f"sqlite:///{tmp_path / 'cut.db'}" if db == "sqlite" else request.getfixturevalue("pg_url")
+    )
     migrate.upgrade(db_url)
     room = f"cut-{cut_s}"
     listed = await create_room(livekit_server, room)
