@@ -28,11 +28,12 @@ sys.path.insert(0, str(ROOT / "tests"))
 from livekit import api
 from livekit_server import LiveKitServer
 
-from observer import migrate
 from observer.config import LiveKitSettings, Settings
-from observer.service import Observer
+from observer.daemon.service import Observer
+from observer.db import migrate
+from observer.db.reads import SessionFilter
+from observer.db.store import Store
 from observer.simulate import Stay, connect_agent, leave, user_token
-from observer.store import SessionFilter, Store
 
 
 def cpu_model() -> str:

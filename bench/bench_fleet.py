@@ -37,9 +37,10 @@ from livekit import api, rtc
 from livekit_server import LiveKitServer, free_tcp_port
 
 from observer.config import LiveKitSettings
+from observer.daemon.watcher import room_options
+from observer.db.reads import SessionFilter
+from observer.db.store import Store
 from observer.simulate import agent_token
-from observer.store import SessionFilter, Store
-from observer.watcher import room_options
 
 TICKS = os.sysconf("SC_CLK_TCK")
 

@@ -31,9 +31,10 @@ sys.path.insert(0, str(ROOT / "tests"))
 import psycopg
 from sqlalchemy.engine import make_url
 
-from observer import migrate, reconcile, usage
 from observer.config import normalize_database_url
-from observer.store import Store
+from observer.db import migrate
+from observer.db.store import Store
+from observer.reports import reconcile, usage
 
 MONTH_START = datetime(2026, 3, 1, tzinfo=UTC)
 DAYS = 30

@@ -8,7 +8,7 @@ from alembic import context
 from sqlalchemy import create_engine, pool
 
 from observer.config import Settings
-from observer.store import Base
+from observer.db.schema import Base
 
 config = context.config
 target_metadata = Base.metadata

@@ -162,7 +162,7 @@ def dispatch(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_migrate(settings: Settings) -> int:
-    from observer import migrate
+    from observer.db import migrate
 
     migrate.upgrade(settings.database_url)
     print(f"database at head revision {migrate.head_revision()}: {settings.database_url_safe}")
@@ -172,7 +172,7 @@ def cmd_migrate(settings: Settings) -> int:
 async def cmd_check(settings: Settings) -> int:
     from livekit import api
 
-    from observer.store import Store
+    from observer.db.store import Store
 
     lk = settings.require_livekit()
     ok = True
@@ -218,7 +218,7 @@ def _timeout(total_s: float) -> aiohttp.ClientTimeout:
 
 
 def cmd_run(settings: Settings) -> int:
-    from observer.service import Observer, run_forever
+    from observer.daemon.service import Observer, run_forever
 
     def install(obs: Observer) -> None:
         loop = asyncio.get_running_loop()
@@ -243,8 +243,9 @@ def parse_time(raw: str, *, now: datetime | None = None) -> datetime:
 
 
 def cmd_sessions(settings: Settings, args: argparse.Namespace) -> int:
-    from observer import report
-    from observer.store import SessionFilter, Store
+    from observer.db.reads import SessionFilter
+    from observer.db.store import Store
+    from observer.reports import sessions as report
 
     since = parse_time(args.since) if args.since else None
     until = parse_time(args.until) if args.until else None
@@ -272,9 +273,9 @@ def cmd_sessions(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_usage(settings: Settings, args: argparse.Namespace) -> int:
-    from observer import usage
-    from observer.config import KINDS
-    from observer.store import Store
+    from observer.core.vocab import KINDS
+    from observer.db.store import Store
+    from observer.reports import usage
 
     now = parse_time(args.now) if args.now else datetime.now(UTC)
     start = parse_time(args.start, now=now)
@@ -315,8 +316,8 @@ def cmd_usage(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_reconcile(settings: Settings, args: argparse.Namespace) -> int:
     from decimal import Decimal, InvalidOperation
 
-    from observer import reconcile
-    from observer.store import Store
+    from observer.db.store import Store
+    from observer.reports import reconcile
 
     now = parse_time(args.now) if args.now else datetime.now(UTC)
     try:

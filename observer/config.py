@@ -11,7 +11,8 @@ from urllib.parse import urlsplit
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
-KINDS = ("standard", "ingress", "egress", "sip", "agent", "connector", "bridge")
+from observer.core.vocab import KINDS
+
 LOG_FORMATS = ("text", "json")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 DEFAULT_DATABASE_URL = "sqlite:///observer.db"

@@ -89,7 +89,7 @@ def empty_db_url(request: pytest.FixtureRequest, tmp_path: Any) -> str:
 @pytest.fixture
 def db_url(empty_db_url: str) -> str:
     """URL of a database of each kind, migrated to the newest schema."""
-    from observer import migrate
+    from observer.db import migrate
 
     migrate.upgrade(empty_db_url)
     return empty_db_url
@@ -107,8 +107,8 @@ async def start_observer() -> Any:
 
     from daemon_helpers import RunningObserver, settings_for
 
-    from observer.service import Observer
-    from observer.store import Store
+    from observer.daemon.service import Observer
+    from observer.db.store import Store
 
     running: list[RunningObserver] = []
 

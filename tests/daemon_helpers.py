@@ -12,8 +12,10 @@ from livekit import api, rtc
 from livekit_server import LiveKitServer
 
 from observer.config import LiveKitSettings, Settings
-from observer.service import Observer
-from observer.store import SessionFilter, SessionRow, Store
+from observer.daemon.service import Observer
+from observer.db.reads import SessionFilter
+from observer.db.schema import SessionRow
+from observer.db.store import Store
 
 
 def settings_for(server: LiveKitServer, db_url: str, **extra: str) -> Settings:

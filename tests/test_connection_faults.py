@@ -18,8 +18,8 @@ from livekit import rtc
 from livekit_server import LiveKitServer
 from tcp_proxy import TcpProxy
 
-from observer.store import SessionRow
-from observer.watcher import observer_token
+from observer.daemon.watcher import observer_token
+from observer.db.schema import SessionRow
 
 TOLERANCE_S = 0.5
 
@@ -87,7 +87,7 @@ async def test_signal_cut_changes_no_row(
     clients: Clients,
     proxy: TcpProxy,
 ) -> None:
-    from observer import migrate
+    from observer.db import migrate
 
     db_url = (
         f"sqlite:///{tmp_path / 'cut.db'}" if db == "sqlite" else request.getfixturevalue("pg_url")
@@ -179,7 +179,7 @@ async def test_server_killed_and_restarted(
     tmp_path,  # type: ignore[no-untyped-def]
     start_observer,  # type: ignore[no-untyped-def]
 ) -> None:
-    from observer import migrate
+    from observer.db import migrate
 
     server: LiveKitServer = livekit_server_factory(empty_timeout=5, departure_timeout=2)
     db_url = f"sqlite:///{tmp_path / 'restart.db'}"
@@ -243,7 +243,7 @@ async def test_a_room_process_that_dies_changes_no_row(
     import os
     import signal
 
-    from observer import migrate
+    from observer.db import migrate
 
     db_url = f"sqlite:///{tmp_path / 'shard.db'}"
     migrate.upgrade(db_url)

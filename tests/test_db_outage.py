@@ -19,7 +19,7 @@ async def test_database_outage_is_survived(
     clients: Clients,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    from observer import migrate
+    from observer.db import migrate
 
     migrate.upgrade(pg_url)
     await create_room(livekit_server, "outage")
@@ -84,7 +84,7 @@ async def test_full_buffer_stops_the_daemon_with_exit_code_3(
     clients: Clients,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    from observer import migrate
+    from observer.db import migrate
 
     migrate.upgrade(pg_url)
     await create_room(livekit_server, "overflow")

@@ -21,7 +21,7 @@ def test_every_setting_is_documented_with_its_default() -> None:
 
 
 def test_readme_documents_every_sessions_column() -> None:
-    from observer.store import SessionRow
+    from observer.db.schema import SessionRow
 
     readme = (ROOT / "README.md").read_text()
     for column in SessionRow.__table__.columns:

@@ -10,7 +10,7 @@ from daemon_helpers import Clients, create_room, list_rooms
 from livekit import api, rtc
 from livekit_server import LiveKitServer
 
-from observer.discovery import ListedRoom
+from observer.core.discovery import ListedRoom
 
 
 async def wait_gone(server: LiveKitServer, names: list[str], timeout: float) -> dict[str, float]:

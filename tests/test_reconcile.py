@@ -19,10 +19,13 @@ from daemon_helpers import Clients, list_rooms
 from livekit_server import LiveKitServer, free_tcp_port
 from sqlalchemy import inspect, text
 
-from observer import migrate
 from observer.cli import main
-from observer.store import Base, Rollup, SessionFilter, SessionRow, Store
-from observer.tracker import END_RECONCILED, END_RTC, Close, Open, Touch, TrackedSession
+from observer.core.tracker import END_RECONCILED, END_RTC, Close, Open, Touch, TrackedSession
+from observer.db import migrate
+from observer.db.reads import SessionFilter
+from observer.db.rollups import Rollup
+from observer.db.schema import Base, SessionRow
+from observer.db.store import Store
 
 MAR = datetime(2026, 3, 1, tzinfo=UTC)
 APR = datetime(2026, 4, 1, tzinfo=UTC)

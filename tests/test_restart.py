@@ -14,7 +14,9 @@ import pytest
 from daemon_helpers import Clients, create_room
 from livekit_server import LiveKitServer
 
-from observer.store import SessionFilter, SessionRow, Store
+from observer.db.reads import SessionFilter
+from observer.db.schema import SessionRow
+from observer.db.store import Store
 
 
 def start_daemon(server: LiveKitServer, db_url: str, log: Path) -> subprocess.Popen[bytes]:
@@ -104,7 +106,7 @@ async def test_restart_continues_rows_and_reconciles_the_gap(
 def test_open_files_limit_is_raised_to_the_hard_limit() -> None:
     import resource
 
-    from observer.service import FDS_PER_ROOM, raise_fd_limit
+    from observer.daemon.service import FDS_PER_ROOM, raise_fd_limit
 
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     try:

@@ -11,7 +11,7 @@ from livekit.rtc import _ffi_client
 from livekit.rtc._proto import ffi_pb2
 from livekit_server import LiveKitServer
 
-from observer.watcher import ROUTER
+from observer.daemon.watcher import ROUTER
 
 
 def room_event(handle: int) -> ffi_pb2.FfiEvent:
@@ -65,7 +65,7 @@ def test_native_logs_stay_in_the_native_core(livekit_server: LiveKitServer) -> N
         f"""
         import asyncio, logging, sys
         from livekit import api, rtc
-        from observer.watcher import start_native_core_quietly, room_options
+        from observer.daemon.watcher import start_native_core_quietly, room_options
         if sys.argv[1] == "quiet":
             start_native_core_quietly()
         records = []

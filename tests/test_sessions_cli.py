@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 
 from observer.cli import main
-from observer.report import COLUMNS
-from observer.store import Store
-from observer.tracker import END_RTC, Close, Open, TrackedSession
+from observer.core.tracker import END_RTC, Close, Open, TrackedSession
+from observer.db.store import Store
+from observer.reports.sessions import COLUMNS
 
 T0 = datetime(2026, 3, 1, 23, 59, 30, 123000, tzinfo=UTC)
 NOW = datetime.now(UTC).replace(microsecond=0)

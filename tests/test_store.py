@@ -7,9 +7,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy import inspect, text
 
-from observer import migrate
-from observer.store import SessionFilter, Store
-from observer.tracker import (
+from observer.core.tracker import (
     END_RTC,
     Close,
     Open,
@@ -17,6 +15,9 @@ from observer.tracker import (
     TrackedSession,
     UpdateAttributes,
 )
+from observer.db import migrate
+from observer.db.reads import SessionFilter
+from observer.db.store import Store
 
 T0 = datetime(2026, 3, 1, 23, 59, 30, 123000, tzinfo=UTC)
 

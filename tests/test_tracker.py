@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from observer.tracker import (
+from observer.core.tracker import (
     END_RECONCILED,
     END_ROOM_CLOSED,
     END_RTC,
@@ -54,11 +54,17 @@ def user(sid: str) -> Seen:
     return Seen(sid, f"user-{sid}", "", "standard", {}, t(0))
 
 
+def step(tr: SessionTracker, ev: Event) -> list[Op]:
+    """One event's writes, then its notices."""
+    out = tr.handle(ev)
+    return [*out.writes, *out.notices]
+
+
 def run(events: list[Event], tracker: SessionTracker | None = None) -> list[Op]:
     tr = tracker or SessionTracker(frozenset({"agent"}), heartbeat_s=10)
     ops: list[Op] = []
     for ev in events:
-        ops += tr.handle(ev)
+        ops += step(tr, ev)
     return ops
 
 
@@ -296,12 +302,12 @@ def test_restart_continues_open_sessions_and_closes_missing_ones() -> None:
     ]
     tr.seed(seeded)
     assert tr.unwatched_rooms() == {"RM1": "r"}
-    ops = tr.handle(RoomJoined("r", "RM1", (agent("PA1"),), t(80)))
+    ops = step(tr, RoomJoined("r", "RM1", (agent("PA1"),), t(80)))
     assert opens(ops) == []
     assert closes(ops) == []  # absent from the SDK's view: the server's API decides
     assert [o for o in ops if isinstance(o, Touch)] == [Touch((SessionKey("RM1", "PA1"),), t(80))]
     assert [o for o in ops if isinstance(o, Verify)] == [Verify("RM1", "r")]
-    ops = tr.handle(Listed("RM1", True, frozenset({"PA1"}), t(81), t(81.1)))
+    ops = step(tr, Listed("RM1", True, frozenset({"PA1"}), t(81), t(81.1)))
     assert closes(ops) == [("PA2", t(50), None, END_RECONCILED, 31100)]
     assert tr.unwatched_rooms() == {}
 
@@ -316,18 +322,18 @@ def test_heartbeat_touches_only_watched_rooms() -> None:
         ],
         tr,
     )
-    assert tr.handle(Tick(t(2))) == []  # first tick only starts the clock
-    assert tr.handle(Tick(t(5))) == []
-    ops = tr.handle(Tick(t(12.5)))
+    assert step(tr, Tick(t(2))) == []  # first tick only starts the clock
+    assert step(tr, Tick(t(5))) == []
+    ops = step(tr, Tick(t(12.5)))
     assert ops == [Touch((SessionKey("RM1", "PA1"),), t(12.5))]
 
 
 def test_attribute_change_updates_agent_name() -> None:
     tr = SessionTracker(frozenset({"agent"}))
     run([RoomJoined("r", "RM1", (agent("PA1"),), t(0))], tr)
-    ops = tr.handle(AttributesChanged("RM1", "PA1", {"lk.agent.name": "eve"}, t(1)))
+    ops = step(tr, AttributesChanged("RM1", "PA1", {"lk.agent.name": "eve"}, t(1)))
     assert ops == [UpdateAttributes(SessionKey("RM1", "PA1"), {"lk.agent.name": "eve"}, "eve")]
-    assert tr.handle(AttributesChanged("RM1", "PA1", {"lk.agent.name": "eve"}, t(2))) == []
+    assert step(tr, AttributesChanged("RM1", "PA1", {"lk.agent.name": "eve"}, t(2))) == []
 
 
 def test_tracked_kinds_setting() -> None:
@@ -483,7 +489,19 @@ def test_webhook_only_session_in_a_watched_room_closes_by_webhook() -> None:
 def test_room_gone_spares_sessions_seen_after_the_listing() -> None:
     tr = SessionTracker(frozenset({"agent"}))
     run([WebhookJoined("r", "RM1", agent("PA1", 10), t(10))], tr)
-    assert tr.handle(RoomGone("RM1", t(11), listed_at=t(9))) == []
-    assert closes(tr.handle(RoomGone("RM1", t(20), listed_at=t(15)))) == [
+    assert step(tr, RoomGone("RM1", t(11), listed_at=t(9))) == []
+    assert closes(step(tr, RoomGone("RM1", t(20), listed_at=t(15)))) == [
         ("PA1", t(10), None, END_RECONCILED, 10000)
     ]
+
+
+def test_notices_are_kept_apart_from_writes() -> None:
+    tr = SessionTracker(frozenset({"agent"}), stuck_after_s=5)
+    tr.handle(RoomJoined("r", "RM1", (agent("PA1"),), t(0)))
+    tr.handle(Tick(t(1)))
+    out = tr.handle(Tick(t(7)))
+    assert [type(n).__name__ for n in out.notices] == ["StuckAgents"]
+    assert all(isinstance(w, (Open, Close, Touch, UpdateAttributes)) for w in out.writes)
+    out = tr.handle(ParticipantLeft("RM1", "PA1", "UNKNOWN_REASON", t(8)))
+    assert not [w for w in out.writes if isinstance(w, Close)]
+    assert out.notices == (Verify("RM1", "r"),)

@@ -14,9 +14,9 @@ import pytest
 from livekit_server import free_tcp_port
 
 from observer.cli import main
-from observer.store import Store
-from observer.tracker import END_RTC, Close, Open, TrackedSession
-from observer.usage import bucket_edges
+from observer.core.tracker import END_RTC, Close, Open, TrackedSession
+from observer.db.store import Store
+from observer.reports.usage import bucket_edges
 
 MAR1 = datetime(2026, 3, 1, tzinfo=UTC)
 NOW = "2026-03-02T12:00:00Z"

@@ -15,7 +15,7 @@ from livekit import api
 from livekit_server import LiveKitServer, free_tcp_port
 from postgres_server import PostgresServer
 
-from observer import migrate
+from observer.db import migrate
 
 
 def webhook_server(factory, port: int) -> LiveKitServer:  # type: ignore[no-untyped-def]

@@ -9,7 +9,8 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from observer.store import SessionRow
+from observer.core.times import iso
+from observer.db.schema import SessionRow
 
 COLUMNS = (
     "id",
@@ -32,7 +33,7 @@ COLUMNS = (
 
 
 def _iso(v: datetime | None) -> str | None:
-    return v.isoformat(timespec="milliseconds").replace("+00:00", "Z") if v else None
+    return iso(v, "milliseconds") if v else None
 
 
 def row_dict(r: SessionRow) -> dict[str, Any]:

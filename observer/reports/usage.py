@@ -15,8 +15,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple
 
-from observer.report import human_duration
-from observer.store import USAGE_GROUP_COLUMNS, Store, UsageSpec
+from observer.core.times import iso, next_month
+from observer.db.store import Store
+from observer.db.usage_sql import USAGE_GROUP_COLUMNS, UsageSpec
+from observer.reports.sessions import human_duration
 
 TIME_GROUPINGS = ("day", "month")
 GROUPINGS = (*USAGE_GROUP_COLUMNS, *TIME_GROUPINGS)
@@ -58,16 +60,12 @@ def bucket_edges(start: datetime, end: datetime, unit: str | None) -> tuple[date
         if unit == "month":
             edge = edge.replace(day=1)
         while True:
-            edge = _next_month(edge) if unit == "month" else edge + timedelta(days=1)
+            edge = next_month(edge) if unit == "month" else edge + timedelta(days=1)
             if edge >= end:
                 break
             edges.append(edge)
     edges.append(end)
     return tuple(edges)
-
-
-def _next_month(d: datetime) -> datetime:
-    return d.replace(year=d.year + d.month // 12, month=d.month % 12 + 1)
 
 
 def compute(store: Store, q: UsageQuery) -> list[UsageLine]:
@@ -146,8 +144,3 @@ def _line_dict(q: UsageQuery, u: UsageLine) -> dict[str, Any]:
     d: dict[str, Any] = dict(zip(q.by, u.groups, strict=True))
     d.update(sessions=u.sessions, duration_ms=u.duration_ms, billable_minutes=u.billable_minutes)
     return d
-
-
-def iso(at: datetime) -> str:
-    """A UTC time as ISO 8601 with a Z, to the second."""
-    return at.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")

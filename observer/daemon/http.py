@@ -9,8 +9,8 @@ from aiohttp import web
 from livekit import api
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from observer.metrics import Metrics
-from observer.webhooks import Rejected, verify
+from observer.daemon.telemetry import Metrics
+from observer.daemon.webhooks import Rejected, verify
 
 log = logging.getLogger(__name__)
 

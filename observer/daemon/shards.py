@@ -4,7 +4,7 @@ One process joins rooms one at a time: joins that overlap in one rtc SDK multipl
 sockets each room keeps (measured: 3 per room joined alone, 6-28 with 2-8 joins at once),
 and one join takes ~0.1 s. So a fleet's rooms are spread over several processes, each with
 its own SDK, joining one room at a time. A worker only holds `RoomWatcher`s: it runs
-`python -m observer.shards`, takes commands on stdin and sends back the watchers' tracker
+`python -m observer.daemon.shards`, takes commands on stdin and sends back the watchers' tracker
 events on stdout (length-prefixed pickles between the daemon and its own children). The
 daemon keeps everything else: tracker, database, webhooks, listings.
 """
@@ -21,7 +21,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from observer.tracker import Event, Reconnecting, RoomClosed, RoomLost
+from observer.core.tracker import Event, Reconnecting, RoomClosed, RoomLost
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +69,7 @@ class RemoteWatcher:
         self._left: asyncio.Future[None] | None = None
 
     async def join(self, ws_url: str, token: str, connect_timeout_s: float) -> None:
-        from observer.watcher import RoomMismatchError
+        from observer.daemon.watcher import RoomMismatchError
 
         self.shard = self.pool.pick()
         self._joined = asyncio.get_running_loop().create_future()
@@ -104,7 +104,7 @@ class RemoteWatcher:
             self.shard.send(("recovered", self.room_sid, same_room))
 
     def _resolve(self, kind: str, detail: str = "") -> None:
-        from observer.watcher import RoomMismatchError
+        from observer.daemon.watcher import RoomMismatchError
 
         fut = self._joined
         if kind == "left":
@@ -187,7 +187,7 @@ class ShardPool:
         shard.proc = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
-            "observer.shards",
+            "observer.daemon.shards",
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
             limit=2**24,
@@ -257,8 +257,8 @@ async def serve() -> None:
     """Run in a worker: hold the rooms the daemon asks for, one join at a time."""
     from livekit import rtc
 
-    from observer.rooms import join_in_turn
-    from observer.watcher import RoomMismatchError, RoomWatcher, start_native_core_quietly
+    from observer.daemon.rooms import join_in_turn
+    from observer.daemon.watcher import RoomMismatchError, RoomWatcher, start_native_core_quietly
 
     start_native_core_quietly()
     loop = asyncio.get_running_loop()

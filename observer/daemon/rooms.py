@@ -7,16 +7,17 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Coroutine, Mapping
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from livekit import api, rtc
 
-from observer import discovery
 from observer.config import LiveKitSettings, Settings
-from observer.shards import JoinFailed, RemoteWatcher, ShardPool
-from observer.tracker import Event, Listed, RoomGone, RoomLost
-from observer.watcher import RoomMismatchError, RoomWatcher, observer_token
+from observer.core import discovery
+from observer.core.times import utcnow
+from observer.core.tracker import Event, Listed, RoomGone, RoomLost
+from observer.daemon.shards import JoinFailed, RemoteWatcher, ShardPool
+from observer.daemon.watcher import RoomMismatchError, RoomWatcher, observer_token
 
 Watcher = RoomWatcher | RemoteWatcher
 
@@ -31,10 +32,6 @@ CHECK_BATCH_DELAY_S = 0.2
 CHECK_RETRY_S = 1.0
 CHECK_CONCURRENCY = 8
 LEAVE_CONCURRENCY = 32
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
 
 
 # A join holds its turn this long at most: a join that hangs (the SDK retries for up to

@@ -7,10 +7,10 @@ from datetime import UTC, datetime
 from livekit import api
 from livekit.protocol import models
 
-from observer.store import WebhookRecord
-from observer.tracker import Event, Seen, WebhookJoined, WebhookLeft, WebhookRoomFinished
+from observer.core.tracker import Event, Seen, WebhookJoined, WebhookLeft, WebhookRoomFinished
+from observer.db.writes import WebhookRecord
 
-KINDS = {
+KIND_NAMES = {
     models.ParticipantInfo.Kind.STANDARD: "standard",
     models.ParticipantInfo.Kind.INGRESS: "ingress",
     models.ParticipantInfo.Kind.EGRESS: "egress",
@@ -97,7 +97,7 @@ def seen(p: models.ParticipantInfo, fallback: datetime) -> Seen:
         sid=p.sid,
         identity=p.identity,
         name=p.name,
-        kind=KINDS.get(p.kind, "standard"),
+        kind=KIND_NAMES.get(p.kind, "standard"),
         attributes=dict(p.attributes),
         joined_at=datetime.fromtimestamp(joined_ms / 1000, UTC) if joined_ms else fallback,
     )

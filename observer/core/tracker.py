@@ -11,18 +11,22 @@ from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
+from typing import Literal, assert_never
+
+from observer.core.vocab import (
+    COMPANY_KINDS,
+    END_RECONCILED,
+    END_ROOM_CLOSED,
+    END_RTC,
+    END_WEBHOOK,
+    EndSource,
+)
 
 UNKNOWN_REASON = "UNKNOWN_REASON"
 DUPLICATE_IDENTITY = "DUPLICATE_IDENTITY"
 
-# How `left_at` was learned; stored in `sessions.end_source`.
-END_RTC = "rtc"  # the leave was seen live by the observer in the room
-END_ROOM_CLOSED = "room_closed"  # the room was deleted or closed while the participant was in it
-END_RECONCILED = "reconciled"  # the leave happened while the observer could not see the room
-END_WEBHOOK = "webhook"  # learned from LiveKit's webhook, not seen by the observer
-
-# Participants that keep an agent company; an agent alone with none of these is "stuck".
-COMPANY_KINDS = frozenset({"standard", "sip", "ingress", "connector", "bridge"})
+# A watched room: the observer is inside and sees it, or its connection is reconnecting.
+RoomState = Literal["watching", "reconnecting"]
 RECENTLY_CLOSED_MAX = 100_000
 
 
@@ -222,7 +226,7 @@ class Close:
     key: SessionKey
     left_at: datetime
     reason: str | None
-    end_source: str
+    end_source: EndSource
     uncertainty_ms: int | None
     last_seen_at: datetime
     session: TrackedSession
@@ -260,7 +264,37 @@ class Verify:
     room_name: str
 
 
-Op = Open | Close | Touch | UpdateAttributes | StuckAgents | Verify
+RowWrite = Open | Close | Touch | UpdateAttributes  # changes to the sessions table
+Notice = StuckAgents | Verify  # for the daemon to act on; never written
+Op = RowWrite | Notice
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What one event changes: row writes for the writer, notices for the daemon."""
+
+    writes: tuple[RowWrite, ...] = ()
+    notices: tuple[Notice, ...] = ()
+
+    @classmethod
+    def of(cls, ops: Iterable[Op]) -> Outcome:
+        writes: list[RowWrite] = []
+        notices: list[Notice] = []
+        for op in ops:
+            match op:
+                case Open() | Close() | Touch() | UpdateAttributes():
+                    writes.append(op)
+                case StuckAgents() | Verify():
+                    notices.append(op)
+                case _:
+                    assert_never(op)
+        return cls(tuple(writes), tuple(notices))
+
+
+def missed_leave(last_seen_at: datetime, learned_at: datetime) -> tuple[datetime, int]:
+    """The one rule for a leave nobody saw: the session ends at the last time the participant
+    was seen, and the gap until its absence was learned is the uncertainty (ms)."""
+    return last_seen_at, max(0, round((learned_at - last_seen_at).total_seconds() * 1000))
 
 
 def agent_name_of(attributes: Mapping[str, str]) -> str | None:
@@ -271,7 +305,7 @@ def agent_name_of(attributes: Mapping[str, str]) -> str | None:
 @dataclass
 class _Room:
     name: str
-    state: str  # "watching" | "reconnecting"
+    state: RoomState
 
 
 @dataclass
@@ -340,8 +374,11 @@ class SessionTracker:
             s.room_sid: s.room_name for s in self._open.values() if s.room_sid not in self._rooms
         }
 
-    def handle(self, ev: Event) -> list[Op]:
-        """Apply one event; return the operations that record its effect."""
+    def handle(self, ev: Event) -> Outcome:
+        """Apply one event; return the writes that record its effect and the notices."""
+        return Outcome.of(self._apply(ev))
+
+    def _apply(self, ev: Event) -> list[Op]:
         match ev:
             case RoomJoined():
                 self._rooms[ev.room_sid] = _Room(ev.room_name, "watching")
@@ -396,10 +433,11 @@ class SessionTracker:
                 if room is not None and room.state == "watching":
                     return []  # the observer is inside and sees the room end itself
                 return [
-                    self._close(key, ev.at, None, END_WEBHOOK, None, ev.at)
+                    self._close(key, left_at=ev.at, reason=None, source=END_WEBHOOK)
                     for key in self._keys_in(ev.room_sid)
                 ]
-        raise TypeError(f"unknown event {ev!r}")
+            case _:
+                assert_never(ev)
 
     # ---- helpers ------------------------------------------------------------------------
 
@@ -443,7 +481,7 @@ class SessionTracker:
             self._suspect.setdefault(key, ev)
             return ops + self._verify(ev.room_sid, ev.at)
         if watching:
-            return [self._close(key, ev.at, ev.reason, END_RTC, None, ev.at)]
+            return [self._close(key, left_at=ev.at, reason=ev.reason, source=END_RTC)]
         # Announced by the server while the observer was reconnecting: real, but the moment
         # it happened is only known to lie in the gap.
         return [self._reconciled(key, ev.at, reason=ev.reason)]
@@ -456,7 +494,9 @@ class SessionTracker:
             if key in self._suspect or key in self._witness:
                 ops.append(self._reconciled(key, ev.at))
             else:
-                ops.append(self._close(key, ev.at, ev.reason, END_ROOM_CLOSED, None, ev.at))
+                ops.append(
+                    self._close(key, left_at=ev.at, reason=ev.reason, source=END_ROOM_CLOSED)
+                )
         return ops
 
     def _verify(self, room_sid: str, at: datetime) -> list[Op]:
@@ -551,11 +591,12 @@ class SessionTracker:
     def _close(
         self,
         key: SessionKey,
+        *,
         left_at: datetime,
         reason: str | None,
-        source: str,
-        uncertainty_ms: int | None,
-        last_seen_at: datetime,
+        source: EndSource,
+        uncertainty_ms: int | None = None,
+        last_seen_at: datetime | None = None,
     ) -> Close:
         s = self._open.pop(key)
         self._suspect.pop(key, None)
@@ -564,7 +605,15 @@ class SessionTracker:
         self._in_view.discard(key)
         if len(self._recently_closed) > RECENTLY_CLOSED_MAX:
             self._recently_closed.popitem(last=False)
-        return Close(key, left_at, reason, source, uncertainty_ms, last_seen_at, s)
+        return Close(
+            key=key,
+            left_at=left_at,
+            reason=reason,
+            end_source=source,
+            uncertainty_ms=uncertainty_ms,
+            last_seen_at=left_at if last_seen_at is None else last_seen_at,
+            session=s,
+        )
 
     def _reconciled(self, key: SessionKey, at: datetime, *, reason: str | None = None) -> Close:
         """Close a session whose leave the observer did not see: at the webhook's time when
@@ -573,11 +622,17 @@ class SessionTracker:
         witness = self._witness.get(key)
         if witness is not None:
             return self._close(
-                key, witness.at, witness.reason or reason, END_WEBHOOK, None, witness.at
+                key, left_at=witness.at, reason=witness.reason or reason, source=END_WEBHOOK
             )
-        last_seen = self._open[key].last_seen_at
-        width_ms = max(0, round((at - last_seen).total_seconds() * 1000))
-        return self._close(key, last_seen, reason, END_RECONCILED, width_ms, last_seen)
+        left_at, width_ms = missed_leave(self._open[key].last_seen_at, at)
+        return self._close(
+            key,
+            left_at=left_at,
+            reason=reason,
+            source=END_RECONCILED,
+            uncertainty_ms=width_ms,
+            last_seen_at=left_at,
+        )
 
     def _webhook_left(self, ev: WebhookLeft) -> list[Op]:
         key = SessionKey(ev.room_sid, ev.participant.sid)
@@ -588,12 +643,14 @@ class SessionTracker:
                 self._witness.setdefault(key, ev)
                 return []
         if key in self._open:
-            return [self._close(key, ev.at, ev.reason or None, END_WEBHOOK, None, ev.at)]
+            return [self._close(key, left_at=ev.at, reason=ev.reason or None, source=END_WEBHOOK)]
         # A session the observer never saw (it was down, or not in the room yet) is
         # opened from the webhook's participant info and closed at once.
         ops = self._joined(ev.room_name, ev.room_sid, ev.participant, ev.at)
         if key in self._open:
-            ops.append(self._close(key, ev.at, ev.reason or None, END_WEBHOOK, None, ev.at))
+            ops.append(
+                self._close(key, left_at=ev.at, reason=ev.reason or None, source=END_WEBHOOK)
+            )
         return ops
 
     def _forget_room(self, room_sid: str) -> None:
@@ -631,7 +688,9 @@ class SessionTracker:
                 if self._open[key].identity != identity:
                     continue
                 if self._watching(room_sid):
-                    ops.append(self._close(key, ev.at, DUPLICATE_IDENTITY, END_RTC, None, ev.at))
+                    ops.append(
+                        self._close(key, left_at=ev.at, reason=DUPLICATE_IDENTITY, source=END_RTC)
+                    )
                 else:
                     ops.append(self._reconciled(key, at, reason=DUPLICATE_IDENTITY))
         return ops
@@ -643,7 +702,9 @@ class SessionTracker:
             if key not in self._open:
                 del self._witness[key]
             elif at - wh.at >= hold:
-                ops.append(self._close(key, wh.at, wh.reason or None, END_WEBHOOK, None, wh.at))
+                ops.append(
+                    self._close(key, left_at=wh.at, reason=wh.reason or None, source=END_WEBHOOK)
+                )
         retry = timedelta(seconds=self.verify_retry_s)
         for room_sid in {k.room_sid for k in self._suspect}:
             asked = self._verify_asked.get(room_sid)

@@ -13,7 +13,8 @@ from collections.abc import Callable, Sequence
 
 from sqlalchemy.exc import SQLAlchemyError
 
-from observer.store import Store, Write
+from observer.db.store import Store
+from observer.db.writes import Write
 
 log = logging.getLogger(__name__)
 

@@ -7,38 +7,35 @@ import asyncio
 import logging
 from collections import OrderedDict
 from collections.abc import Callable, Coroutine, Sequence
-from datetime import UTC, datetime
 from typing import Any
 
 import aiohttp
 from livekit import api
 
-from observer import discovery, webhooks
 from observer.config import LiveKitSettings, Settings
-from observer.metrics import Metrics
-from observer.rooms import Rooms
-from observer.shards import ShardPool
-from observer.store import Store, Write
-from observer.tracker import (
-    END_RECONCILED,
-    Close,
+from observer.core import discovery
+from observer.core.times import utcnow
+from observer.core.tracker import (
     Event,
     Listed,
-    Op,
-    Open,
     Reconnecting,
     RoomClosed,
     RoomJoined,
     RoomLost,
     SessionTracker,
-    StuckAgents,
     Tick,
     Verify,
     WebhookRoomFinished,
 )
-from observer.watcher import start_native_core_quietly
-from observer.web import WebServer
-from observer.writer import BufferFull, Writer
+from observer.daemon import telemetry, webhooks
+from observer.daemon.http import WebServer
+from observer.daemon.rooms import Rooms
+from observer.daemon.shards import ShardPool
+from observer.daemon.telemetry import Metrics
+from observer.daemon.watcher import start_native_core_quietly
+from observer.daemon.writer import BufferFull, Writer
+from observer.db.store import Store
+from observer.db.writes import Write
 
 log = logging.getLogger(__name__)
 
@@ -48,10 +45,6 @@ EXIT_OVERFLOW = 3
 TICK_S = 0.5
 SEEN_WEBHOOKS_MAX = 50_000
 IDENTITY_PREFIX = "lk-observer-"
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
 
 
 class Observer:
@@ -80,7 +73,14 @@ class Observer:
             max_pending=settings.queue_max,
             on_error=lambda _exc: self.metrics.db_errors.inc(),
             on_retry=self.metrics.db_retries.inc,
-            on_written=self._written,
+            on_written=lambda writes: telemetry.record_written(self.metrics, writes),
+        )
+        self.metrics.read_gauges(
+            sessions_open=lambda: len(self.tracker.open_sessions),
+            rooms_watched=lambda: self.tracker.watched_count,
+            stuck_agents=lambda: self.tracker.stuck_agents,
+            event_queue_depth=self.queue.qsize,
+            db_pending_ops=lambda: self.writer.pending,
         )
         self.rooms: Rooms | None = None
         self.pool: ShardPool | None = None
@@ -173,7 +173,6 @@ class Observer:
                     pass
             else:
                 self.tracker.seed(sessions)
-                self._update_gauges()
                 return True
         return False
 
@@ -256,10 +255,15 @@ class Observer:
                 self.metrics.reconnects.inc()
             if isinstance(ev, RoomJoined):
                 self._joined(ev)
-            ops = self.tracker.handle(ev)
-            self._observe(ops)
-            self._submit(ops)
-            self._update_gauges()
+            out = self.tracker.handle(ev)
+            telemetry.record_writes(self.metrics, out.writes)
+            self._submit(out.writes)
+            for notice in out.notices:
+                telemetry.record_notice(
+                    self.metrics, notice, stuck_limit_s=self.settings.stuck_agent_s
+                )
+                if isinstance(notice, Verify) and self.rooms is not None:
+                    self.rooms.verify(notice.room_sid, notice.room_name)
             self.queue.task_done()
 
     def _joined(self, ev: RoomJoined) -> None:
@@ -270,72 +274,6 @@ class Observer:
             "room joined",
             extra={"room": ev.room_name, "room_sid": ev.room_sid, "present": len(ev.present)},
         )
-
-    def _observe(self, ops: list[Op]) -> None:
-        for op in ops:
-            if isinstance(op, Open):
-                s = op.session
-                self.metrics.sessions_opened.labels(kind=s.kind).inc()
-                log.info(
-                    "session opened",
-                    extra={
-                        "room": s.room_name,
-                        "participant_sid": s.participant_sid,
-                        "identity": s.identity,
-                        "kind": s.kind,
-                        "agent_name": s.agent_name,
-                        "joined_at": s.joined_at,
-                    },
-                )
-            elif isinstance(op, Close):
-                s = op.session
-                duration_s = max(0.0, (op.left_at - s.joined_at).total_seconds())
-                self.metrics.sessions_closed.labels(
-                    reason=op.reason or "UNKNOWN", end_source=op.end_source
-                ).inc()
-                if s.kind == "agent":
-                    self.metrics.session_duration.observe(duration_s)
-                log.info(
-                    "session closed",
-                    extra={
-                        "room": s.room_name,
-                        "participant_sid": s.participant_sid,
-                        "identity": s.identity,
-                        "reason": op.reason,
-                        "end_source": op.end_source,
-                        "duration_ms": round(duration_s * 1000),
-                    },
-                )
-            elif isinstance(op, Verify):
-                if self.rooms is not None:
-                    self.rooms.verify(op.room_sid, op.room_name)
-            elif isinstance(op, StuckAgents):
-                self.metrics.stuck_alerts.inc()
-                log.warning(
-                    "agent alone in room",
-                    extra={
-                        "room": op.room_name,
-                        "room_sid": op.room_sid,
-                        "identities": ",".join(op.identities),
-                        "alone_since": op.alone_since,
-                        "limit_s": self.settings.stuck_agent_s,
-                    },
-                )
-
-    def _update_gauges(self) -> None:
-        m = self.metrics
-        m.sessions_open.set(len(self.tracker.open_sessions))
-        m.rooms_watched.set(self.tracker.watched_count)
-        m.stuck_agents.set(self.tracker.stuck_agents)
-        m.event_queue_depth.set(self.queue.qsize())
-        m.db_pending_ops.set(self.writer.pending)
-
-    def _written(self, writes: Sequence[Write]) -> None:
-        now = utcnow()
-        for w in writes:
-            if isinstance(w, Close) and w.end_source != END_RECONCILED:
-                self.metrics.leave_to_row.observe(max(0.0, (now - w.left_at).total_seconds()))
-        self.metrics.db_pending_ops.set(self.writer.pending)
 
     async def _tick(self) -> None:
         while True:

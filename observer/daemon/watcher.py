@@ -14,7 +14,7 @@ from typing import Any
 
 from livekit import api, rtc
 
-from observer.tracker import (
+from observer.core.tracker import (
     AttributesChanged,
     Event,
     ParticipantJoined,

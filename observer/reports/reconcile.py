@@ -29,8 +29,11 @@ from decimal import Decimal, InvalidOperation
 from pathlib import Path
 
 from observer.config import LiveKitSettings
-from observer.store import Rollup, RollupTx, StaleSession, Store, UsageSpec
-from observer.usage import iso
+from observer.core.times import iso, next_month
+from observer.db.reads import StaleSession
+from observer.db.rollups import Rollup, RollupTx
+from observer.db.store import Store
+from observer.db.usage_sql import UsageSpec
 
 GROUP_KINDS = ("agent", "room", "total")
 STATEMENT_COLUMNS = ("group_kind", "group_key", "minutes")
@@ -69,7 +72,7 @@ def parse_period(raw: str) -> Period:
         year, month = int(m[1]), int(m[2])
         if m[3] is None:
             start = datetime(year, month, 1, tzinfo=UTC)
-            end = start.replace(year=year + month // 12, month=month % 12 + 1)
+            end = next_month(start)
         else:
             start = datetime(year, month, int(m[3]), tzinfo=UTC)
             end = start + timedelta(days=1)

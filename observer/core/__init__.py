@@ -1,0 +1,1 @@
+"""The pure core: session tracking and room planning, no I/O."""

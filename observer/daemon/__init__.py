@@ -1,0 +1,1 @@
+"""The daemon: room connections, webhooks, the HTTP server, the writer and telemetry."""

@@ -1,0 +1,184 @@
+"""Telemetry: Prometheus metrics on a registry of the daemon's own, and what the tracker's
+writes and notices mean for metrics and log lines.
+
+Gauges are read when scraped (`set_function`), so nothing has to push them after each event.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from typing import assert_never
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from observer.core.times import utcnow
+from observer.core.tracker import (
+    Close,
+    Notice,
+    Open,
+    RowWrite,
+    StuckAgents,
+    Touch,
+    UpdateAttributes,
+    Verify,
+)
+from observer.core.vocab import END_RECONCILED
+
+log = logging.getLogger(__name__)
+
+LATENCY_BUCKETS_S = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
+DURATION_BUCKETS_S = (10, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200, 14400, 43200)
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.rooms_watched = Gauge(
+            "observer_rooms_watched", "Rooms the observer is connected to", registry=r
+        )
+        self.sessions_open = Gauge(
+            "observer_sessions_open", "Tracked participant sessions currently open", registry=r
+        )
+        self.sessions_opened = Counter(
+            "observer_sessions_opened_total", "Sessions opened", ["kind"], registry=r
+        )
+        self.sessions_closed = Counter(
+            "observer_sessions_closed_total",
+            "Sessions closed, by disconnect reason and how the end was learned",
+            ["reason", "end_source"],
+            registry=r,
+        )
+        self.leave_to_row = Histogram(
+            "observer_leave_to_row_seconds",
+            "From a participant's leave to its row being closed in the database",
+            buckets=LATENCY_BUCKETS_S,
+            registry=r,
+        )
+        self.room_join_latency = Histogram(
+            "observer_room_join_latency_seconds",
+            "From a room first being seen (listing or webhook) to the observer being inside",
+            buckets=LATENCY_BUCKETS_S,
+            registry=r,
+        )
+        self.reconnects = Counter(
+            "observer_reconnects_total", "The observer's own reconnects to rooms", registry=r
+        )
+        self.db_errors = Counter(
+            "observer_db_errors_total", "Failed database write attempts", registry=r
+        )
+        self.db_retries = Counter(
+            "observer_db_retries_total", "Database write batches retried", registry=r
+        )
+        self.db_pending_ops = Gauge(
+            "observer_db_pending_ops", "Changes waiting to be written to the database", registry=r
+        )
+        self.webhooks = Counter(
+            "observer_webhooks_total", "Webhook requests, by outcome", ["outcome"], registry=r
+        )
+        self.session_duration = Histogram(
+            "observer_agent_session_duration_seconds",
+            "Standing time of closed agent sessions",
+            buckets=DURATION_BUCKETS_S,
+            registry=r,
+        )
+        self.stuck_agents = Gauge(
+            "observer_stuck_agents", "Agents alone in a room longer than the limit", registry=r
+        )
+        self.stuck_alerts = Counter(
+            "observer_stuck_agent_alerts_total", "Stuck-agent occurrences", registry=r
+        )
+        self.event_queue_depth = Gauge(
+            "observer_event_queue_depth", "Room events waiting to be handled", registry=r
+        )
+
+    def value(self, name: str, labels: dict[str, str] | None = None) -> float:
+        """A sample's current value (0 when absent); for tests and health output."""
+        v = self.registry.get_sample_value(name, labels or {})
+        return 0.0 if v is None else v
+
+    def read_gauges(
+        self,
+        *,
+        sessions_open: Callable[[], float],
+        rooms_watched: Callable[[], float],
+        stuck_agents: Callable[[], float],
+        event_queue_depth: Callable[[], float],
+        db_pending_ops: Callable[[], float],
+    ) -> None:
+        """Have each gauge read its value from its owner when scraped."""
+        self.sessions_open.set_function(sessions_open)
+        self.rooms_watched.set_function(rooms_watched)
+        self.stuck_agents.set_function(stuck_agents)
+        self.event_queue_depth.set_function(event_queue_depth)
+        self.db_pending_ops.set_function(db_pending_ops)
+
+
+def record_writes(m: Metrics, writes: Sequence[RowWrite]) -> None:
+    """Count and log what the tracker decided to write."""
+    for w in writes:
+        match w:
+            case Open(session=s):
+                m.sessions_opened.labels(kind=s.kind).inc()
+                log.info(
+                    "session opened",
+                    extra={
+                        "room": s.room_name,
+                        "participant_sid": s.participant_sid,
+                        "identity": s.identity,
+                        "kind": s.kind,
+                        "agent_name": s.agent_name,
+                        "joined_at": s.joined_at,
+                    },
+                )
+            case Close(session=s):
+                duration_s = max(0.0, (w.left_at - s.joined_at).total_seconds())
+                m.sessions_closed.labels(
+                    reason=w.reason or "UNKNOWN", end_source=w.end_source
+                ).inc()
+                if s.kind == "agent":
+                    m.session_duration.observe(duration_s)
+                log.info(
+                    "session closed",
+                    extra={
+                        "room": s.room_name,
+                        "participant_sid": s.participant_sid,
+                        "identity": s.identity,
+                        "reason": w.reason,
+                        "end_source": w.end_source,
+                        "duration_ms": round(duration_s * 1000),
+                    },
+                )
+            case Touch() | UpdateAttributes():
+                pass
+            case _:
+                assert_never(w)
+
+
+def record_notice(m: Metrics, notice: Notice, *, stuck_limit_s: float) -> None:
+    match notice:
+        case StuckAgents():
+            m.stuck_alerts.inc()
+            log.warning(
+                "agent alone in room",
+                extra={
+                    "room": notice.room_name,
+                    "room_sid": notice.room_sid,
+                    "identities": ",".join(notice.identities),
+                    "alone_since": notice.alone_since,
+                    "limit_s": stuck_limit_s,
+                },
+            )
+        case Verify():
+            pass
+        case _:
+            assert_never(notice)
+
+
+def record_written(m: Metrics, writes: Sequence[object]) -> None:
+    """A batch reached the database: how long after each live leave its row was closed."""
+    now = utcnow()
+    for w in writes:
+        if isinstance(w, Close) and w.end_source != END_RECONCILED:
+            m.leave_to_row.observe(max(0.0, (now - w.left_at).total_seconds()))

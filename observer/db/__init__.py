@@ -1,0 +1,1 @@
+"""The database: schema, migrations, the daemon's writes and the reports' reads."""

@@ -1,0 +1,119 @@
+"""The reads and writes of one reconcile run: settling, usage and period rollups."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, fields
+from datetime import datetime
+
+from sqlalchemy import (
+    bindparam,
+    delete,
+    select,
+    update,
+)
+from sqlalchemy.orm import Session
+
+from observer.core.tracker import missed_leave
+from observer.core.vocab import (
+    END_RECONCILED,
+)
+from observer.db.reads import StaleSession
+from observer.db.schema import Base, SessionRow, dialect_insert
+from observer.db.usage_sql import UsageSpec, UsageTotal, usage_totals
+
+
+@dataclass(frozen=True)
+class Rollup:
+    """One group's standing time in one period, as stored in `period_rollups`."""
+
+    group_kind: str  # "agent" | "room" | "total"
+    group_key: str  # the agent or room name; "" for sessions without an agent name, and total
+    sessions: int
+    duration_ms: int
+    billable_minutes: int
+    finalized_at: datetime | None = None
+    computed_at: datetime | None = None
+
+
+class RollupTx:
+    """The reads and writes of one reconcile run, all inside one transaction."""
+
+    def __init__(self, db: Session) -> None:
+        self.db = db
+
+    def settle(self, sessions: Iterable[StaleSession], now: datetime) -> int:
+        """Close sessions whose participant is gone, as the daemon does at start-up: at the
+        last time they were seen, with the gap up to `now` as the uncertainty.
+
+        A row that was closed or seen again since it was read is left alone, so a daemon
+        still watching it wins. Returns how many rows were closed.
+        """
+        closed = 0
+        conn = self.db.connection()
+        for s in sessions:
+            last_seen, uncertainty_ms = missed_leave(s.last_seen_at, now)
+            left_at = max(last_seen, s.joined_at)
+            stmt = (
+                update(SessionRow)
+                .where(
+                    SessionRow.id == s.id,
+                    SessionRow.left_at.is_(None),
+                    SessionRow.last_seen_at == s.last_seen_at,
+                )
+                .values(
+                    left_at=left_at,
+                    duration_ms=round((left_at - s.joined_at).total_seconds() * 1000),
+                    disconnect_reason=None,
+                    end_source=END_RECONCILED,
+                    end_uncertainty_ms=uncertainty_ms,
+                    updated_at=now,
+                )
+            )
+            closed += conn.execute(stmt).rowcount
+        return closed
+
+    def usage(self, spec: UsageSpec) -> list[UsageTotal]:
+        """As `Store.usage`, inside this transaction (after its settling)."""
+        return usage_totals(self.db.connection(), spec)
+
+    def rollups(self, start: datetime, end: datetime) -> list[Rollup]:
+        """The stored rows of one period, by group."""
+        t = Base.metadata.tables["period_rollups"]
+        q = (
+            select(*(t.c[f.name] for f in fields(Rollup)))
+            .where(t.c.period_start == start, t.c.period_end == end)
+            .order_by(t.c.group_kind, t.c.group_key)
+        )
+        return [Rollup(*row) for row in self.db.execute(q).all()]
+
+    def write_rollups(
+        self,
+        start: datetime,
+        end: datetime,
+        rows: Sequence[Rollup],
+        drop: Sequence[tuple[str, str]] = (),
+    ) -> None:
+        """Insert or replace `rows` of the period; delete the groups in `drop`."""
+        table = Base.metadata.tables["period_rollups"]
+        conn = self.db.connection()
+        if drop:
+            stmt = delete(table).where(
+                table.c.period_start == start,
+                table.c.period_end == end,
+                table.c.group_kind == bindparam("kind"),
+                table.c.group_key == bindparam("key"),
+            )
+            conn.execute(stmt, [{"kind": kind, "key": key} for kind, key in drop])
+        if not rows:
+            return
+        insert = dialect_insert(conn.dialect.name, table)
+        numbers = ("sessions", "duration_ms", "billable_minutes", "finalized_at", "computed_at")
+        upsert = insert.on_conflict_do_update(
+            index_elements=["period_start", "period_end", "group_kind", "group_key"],
+            set_={c: insert.excluded[c] for c in numbers},
+        )
+        conn.execute(
+            upsert,
+            [{"period_start": start, "period_end": end, **vars(r)} for r in rows],
+        )

@@ -1,0 +1,181 @@
+"""The tables, as typed models; Alembic's migrations follow them."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    CheckConstraint,
+    DateTime,
+    Dialect,
+    Engine,
+    Index,
+    Integer,
+    MetaData,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+    create_engine,
+    event,
+    text,
+)
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """A timestamp stored as UTC and always read back timezone-aware.
+
+    SQLite has no timezone type; storing naive UTC there and attaching UTC on the way
+    out gives the same values, ordering and comparisons as PostgreSQL's timestamptz.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given; use timezone-aware UTC datetimes")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
+
+
+# SQLite only auto-increments an INTEGER PRIMARY KEY.
+BigID = BigInteger().with_variant(Integer(), "sqlite")
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class SessionRow(Base):
+    """One participant session (one participant sid in one room)."""
+
+    __tablename__ = "sessions"
+
+    id: Mapped[int] = mapped_column(BigID, primary_key=True, autoincrement=True)
+    room_name: Mapped[str] = mapped_column(Text)
+    room_sid: Mapped[str] = mapped_column(Text)
+    participant_sid: Mapped[str] = mapped_column(Text)
+    participant_identity: Mapped[str] = mapped_column(Text)
+    participant_name: Mapped[str | None] = mapped_column(Text)
+    participant_kind: Mapped[str] = mapped_column(Text)
+    agent_name: Mapped[str | None] = mapped_column(Text)
+    attributes: Mapped[dict[str, str]] = mapped_column(JSON, default=dict)
+    joined_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    left_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    duration_ms: Mapped[int | None] = mapped_column(BigInteger)
+    disconnect_reason: Mapped[str | None] = mapped_column(Text)
+    end_source: Mapped[str | None] = mapped_column(Text)
+    end_uncertainty_ms: Mapped[int | None] = mapped_column(BigInteger)
+    last_seen_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    observer_id: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+    __table_args__ = (
+        UniqueConstraint("room_sid", "participant_sid"),
+        Index("ix_sessions_agent_name_joined_at", "agent_name", "joined_at"),
+        Index("ix_sessions_room_name_joined_at", "room_name", "joined_at"),
+        Index("ix_sessions_participant_identity_joined_at", "participant_identity", "joined_at"),
+        Index("ix_sessions_joined_at", "joined_at"),
+        Index("ix_sessions_duration_ms", "duration_ms"),
+        Index(
+            "ix_sessions_open_joined_at",
+            "joined_at",
+            sqlite_where=text("left_at IS NULL"),
+            postgresql_where=text("left_at IS NULL"),
+        ),
+        Index(
+            "ix_sessions_open",
+            "observer_id",
+            "room_sid",
+            sqlite_where=text("left_at IS NULL"),
+            postgresql_where=text("left_at IS NULL"),
+        ),
+    )
+
+
+class PeriodRollupRow(Base):
+    """One group's standing time in one period, written by `observer reconcile`."""
+
+    __tablename__ = "period_rollups"
+
+    id: Mapped[int] = mapped_column(BigID, primary_key=True, autoincrement=True)
+    period_start: Mapped[datetime] = mapped_column(UTCDateTime)
+    period_end: Mapped[datetime] = mapped_column(UTCDateTime)
+    group_kind: Mapped[str] = mapped_column(Text)
+    group_key: Mapped[str] = mapped_column(Text)
+    sessions: Mapped[int] = mapped_column(BigInteger)
+    duration_ms: Mapped[int] = mapped_column(BigInteger)
+    billable_minutes: Mapped[int] = mapped_column(BigInteger)
+    finalized_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    computed_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+    __table_args__ = (
+        UniqueConstraint("period_start", "period_end", "group_kind", "group_key"),
+        CheckConstraint("group_kind IN ('agent', 'room', 'total')", name="group_kind"),
+    )
+
+
+class WebhookEventRow(Base):
+    """Every accepted LiveKit webhook event, once (deduplicated by the event id)."""
+
+    __tablename__ = "webhook_events"
+
+    id: Mapped[str] = mapped_column(Text, primary_key=True)
+    event: Mapped[str] = mapped_column(Text)
+    room_name: Mapped[str | None] = mapped_column(Text)
+    room_sid: Mapped[str | None] = mapped_column(Text)
+    participant_sid: Mapped[str | None] = mapped_column(Text)
+    participant_identity: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    body: Mapped[str] = mapped_column(Text)
+
+    __table_args__ = (
+        Index("ix_webhook_events_created_at", "created_at"),
+        Index("ix_webhook_events_room_sid_participant_sid", "room_sid", "participant_sid"),
+    )
+
+
+def dialect_insert(dialect: str, target: Any) -> Any:
+    """An INSERT that can take ON CONFLICT, in the dialect's own flavour."""
+    return pg_insert(target) if dialect == "postgresql" else sqlite_insert(target)
+
+
+def make_engine(url: str) -> Engine:
+    """An engine with the settings this project relies on for each backend."""
+    if url.startswith("sqlite"):
+        engine = create_engine(url, connect_args={"timeout": 30})
+
+        @event.listens_for(engine, "connect")
+        def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA synchronous=NORMAL")
+            cur.close()
+
+        return engine
+    return create_engine(url, pool_pre_ping=True, connect_args={"connect_timeout": 5})

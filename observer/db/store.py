@@ -1,0 +1,82 @@
+"""The store: owns the engine and runs each read or write in its own transaction."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from datetime import datetime
+
+from sqlalchemy import (
+    select,
+    text,
+)
+from sqlalchemy.orm import Session
+
+from observer.core.times import utcnow
+from observer.core.tracker import (
+    TrackedSession,
+)
+from observer.db.reads import SessionFilter, StaleSession, session_rows, stale_sessions
+from observer.db.rollups import RollupTx
+from observer.db.schema import SessionRow, WebhookEventRow, make_engine
+from observer.db.usage_sql import UsageSpec, UsageTotal, usage_totals
+from observer.db.writes import Write, apply_ops, open_sessions
+
+log = logging.getLogger(__name__)
+
+
+class Store:
+    """Owns the engine; every method is synchronous and runs one transaction."""
+
+    def __init__(self, url: str) -> None:
+        self.engine = make_engine(url)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def ping(self) -> None:
+        with self.engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+
+    def schema_is_current(self) -> bool:
+        from observer.db.migrate import is_current
+
+        return is_current(self.engine)
+
+    def apply(self, ops: Sequence[Write], observer_id: str) -> None:
+        """Apply a batch of tracker operations in one transaction.
+
+        Every operation is idempotent, so a batch that failed half-way can be retried whole.
+        """
+        with Session(self.engine) as db, db.begin():
+            apply_ops(db, ops, observer_id, utcnow())
+
+    def webhook_events(self) -> list[WebhookEventRow]:
+        with Session(self.engine, expire_on_commit=False) as db:
+            rows = list(db.scalars(select(WebhookEventRow).order_by(WebhookEventRow.received_at)))
+            db.expunge_all()
+            return rows
+
+    def open_sessions(self, observer_id: str) -> list[TrackedSession]:
+        """Sessions this observer left open, to continue after a restart."""
+        return open_sessions(self.engine, observer_id)
+
+    def sessions(self, f: SessionFilter) -> list[SessionRow]:
+        """Rows matching a filter, newest first."""
+        return session_rows(self.engine, f)
+
+    def usage(self, spec: UsageSpec) -> list[UsageTotal]:
+        """Standing time per group and bucket, computed in SQL."""
+        with self.engine.connect() as conn:
+            return usage_totals(conn, spec)
+
+    def stale_open_sessions(self, seen_before: datetime) -> list[StaleSession]:
+        """Open sessions of every observer, last confirmed present before `seen_before`."""
+        return stale_sessions(self.engine, seen_before)
+
+    @contextmanager
+    def rollup_transaction(self) -> Iterator[RollupTx]:
+        """One transaction for a reconcile run: committed when the block ends normally."""
+        with Session(self.engine) as db, db.begin():
+            yield RollupTx(db)

@@ -1,0 +1,166 @@
+"""The daemon's writes: tracker operations and webhook records applied to the rows."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, assert_never
+
+from sqlalchemy import (
+    Engine,
+    bindparam,
+    select,
+    update,
+)
+from sqlalchemy.orm import Session
+
+from observer.core.tracker import (
+    Close,
+    Open,
+    RowWrite,
+    SessionKey,
+    Touch,
+    TrackedSession,
+    UpdateAttributes,
+)
+from observer.db.schema import Base, SessionRow, WebhookEventRow, dialect_insert
+
+
+@dataclass(frozen=True)
+class WebhookRecord:
+    """A webhook event as stored in `webhook_events`."""
+
+    id: str
+    event: str
+    room_name: str | None
+    room_sid: str | None
+    participant_sid: str | None
+    participant_identity: str | None
+    created_at: datetime
+    received_at: datetime
+    body: str
+
+
+Write = RowWrite | WebhookRecord
+
+
+def _key_clause(key: SessionKey) -> tuple[Any, ...]:
+    return (SessionRow.room_sid == key.room_sid, SessionRow.participant_sid == key.participant_sid)
+
+
+def _tracked(r: SessionRow) -> TrackedSession:
+    return TrackedSession(
+        room_name=r.room_name,
+        room_sid=r.room_sid,
+        participant_sid=r.participant_sid,
+        identity=r.participant_identity,
+        name=r.participant_name or "",
+        kind=r.participant_kind,
+        agent_name=r.agent_name,
+        attributes=dict(r.attributes or {}),
+        joined_at=r.joined_at,
+        last_seen_at=r.last_seen_at,
+    )
+
+
+def apply_ops(db: Session, ops: Sequence[Write], observer_id: str, now: datetime) -> None:
+    """Apply a batch of tracker writes and webhook records inside the caller's transaction.
+
+    Every write is idempotent, so a batch that failed half-way can be retried whole.
+    """
+    dialect = db.get_bind().dialect.name
+    for op in ops:
+        match op:
+            case Open():
+                _open(db, op.session, observer_id, now)
+            case Close():
+                _close(db, op, now)
+            case Touch():
+                _touch(db, op.keys, op.at, now)
+            case UpdateAttributes():
+                db.execute(
+                    update(SessionRow)
+                    .where(*_key_clause(op.key))
+                    .values(
+                        attributes=dict(op.attributes), agent_name=op.agent_name, updated_at=now
+                    )
+                )
+            case WebhookRecord():
+                stmt = dialect_insert(dialect, WebhookEventRow).values(**vars(op))
+                db.execute(stmt.on_conflict_do_nothing(index_elements=["id"]))
+            case _:
+                assert_never(op)
+
+
+def _open(db: Session, s: TrackedSession, observer_id: str, now: datetime) -> None:
+    values = dict(
+        room_name=s.room_name,
+        room_sid=s.room_sid,
+        participant_sid=s.participant_sid,
+        participant_identity=s.identity,
+        participant_name=s.name or None,
+        participant_kind=s.kind,
+        agent_name=s.agent_name,
+        attributes=dict(s.attributes),
+        joined_at=s.joined_at,
+        last_seen_at=s.last_seen_at,
+        observer_id=observer_id,
+        created_at=now,
+        updated_at=now,
+    )
+    stmt = dialect_insert(db.get_bind().dialect.name, SessionRow).values(**values)
+    db.execute(stmt.on_conflict_do_nothing(index_elements=["room_sid", "participant_sid"]))
+
+
+def _close(db: Session, op: Close, now: datetime) -> None:
+    row = db.execute(
+        select(SessionRow.id, SessionRow.joined_at).where(
+            *_key_clause(op.key), SessionRow.left_at.is_(None)
+        )
+    ).first()
+    if row is None:
+        return
+    left_at = max(op.left_at, row.joined_at)
+    duration_ms = round((left_at - row.joined_at).total_seconds() * 1000)
+    db.execute(
+        update(SessionRow)
+        .where(SessionRow.id == row.id, SessionRow.left_at.is_(None))
+        .values(
+            left_at=left_at,
+            duration_ms=duration_ms,
+            disconnect_reason=op.reason,
+            end_source=op.end_source,
+            end_uncertainty_ms=op.uncertainty_ms,
+            last_seen_at=max(op.last_seen_at, row.joined_at),
+            updated_at=now,
+        )
+    )
+
+
+def _touch(db: Session, keys: Iterable[SessionKey], at: datetime, now: datetime) -> None:
+    params = [{"r": k.room_sid, "p": k.participant_sid, "at": at, "now": now} for k in keys]
+    if not params:
+        return
+    table = Base.metadata.tables["sessions"]
+    stmt = (
+        update(table)
+        .where(
+            table.c.room_sid == bindparam("r"),
+            table.c.participant_sid == bindparam("p"),
+            table.c.left_at.is_(None),
+        )
+        .values(last_seen_at=bindparam("at"), updated_at=bindparam("now"))
+    )
+    db.connection().execute(stmt, params)
+
+
+def open_sessions(engine: Engine, observer_id: str) -> list[TrackedSession]:
+    """Sessions this observer left open, to continue after a restart."""
+    with Session(engine) as db:
+        rows = db.scalars(
+            select(SessionRow)
+            .where(SessionRow.left_at.is_(None), SessionRow.observer_id == observer_id)
+            .order_by(SessionRow.id)
+        ).all()
+        return [_tracked(r) for r in rows]

@@ -1,0 +1,1 @@
+"""The reports: sessions, usage and reconcile, and how they are rendered."""
