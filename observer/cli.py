@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from dotenv import dotenv_values
+from sqlalchemy.exc import SQLAlchemyError
 
 if TYPE_CHECKING:
     import aiohttp
@@ -63,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     state.add_argument("--open", action="store_const", dest="state", const="open")
     state.add_argument("--closed", action="store_const", dest="state", const="closed")
     s.add_argument(
-        "--limit", type=int, default=None, help="at most N rows (table default 100; csv/json: all)"
+        "--limit", default=None, help="at most N rows (table default 100; csv/json: all)"
     )
     s.add_argument("--format", choices=("table", "json", "csv"), default="table")
 
@@ -129,15 +130,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     except KeyboardInterrupt:
         return 130
-    except Exception as exc:  # one clear line; details only at debug level
-        from sqlalchemy.exc import SQLAlchemyError
-
+    except (SQLAlchemyError, OSError) as exc:  # the database or a file: one clear line
         if isinstance(exc, SQLAlchemyError):
-            msg = f"database error: {type(exc).__name__}: {str(exc).splitlines()[0]}"
+            first = str(exc).splitlines()[0] if str(exc) else ""
+            msg = f"database error: {type(exc).__name__}: {first}"
         else:
             msg = f"{type(exc).__name__}: {exc}"
         print(f"observer: {msg}", file=sys.stderr)
-        one_shot = ("migrate", "sessions", "usage", "reconcile")  # any failure is exit 2
+        # the one-shot commands document 2 for an error before anything was done
+        one_shot = ("migrate", "sessions", "usage", "reconcile")
         return EXIT_USAGE if args.command in one_shot else EXIT_FAILED
 
 
@@ -228,18 +229,50 @@ def cmd_run(settings: Settings) -> int:
     return run_forever(settings, install)
 
 
-def parse_time(raw: str, *, now: datetime | None = None) -> datetime:
+# Times the reports accept: from the Unix epoch to well before datetime's own limit, so
+# that windows, day edges and milliseconds since the epoch never overflow.
+EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
+LATEST = datetime(9000, 1, 1, tzinfo=UTC)
+
+
+def parse_time(raw: str, *, flag: str = "time", now: datetime | None = None) -> datetime:
     """ISO 8601 date or time (UTC unless it says otherwise), or `30m`, `24h`, `7d` ago."""
     now = now or datetime.now(UTC)
     units = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
     text = raw.strip()
-    if len(text) >= 2 and text[-1] in units and text[:-1].isdigit():
-        return now - timedelta(**{units[text[-1]]: int(text[:-1])})
     try:
-        value = datetime.fromisoformat(text.replace("Z", "+00:00"))
+        if len(text) >= 2 and text[-1] in units and text[:-1].isdigit():
+            value = now - timedelta(**{units[text[-1]]: int(text[:-1])})
+        else:
+            value = datetime.fromisoformat(text.replace("Z", "+00:00"))
+            value = value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    except (ValueError, OverflowError):
+        raise UsageError(
+            f"{flag}: not an ISO 8601 time or a relative time like 24h: {raw!r}"
+        ) from None
+    if not EARLIEST <= value < LATEST:
+        raise UsageError(
+            f"{flag}: {raw!r} is out of range ({EARLIEST:%Y-%m-%d} to before {LATEST:%Y-%m-%d})"
+        )
+    return value
+
+
+LIMIT_MAX = 2**63 - 1
+
+
+def parse_limit(raw: str | None) -> int | None:
+    if raw is None:
+        return None
+    text = raw.strip()
+    try:
+        limit = int(text)
     except ValueError:
-        raise UsageError(f"not an ISO 8601 time or a relative time like 24h: {raw!r}") from None
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+        raise UsageError(f"--limit must be a whole number, got {raw!r}") from None
+    if limit < 1:
+        raise UsageError(f"--limit must be at least 1, got {raw!r}")
+    if limit > LIMIT_MAX:
+        raise UsageError(f"--limit must be at most {LIMIT_MAX}, got {raw!r}")
+    return limit
 
 
 def cmd_sessions(settings: Settings, args: argparse.Namespace) -> int:
@@ -247,12 +280,11 @@ def cmd_sessions(settings: Settings, args: argparse.Namespace) -> int:
     from observer.db.store import Store
     from observer.reports import sessions as report
 
-    since = parse_time(args.since) if args.since else None
-    until = parse_time(args.until) if args.until else None
+    since = parse_time(args.since, flag="--since") if args.since is not None else None
+    until = parse_time(args.until, flag="--until") if args.until is not None else None
     if since and until and since > until:
         raise UsageError("--since is after --until")
-    if args.limit is not None and args.limit < 1:
-        raise UsageError("--limit must be at least 1")
+    limit = parse_limit(args.limit)
     f = SessionFilter(
         room=args.room,
         identity=args.identity,
@@ -261,7 +293,7 @@ def cmd_sessions(settings: Settings, args: argparse.Namespace) -> int:
         since=since,
         until=until,
         state=args.state,
-        limit=args.limit if args.limit is not None else (100 if args.format == "table" else None),
+        limit=limit if limit is not None else (100 if args.format == "table" else None),
     )
     store = Store(settings.database_url)
     try:
@@ -277,9 +309,9 @@ def cmd_usage(settings: Settings, args: argparse.Namespace) -> int:
     from observer.db.store import Store
     from observer.reports import usage
 
-    now = parse_time(args.now) if args.now else datetime.now(UTC)
-    start = parse_time(args.start, now=now)
-    end = parse_time(args.end, now=now) if args.end else now
+    now = parse_time(args.now, flag="--now") if args.now is not None else datetime.now(UTC)
+    start = parse_time(args.start, flag="--from", now=now)
+    end = parse_time(args.end, flag="--to", now=now) if args.end is not None else now
     if start >= end:
         raise UsageError(f"--from {args.start} is not before --to {args.end or 'now'}")
     by: list[str] = []
@@ -319,7 +351,7 @@ def cmd_reconcile(settings: Settings, args: argparse.Namespace) -> int:
     from observer.db.store import Store
     from observer.reports import reconcile
 
-    now = parse_time(args.now) if args.now else datetime.now(UTC)
+    now = parse_time(args.now, flag="--now") if args.now is not None else datetime.now(UTC)
     try:
         tolerance = Decimal(args.tolerance_minutes)
     except InvalidOperation:
@@ -327,13 +359,14 @@ def cmd_reconcile(settings: Settings, args: argparse.Namespace) -> int:
     if not tolerance.is_finite() or tolerance < 0:
         raise UsageError(f"--tolerance-minutes must be 0 or more, got {args.tolerance_minutes!r}")
     try:
-        if args.period and (args.start or args.end):
+        if args.period is not None and (args.start is not None or args.end is not None):
             raise UsageError("give --period or --from/--to, not both")
-        if args.period:
+        if args.period is not None:
             period = reconcile.parse_period(args.period)
-        elif args.start and args.end:
+        elif args.start is not None and args.end is not None:
             period = reconcile.period_between(
-                parse_time(args.start, now=now), parse_time(args.end, now=now)
+                parse_time(args.start, flag="--from", now=now),
+                parse_time(args.end, flag="--to", now=now),
             )
         else:
             raise UsageError("give --period YYYY-MM or YYYY-MM-DD, or both --from and --to")

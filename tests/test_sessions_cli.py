@@ -187,3 +187,128 @@ def test_exports_are_not_cut_at_the_table_limit(
     assert len(json.loads(capsys.readouterr().out)) == 130
     assert main(["sessions"]) == 0
     assert "(100 sessions)" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--since", ""], "--since: not an ISO 8601 time"),
+        (["--until", " "], "--until: not an ISO 8601 time"),
+        (["--since", "0001-01-01"], "--since: '0001-01-01' is out of range"),
+        (["--since", "99999999999d"], "--since: not an ISO 8601 time"),
+        (["--limit", "1e23"], "--limit must be a whole number"),
+        (["--limit", "100000000000000000000000"], "--limit must be at most"),
+        (["--limit", "-3"], "--limit must be at least 1"),
+    ],
+)
+def test_edges_name_the_flag(
+    sessions_db: str, args: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    capsys.readouterr()
+    assert main(["sessions", *args]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and len(err.strip().splitlines()) == 1 and message in err, err
+    assert "Error" not in err  # no exception class names, just the flag and the rule
+
+
+HOSTILE = [
+    ('=HYPERLINK("http://x","y")', "a1"),
+    ("+cmd", "-2+3"),
+    ("@SUM(A1)", "\tx"),
+    ("\rroom", "line\rbreak"),
+    ("esc\x1b[31mred", "new\nline"),
+]
+
+
+@pytest.fixture
+def hostile_db(db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    store = Store(db_url)
+    try:
+        store.apply(
+            [
+                Open(session(f"PA_{i}", room, ident, "agent", room, T0 + timedelta(seconds=i)))
+                for i, (room, ident) in enumerate(HOSTILE)
+            ],
+            "obs-1",
+        )
+    finally:
+        store.close()
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("OBSERVER_DATABASE_URL", db_url)
+    return db_url
+
+
+def test_csv_neutralises_formulas_and_keeps_rows_whole(
+    hostile_db: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = run(capsys, "--format", "csv")
+    # RFC 4180: records end with CRLF; a CR or LF inside a field is quoted, never a break
+    records = list(csv.reader(io.StringIO(out, newline="")))
+    assert len(records) == 1 + len(HOSTILE)
+    assert out.endswith("\r\n") and out.count("\r\n") == 1 + len(HOSTILE)
+    rows = {r["participant_sid"]: r for r in csv.DictReader(io.StringIO(out, newline=""))}
+    assert rows["PA_0"]["room_name"] == "'" + HOSTILE[0][0]
+    assert rows["PA_0"]["agent_name"] == "'" + HOSTILE[0][0]
+    assert rows["PA_1"]["room_name"] == "'+cmd" and rows["PA_1"]["participant_identity"] == "'-2+3"
+    assert (
+        rows["PA_2"]["room_name"] == "'@SUM(A1)" and rows["PA_2"]["participant_identity"] == "'\tx"
+    )
+    assert rows["PA_3"]["room_name"] == "'\rroom"
+    assert rows["PA_3"]["participant_identity"] == "line\rbreak"
+    assert rows["PA_4"]["participant_identity"] == "new\nline"
+    for r in rows.values():  # no cell a spreadsheet would evaluate
+        assert not any(v.startswith(("=", "+", "-", "@", "\t", "\r")) for v in r.values())
+    # JSON stays exact
+    exact = {r["participant_sid"]: r for r in json.loads(run(capsys, "--format", "json"))}
+    assert [
+        (exact[f"PA_{i}"]["room_name"], exact[f"PA_{i}"]["participant_identity"])
+        for i in range(len(HOSTILE))
+    ] == HOSTILE
+
+
+def test_table_escapes_control_characters(
+    hostile_db: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = run(capsys)
+    assert "\x1b" not in out and "\r" not in out and "\t" not in out
+    lines = out.splitlines()
+    assert len(lines) == 2 + len(HOSTILE)  # no row split by a newline in a field
+    assert any("esc\\x1b[31mred" in line and "new\\nline" in line for line in lines)
+    assert any("line\\rbreak" in line for line in lines)
+
+
+def test_usage_exports_follow_the_same_rules(
+    hostile_db: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    window = ["--from", "2026-03-01", "--to", "2026-03-03", "--by", "agent,identity"]
+    capsys.readouterr()
+    assert main(["usage", *window, "--format", "csv"]) == 0
+    out = capsys.readouterr().out
+    records = list(csv.reader(io.StringIO(out, newline="")))
+    assert len(records) == 1 + len(HOSTILE)
+    cells = [c for r in records[1:] for c in r[:2]]
+    assert "'" + HOSTILE[0][0] in cells and "line\rbreak" in cells
+    assert not any(c.startswith(("=", "+", "-", "@", "\t", "\r")) for c in cells)
+    assert main(["usage", *window]) == 0
+    table = capsys.readouterr().out
+    assert "\x1b" not in table and "\r" not in table
+    assert len(table.splitlines()) == 1 + len(HOSTILE) + 2  # header, groups, total, footer
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--from", "0001-01-01", "--to", "9999-12-31"], "--from: '0001-01-01' is out of range"),
+        (["--from", "2026-01-01", "--to", "9999-12-31"], "--to: '9999-12-31' is out of range"),
+        (["--from", ""], "--from: not an ISO 8601 time"),
+        (["--from", "2026-01-01", "--to", ""], "--to: not an ISO 8601 time"),
+        (["--from", "2026-01-01", "--now", ""], "--now: not an ISO 8601 time"),
+    ],
+)
+def test_usage_edges_name_the_flag(
+    sessions_db: str, args: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    capsys.readouterr()
+    assert main(["usage", *args]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and len(err.strip().splitlines()) == 1 and message in err, err

@@ -34,6 +34,7 @@ from observer.db.reads import StaleSession
 from observer.db.rollups import Rollup, RollupTx
 from observer.db.store import Store
 from observer.db.usage_sql import UsageSpec
+from observer.reports.render import csv_text
 
 GROUP_KINDS = ("agent", "room", "total")
 STATEMENT_COLUMNS = ("group_kind", "group_key", "minutes")
@@ -390,11 +391,7 @@ def write_report(
             + "\n"
         )
     else:
-        buf = io.StringIO()
-        w = csv.DictWriter(buf, fieldnames=REPORT_FIELDS, lineterminator="\n")
-        w.writeheader()
-        w.writerows(records)
-        body = buf.getvalue()
+        body = csv_text(REPORT_FIELDS, ([rec[f] for f in REPORT_FIELDS] for rec in records))
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:

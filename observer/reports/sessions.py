@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 from collections.abc import Sequence
 from datetime import datetime
@@ -11,6 +9,7 @@ from typing import Any
 
 from observer.core.times import iso
 from observer.db.schema import SessionRow
+from observer.reports.render import csv_text, table
 
 COLUMNS = (
     "id",
@@ -59,30 +58,23 @@ def render_sessions(rows: Sequence[SessionRow], fmt: str) -> str:
     if fmt == "json":
         return json.dumps([row_dict(r) for r in rows], indent=2) + "\n"
     if fmt == "csv":
-        buf = io.StringIO()
-        w = csv.DictWriter(buf, fieldnames=COLUMNS, extrasaction="ignore", lineterminator="\n")
-        w.writeheader()
-        for r in rows:
-            w.writerow(row_dict(r))
-        return buf.getvalue()
+        return csv_text(COLUMNS, ([row_dict(r)[c] for c in COLUMNS] for r in rows))
     header = ("joined_at", "room", "identity", "agent", "kind", "duration", "reason", "source")
-    table = [header] + [
-        (
-            _iso(r.joined_at) or "",
-            r.room_name,
-            r.participant_identity,
-            r.agent_name or "",
-            r.participant_kind,
-            human_duration(r.duration_ms),
-            r.disconnect_reason or "",
-            r.end_source or "",
-        )
-        for r in rows
-    ]
-    widths = [max(len(str(row[i])) for row in table) for i in range(len(header))]
-    lines = [
-        "  ".join(str(v).ljust(w) for v, w in zip(row, widths, strict=True)).rstrip()
-        for row in table
-    ]
+    lines = table(
+        [header]
+        + [
+            (
+                _iso(r.joined_at) or "",
+                r.room_name,
+                r.participant_identity,
+                r.agent_name or "",
+                r.participant_kind,
+                human_duration(r.duration_ms),
+                r.disconnect_reason or "",
+                r.end_source or "",
+            )
+            for r in rows
+        ]
+    )
     lines.append(f"({len(rows)} sessions)")
     return "\n".join(lines) + "\n"

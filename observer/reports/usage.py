@@ -7,8 +7,6 @@ module plans the buckets, names them and renders the result.
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -18,6 +16,7 @@ from typing import Any, NamedTuple
 from observer.core.times import iso, next_month
 from observer.db.store import Store
 from observer.db.usage_sql import USAGE_GROUP_COLUMNS, UsageSpec
+from observer.reports.render import csv_text, table
 from observer.reports.sessions import human_duration
 
 TIME_GROUPINGS = ("day", "month")
@@ -104,13 +103,11 @@ def render(q: UsageQuery, lines: Sequence[UsageLine], fmt: str) -> str:
     if fmt == "json":
         return json.dumps([_line_dict(q, u) for u in lines], indent=2) + "\n"
     if fmt == "csv":
-        buf = io.StringIO()
-        w = csv.writer(buf, lineterminator="\n")
-        w.writerow(fields)
-        w.writerows((*u.groups, u.sessions, u.duration_ms, u.billable_minutes) for u in lines)
-        return buf.getvalue()
+        return csv_text(
+            fields, ((*u.groups, u.sessions, u.duration_ms, u.billable_minutes) for u in lines)
+        )
     header = (*q.by, "sessions", "time", "billable_min")
-    table = [header] + [
+    rows = [header] + [
         (
             *("-" if v is None else v for v in u.groups),
             str(u.sessions),
@@ -127,11 +124,8 @@ def render(q: UsageQuery, lines: Sequence[UsageLine], fmt: str) -> str:
             human_duration(sum(u.duration_ms for u in lines)),
             str(sum(u.billable_minutes for u in lines)),
         )
-        table.append(total)
-    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
-    out = [
-        "  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip() for row in table
-    ]
+        rows.append(total)
+    out = table(rows)
     open_rule = f"open sessions up to {iso(min(q.now, q.end))}" if q.include_open else "closed only"
     out.append(
         f"([{iso(q.start)}, {iso(q.end)}), rounding {q.rounding}, {open_rule},"
