@@ -51,7 +51,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("migrate", help="create or upgrade the database schema (safe to repeat)")
     sub.add_parser("check", help="check that LiveKit and the database are reachable")
-    sub.add_parser("run", help="watch rooms and record sessions until SIGTERM/SIGINT")
+    run = sub.add_parser("run", help="watch rooms and record sessions until SIGTERM/SIGINT")
+    run.add_argument(
+        "--migrate", action="store_true", help="create or upgrade the schema first if needed"
+    )
 
     s = sub.add_parser("sessions", help="list recorded sessions")
     s.add_argument("--room")
@@ -148,7 +151,7 @@ def dispatch(args: argparse.Namespace, settings: Settings) -> int:
     if args.command == "check":
         return asyncio.run(cmd_check(settings))
     if args.command == "run":
-        return cmd_run(settings)
+        return cmd_run(settings, args)
     if args.command == "sessions":
         return cmd_sessions(settings, args)
     if args.command == "usage":
@@ -218,15 +221,54 @@ def _timeout(total_s: float) -> aiohttp.ClientTimeout:
     return aiohttp.ClientTimeout(total=total_s)
 
 
-def cmd_run(settings: Settings) -> int:
-    from observer.daemon.service import Observer, run_forever
+# Measured: each watched room holds a few sockets and pipes (one peer connection, ICE
+# candidates gathered once); see bench/bench_fleet.py. Kept with a margin.
+FDS_PER_ROOM = 5
 
-    def install(obs: Observer) -> None:
+
+def raise_fd_limit() -> int:
+    """Raise the soft open-files limit to the hard limit; return the limit in force."""
+    import logging
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        target = 1_048_576 if hard == resource.RLIM_INFINITY else hard
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError):
+            pass
+    level = logging.WARNING if soft // FDS_PER_ROOM < 100 else logging.INFO
+    logging.getLogger("observer").log(
+        level, "open files limit", extra={"limit": soft, "rooms_it_allows": soft // FDS_PER_ROOM}
+    )
+    return soft
+
+
+def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
+    """The daemon, with the process around it: open files, the native core, signals."""
+    from observer.daemon.service import Observer
+    from observer.daemon.watcher import start_native_core_quietly
+    from observer.db.store import Store
+
+    lk = settings.require_livekit()
+    raise_fd_limit()
+    if not settings.room_processes:
+        start_native_core_quietly()
+    store = Store(settings.database_url)
+
+    async def main() -> int:
+        obs = Observer(settings, store, lk, migrate=args.migrate)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, obs.stop)
+        return await obs.run()
 
-    return run_forever(settings, install)
+    try:
+        return asyncio.run(main())
+    finally:
+        store.close()
 
 
 # Times the reports accept: from the Unix epoch to well before datetime's own limit, so

@@ -248,3 +248,25 @@ async def test_room_started_webhook_joins_without_waiting_for_a_listing(
     await obs.wait_watching("announced", timeout=10)
     assert time.monotonic() - created < 5  # well before the next listing, 60 s away
     assert obs.obs.metrics.value("observer_room_join_latency_seconds_count") == 1
+
+
+async def test_redelivery_after_a_restart_is_a_duplicate(
+    livekit_server: LiveKitServer, db_url: str, start_observer
+) -> None:
+    port = free_tcp_port()
+    body = event_body("participant_joined", room_sid="RM_elsewhere")
+    auth = signed(livekit_server, body)
+    first = await start_observer(livekit_server, db_url, OBSERVER_HTTP_ADDR=f"127.0.0.1:{port}")
+    await asyncio.sleep(0.5)
+    assert await post(port, body, auth) == (200, "accepted\n")
+    await first.wait_rows(lambda rows: len(rows) == 1)
+    assert await first.stop() == 0
+
+    second = await start_observer(livekit_server, db_url, OBSERVER_HTTP_ADDR=f"127.0.0.1:{port}")
+    await asyncio.sleep(0.5)
+    assert await post(port, body, auth) == (200, "duplicate\n")
+    m = second.obs.metrics
+    assert m.value("observer_webhooks_total", {"outcome": "duplicate"}) == 1
+    assert m.value("observer_webhooks_total", {"outcome": "accepted"}) == 0
+    await asyncio.sleep(0.5)
+    assert len(second.rows()) == 1 and len(second.store.webhook_events()) == 1

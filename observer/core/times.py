@@ -18,3 +18,8 @@ def iso(at: datetime, timespec: Literal["seconds", "milliseconds"] = "seconds") 
 def next_month(d: datetime) -> datetime:
     """The same day and time one calendar month later (call with day 1)."""
     return d.replace(year=d.year + d.month // 12, month=d.month % 12 + 1)
+
+
+def backoff_s(attempt: int, cap_s: float) -> float:
+    """Seconds to wait before retry number `attempt` (1, 2, ...): doubling from 1 s, capped."""
+    return min(cap_s, 0.5 * (1 << min(max(attempt, 1), 30)))

@@ -22,7 +22,7 @@ class WebServer:
         receiver: api.WebhookReceiver,
         metrics: Metrics,
         max_body_bytes: int,
-        on_webhook: Callable[[api.WebhookEvent, str], str],
+        on_webhook: Callable[[api.WebhookEvent, str], Awaitable[str]],
         readiness: Callable[[], Awaitable[list[str]]],
     ) -> None:
         self._receiver = receiver
@@ -68,7 +68,7 @@ class WebServer:
                 extra={"status": exc.status, "why": str(exc), "remote": request.remote},
             )
             return web.Response(status=exc.status, text=str(exc) + "\n")
-        outcome = self._on_webhook(event, body.decode())
+        outcome = await self._on_webhook(event, body.decode())
         self._metrics.webhooks.labels(outcome=outcome).inc()
         return web.Response(text=outcome + "\n")
 

@@ -6,15 +6,16 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import OrderedDict
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Coroutine, Sequence
 from typing import Any
 
 import aiohttp
 from livekit import api
+from sqlalchemy.exc import SQLAlchemyError
 
 from observer.config import LiveKitSettings, Settings
 from observer.core import discovery
-from observer.core.times import utcnow
+from observer.core.times import backoff_s, utcnow
 from observer.core.tracker import (
     Event,
     Listed,
@@ -32,18 +33,20 @@ from observer.daemon.http import WebServer
 from observer.daemon.rooms import Rooms
 from observer.daemon.shards import ShardPool
 from observer.daemon.telemetry import Metrics
-from observer.daemon.watcher import start_native_core_quietly
 from observer.daemon.writer import BufferFull, Writer
+from observer.db.migrate import upgrade
 from observer.db.store import Store
-from observer.db.writes import Write
+from observer.db.writes import WebhookRecord, Write
 
 log = logging.getLogger(__name__)
 
 EXIT_OK = 0
 EXIT_FAILED = 1
+EXIT_SCHEMA = 2
 EXIT_OVERFLOW = 3
 TICK_S = 0.5
 SEEN_WEBHOOKS_MAX = 50_000
+WEBHOOK_DB_WAIT_S = 2.0
 IDENTITY_PREFIX = "lk-observer-"
 
 
@@ -54,10 +57,13 @@ class Observer:
         store: Store,
         lk: LiveKitSettings,
         metrics: Metrics | None = None,
+        *,
+        migrate: bool = False,
     ) -> None:
         self.settings = settings
         self.store = store
         self.lk = lk
+        self.migrate = migrate
         self.metrics = metrics or Metrics()
         self.identity = IDENTITY_PREFIX + settings.observer_id
         self.tracker = SessionTracker(
@@ -154,15 +160,30 @@ class Observer:
         return self.exit_code
 
     async def _load_open_sessions(self) -> bool:
+        """Wait for the database, check its schema, and continue the sessions left open.
+
+        A database that is not reachable is waited for; one that is reachable but has no
+        schema or an old one stops the daemon (exit 2), unless it was told to migrate."""
         attempt = 0
         while not self._stop.is_set():
             try:
+                if not await asyncio.to_thread(self.store.schema_is_current):
+                    if not self.migrate:
+                        log.error(
+                            "database schema is missing or old; run `observer migrate`,"
+                            " or start with `observer run --migrate`",
+                            extra={"database": self.settings.database_url_safe},
+                        )
+                        self.stop(EXIT_SCHEMA)
+                        return False
+                    await asyncio.to_thread(upgrade, self.settings.database_url)
+                    log.info("database schema migrated to the newest revision")
                 sessions = await asyncio.to_thread(
                     self.store.open_sessions, self.settings.observer_id
                 )
-            except Exception as exc:  # the database may still be starting
+            except (SQLAlchemyError, OSError) as exc:  # the database may still be starting
                 attempt += 1
-                delay = min(self.settings.db_retry_max_s, 0.5 * 2**attempt)
+                delay = backoff_s(attempt, self.settings.db_retry_max_s)
                 log.warning(
                     "database not reachable at start; retrying",
                     extra={"attempt": attempt, "retry_in_s": delay, "error": type(exc).__name__},
@@ -282,19 +303,25 @@ class Observer:
 
     # ---- webhooks and health ------------------------------------------------------------
 
-    def _on_webhook(self, ev: api.WebhookEvent, body: str) -> str:
-        """Handle a verified event: store it raw (once) and feed what it says to the tracker."""
+    async def _on_webhook(self, ev: api.WebhookEvent, body: str) -> str:
+        """Handle a verified event: store it raw (once) and feed what it says to the tracker.
+
+        The database decides whether an event is new, so a redelivery after a restart, or to
+        another observer, is answered `duplicate`. While the database cannot answer, the
+        event goes through the writer like any write and counts as new."""
         if ev.id in self._seen_webhooks:
             return "duplicate"
         self._seen_webhooks[ev.id] = None
         if len(self._seen_webhooks) > SEEN_WEBHOOKS_MAX:
             self._seen_webhooks.popitem(last=False)
+        rec = webhooks.record(ev, body, utcnow())
+        if await self._store_webhook(rec) is False:
+            return "duplicate"
         if ev.num_dropped:
             log.warning(
                 "livekit reports dropped webhook events",
                 extra={"num_dropped": ev.num_dropped, "room": ev.room.name},
             )
-        self._submit([webhooks.record(ev, body, utcnow())])
         if ev.room.name and not discovery.matches(ev.room.name, self.settings.room_patterns):
             return "accepted"  # stored, but not a room this observer watches
         if ev.event == "room_started" and ev.room.sid:
@@ -303,6 +330,18 @@ class Observer:
         for tracker_event in webhooks.translate(ev, IDENTITY_PREFIX):
             self._emit(tracker_event)
         return "accepted"
+
+    async def _store_webhook(self, rec: WebhookRecord) -> bool | None:
+        """True if stored now, False if already stored; None if handed to the writer."""
+        if self.writer.failing_since is None:
+            try:
+                return await asyncio.wait_for(
+                    asyncio.to_thread(self.store.record_webhook, rec), WEBHOOK_DB_WAIT_S
+                )
+            except (SQLAlchemyError, TimeoutError):
+                pass
+        self._submit([rec])  # idempotent: a late direct insert and this one store it once
+        return None
 
     async def readiness(self) -> list[str]:
         """What is not working right now (empty when ready)."""
@@ -319,45 +358,3 @@ class Observer:
         if self.writer.failing_since is not None:
             problems.append(f"database writes failing; {self.writer.pending} changes waiting")
         return problems
-
-
-# Measured: each watched room holds a few sockets and pipes (one peer connection, ICE
-# candidates gathered once); see bench/bench_fleet.py. Kept with a margin.
-FDS_PER_ROOM = 5
-
-
-def raise_fd_limit() -> int:
-    """Raise the soft open-files limit to the hard limit; return the limit in force."""
-    import resource
-
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard == resource.RLIM_INFINITY or soft < hard:
-        target = 1_048_576 if hard == resource.RLIM_INFINITY else hard
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-            soft = target
-        except (ValueError, OSError):
-            pass
-    level = logging.WARNING if soft // FDS_PER_ROOM < 100 else logging.INFO
-    log.log(
-        level, "open files limit", extra={"limit": soft, "rooms_it_allows": soft // FDS_PER_ROOM}
-    )
-    return soft
-
-
-def run_forever(settings: Settings, install_signals: Callable[[Observer], None]) -> int:
-    lk = settings.require_livekit()
-    raise_fd_limit()
-    if not settings.room_processes:
-        start_native_core_quietly()
-    store = Store(settings.database_url)
-
-    async def main() -> int:
-        obs = Observer(settings, store, lk)
-        install_signals(obs)
-        return await obs.run()
-
-    try:
-        return asyncio.run(main())
-    finally:
-        store.close()

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import binascii
 from datetime import UTC, datetime
 
+import jwt
 from livekit import api
 from livekit.protocol import models
 
@@ -64,7 +66,13 @@ def verify(
         event = receiver.receive(text, token)
     except ParseError:
         raise Rejected(400, "malformed", "body is not a LiveKit webhook event") from None
-    except Exception:  # bad or expired signature, or a body that does not match its hash
+    except (jwt.PyJWTError, binascii.Error):  # bad, expired or foreign signature
+        raise Rejected(401, "unauthorized", "signature check failed") from None
+    except Exception as exc:
+        # livekit-api reports a missing or mismatched body hash as a plain Exception;
+        # anything more specific is a bug and stays one
+        if type(exc) is not Exception:
+            raise
         raise Rejected(401, "unauthorized", "signature check failed") from None
     if not event.id or event.event not in KNOWN_EVENTS:
         raise Rejected(400, "malformed", "not a LiveKit webhook event")

@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 
 from sqlalchemy.exc import SQLAlchemyError
 
+from observer.core.times import backoff_s
 from observer.db.store import Store
 from observer.db.writes import Write
 
@@ -81,7 +82,7 @@ class Writer:
                     self._on_error(exc)
                     if self.failing_since is None:
                         self.failing_since = time.monotonic()
-                    delay = min(self._retry_max_s, 0.5 * 2 ** min(attempt, 10))
+                    delay = backoff_s(attempt, self._retry_max_s)
                     log.warning(
                         "database write failed; retrying",
                         extra={

@@ -10,14 +10,22 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Engine
 
-MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "migrations"
+HERE = Path(__file__).resolve().parent
+# Installed from a wheel the revisions sit beside this module (observer/db/migrations); in a
+# source checkout (and an editable install) they are the top-level migrations/.
+CANDIDATES = (HERE / "migrations", HERE.parents[1] / "migrations")
+
+
+def migrations_dir() -> Path:
+    for path in CANDIDATES:
+        if (path / "env.py").is_file():
+            return path
+    raise FileNotFoundError(f"migrations not found at {' or '.join(map(str, CANDIDATES))}")
 
 
 def alembic_config(url: str) -> Config:
-    if not MIGRATIONS_DIR.is_dir():
-        raise FileNotFoundError(f"migrations directory not found at {MIGRATIONS_DIR}")
     cfg = Config()
-    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+    cfg.set_main_option("script_location", str(migrations_dir()))
     cfg.attributes["database_url"] = url
     cfg.attributes["configure_logging"] = False
     return cfg

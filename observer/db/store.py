@@ -21,7 +21,7 @@ from observer.db.reads import SessionFilter, StaleSession, session_rows, stale_s
 from observer.db.rollups import RollupTx
 from observer.db.schema import SessionRow, WebhookEventRow, make_engine
 from observer.db.usage_sql import UsageSpec, UsageTotal, usage_totals
-from observer.db.writes import Write, apply_ops, open_sessions
+from observer.db.writes import WebhookRecord, Write, apply_ops, insert_webhook, open_sessions
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +51,11 @@ class Store:
         """
         with Session(self.engine) as db, db.begin():
             apply_ops(db, ops, observer_id, utcnow())
+
+    def record_webhook(self, rec: WebhookRecord) -> bool:
+        """Store a webhook event unless it is already stored; True if it is new."""
+        with Session(self.engine) as db, db.begin():
+            return insert_webhook(db, rec)
 
     def webhook_events(self) -> list[WebhookEventRow]:
         with Session(self.engine, expire_on_commit=False) as db:

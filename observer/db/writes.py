@@ -69,7 +69,6 @@ def apply_ops(db: Session, ops: Sequence[Write], observer_id: str, now: datetime
 
     Every write is idempotent, so a batch that failed half-way can be retried whole.
     """
-    dialect = db.get_bind().dialect.name
     for op in ops:
         match op:
             case Open():
@@ -87,10 +86,17 @@ def apply_ops(db: Session, ops: Sequence[Write], observer_id: str, now: datetime
                     )
                 )
             case WebhookRecord():
-                stmt = dialect_insert(dialect, WebhookEventRow).values(**vars(op))
-                db.execute(stmt.on_conflict_do_nothing(index_elements=["id"]))
+                insert_webhook(db, op)
             case _:
                 assert_never(op)
+
+
+def insert_webhook(db: Session, rec: WebhookRecord) -> bool:
+    """Store a webhook event once; True if this call stored it, False if it was already
+    there (a redelivery, whichever process received the first one)."""
+    stmt = dialect_insert(db.get_bind().dialect.name, WebhookEventRow).values(**vars(rec))
+    stmt = stmt.on_conflict_do_nothing(index_elements=["id"]).returning(WebhookEventRow.id)
+    return db.execute(stmt).first() is not None
 
 
 def _open(db: Session, s: TrackedSession, observer_id: str, now: datetime) -> None:
