@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import socket
 from collections.abc import Mapping
@@ -36,6 +37,10 @@ SETTINGS_DOC: dict[str, tuple[str, str]] = {
     "OBSERVER_HTTP_ADDR": (
         "127.0.0.1:9465",
         "host:port for /webhook, /metrics, /healthz, /readyz; 'off' disables",
+    ),
+    "OBSERVER_HTTP_TOKEN": (
+        "",
+        "Bearer token every HTTP path but /webhook and /healthz requires; empty: none",
     ),
     "OBSERVER_WEBHOOK_MAX_BYTES": ("1048576", "Largest webhook body accepted (larger: 413)"),
     "OBSERVER_ROOM_PROCESSES": (
@@ -79,29 +84,36 @@ class LiveKitSettings:
 
 @dataclass(frozen=True)
 class Settings:
+    """Every setting, parsed; built only by `from_mapping` (defaults live in SETTINGS_DOC)."""
+
     database_url: str = field(repr=False)
-    livekit: LiveKitSettings | None = None
-    observer_id: str = "observer"
-    room_patterns: tuple[str, ...] = ("*",)
-    track_kinds: frozenset[str] = frozenset({"agent"})
-    poll_interval_s: float = 5.0
-    heartbeat_s: float = 15.0
-    queue_max: int = 100_000
-    db_retry_max_s: float = 10.0
-    http_host: str | None = "127.0.0.1"
-    http_port: int = 9465
-    webhook_max_bytes: int = 1_048_576
-    room_processes: int = 0
-    stuck_agent_s: float = 300.0
-    settle_stale_s: float = 60.0
-    finalize_delay_s: float = 3600.0
-    log_format: str = "text"
-    log_level: str = "info"
+    livekit: LiveKitSettings | None
+    observer_id: str
+    room_patterns: tuple[str, ...]
+    track_kinds: frozenset[str]
+    poll_interval_s: float
+    heartbeat_s: float
+    queue_max: int
+    db_retry_max_s: float
+    http_host: str | None
+    http_port: int
+    http_token: str | None = field(repr=False)
+    webhook_max_bytes: int
+    room_processes: int
+    stuck_agent_s: float
+    settle_stale_s: float
+    finalize_delay_s: float
+    log_format: str
+    log_level: str
 
     @property
     def database_url_safe(self) -> str:
         """The database URL with any password hidden, for messages."""
         return make_url(self.database_url).render_as_string(hide_password=True)
+
+    @property
+    def http_is_loopback(self) -> bool:
+        return self.http_host is None or _is_loopback(self.http_host)
 
     def require_livekit(self) -> LiveKitSettings:
         if self.livekit is None:
@@ -111,128 +123,153 @@ class Settings:
     @classmethod
     def from_mapping(cls, env: Mapping[str, str], *, need_livekit: bool = False) -> Settings:
         """Build settings from a mapping, reporting every bad value at once."""
-        problems: list[str] = []
-
-        def get(name: str) -> str:
-            return env.get(name, "").strip()
-
-        def number(name: str, *, minimum: float) -> float:
-            """The setting's value, or its documented default when unset."""
-            default = SETTINGS_DOC[name][0]
-            raw = get(name) or default
-            try:
-                value = float(raw)
-            except ValueError:
-                value = math.nan
-            if not math.isfinite(value):
-                problems.append(f"{name} must be a number, got {raw!r}")
-                return float(default)
-            if value < minimum:
-                problems.append(f"{name} must be at least {minimum:g}, got {raw!r}")
-            return value
-
-        def integer(name: str, *, minimum: int) -> int:
-            raw = get(name) or SETTINGS_DOC[name][0]
-            if not raw.isdigit():
-                problems.append(f"{name} must be an integer, got {raw!r}")
-                return int(SETTINGS_DOC[name][0])
-            if int(raw) < minimum:
-                problems.append(f"{name} must be at least {minimum}, got {raw!r}")
-            return int(raw)
-
-        url, key, secret = get("LIVEKIT_URL"), get("LIVEKIT_API_KEY"), get("LIVEKIT_API_SECRET")
-        livekit = None
-        if url or key or secret or need_livekit:
-            lk_problems = []
-            if not url:
-                lk_problems.append("LIVEKIT_URL is missing")
-            else:
-                parts = urlsplit(url)
-                if parts.scheme not in ("ws", "wss", "http", "https") or not parts.hostname:
-                    lk_problems.append(
-                        f"LIVEKIT_URL must look like ws://host:port or https://host, got {url!r}"
-                    )
-                else:
-                    try:
-                        parts.port  # noqa: B018 - raises on a malformed port
-                    except ValueError:
-                        lk_problems.append(f"LIVEKIT_URL has a malformed port: {url!r}")
-            if not key:
-                lk_problems.append("LIVEKIT_API_KEY is missing")
-            if not secret:
-                lk_problems.append("LIVEKIT_API_SECRET is missing")
-            problems.extend(lk_problems)
-            if not lk_problems:
-                livekit = LiveKitSettings(url=url.rstrip("/"), api_key=key, api_secret=secret)
-
-        database_url = get("OBSERVER_DATABASE_URL") or DEFAULT_DATABASE_URL
-        try:
-            database_url = normalize_database_url(database_url)
-        except ValueError as exc:
-            problems.append(f"OBSERVER_DATABASE_URL {exc}")
-
-        kinds_raw = get("OBSERVER_TRACK_KINDS") or "agent"
-        kinds = frozenset(k.strip().lower() for k in kinds_raw.split(",") if k.strip())
-        unknown = sorted(kinds - set(KINDS))
-        if unknown or not kinds:
-            problems.append(
-                f"OBSERVER_TRACK_KINDS has unknown kinds {unknown or kinds_raw!r};"
-                f" choose from {', '.join(KINDS)}"
-            )
-
-        patterns = tuple(p.strip() for p in (get("OBSERVER_ROOM_PATTERN") or "*").split(","))
-        patterns = tuple(p for p in patterns if p) or ("*",)
-
-        poll_interval_s = number("OBSERVER_POLL_INTERVAL_S", minimum=0.1)
-        heartbeat_s = number("OBSERVER_HEARTBEAT_S", minimum=0.1)
-        queue_max = integer("OBSERVER_QUEUE_MAX", minimum=10)
-        db_retry_max_s = number("OBSERVER_DB_RETRY_MAX_S", minimum=0.1)
-        webhook_max_bytes = integer("OBSERVER_WEBHOOK_MAX_BYTES", minimum=1024)
-        room_processes = integer("OBSERVER_ROOM_PROCESSES", minimum=0)
-        stuck_agent_s = number("OBSERVER_STUCK_AGENT_S", minimum=1)
-        settle_stale_s = number("OBSERVER_SETTLE_STALE_S", minimum=0)
-        finalize_delay_s = number("OBSERVER_FINALIZE_DELAY_S", minimum=0)
-        http_host: str | None = "127.0.0.1"
-        http_port = 9465
-        addr = get("OBSERVER_HTTP_ADDR") or "127.0.0.1:9465"
-        if addr.lower() == "off":
-            http_host = None
-        else:
-            host, sep, port = addr.rpartition(":")
-            if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
-                problems.append(f"OBSERVER_HTTP_ADDR must be host:port or 'off', got {addr!r}")
-            else:
-                http_host, http_port = host.strip("[]"), int(port)
-
-        log_format = (get("OBSERVER_LOG_FORMAT") or "text").lower()
-        if log_format not in LOG_FORMATS:
-            problems.append(f"OBSERVER_LOG_FORMAT must be text or json, got {log_format!r}")
-        log_level = (get("OBSERVER_LOG_LEVEL") or "info").lower()
-        if log_level not in LOG_LEVELS:
-            problems.append(f"OBSERVER_LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}")
-
-        if problems:
-            raise ConfigError(problems)
-        return cls(
-            database_url=database_url,
+        r = _Reader(env)
+        livekit = _livekit(r, need_livekit)
+        http_host, http_port = _http_addr(r)
+        settings = cls(
+            database_url=_database_url(r),
             livekit=livekit,
-            observer_id=get("OBSERVER_ID") or socket.gethostname(),
-            room_patterns=patterns,
-            track_kinds=kinds,
-            poll_interval_s=poll_interval_s,
-            heartbeat_s=heartbeat_s,
-            queue_max=queue_max,
-            db_retry_max_s=db_retry_max_s,
+            observer_id=r.text("OBSERVER_ID") or socket.gethostname(),
+            room_patterns=tuple(p for p in r.items("OBSERVER_ROOM_PATTERN")) or ("*",),
+            track_kinds=_kinds(r),
+            poll_interval_s=r.number("OBSERVER_POLL_INTERVAL_S", minimum=0.1),
+            heartbeat_s=r.number("OBSERVER_HEARTBEAT_S", minimum=0.1),
+            queue_max=r.integer("OBSERVER_QUEUE_MAX", minimum=10),
+            db_retry_max_s=r.number("OBSERVER_DB_RETRY_MAX_S", minimum=0.1),
             http_host=http_host,
             http_port=http_port,
-            webhook_max_bytes=webhook_max_bytes,
-            room_processes=room_processes,
-            stuck_agent_s=stuck_agent_s,
-            settle_stale_s=settle_stale_s,
-            finalize_delay_s=finalize_delay_s,
-            log_format=log_format,
-            log_level=log_level,
+            http_token=r.text("OBSERVER_HTTP_TOKEN") or None,
+            webhook_max_bytes=r.integer("OBSERVER_WEBHOOK_MAX_BYTES", minimum=1024),
+            room_processes=r.integer("OBSERVER_ROOM_PROCESSES", minimum=0),
+            stuck_agent_s=r.number("OBSERVER_STUCK_AGENT_S", minimum=1),
+            settle_stale_s=r.number("OBSERVER_SETTLE_STALE_S", minimum=0),
+            finalize_delay_s=r.number("OBSERVER_FINALIZE_DELAY_S", minimum=0),
+            log_format=r.choice("OBSERVER_LOG_FORMAT", LOG_FORMATS),
+            log_level=r.choice("OBSERVER_LOG_LEVEL", LOG_LEVELS),
         )
+        if r.problems:
+            raise ConfigError(r.problems)
+        return settings
+
+
+class _Reader:
+    """Reads settings from a mapping, falling back to the documented defaults, and collects
+    every problem instead of stopping at the first."""
+
+    def __init__(self, env: Mapping[str, str]) -> None:
+        self.env = env
+        self.problems: list[str] = []
+
+    def raw(self, name: str) -> str:
+        """The given value, or the documented default (`<...>` defaults are computed)."""
+        default = SETTINGS_DOC[name][0]
+        return self.env.get(name, "").strip() or ("" if default.startswith("<") else default)
+
+    def text(self, name: str) -> str:
+        return self.env.get(name, "").strip()
+
+    def items(self, name: str) -> list[str]:
+        return [x.strip() for x in self.raw(name).split(",") if x.strip()]
+
+    def number(self, name: str, *, minimum: float) -> float:
+        raw = self.raw(name)
+        try:
+            value = float(raw)
+        except ValueError:
+            value = math.nan
+        if not math.isfinite(value):
+            self.problems.append(f"{name} must be a number, got {raw!r}")
+            return float(SETTINGS_DOC[name][0])
+        if value < minimum:
+            self.problems.append(f"{name} must be at least {minimum:g}, got {raw!r}")
+        return value
+
+    def integer(self, name: str, *, minimum: int) -> int:
+        raw = self.raw(name)
+        if not raw.isdigit():
+            self.problems.append(f"{name} must be an integer, got {raw!r}")
+            return int(SETTINGS_DOC[name][0])
+        if int(raw) < minimum:
+            self.problems.append(f"{name} must be at least {minimum}, got {raw!r}")
+        return int(raw)
+
+    def choice(self, name: str, choices: tuple[str, ...]) -> str:
+        value = self.raw(name).lower()
+        if value not in choices:
+            self.problems.append(f"{name} must be one of {', '.join(choices)}, got {value!r}")
+        return value
+
+
+def _livekit(r: _Reader, needed: bool) -> LiveKitSettings | None:
+    url, key, secret = (
+        r.text("LIVEKIT_URL"),
+        r.text("LIVEKIT_API_KEY"),
+        r.text("LIVEKIT_API_SECRET"),
+    )
+    if not (url or key or secret or needed):
+        return None
+    problems = []
+    if not url:
+        problems.append("LIVEKIT_URL is missing")
+    else:
+        parts = urlsplit(url)
+        if parts.scheme not in ("ws", "wss", "http", "https") or not parts.hostname:
+            problems.append(
+                f"LIVEKIT_URL must look like ws://host:port or https://host, got {url!r}"
+            )
+        else:
+            try:
+                parts.port  # noqa: B018 - raises on a malformed port
+            except ValueError:
+                problems.append(f"LIVEKIT_URL has a malformed port: {url!r}")
+    if not key:
+        problems.append("LIVEKIT_API_KEY is missing")
+    if not secret:
+        problems.append("LIVEKIT_API_SECRET is missing")
+    r.problems.extend(problems)
+    if problems:
+        return None
+    return LiveKitSettings(url=url.rstrip("/"), api_key=key, api_secret=secret)
+
+
+def _database_url(r: _Reader) -> str:
+    raw = r.raw("OBSERVER_DATABASE_URL")
+    try:
+        return normalize_database_url(raw)
+    except ValueError as exc:
+        r.problems.append(f"OBSERVER_DATABASE_URL {exc}")
+        return raw
+
+
+def _kinds(r: _Reader) -> frozenset[str]:
+    kinds = frozenset(k.lower() for k in r.items("OBSERVER_TRACK_KINDS"))
+    unknown = sorted(kinds - set(KINDS))
+    if unknown or not kinds:
+        r.problems.append(
+            f"OBSERVER_TRACK_KINDS has unknown kinds {unknown or r.raw('OBSERVER_TRACK_KINDS')!r};"
+            f" choose from {', '.join(KINDS)}"
+        )
+    return kinds
+
+
+def _http_addr(r: _Reader) -> tuple[str | None, int]:
+    addr = r.raw("OBSERVER_HTTP_ADDR")
+    if addr.lower() == "off":
+        return None, 0
+    host, sep, port = addr.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        r.problems.append(f"OBSERVER_HTTP_ADDR must be host:port or 'off', got {addr!r}")
+        return None, 0
+    return host.strip("[]"), int(port)
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name other than localhost: assume it is reachable from outside
 
 
 def normalize_database_url(raw: str) -> str:

@@ -270,3 +270,59 @@ async def test_redelivery_after_a_restart_is_a_duplicate(
     assert m.value("observer_webhooks_total", {"outcome": "accepted"}) == 0
     await asyncio.sleep(0.5)
     assert len(second.rows()) == 1 and len(second.store.webhook_events()) == 1
+
+
+async def get_auth(port: int, path: str, token: str | None) -> int:
+    headers = {"Authorization": f"Bearer {token}"} if token is not None else {}
+    async with (
+        aiohttp.ClientSession() as http,
+        http.get(f"http://127.0.0.1:{port}{path}", headers=headers) as r,
+    ):
+        return r.status
+
+
+async def test_beyond_loopback_warns_and_the_token_guards_all_but_webhook_and_healthz(
+    livekit_server: LiveKitServer, db_url: str, start_observer, caplog: pytest.LogCaptureFixture
+) -> None:
+    port = free_tcp_port()
+    obs = await start_observer(
+        livekit_server,
+        db_url,
+        OBSERVER_HTTP_ADDR=f"0.0.0.0:{port}",
+        OBSERVER_HTTP_TOKEN="s3cret-scrape-token",
+    )
+    await asyncio.sleep(0.5)
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert any(
+        "listens beyond this host" in w and "require the bearer token" in w for w in warnings
+    )
+    assert not any("s3cret-scrape-token" in r.getMessage() for r in caplog.records)
+    for path in ("/metrics", "/readyz"):
+        assert await get_auth(port, path, None) == 401
+        assert await get_auth(port, path, "wrong") == 401
+        assert await get_auth(port, path, "s3cret-scrape-token") == 200
+    assert await get_auth(port, "/healthz", None) == 200
+    body = event_body("participant_joined", room_sid="RM_elsewhere")
+    assert await post(port, body, signed(livekit_server, body)) == (200, "accepted\n")
+    assert await post(port, body, None) == (401, "missing Authorization header\n")
+    await obs.wait_rows(lambda rows: len(rows) == 1)
+
+
+async def test_beyond_loopback_without_a_token_warns_that_it_is_open(
+    livekit_server: LiveKitServer, db_url: str, start_observer, caplog: pytest.LogCaptureFixture
+) -> None:
+    port = free_tcp_port()
+    await start_observer(livekit_server, db_url, OBSERVER_HTTP_ADDR=f"0.0.0.0:{port}")
+    await asyncio.sleep(0.5)
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert any("open to anyone" in w and "OBSERVER_HTTP_TOKEN" in w for w in warnings)
+    assert await get_auth(port, "/metrics", None) == 200
+
+
+async def test_loopback_does_not_warn(
+    livekit_server: LiveKitServer, db_url: str, start_observer, caplog: pytest.LogCaptureFixture
+) -> None:
+    port = free_tcp_port()
+    await start_observer(livekit_server, db_url, OBSERVER_HTTP_ADDR=f"127.0.0.1:{port}")
+    await asyncio.sleep(0.5)
+    assert not any("listens beyond this host" in r.getMessage() for r in caplog.records)

@@ -1,7 +1,11 @@
-"""The daemon's HTTP server: /webhook, /metrics, /healthz, /readyz (aiohttp)."""
+"""The daemon's HTTP server: /webhook, /metrics, /healthz, /readyz (aiohttp).
+
+/webhook is authenticated by LiveKit's signature and /healthz says only that the process
+lives; every other path requires the bearer token when one is set (OBSERVER_HTTP_TOKEN)."""
 
 from __future__ import annotations
 
+import hmac
 import logging
 from collections.abc import Awaitable, Callable
 
@@ -14,6 +18,9 @@ from observer.daemon.webhooks import Rejected, verify
 
 log = logging.getLogger(__name__)
 
+OPEN_PATHS = frozenset({"/webhook", "/healthz"})  # signed by LiveKit; says only "alive"
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
 
 class WebServer:
     def __init__(
@@ -24,21 +31,36 @@ class WebServer:
         max_body_bytes: int,
         on_webhook: Callable[[api.WebhookEvent, str], Awaitable[str]],
         readiness: Callable[[], Awaitable[list[str]]],
+        token: str | None = None,
     ) -> None:
         self._receiver = receiver
         self._metrics = metrics
         self._max = max_body_bytes
         self._on_webhook = on_webhook
         self._readiness = readiness
+        self._token = token
         self._runner: web.AppRunner | None = None
 
     def app(self) -> web.Application:
-        app = web.Application(client_max_size=self._max)
+        app = web.Application(client_max_size=self._max, middlewares=[self._require_token])
         app.router.add_post("/webhook", self._webhook)
         app.router.add_get("/metrics", self._metrics_page)
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/readyz", self._readyz)
         return app
+
+    @web.middleware
+    async def _require_token(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        if self._token is None or request.path in OPEN_PATHS:
+            return await handler(request)
+        scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() == "bearer" and hmac.compare_digest(
+            given.strip().encode(), self._token.encode()
+        ):
+            return await handler(request)
+        return web.Response(
+            status=401, text="bearer token required\n", headers={"WWW-Authenticate": "Bearer"}
+        )
 
     async def start(self, host: str, port: int) -> None:
         self._runner = web.AppRunner(self.app(), access_log=None)

@@ -206,8 +206,20 @@ class Observer:
             max_body_bytes=self.settings.webhook_max_bytes,
             on_webhook=self._on_webhook,
             readiness=self.readiness,
+            token=self.settings.http_token,
         )
         await self.web.start(self.settings.http_host, self.settings.http_port)
+        if not self.settings.http_is_loopback:
+            log.warning(
+                "the HTTP server listens beyond this host"
+                + (
+                    "; /metrics and /readyz require the bearer token"
+                    if self.settings.http_token
+                    else "; /metrics and /readyz are open to anyone who can reach it:"
+                    " set OBSERVER_HTTP_TOKEN, or listen on 127.0.0.1"
+                ),
+                extra={"host": self.settings.http_host, "port": self.settings.http_port},
+            )
 
     async def _shutdown(self, consumer: asyncio.Task[Any]) -> None:
         """Leave every room. Open sessions stay open (their participants are still there);
