@@ -10,13 +10,9 @@ import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from dotenv import dotenv_values
 from sqlalchemy.exc import SQLAlchemyError
-
-if TYPE_CHECKING:
-    import aiohttp
 
 from observer import __version__, logs
 from observer.config import ConfigError, Settings
@@ -180,7 +176,9 @@ async def cmd_check(settings: Settings) -> int:
 
     lk = settings.require_livekit()
     ok = True
-    lkapi = api.LiveKitAPI(lk.http_url, lk.api_key, lk.api_secret, timeout=_timeout(5))
+    from observer import livekit_api
+
+    lkapi = livekit_api.client(lk, 5)
     try:
         resp = await lkapi.room.list_rooms(api.ListRoomsRequest())
         print(f"livekit: ok ({len(resp.rooms)} rooms) at {lk.http_url}")
@@ -188,7 +186,7 @@ async def cmd_check(settings: Settings) -> int:
         ok = False
         hint = " (check LIVEKIT_API_KEY / LIVEKIT_API_SECRET)" if exc.status in (401, 403) else ""
         print(f"livekit: FAILED at {lk.http_url}: {exc.code}: {exc.message}{hint}")
-    except Exception as exc:
+    except livekit_api.API_ERRORS as exc:
         ok = False
         print(f"livekit: FAILED at {lk.http_url}: unreachable ({type(exc).__name__}: {exc})")
     finally:
@@ -206,19 +204,13 @@ async def cmd_check(settings: Settings) -> int:
                 f"database: reachable but schema is not current; run `observer migrate`"
                 f" ({settings.database_url_safe})"
             )
-    except Exception as exc:
+    except SQLAlchemyError as exc:
         ok = False
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         print(f"database: FAILED at {settings.database_url_safe}: {first}")
     finally:
         store.close()
     return EXIT_OK if ok else EXIT_FAILED
-
-
-def _timeout(total_s: float) -> aiohttp.ClientTimeout:
-    import aiohttp
-
-    return aiohttp.ClientTimeout(total=total_s)
 
 
 # Measured: each watched room holds a few sockets and pipes (one peer connection, ICE

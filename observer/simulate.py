@@ -11,6 +11,7 @@ from datetime import timedelta
 
 from livekit import api, rtc
 
+from observer import livekit_api
 from observer.config import LiveKitSettings
 
 log = logging.getLogger(__name__)
@@ -88,7 +89,7 @@ async def run(lk: LiveKitSettings, args: argparse.Namespace) -> int:
     if args.rooms < 1 or args.agents < 0 or args.users < 0 or args.duration <= 0:
         print("observer: --rooms must be >= 1, --agents/--users >= 0, --duration > 0")
         return 2
-    lkapi = api.LiveKitAPI(lk.http_url, lk.api_key, lk.api_secret)
+    lkapi = livekit_api.client(lk, 10)
     users: list[rtc.Room] = []
     agents: list[tuple[rtc.Room, Stay]] = []
     try:

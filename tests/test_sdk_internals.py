@@ -95,3 +95,18 @@ def test_native_logs_stay_in_the_native_core(livekit_server: LiveKitServer) -> N
         assert out.returncode == 0, out.stderr[-2000:]
         counts[mode] = int(out.stdout.strip().splitlines()[-1])
     assert counts["quiet"] == 0 and counts["default"] > 0, counts
+
+
+def test_every_protocol_kind_has_its_name() -> None:
+    """Kinds are read from the protocol enums by name; a rename there must fail here."""
+    from livekit import api, rtc
+
+    from observer.core.vocab import KINDS, kind_named
+
+    assert {
+        kind_named(api.ParticipantInfo.Kind.Name(v)) for v in api.ParticipantInfo.Kind.values()
+    } == set(KINDS)
+    assert {kind_named(rtc.ParticipantKind.Name(v)) for v in rtc.ParticipantKind.values()} == set(
+        KINDS
+    )
+    assert kind_named("PARTICIPANT_KIND_SOMETHING_NEW") == "standard"

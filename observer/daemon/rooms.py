@@ -15,9 +15,17 @@ from livekit import api, rtc
 from observer.config import LiveKitSettings, Settings
 from observer.core import discovery
 from observer.core.times import utcnow
-from observer.core.tracker import Event, Listed, RoomGone, RoomLost
+from observer.core.tracker import (
+    Event,
+    Listed,
+    RoomClosed,
+    RoomGone,
+    RoomLost,
+    WebhookRoomFinished,
+)
 from observer.daemon.shards import JoinFailed, RemoteWatcher, ShardPool
 from observer.daemon.watcher import RoomMismatchError, RoomWatcher, observer_token
+from observer.livekit_api import API_ERRORS
 
 Watcher = RoomWatcher | RemoteWatcher
 
@@ -103,7 +111,7 @@ class Rooms:
             requested_at = utcnow()
             try:
                 listed = await self._list_rooms(names)
-            except Exception as exc:
+            except API_ERRORS as exc:
                 log.warning("listing rooms failed", extra={"error": f"{type(exc).__name__}: {exc}"})
                 self._retry_later(confirm, verify)
                 continue
@@ -112,6 +120,7 @@ class Rooms:
                 await self._confirm(watcher, sid in live, requested_at)
             gone = {sid: name for sid, name in verify.items() if sid not in live}
             for sid in gone:
+                self.ended.add(sid)
                 self._emit(Listed(sid, False, frozenset(), requested_at, utcnow()))
             rest = {sid: name for sid, name in verify.items() if sid in live}
             slots = asyncio.Semaphore(CHECK_CONCURRENCY)
@@ -131,7 +140,7 @@ class Rooms:
                 resp = await self._api.room.list_participants(
                     api.ListParticipantsRequest(room=name)
                 )
-            except Exception as exc:
+            except API_ERRORS as exc:
                 log.warning(
                     "listing participants failed",
                     extra={"room": name, "error": f"{type(exc).__name__}: {exc}"},
@@ -186,14 +195,14 @@ class Rooms:
         """The watched room no longer exists: its sessions are settled as gone, and the
         connection (recovering, or landed in a successor room) is left."""
         watcher.recovered(False)
-        self.forget(watcher.room_sid, ended=True)
+        self._forget(watcher.room_sid, ended=True)
         self._emit(RoomGone(watcher.room_sid, utcnow(), listed_at))
         await self._leave_quietly(watcher)
 
     async def _leave_quietly(self, watcher: Watcher) -> None:
         try:
             await asyncio.wait_for(watcher.leave(), 5)
-        except Exception:
+        except Exception:  # a connection that fails to close is not worth more than a line
             log.warning("leaving a room failed", extra={"room": watcher.room_name})
 
     async def discover_forever(self) -> None:
@@ -201,7 +210,7 @@ class Rooms:
             listed_at = utcnow()
             try:
                 resp = await self._api.room.list_rooms(api.ListRoomsRequest())
-            except Exception as exc:
+            except API_ERRORS as exc:
                 log.warning("listing rooms failed", extra={"error": f"{type(exc).__name__}: {exc}"})
             else:
                 self.poll_once([discovery.ListedRoom(r.sid, r.name) for r in resp.rooms], listed_at)
@@ -241,8 +250,19 @@ class Rooms:
         for r in p.join:
             self._start(r)
 
-    def forget(self, room_sid: str, *, ended: bool) -> None:
-        """The watcher of this room is gone; an ended room is never joined again."""
+    def emit(self, ev: Event) -> None:
+        """Every room event from outside this class (watchers, room processes, webhooks)
+        passes here on its way to the tracker, so that this class alone keeps each room's
+        connection lifecycle: a room that ended is never joined again, and a lost
+        connection frees the room for the next listing."""
+        match ev:
+            case RoomClosed() | WebhookRoomFinished():
+                self._forget(ev.room_sid, ended=True)
+            case RoomLost():
+                self._forget(ev.room_sid, ended=False)
+        self._emit(ev)
+
+    def _forget(self, room_sid: str, *, ended: bool) -> None:
         self.watchers.pop(room_sid, None)
         if ended:
             self.ended.add(room_sid)
@@ -278,7 +298,7 @@ class Rooms:
         if self._pool is not None:
             watcher = self._pool.watcher(room.name, room.sid)
         else:
-            watcher = RoomWatcher(room.name, room.sid, self._emit, on_recovered=self.recovered)
+            watcher = RoomWatcher(room.name, room.sid, self.emit, on_recovered=self.recovered)
         self.watchers[room.sid] = watcher
         task = self._spawn(self._join(watcher), f"join:{room.name}")
         self._joins.add(task)
@@ -301,7 +321,7 @@ class Rooms:
                 await watcher.leave()
         except RoomMismatchError as exc:
             # Our join created a fresh room: the listed one ended in between.
-            self.forget(watcher.room_sid, ended=True)
+            self._forget(watcher.room_sid, ended=True)
             self._first_seen.pop(watcher.room_sid, None)
             log.warning(
                 "room ended before the observer joined; left the new room it created",
@@ -328,11 +348,11 @@ class Rooms:
         """After a failed join: is the listed room gone? Then it is never tried again."""
         try:
             live = {r.sid for r in await self._list_rooms({watcher.room_name})}
-        except Exception:
+        except API_ERRORS:
             return False
         if watcher.room_sid in live:
             return False
-        self.forget(watcher.room_sid, ended=True)
+        self._forget(watcher.room_sid, ended=True)
         self._first_seen.pop(watcher.room_sid, None)
         return True
 
@@ -349,7 +369,7 @@ class Rooms:
                 rooms = await self._api.room.list_rooms(api.ListRoomsRequest(names=[room_name]))
                 if any(r.sid == sid for r in rooms.rooms):
                     await self._api.room.delete_room(api.DeleteRoomRequest(room=room_name))
-        except Exception as exc:
+        except API_ERRORS as exc:
             log.warning(
                 "could not clean up the accidental room",
                 extra={"room": room_name, "error": type(exc).__name__},

@@ -9,24 +9,20 @@ from collections import OrderedDict
 from collections.abc import Coroutine, Sequence
 from typing import Any
 
-import aiohttp
 from livekit import api
 from sqlalchemy.exc import SQLAlchemyError
 
+from observer import livekit_api
 from observer.config import LiveKitSettings, Settings
 from observer.core import discovery
 from observer.core.times import backoff_s, utcnow
 from observer.core.tracker import (
     Event,
-    Listed,
     Reconnecting,
-    RoomClosed,
     RoomJoined,
-    RoomLost,
     SessionTracker,
     Tick,
     Verify,
-    WebhookRoomFinished,
 )
 from observer.daemon import telemetry, webhooks
 from observer.daemon.http import WebServer
@@ -105,16 +101,11 @@ class Observer:
 
     async def run(self) -> int:
         """Watch until stopped; return the process exit code."""
-        self._api = api.LiveKitAPI(
-            self.lk.http_url,
-            self.lk.api_key,
-            self.lk.api_secret,
-            timeout=aiohttp.ClientTimeout(total=10),
-        )
+        self._api = livekit_api.client(self.lk, 10)
         if self.settings.room_processes:
             self.pool = ShardPool(
                 self.settings.room_processes,
-                emit=self._emit,
+                emit=lambda ev: self.rooms.emit(ev) if self.rooms else self._emit(ev),
                 on_recovered=lambda w: self.rooms.recovered(w) if self.rooms else None,
             )
         self.rooms = Rooms(
@@ -280,10 +271,6 @@ class Observer:
     async def _consume(self) -> None:
         while True:
             ev = await self.queue.get()
-            if isinstance(ev, (RoomClosed, RoomLost, WebhookRoomFinished)) and self.rooms:
-                self.rooms.forget(ev.room_sid, ended=not isinstance(ev, RoomLost))
-            if isinstance(ev, Listed) and not ev.exists and self.rooms:
-                self.rooms.ended.add(ev.room_sid)
             if isinstance(ev, Reconnecting):
                 self.metrics.reconnects.inc()
             if isinstance(ev, RoomJoined):
@@ -336,11 +323,11 @@ class Observer:
             )
         if ev.room.name and not discovery.matches(ev.room.name, self.settings.room_patterns):
             return "accepted"  # stored, but not a room this observer watches
+        assert self.rooms is not None  # the HTTP server starts after the rooms
         if ev.event == "room_started" and ev.room.sid:
-            assert self.rooms is not None
             self.rooms.join_now(discovery.ListedRoom(ev.room.sid, ev.room.name))
         for tracker_event in webhooks.translate(ev, IDENTITY_PREFIX):
-            self._emit(tracker_event)
+            self.rooms.emit(tracker_event)
         return "accepted"
 
     async def _store_webhook(self, rec: WebhookRecord) -> bool | None:
@@ -361,11 +348,11 @@ class Observer:
         problems: list[str] = []
         try:
             await asyncio.wait_for(self._api.room.list_rooms(api.ListRoomsRequest()), 3)
-        except Exception as exc:
+        except livekit_api.API_ERRORS as exc:
             problems.append(f"livekit unreachable: {type(exc).__name__}")
         try:
             await asyncio.wait_for(asyncio.to_thread(self.store.ping), 3)
-        except Exception as exc:
+        except (SQLAlchemyError, TimeoutError) as exc:
             problems.append(f"database unreachable: {type(exc).__name__}")
         if self.writer.failing_since is not None:
             problems.append(f"database writes failing; {self.writer.pending} changes waiting")

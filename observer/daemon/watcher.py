@@ -26,18 +26,10 @@ from observer.core.tracker import (
     RoomLost,
     Seen,
 )
+from observer.core.vocab import kind_named
 
 log = logging.getLogger(__name__)
 
-KIND_NAMES = {
-    rtc.ParticipantKind.PARTICIPANT_KIND_STANDARD: "standard",
-    rtc.ParticipantKind.PARTICIPANT_KIND_INGRESS: "ingress",
-    rtc.ParticipantKind.PARTICIPANT_KIND_EGRESS: "egress",
-    rtc.ParticipantKind.PARTICIPANT_KIND_SIP: "sip",
-    rtc.ParticipantKind.PARTICIPANT_KIND_AGENT: "agent",
-    rtc.ParticipantKind.PARTICIPANT_KIND_CONNECTOR: "connector",
-    rtc.ParticipantKind.PARTICIPANT_KIND_BRIDGE: "bridge",
-}
 
 # The room itself ended: its sessions end now, and the room must never be joined again.
 ROOM_ENDED = frozenset({"ROOM_DELETED", "ROOM_CLOSED"})
@@ -94,7 +86,7 @@ def seen(p: rtc.RemoteParticipant, now: datetime) -> Seen:
         sid=p.sid,
         identity=p.identity,
         name=p.name,
-        kind=KIND_NAMES.get(p.kind, "standard"),
+        kind=kind_named(_kind_enum_name(p.kind)),
         attributes=dict(p.attributes),
         joined_at=p.joined_at or now,
     )
@@ -377,3 +369,8 @@ class RoomWatcher:
             self._emit(RoomClosed(self.room_sid, name, now))
         else:
             self._emit(RoomLost(self.room_sid, name, now))
+
+
+def _kind_enum_name(value: rtc.ParticipantKind.ValueType) -> str:
+    kinds = rtc.ParticipantKind
+    return kinds.Name(value) if value in kinds.values() else ""

@@ -10,17 +10,9 @@ from livekit import api
 from livekit.protocol import models
 
 from observer.core.tracker import Event, Seen, WebhookJoined, WebhookLeft, WebhookRoomFinished
+from observer.core.vocab import kind_named
 from observer.db.writes import WebhookRecord
 
-KIND_NAMES = {
-    models.ParticipantInfo.Kind.STANDARD: "standard",
-    models.ParticipantInfo.Kind.INGRESS: "ingress",
-    models.ParticipantInfo.Kind.EGRESS: "egress",
-    models.ParticipantInfo.Kind.SIP: "sip",
-    models.ParticipantInfo.Kind.AGENT: "agent",
-    models.ParticipantInfo.Kind.CONNECTOR: "connector",
-    models.ParticipantInfo.Kind.BRIDGE: "bridge",
-}
 LEFT_EVENTS = frozenset({"participant_left", "participant_connection_aborted"})
 KNOWN_EVENTS = frozenset(
     {
@@ -105,7 +97,7 @@ def seen(p: models.ParticipantInfo, fallback: datetime) -> Seen:
         sid=p.sid,
         identity=p.identity,
         name=p.name,
-        kind=KIND_NAMES.get(p.kind, "standard"),
+        kind=kind_named(_kind_enum_name(p.kind)),
         attributes=dict(p.attributes),
         joined_at=datetime.fromtimestamp(joined_ms / 1000, UTC) if joined_ms else fallback,
     )
@@ -126,3 +118,11 @@ def translate(ev: api.WebhookEvent, ignore_identity_prefix: str) -> list[Event]:
         return [WebhookJoined(ev.room.name, ev.room.sid, who, at)]
     reason = models.DisconnectReason.Name(p.disconnect_reason) if p.disconnect_reason else ""
     return [WebhookLeft(ev.room.name, ev.room.sid, who, reason, at)]
+
+
+def _kind_enum_name(value: int) -> str:
+    return (
+        models.ParticipantInfo.Kind.Name(value)
+        if value in models.ParticipantInfo.Kind.values()
+        else ""
+    )

@@ -11,6 +11,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Session
 
+from observer.core.vocab import SessionState
 from observer.db.schema import SessionRow
 
 
@@ -22,7 +23,7 @@ class SessionFilter:
     kind: str | None = None
     since: datetime | None = None
     until: datetime | None = None
-    state: str | None = None  # "open" | "closed" | None
+    state: SessionState | None = None
     limit: int | None = None
 
 

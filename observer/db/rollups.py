@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session
 from observer.core.tracker import missed_leave
 from observer.core.vocab import (
     END_RECONCILED,
+    GroupKind,
 )
 from observer.db.reads import StaleSession
 from observer.db.schema import Base, SessionRow, dialect_insert
@@ -27,7 +28,7 @@ from observer.db.usage_sql import UsageSpec, UsageTotal, usage_totals
 class Rollup:
     """One group's standing time in one period, as stored in `period_rollups`."""
 
-    group_kind: str  # "agent" | "room" | "total"
+    group_kind: GroupKind
     group_key: str  # the agent or room name; "" for sessions without an agent name, and total
     sessions: int
     duration_ms: int

@@ -28,15 +28,16 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 
+from observer import livekit_api
 from observer.config import LiveKitSettings
 from observer.core.times import iso, next_month
+from observer.core.vocab import GROUP_KINDS, DifferenceStatus, GroupKind, RollupState
 from observer.db.reads import StaleSession
 from observer.db.rollups import Rollup, RollupTx
 from observer.db.store import Store
 from observer.db.usage_sql import UsageSpec
 from observer.reports.render import csv_text
 
-GROUP_KINDS = ("agent", "room", "total")
 STATEMENT_COLUMNS = ("group_kind", "group_key", "minutes")
 REPORT_FIELDS = (
     "group_kind",
@@ -114,12 +115,7 @@ async def live_rooms(lk: LiveKitSettings, names: Collection[str]) -> dict[str, L
     import aiohttp
     from livekit import api
 
-    lkapi = api.LiveKitAPI(
-        lk.http_url,
-        lk.api_key,
-        lk.api_secret,
-        timeout=aiohttp.ClientTimeout(total=LIVEKIT_TIMEOUT_S),
-    )
+    lkapi = livekit_api.client(lk, LIVEKIT_TIMEOUT_S)
     wanted = sorted(names)
     try:
         sids: dict[str, str] = {}
@@ -163,8 +159,9 @@ def compute_rollups(tx: RollupTx, period: Period, now: datetime) -> list[Rollup]
     grouped under the key "", and a period without sessions still gets its total row.
     """
     total = [0, 0, 0]
-    sums: dict[tuple[str, str], list[int]] = {("total", ""): total}
-    for kind in ("agent", "room"):
+    sums: dict[tuple[GroupKind, str], list[int]] = {("total", ""): total}
+    by: tuple[GroupKind, ...] = ("agent", "room")
+    for kind in by:
         spec = UsageSpec(edges=(period.start, period.end), group_by=(kind,), open_until=now)
         for t in tx.usage(spec):
             targets = [sums.setdefault((kind, t.keys[0] or ""), [0, 0, 0])]
@@ -187,7 +184,7 @@ class Change:
 
 @dataclass(frozen=True)
 class RollupPlan:
-    state: str  # "provisional" | "finalized" | "final" (kept as it was) | "forced"
+    state: RollupState
     rows: tuple[Rollup, ...]  # the period's rows once the plan is written
     write: tuple[Rollup, ...]  # rows to insert or replace
     drop: tuple[tuple[str, str], ...]  # groups to delete
@@ -222,6 +219,7 @@ def plan_rollups(
     was_final = any(r.finalized_at for r in existing)
     if was_final and not (force and changes):
         return RollupPlan("final", tuple(existing), (), (), changes)
+    state: RollupState
     if was_final:
         state, finalized_at = "forced", now
     elif finalize:
@@ -244,7 +242,7 @@ def plan_rollups(
 # ---- the statement --------------------------------------------------------------------------
 
 
-def read_statement(path: Path) -> dict[tuple[str, str], Decimal]:
+def read_statement(path: Path) -> dict[tuple[GroupKind, str], Decimal]:
     """Minutes per (group_kind, group_key) from a CSV statement.
 
     Columns group_kind (agent, room or total), group_key, minutes. A header row naming them
@@ -257,7 +255,7 @@ def read_statement(path: Path) -> dict[tuple[str, str], Decimal]:
         raise ReconcileError(f"{path}: not UTF-8 text") from None
     except OSError as exc:
         raise ReconcileError(f"cannot read statement {path}: {exc.strerror}") from None
-    out: dict[tuple[str, str], Decimal] = {}
+    out: dict[tuple[GroupKind, str], Decimal] = {}
     first_line: dict[tuple[str, str], int] = {}
     columns: tuple[int, ...] | None = None
     reader = csv.reader(io.StringIO(text))
@@ -283,11 +281,11 @@ def read_statement(path: Path) -> dict[tuple[str, str], Decimal]:
                     f"{path}:{line}: expected the columns {','.join(STATEMENT_COLUMNS)},"
                     f" found {len(cells)} value(s)"
                 )
-            kind, key, raw = (cells[i].strip() for i in columns)
-            kind = kind.lower()
-            if kind not in GROUP_KINDS:
+            raw_kind, key, raw = (cells[i].strip() for i in columns)
+            kind = _group_kind(raw_kind.lower())
+            if kind is None:
                 raise ReconcileError(
-                    f"{path}:{line}: group_kind must be agent, room or total, got {kind!r}"
+                    f"{path}:{line}: group_kind must be agent, room or total, got {raw_kind!r}"
                 )
             try:
                 minutes = Decimal(raw)
@@ -315,15 +313,22 @@ class Difference:
     group_key: str
     observer_minutes: int | None
     statement_minutes: Decimal | None
-    status: str  # "missing_in_statement" | "missing_in_observer" | "minutes_differ"
+    status: DifferenceStatus
 
     @property
     def difference_minutes(self) -> Decimal:
         return Decimal(self.observer_minutes or 0) - (self.statement_minutes or 0)
 
 
+def _group_kind(text: str) -> GroupKind | None:
+    for kind in GROUP_KINDS:
+        if text == kind:
+            return kind
+    return None
+
+
 def compare(
-    rows: Iterable[Rollup], statement: Mapping[tuple[str, str], Decimal], tolerance: Decimal
+    rows: Iterable[Rollup], statement: Mapping[tuple[GroupKind, str], Decimal], tolerance: Decimal
 ) -> tuple[int, list[Difference]]:
     """Billable minutes against the statement: (groups compared, differences).
 
@@ -336,16 +341,17 @@ def compare(
     keys = sorted(ours.keys() | statement.keys())
     diffs = []
     for key in keys:
-        d = Difference(key[0], key[1], ours.get(key), statement.get(key), "")
-        if abs(d.difference_minutes) <= tolerance:
-            continue
-        if d.statement_minutes is None:
+        observer, stated = ours.get(key), statement.get(key)
+        status: DifferenceStatus
+        if stated is None:
             status = "missing_in_statement"
-        elif d.observer_minutes is None:
+        elif observer is None:
             status = "missing_in_observer"
         else:
             status = "minutes_differ"
-        diffs.append(replace(d, status=status))
+        d = Difference(key[0], key[1], observer, stated, status)
+        if abs(d.difference_minutes) > tolerance:
+            diffs.append(d)
     return len(keys), diffs
 
 
