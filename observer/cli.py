@@ -10,9 +10,13 @@ import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from dotenv import dotenv_values
 from sqlalchemy.exc import SQLAlchemyError
+
+if TYPE_CHECKING:
+    from observer.db.store import Store
 
 from observer import __version__, logs
 from observer.config import ConfigError, Settings
@@ -198,6 +202,7 @@ async def cmd_check(settings: Settings) -> int:
         current = await asyncio.to_thread(store.schema_is_current)
         if current:
             print(f"database: ok at {settings.database_url_safe}")
+            print_observers(store, settings)
         else:
             ok = False
             print(
@@ -216,6 +221,22 @@ async def cmd_check(settings: Settings) -> int:
 # Measured: each watched room holds a few sockets and pipes (one peer connection, ICE
 # candidates gathered once); see bench/bench_fleet.py. Kept with a margin.
 FDS_PER_ROOM = 5
+
+
+def print_observers(store: Store, settings: Settings) -> None:
+    """The observers whose heartbeats are current, and the rooms each is inside."""
+    from observer.db import fleet
+    from observer.reports.render import printable
+
+    alive = fleet.members(store.engine, datetime.now(UTC), settings.failover_s / 2)
+    print(f"observers: {len(alive)} alive")
+    for m in alive:
+        state = " (stopping)" if m.stopping else ""
+        rooms = ", ".join(m.rooms[:20]) + (", ..." if len(m.rooms) > 20 else "")
+        print(
+            f"  {printable(m.observer_id)} on {printable(m.host)} pid {m.pid}{state}:"
+            f" {len(m.rooms)} room(s){': ' + printable(rooms) if rooms else ''}"
+        )
 
 
 def raise_fd_limit() -> int:
@@ -238,6 +259,29 @@ def raise_fd_limit() -> int:
     return soft
 
 
+def hold_sqlite_run_lock(database_url: str) -> int | None:
+    """One `observer run` per SQLite file: an exclusive lock on a file beside it, held
+    until the process exits. PostgreSQL takes several observers (see README)."""
+    import fcntl
+
+    from sqlalchemy.engine import make_url
+
+    url = make_url(database_url)
+    if url.get_backend_name() != "sqlite" or not url.database or url.database == ":memory:":
+        return None
+    path = Path(url.database).resolve()
+    fd = os.open(f"{path}.run-lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise UsageError(
+            f"another `observer run` is using {path}; SQLite takes one observer"
+            " (use PostgreSQL for several)"
+        ) from None
+    return fd
+
+
 def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
     """The daemon, with the process around it: open files, the native core, signals."""
     from observer.daemon.service import Observer
@@ -245,6 +289,7 @@ def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
     from observer.db.store import Store
 
     lk = settings.require_livekit()
+    lock = hold_sqlite_run_lock(settings.database_url)  # noqa: F841 - held until exit
     raise_fd_limit()
     if not settings.room_processes:
         start_native_core_quietly()

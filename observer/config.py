@@ -28,6 +28,14 @@ SETTINGS_DOC: dict[str, tuple[str, str]] = {
         "SQLAlchemy URL: sqlite:///path or postgresql://user:pass@host/db",
     ),
     "OBSERVER_ID": ("<hostname>", "Name of this observer, stored on each row it writes"),
+    "OBSERVER_REPLICAS": (
+        "2",
+        "Observers that watch each room when several share a PostgreSQL database",
+    ),
+    "OBSERVER_FAILOVER_S": (
+        "10",
+        "Seconds within which the rooms of an observer that died are watched by another",
+    ),
     "OBSERVER_ROOM_PATTERN": ("*", "Glob of room names to watch (comma-separated globs allowed)"),
     "OBSERVER_TRACK_KINDS": ("agent", "Participant kinds to record, comma-separated"),
     "OBSERVER_POLL_INTERVAL_S": ("5", "Seconds between room listings (ListRooms)"),
@@ -89,6 +97,8 @@ class Settings:
     database_url: str = field(repr=False)
     livekit: LiveKitSettings | None
     observer_id: str
+    replicas: int
+    failover_s: float
     room_patterns: tuple[str, ...]
     track_kinds: frozenset[str]
     poll_interval_s: float
@@ -130,6 +140,8 @@ class Settings:
             database_url=_database_url(r),
             livekit=livekit,
             observer_id=r.text("OBSERVER_ID") or socket.gethostname(),
+            replicas=r.integer("OBSERVER_REPLICAS", minimum=1),
+            failover_s=r.number("OBSERVER_FAILOVER_S", minimum=1),
             room_patterns=tuple(p for p in r.items("OBSERVER_ROOM_PATTERN")) or ("*",),
             track_kinds=_kinds(r),
             poll_interval_s=r.number("OBSERVER_POLL_INTERVAL_S", minimum=0.1),

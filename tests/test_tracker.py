@@ -17,6 +17,7 @@ from observer.core.tracker import (
     Listed,
     Op,
     Open,
+    Outcome,
     ParticipantJoined,
     ParticipantLeft,
     Reconnected,
@@ -25,6 +26,7 @@ from observer.core.tracker import (
     RoomGone,
     RoomJoined,
     RoomLost,
+    Seeded,
     Seen,
     SessionKey,
     SessionTracker,
@@ -37,6 +39,7 @@ from observer.core.tracker import (
     WebhookJoined,
     WebhookLeft,
     WebhookRoomFinished,
+    Witnessed,
 )
 
 T0 = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
@@ -55,9 +58,9 @@ def user(sid: str) -> Seen:
 
 
 def step(tr: SessionTracker, ev: Event) -> list[Op]:
-    """One event's writes, then its notices."""
+    """One event's writes, then its notices (witness records are tested on their own)."""
     out = tr.handle(ev)
-    return [*out.writes, *out.notices]
+    return [*(w for w in out.writes if not isinstance(w, Witnessed)), *out.notices]
 
 
 def run(events: list[Event], tracker: SessionTracker | None = None) -> list[Op]:
@@ -505,3 +508,61 @@ def test_notices_are_kept_apart_from_writes() -> None:
     out = tr.handle(ParticipantLeft("RM1", "PA1", "UNKNOWN_REASON", t(8)))
     assert not [w for w in out.writes if isinstance(w, Close)]
     assert out.notices == (Verify("RM1", "r"),)
+
+
+def test_placement_is_even_and_scale_out_moves_a_quarter() -> None:
+    from observer.core.placement import assign
+
+    for seed in range(20):
+        rooms = [f"room-{seed}-{i}" for i in range(300)]
+        three = [f"obs-{seed}-{c}" for c in "abc"]
+        before = assign(rooms, three, 1)
+        share = {o: sum(1 for r in rooms if before[r] == (o,)) for o in three}
+        assert all(abs(n - 100) <= 15 for n in share.values()), share
+        four = [*three, f"obs-{seed}-d"]
+        after = assign(rooms, four, 1)
+        moved = [r for r in rooms if before[r] != after[r]]
+        assert 0.15 * len(rooms) <= len(moved) <= 0.35 * len(rooms), len(moved)
+        # the same answer whatever order the lists come in
+        assert assign(reversed(rooms), list(reversed(four)), 1) == after
+
+
+def test_placement_with_replicas_keeps_a_watcher_when_one_dies() -> None:
+    from observer.core.placement import assign
+
+    rooms = [f"room-{i}" for i in range(300)]
+    three = ["obs-a", "obs-b", "obs-c"]
+    before = assign(rooms, three, 2)
+    assert all(len(set(o)) == 2 for o in before.values())
+    after = assign(rooms, ["obs-a", "obs-b"], 2)
+    kept = sum(1 for r in rooms if set(before[r]) - {"obs-c"} <= set(after[r]))
+    assert kept == len(rooms)  # survivors keep their rooms; only obs-c's move
+    assert assign(rooms, ["obs-a"], 2)["room-1"] == ("obs-a",)  # never more than are alive
+
+
+def test_an_observer_records_once_that_it_saw_a_participant_itself() -> None:
+    tr = SessionTracker(frozenset({"agent"}))
+    out = tr.handle(RoomJoined("r", "RM1", (agent("PA1"), user("PU1")), t(0)))
+    assert [w for w in out.writes if isinstance(w, Witnessed)] == [
+        Witnessed((SessionKey("RM1", "PA1"),), t(0))
+    ]
+    out = tr.handle(ParticipantJoined("r", "RM1", agent("PA2"), t(1)))
+    assert Witnessed((SessionKey("RM1", "PA2"),), t(1)) in out.writes
+    out = tr.handle(Reconnected("RM1", (agent("PA1"), agent("PA2")), t(2)))
+    assert not [w for w in out.writes if isinstance(w, Witnessed)]
+    # a join learned only from a webhook is not a witness
+    out = tr.handle(WebhookJoined("q", "RM2", agent("PB1"), t(3)))
+    assert not [w for w in out.writes if isinstance(w, Witnessed)]
+
+
+def test_seeded_rows_of_a_room_continue_and_are_settled_when_gone() -> None:
+    tr = SessionTracker(frozenset({"agent"}))
+    rows = tuple(
+        TrackedSession("r", "RM1", sid, f"id-{sid}", "", "agent", None, {}, t(-50), t(-10))
+        for sid in ("PA1", "PA2")
+    )
+    assert tr.handle(Seeded("RM1", rows)) == Outcome()
+    ops = step(tr, RoomJoined("r", "RM1", (agent("PA1", -50),), t(0)))
+    assert opens(ops) == [] and Verify("RM1", "r") in ops
+    ops = step(tr, Listed("RM1", True, frozenset({"PA1"}), t(0.5), t(0.6)))
+    assert closes(ops) == [("PA2", t(-10), None, END_RECONCILED, 10600)]

@@ -30,13 +30,15 @@ def plan(
     busy: Set[str],
     ended: Set[str],
     with_open_sessions: Mapping[str, str],
+    mine: Set[str] | None = None,
 ) -> Plan:
     """Decide from one listing what to do.
 
     `busy`: sids being joined or watched. `ended`: sids seen closing or deleted, never
     joined again (joining a room that just ended would create it anew and could summon an
     agent into it). A room with open sessions is joined even if it no longer matches the
-    patterns, so that its sessions can be finished.
+    patterns, so that its sessions can be finished. `mine`: the room names the placement
+    gives this observer when several share the fleet (None: all of them).
     """
     patterns = tuple(patterns)
     listed = list(listed)
@@ -47,6 +49,7 @@ def plan(
         if r.sid not in busy
         and r.sid not in ended
         and (matches(r.name, patterns) or r.sid in with_open_sessions)
+        and (mine is None or r.name in mine)
     )
     gone = tuple(sid for sid in with_open_sessions if sid not in live and sid not in busy)
     return Plan(join=join, gone=gone)

@@ -170,6 +170,15 @@ class Tick:
 
 
 @dataclass(frozen=True)
+class Seeded:
+    """The open rows of a room about to be joined, as the database has them (whichever
+    observer wrote them): sessions to continue, and to settle if their participant is gone."""
+
+    room_sid: str
+    sessions: tuple[TrackedSession, ...]
+
+
+@dataclass(frozen=True)
 class WebhookJoined:
     """LiveKit's webhook says a participant joined (`at` is the event's createdAt)."""
 
@@ -208,6 +217,7 @@ Event = (
     | RoomGone
     | Listed
     | Tick
+    | Seeded
     | WebhookJoined
     | WebhookLeft
     | WebhookRoomFinished
@@ -246,6 +256,14 @@ class UpdateAttributes:
 
 
 @dataclass(frozen=True)
+class Witnessed:
+    """This observer saw these participants in their room itself."""
+
+    keys: tuple[SessionKey, ...]
+    at: datetime
+
+
+@dataclass(frozen=True)
 class StuckAgents:
     """Agents alone in a room (no company) for longer than the limit; not a database write."""
 
@@ -264,7 +282,7 @@ class Verify:
     room_name: str
 
 
-RowWrite = Open | Close | Touch | UpdateAttributes  # changes to the sessions table
+RowWrite = Open | Close | Touch | UpdateAttributes | Witnessed  # changes to the rows
 Notice = StuckAgents | Verify  # for the daemon to act on; never written
 Op = RowWrite | Notice
 
@@ -282,7 +300,7 @@ class Outcome:
         notices: list[Notice] = []
         for op in ops:
             match op:
-                case Open() | Close() | Touch() | UpdateAttributes():
+                case Open() | Close() | Touch() | UpdateAttributes() | Witnessed():
                     writes.append(op)
                 case StuckAgents() | Verify():
                     notices.append(op)
@@ -338,6 +356,7 @@ class SessionTracker:
     _alerted: set[str] = field(default_factory=set)
     _recently_closed: OrderedDict[SessionKey, None] = field(default_factory=OrderedDict)
     _in_view: set[SessionKey] = field(default_factory=set)  # seen present by the observer
+    _witnessed: set[SessionKey] = field(default_factory=set)  # recorded as witnessed
     _stuck_count: int = 0
 
     def seed(self, sessions: Iterable[TrackedSession]) -> None:
@@ -397,7 +416,13 @@ class SessionTracker:
                 if ev.participant.kind in COMPANY_KINDS:
                     self._company.setdefault(ev.room_sid, set()).add(ev.participant.sid)
                 ops = self._replaced(ev.room_sid, ev.participant.identity, ev.at)
-                return ops + self._joined(ev.room_name, ev.room_sid, ev.participant, ev.at)
+                ops += self._joined(ev.room_name, ev.room_sid, ev.participant, ev.at)
+                return ops + self._record_seen([key], ev.at)
+            case Seeded():
+                for s in ev.sessions:
+                    if s.key not in self._open and s.key not in self._recently_closed:
+                        self._open[s.key] = s
+                return []
             case ParticipantLeft():
                 return self._left(ev)
             case AttributesChanged():
@@ -539,6 +564,7 @@ class SessionTracker:
                 missing = True
         for p in present:
             ops += self._joined(room_name, room_sid, p, at)
+        ops += self._record_seen([SessionKey(room_sid, p.sid) for p in present], at)
         if missing:
             ops += self._verify(room_sid, at)
         return ops
@@ -603,6 +629,7 @@ class SessionTracker:
         self._witness.pop(key, None)
         self._recently_closed[key] = None
         self._in_view.discard(key)
+        self._witnessed.discard(key)
         if len(self._recently_closed) > RECENTLY_CLOSED_MAX:
             self._recently_closed.popitem(last=False)
         return Close(
@@ -653,8 +680,15 @@ class SessionTracker:
             )
         return ops
 
+    def _record_seen(self, keys: Iterable[SessionKey], at: datetime) -> list[Op]:
+        """Record, once, that this observer saw these open sessions' participants itself."""
+        new = tuple(k for k in keys if k in self._open and k not in self._witnessed)
+        self._witnessed.update(new)
+        return [Witnessed(new, at)] if new else []
+
     def _forget_room(self, room_sid: str) -> None:
         self._in_view = {k for k in self._in_view if k.room_sid != room_sid}
+        self._witnessed = {k for k in self._witnessed if k.room_sid != room_sid}
         self._company.pop(room_sid, None)
         self._alone_since.pop(room_sid, None)
         self._alerted.discard(room_sid)

@@ -11,6 +11,7 @@ from datetime import datetime
 from typing import Any
 
 from livekit import api, rtc
+from sqlalchemy.exc import SQLAlchemyError
 
 from observer.config import LiveKitSettings, Settings
 from observer.core import discovery
@@ -21,8 +22,11 @@ from observer.core.tracker import (
     RoomClosed,
     RoomGone,
     RoomLost,
+    Seeded,
+    TrackedSession,
     WebhookRoomFinished,
 )
+from observer.daemon.fleet import Fleet
 from observer.daemon.shards import JoinFailed, RemoteWatcher, ShardPool
 from observer.daemon.watcher import RoomMismatchError, RoomWatcher, observer_token
 from observer.livekit_api import API_ERRORS
@@ -79,6 +83,8 @@ class Rooms:
         spawn: Callable[[Coroutine[Any, Any, Any], str], asyncio.Task[Any]],
         unwatched_with_sessions: Callable[[], Mapping[str, str]],
         pool: ShardPool | None = None,
+        fleet: Fleet | None = None,
+        open_in_room: Callable[[str], list[TrackedSession]] | None = None,
     ) -> None:
         self._settings = settings
         self._lk = lk
@@ -89,6 +95,11 @@ class Rooms:
         self._unwatched = unwatched_with_sessions
         self.watchers: dict[str, Watcher] = {}
         self._pool = pool
+        self._fleet = fleet
+        self._open_in_room = open_in_room
+        self._listed: list[discovery.ListedRoom] = []
+        self._listed_at: datetime | None = None
+        self._not_mine_since: dict[str, float] = {}
         self.ended: set[str] = set()
         self._first_seen: dict[str, float] = {}
         self._slots = asyncio.Semaphore(len(pool.shards) if pool is not None else 1)
@@ -220,13 +231,18 @@ class Rooms:
         self, listed: list[discovery.ListedRoom], listed_at: datetime | None = None
     ) -> None:
         """Act on one complete room listing, requested at `listed_at`."""
+        self._listed, self._listed_at = listed, listed_at
+        mine = self._fleet.mine({r.name for r in listed}) if self._fleet else None
         p = discovery.plan(
             listed,
             patterns=self._settings.room_patterns,
             busy=set(self.watchers),
             ended=self.ended,
             with_open_sessions=self._unwatched(),
+            mine=mine,
         )
+        if mine is not None:
+            self._hand_over_rooms_not_mine(mine)
         now = utcnow()
         for sid in p.gone:
             self._emit(RoomGone(sid, now, listed_at or now))
@@ -238,8 +254,34 @@ class Rooms:
         for room in p.join:
             self._start(room)
 
+    def replan(self) -> None:
+        """The observers changed: place the last listing again (takeovers happen here)."""
+        if self._listed_at is not None:
+            self.poll_once(self._listed, self._listed_at)
+
+    def _hand_over_rooms_not_mine(self, mine: set[str]) -> None:
+        """Leave rooms the placement gave to others, once they have had time to get in."""
+        now = time.monotonic()
+        grace = self._settings.failover_s
+        for sid, watcher in list(self.watchers.items()):
+            if watcher.room_name in mine:
+                self._not_mine_since.pop(sid, None)
+                continue
+            since = self._not_mine_since.setdefault(sid, now)
+            if now - since >= grace and not watcher.recovering:
+                self._not_mine_since.pop(sid, None)
+                self.watchers.pop(sid, None)
+                self._emit(RoomLost(sid, "HANDED_OVER", utcnow()))
+                self._spawn(self._leave_quietly(watcher), f"hand-over:{watcher.room_name}")
+        for sid in [s for s in self._not_mine_since if s not in self.watchers]:
+            del self._not_mine_since[sid]
+
     def join_now(self, room: discovery.ListedRoom) -> None:
         """Join one room now (announced by a webhook) if the listing rules allow it."""
+        if self._fleet is not None:
+            names = {r.name for r in self._listed} | {room.name}
+            if room.name not in self._fleet.mine(names):
+                return
         p = discovery.plan(
             [room],
             patterns=self._settings.room_patterns,
@@ -307,6 +349,7 @@ class Rooms:
     async def _join(self, watcher: Watcher) -> None:
         lk = self._lk
         token = observer_token(lk.api_key, lk.api_secret, self._identity, watcher.room_name)
+        await self._seed(watcher.room_sid)
         try:
             started = await join_in_turn(
                 self._slots,
@@ -343,6 +386,21 @@ class Rooms:
                 "joining a room failed; will retry",
                 extra={"room": watcher.room_name, "error": error},
             )
+
+    async def _seed(self, room_sid: str) -> None:
+        """Before joining: the room's open rows, whoever wrote them, so that the sessions
+        continue and those whose participant left meanwhile are settled."""
+        if self._open_in_room is None:
+            return
+        try:
+            sessions = await asyncio.to_thread(self._open_in_room, room_sid)
+        except SQLAlchemyError as exc:
+            log.warning(
+                "reading a room's open sessions failed", extra={"error": type(exc).__name__}
+            )
+            return
+        if sessions:
+            self._emit(Seeded(room_sid, tuple(sessions)))
 
     async def _ended_meanwhile(self, watcher: Watcher) -> bool:
         """After a failed join: is the listed room gone? Then it is never tried again."""

@@ -21,15 +21,18 @@ from observer.core.tracker import (
     Reconnecting,
     RoomJoined,
     SessionTracker,
+    StuckAgents,
     Tick,
     Verify,
 )
 from observer.daemon import telemetry, webhooks
+from observer.daemon.fleet import Fleet
 from observer.daemon.http import WebServer
 from observer.daemon.rooms import Rooms
 from observer.daemon.shards import ShardPool
 from observer.daemon.telemetry import Metrics
 from observer.daemon.writer import BufferFull, Writer
+from observer.db import fleet as fleet_db
 from observer.db.migrate import upgrade
 from observer.db.store import Store
 from observer.db.writes import WebhookRecord, Write
@@ -85,6 +88,7 @@ class Observer:
             db_pending_ops=lambda: self.writer.pending,
         )
         self.rooms: Rooms | None = None
+        self.fleet: Fleet | None = None
         self.pool: ShardPool | None = None
         self.web: WebServer | None = None
         self.exit_code = EXIT_OK
@@ -108,6 +112,13 @@ class Observer:
                 emit=lambda ev: self.rooms.emit(ev) if self.rooms else self._emit(ev),
                 on_recovered=lambda w: self.rooms.recovered(w) if self.rooms else None,
             )
+        self.fleet = Fleet(
+            self.settings,
+            self.store,
+            self.metrics,
+            rooms_inside=lambda: set(self.tracker.watched_rooms.values()),
+            on_change=lambda: self.rooms.replan() if self.rooms else None,
+        )
         self.rooms = Rooms(
             self.settings,
             self.lk,
@@ -117,6 +128,8 @@ class Observer:
             spawn=self._spawn,
             unwatched_with_sessions=self.tracker.unwatched_rooms,
             pool=self.pool,
+            fleet=self.fleet,
+            open_in_room=lambda sid: fleet_db.open_in_room(self.store.engine, sid),
         )
         try:
             if await self._load_open_sessions():
@@ -128,6 +141,7 @@ class Observer:
                 self._spawn(self._tick(), "ticker")
                 self._spawn(self.rooms.discover_forever(), "discovery")
                 self._spawn(self.rooms.check_forever(), "checks")
+                self._spawn(self.fleet.run_forever(), "fleet")
                 log.info(
                     "observer started",
                     extra={
@@ -218,8 +232,15 @@ class Observer:
         for t in list(self._tasks):
             if t.get_name() in ("ticker", "discovery", "checks"):
                 t.cancel()
+        if self.fleet is not None:
+            await self.fleet.hand_over(timeout_s=self.settings.failover_s)
+            for t in list(self._tasks):
+                if t.get_name() == "fleet":
+                    t.cancel()
         if self.rooms is not None:
             await self.rooms.leave_all()
+        if self.fleet is not None:
+            await self.fleet.leave()
         try:
             if not consumer.done():
                 await asyncio.wait_for(self.queue.join(), 10)
@@ -279,6 +300,8 @@ class Observer:
             telemetry.record_writes(self.metrics, out.writes)
             self._submit(out.writes)
             for notice in out.notices:
+                if isinstance(notice, StuckAgents) and not self._speaks_for(notice.room_name):
+                    continue  # another observer of this room raises the alert
                 telemetry.record_notice(
                     self.metrics, notice, stuck_limit_s=self.settings.stuck_agent_s
                 )
@@ -294,6 +317,9 @@ class Observer:
             "room joined",
             extra={"room": ev.room_name, "room_sid": ev.room_sid, "present": len(ev.present)},
         )
+
+    def _speaks_for(self, room_name: str) -> bool:
+        return self.fleet is None or self.fleet.is_primary(room_name)
 
     async def _tick(self) -> None:
         while True:

@@ -22,6 +22,7 @@ from observer.core.tracker import (
     Touch,
     UpdateAttributes,
     Verify,
+    Witnessed,
 )
 from observer.core.vocab import END_RECONCILED
 
@@ -92,6 +93,32 @@ class Metrics:
         self.event_queue_depth = Gauge(
             "observer_event_queue_depth", "Room events waiting to be handled", registry=r
         )
+        self.observers_alive = Gauge(
+            "observer_fleet_observers_alive",
+            "Observers sharing the database that this one counts as alive (itself included)",
+            registry=r,
+        )
+        self.rooms_owned = Gauge(
+            "observer_fleet_rooms_owned",
+            "Rooms the placement gives this observer to watch",
+            registry=r,
+        )
+        self.rooms_per_observer = Gauge(
+            "observer_fleet_rooms_per_observer",
+            "Rooms each live observer is inside, from its last heartbeat",
+            ["observer"],
+            registry=r,
+        )
+        self.takeovers = Counter(
+            "observer_fleet_takeovers_total",
+            "Observers found dead or stopped, whose rooms the others took over",
+            registry=r,
+        )
+        self.sessions_seen_by_several = Gauge(
+            "observer_fleet_sessions_seen_by_several",
+            "Open sessions that more than one observer saw in the room itself",
+            registry=r,
+        )
 
     def value(self, name: str, labels: dict[str, str] | None = None) -> float:
         """A sample's current value (0 when absent); for tests and health output."""
@@ -150,7 +177,7 @@ def record_writes(m: Metrics, writes: Sequence[RowWrite]) -> None:
                         "duration_ms": round(duration_s * 1000),
                     },
                 )
-            case Touch() | UpdateAttributes():
+            case Touch() | UpdateAttributes() | Witnessed():
                 pass
             case _:
                 assert_never(w)

@@ -9,6 +9,7 @@ from datetime import datetime
 from sqlalchemy import (
     bindparam,
     delete,
+    func,
     select,
     update,
 )
@@ -37,11 +38,25 @@ class Rollup:
     computed_at: datetime | None = None
 
 
+# The advisory lock key of `observer reconcile` (any constant unique to this program).
+RECONCILE_LOCK_KEY = 0x6C6B6F62_72656331 & 0x7FFFFFFFFFFFFFFF
+
+
 class RollupTx:
     """The reads and writes of one reconcile run, all inside one transaction."""
 
     def __init__(self, db: Session) -> None:
         self.db = db
+
+    def try_lock(self) -> bool:
+        """Take the reconcile lock for this transaction; False if another run holds it.
+        PostgreSQL: an advisory lock, released at commit or rollback. SQLite allows one
+        writer at a time anyway."""
+        conn = self.db.connection()
+        if conn.dialect.name != "postgresql":
+            return True
+        got = conn.execute(select(func.pg_try_advisory_xact_lock(RECONCILE_LOCK_KEY))).scalar_one()
+        return bool(got)
 
     def settle(self, sessions: Iterable[StaleSession], now: datetime) -> int:
         """Close sessions whose participant is gone, as the daemon does at start-up: at the

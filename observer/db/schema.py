@@ -8,6 +8,7 @@ from typing import Any
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     CheckConstraint,
     DateTime,
     Dialect,
@@ -114,7 +115,39 @@ class SessionRow(Base):
             sqlite_where=text("left_at IS NULL"),
             postgresql_where=text("left_at IS NULL"),
         ),
+        Index(
+            "ix_sessions_open_room_sid",
+            "room_sid",
+            sqlite_where=text("left_at IS NULL"),
+            postgresql_where=text("left_at IS NULL"),
+        ),
     )
+
+
+class SessionWitnessRow(Base):
+    """An observer that saw a session's participant in the room itself (not only through a
+    webhook): one row per (session, observer)."""
+
+    __tablename__ = "session_witnesses"
+
+    room_sid: Mapped[str] = mapped_column(Text, primary_key=True)
+    participant_sid: Mapped[str] = mapped_column(Text, primary_key=True)
+    observer_id: Mapped[str] = mapped_column(Text, primary_key=True)
+    first_seen_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class ObserverRow(Base):
+    """A running observer, as its heartbeats show it; the membership rooms are placed by."""
+
+    __tablename__ = "observers"
+
+    observer_id: Mapped[str] = mapped_column(Text, primary_key=True)
+    host: Mapped[str] = mapped_column(Text)
+    pid: Mapped[int] = mapped_column(Integer)
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    heartbeat_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    stopping: Mapped[bool] = mapped_column(Boolean, default=False)
+    rooms: Mapped[list[str]] = mapped_column(JSON, default=list)  # names of rooms it is in
 
 
 class PeriodRollupRow(Base):

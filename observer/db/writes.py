@@ -23,8 +23,15 @@ from observer.core.tracker import (
     Touch,
     TrackedSession,
     UpdateAttributes,
+    Witnessed,
 )
-from observer.db.schema import Base, SessionRow, WebhookEventRow, dialect_insert
+from observer.db.schema import (
+    Base,
+    SessionRow,
+    SessionWitnessRow,
+    WebhookEventRow,
+    dialect_insert,
+)
 
 
 @dataclass(frozen=True)
@@ -49,7 +56,7 @@ def _key_clause(key: SessionKey) -> tuple[Any, ...]:
     return (SessionRow.room_sid == key.room_sid, SessionRow.participant_sid == key.participant_sid)
 
 
-def _tracked(r: SessionRow) -> TrackedSession:
+def tracked(r: SessionRow) -> TrackedSession:
     return TrackedSession(
         room_name=r.room_name,
         room_sid=r.room_sid,
@@ -85,6 +92,8 @@ def apply_ops(db: Session, ops: Sequence[Write], observer_id: str, now: datetime
                         attributes=dict(op.attributes), agent_name=op.agent_name, updated_at=now
                     )
                 )
+            case Witnessed():
+                _witnessed(db, op, observer_id)
             case WebhookRecord():
                 insert_webhook(db, op)
             case _:
@@ -97,6 +106,20 @@ def insert_webhook(db: Session, rec: WebhookRecord) -> bool:
     stmt = dialect_insert(db.get_bind().dialect.name, WebhookEventRow).values(**vars(rec))
     stmt = stmt.on_conflict_do_nothing(index_elements=["id"]).returning(WebhookEventRow.id)
     return db.execute(stmt).first() is not None
+
+
+def _witnessed(db: Session, op: Witnessed, observer_id: str) -> None:
+    rows = [
+        {
+            "room_sid": k.room_sid,
+            "participant_sid": k.participant_sid,
+            "observer_id": observer_id,
+            "first_seen_at": op.at,
+        }
+        for k in op.keys
+    ]
+    stmt = dialect_insert(db.get_bind().dialect.name, SessionWitnessRow)
+    db.execute(stmt.on_conflict_do_nothing(), rows)
 
 
 def _open(db: Session, s: TrackedSession, observer_id: str, now: datetime) -> None:
@@ -169,4 +192,4 @@ def open_sessions(engine: Engine, observer_id: str) -> list[TrackedSession]:
             .where(SessionRow.left_at.is_(None), SessionRow.observer_id == observer_id)
             .order_by(SessionRow.id)
         ).all()
-        return [_tracked(r) for r in rows]
+        return [tracked(r) for r in rows]

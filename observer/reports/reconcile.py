@@ -473,6 +473,10 @@ def run(store: Store, lk: LiveKitSettings | None, job: Job) -> Outcome:
 
     p = job.period
     with store.rollup_transaction() as tx:
+        if not tx.try_lock():
+            raise ReconcileError(
+                "another `observer reconcile` is running on this database; nothing was written"
+            )
         closed = tx.settle(to_close, settled_at)
         existing = tx.rollups(p.start, p.end)
         fresh = compute_rollups(tx, p, job.now)

@@ -1,0 +1,170 @@
+"""Several observers sharing a fleet of rooms through the database they share.
+
+Each observer writes a heartbeat row (with the rooms it is inside) every FAILOVER_S / 5;
+an observer whose heartbeat is older than FAILOVER_S / 2 counts as dead. From the live
+list every observer computes the same placement (core/placement.py): each room is watched
+by OBSERVER_REPLICAS of them. When one dies, the others' next placement gives its rooms to
+the survivors. A clean stop marks the row as stopping, waits until its rooms are listed by
+another observer, and then leaves them.
+
+After the database was unreachable, heartbeats of everyone are stale for a moment: the
+membership does not shrink until this observer has beaten for a whole FAILOVER_S / 2
+again, so that a database outage does not make every observer join every room.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import time
+from collections.abc import Callable, Collection, Mapping
+
+from sqlalchemy.exc import SQLAlchemyError
+
+from observer.config import Settings
+from observer.core.placement import assign
+from observer.core.times import utcnow
+from observer.daemon.telemetry import Metrics
+from observer.db import fleet as fleet_db
+from observer.db.store import Store
+
+log = logging.getLogger(__name__)
+
+
+class Fleet:
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        metrics: Metrics,
+        *,
+        rooms_inside: Callable[[], Collection[str]],
+        on_change: Callable[[], None],
+    ) -> None:
+        self.me = settings.observer_id
+        self.replicas = settings.replicas
+        self.interval_s = settings.failover_s / 5
+        self.dead_after_s = settings.failover_s / 2
+        self.shared = settings.database_url.startswith("postgresql")
+        self._store = store
+        self._metrics = metrics
+        self._rooms_inside = rooms_inside
+        self._on_change = on_change
+        self._started_at = utcnow()
+        self._host = socket.gethostname()
+        self.members: tuple[str, ...] = (self.me,)
+        self.others: list[fleet_db.Member] = []
+        self._healthy_since: float | None = None
+        self._assignment: Mapping[str, tuple[str, ...]] = {}
+        self._stopping = False
+        self._beats = 0
+        metrics.observers_alive.set_function(lambda: len(self.members))
+
+    # ---- placement ------------------------------------------------------------------------
+
+    def mine(self, room_names: Collection[str]) -> set[str]:
+        """Of these rooms (a whole listing), the ones this observer watches."""
+        if not self.shared or self.members == (self.me,):
+            self._assignment = {}
+            mine = set(room_names)
+        else:
+            self._assignment = assign(room_names, self.members, self.replicas)
+            mine = {room for room, obs in self._assignment.items() if self.me in obs}
+        self._metrics.rooms_owned.set(len(mine))
+        return mine
+
+    def is_primary(self, room_name: str) -> bool:
+        """Whether this observer speaks for the room (alerts), of those that watch it."""
+        owners = self._assignment.get(room_name)
+        return owners is None or owners[0] == self.me
+
+    # ---- heartbeats -----------------------------------------------------------------------
+
+    async def run_forever(self) -> None:
+        while True:
+            await self.beat()
+            await asyncio.sleep(self.interval_s)
+
+    async def beat(self) -> None:
+        now = utcnow()
+        try:
+            members = await asyncio.to_thread(
+                fleet_db.heartbeat,
+                self._store.engine,
+                observer_id=self.me,
+                host=self._host,
+                pid=os.getpid(),
+                started_at=self._started_at,
+                now=now,
+                stopping=self._stopping,
+                rooms=sorted(self._rooms_inside()),
+                dead_after_s=self.dead_after_s,
+            )
+        except SQLAlchemyError as exc:
+            if self._healthy_since is not None:
+                log.warning("heartbeat failed", extra={"error": type(exc).__name__})
+            self._healthy_since = None
+            return
+        if self._healthy_since is None:
+            self._healthy_since = time.monotonic()
+        self.others = [m for m in members if m.observer_id != self.me]
+        live = {m.observer_id for m in members if not m.stopping} | {self.me}
+        if time.monotonic() - self._healthy_since < self.dead_after_s:
+            live |= set(self.members)  # just back: nobody is taken for dead yet
+        self._set_members(tuple(sorted(live)))
+        for m in members:
+            self._metrics.rooms_per_observer.labels(observer=m.observer_id).set(len(m.rooms))
+        self._beats += 1
+        if self.shared and self._beats % 10 == 1:
+            try:
+                several = await asyncio.to_thread(fleet_db.open_seen_by_several, self._store.engine)
+            except SQLAlchemyError:
+                return
+            self._metrics.sessions_seen_by_several.set(several)
+
+    def _set_members(self, members: tuple[str, ...]) -> None:
+        if members == self.members:
+            return
+        gone = set(self.members) - set(members)
+        came = set(members) - set(self.members)
+        self.members = members
+        log.info(
+            "observers changed",
+            extra={
+                "observers": ",".join(members),
+                "gone": ",".join(sorted(gone)),
+                "new": ",".join(sorted(came)),
+            },
+        )
+        if gone:
+            self._metrics.takeovers.inc(len(gone))
+        self._on_change()
+
+    # ---- a clean stop ---------------------------------------------------------------------
+
+    async def hand_over(self, timeout_s: float) -> None:
+        """Tell the others this observer is stopping, and wait until each of its rooms is
+        listed by another live observer (or the timeout passes)."""
+        if not self.shared:
+            return
+        self._stopping = True
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            await self.beat()
+            mine = set(self._rooms_inside())
+            covered: set[str] = set()
+            for m in self.others:
+                if not m.stopping:
+                    covered.update(m.rooms)
+            if not self.others or mine <= covered:
+                return
+            await asyncio.sleep(min(self.interval_s, 0.5))
+        log.warning("stopping before every room was handed over")
+
+    async def leave(self) -> None:
+        try:
+            await asyncio.to_thread(fleet_db.leave, self._store.engine, self.me)
+        except SQLAlchemyError:
+            pass  # the row goes stale by itself

@@ -1,0 +1,117 @@
+"""The observers sharing a database: heartbeats, who is alive, and what each watches."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import Engine, delete, func, select
+from sqlalchemy.orm import Session
+
+from observer.core.tracker import TrackedSession
+from observer.db.schema import ObserverRow, SessionRow, SessionWitnessRow, dialect_insert
+from observer.db.writes import tracked
+
+
+@dataclass(frozen=True)
+class Member:
+    observer_id: str
+    host: str
+    pid: int
+    started_at: datetime
+    heartbeat_at: datetime
+    stopping: bool
+    rooms: tuple[str, ...]
+
+
+def heartbeat(
+    engine: Engine,
+    *,
+    observer_id: str,
+    host: str,
+    pid: int,
+    started_at: datetime,
+    now: datetime,
+    stopping: bool,
+    rooms: Sequence[str],
+    dead_after_s: float,
+) -> list[Member]:
+    """Say this observer is alive (and what it watches); return every live observer, this
+    one included, as of `now`."""
+    values = {
+        "observer_id": observer_id,
+        "host": host,
+        "pid": pid,
+        "started_at": started_at,
+        "heartbeat_at": now,
+        "stopping": stopping,
+        "rooms": sorted(rooms),
+    }
+    with Session(engine) as db, db.begin():
+        stmt = dialect_insert(db.get_bind().dialect.name, ObserverRow).values(**values)
+        db.execute(
+            stmt.on_conflict_do_update(
+                index_elements=["observer_id"],
+                set_={k: stmt.excluded[k] for k in values if k != "observer_id"},
+            )
+        )
+        return _members(db, now, dead_after_s)
+
+
+def members(engine: Engine, now: datetime, dead_after_s: float) -> list[Member]:
+    with Session(engine) as db:
+        return _members(db, now, dead_after_s)
+
+
+def _members(db: Session, now: datetime, dead_after_s: float) -> list[Member]:
+    since = now - timedelta(seconds=dead_after_s)
+    rows = db.scalars(
+        select(ObserverRow)
+        .where(ObserverRow.heartbeat_at >= since)
+        .order_by(ObserverRow.observer_id)
+    ).all()
+    return [
+        Member(
+            r.observer_id, r.host, r.pid, r.started_at, r.heartbeat_at, r.stopping, tuple(r.rooms)
+        )
+        for r in rows
+    ]
+
+
+def leave(engine: Engine, observer_id: str) -> None:
+    """A clean stop: this observer no longer counts."""
+    with Session(engine) as db, db.begin():
+        db.execute(delete(ObserverRow).where(ObserverRow.observer_id == observer_id))
+
+
+def open_in_room(engine: Engine, room_sid: str) -> list[TrackedSession]:
+    """Open rows of one room, whichever observer wrote them."""
+    with Session(engine) as db:
+        rows = db.scalars(
+            select(SessionRow).where(SessionRow.room_sid == room_sid, SessionRow.left_at.is_(None))
+        ).all()
+        return [tracked(r) for r in rows]
+
+
+def open_seen_by_several(engine: Engine) -> int:
+    """Open sessions that more than one observer saw in the room itself."""
+    w = SessionWitnessRow
+    several = (
+        select(w.room_sid, w.participant_sid)
+        .group_by(w.room_sid, w.participant_sid)
+        .having(func.count() > 1)
+        .subquery()
+    )
+    q = (
+        select(func.count())
+        .select_from(several)
+        .join(
+            SessionRow,
+            (SessionRow.room_sid == several.c.room_sid)
+            & (SessionRow.participant_sid == several.c.participant_sid),
+        )
+        .where(SessionRow.left_at.is_(None))
+    )
+    with Session(engine) as db:
+        return int(db.scalar(q) or 0)

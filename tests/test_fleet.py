@@ -1,0 +1,432 @@
+"""Several observers sharing one PostgreSQL database, as processes against a real server:
+rooms split among them, a killed one's rooms taken over, a stopped one's handed over, one
+row per session whoever saw it, one stuck-agent alert per occurrence."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from daemon_helpers import Clients, create_room
+from livekit import rtc
+from livekit_server import LiveKitServer
+from postgres_server import PostgresServer
+
+from observer.db import fleet as fleet_db
+from observer.db import migrate
+from observer.db.reads import SessionFilter
+from observer.db.schema import SessionRow
+from observer.db.store import Store
+
+FAILOVER_S = 6.0
+
+
+def start(server: LiveKitServer, db_url: str, observer_id: str, log: Path, **extra: str):  # type: ignore[no-untyped-def]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("LIVEKIT_", "OBSERVER_"))}
+    env.update(
+        LIVEKIT_URL=server.ws_url,
+        LIVEKIT_API_KEY=server.api_key,
+        LIVEKIT_API_SECRET=server.api_secret,
+        OBSERVER_DATABASE_URL=db_url,
+        OBSERVER_ID=observer_id,
+        OBSERVER_POLL_INTERVAL_S="0.5",
+        OBSERVER_HEARTBEAT_S="1",
+        OBSERVER_FAILOVER_S=str(FAILOVER_S),
+        OBSERVER_LOG_FORMAT="json",
+        OBSERVER_HTTP_ADDR="off",
+        **extra,
+    )
+    out = log.open("ab")
+    try:
+        return subprocess.Popen(
+            [sys.executable, "-m", "observer", "run"], env=env, stdout=out, stderr=out
+        )
+    finally:
+        out.close()
+
+
+def rows(store: Store) -> list[SessionRow]:
+    return sorted(store.sessions(SessionFilter()), key=lambda r: r.id)
+
+
+def watchers_per_room(store: Store, rooms: list[str]) -> Counter[str]:
+    live = fleet_db.members(store.engine, _now(), FAILOVER_S / 2)
+    count: Counter[str] = Counter({r: 0 for r in rooms})
+    for m in live:
+        if not m.stopping:
+            count.update(r for r in m.rooms if r in count)
+    return count
+
+
+def _now():  # type: ignore[no-untyped-def]
+    from datetime import UTC, datetime
+
+    return datetime.now(UTC)
+
+
+async def wait_for(pred, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not pred():
+        assert time.monotonic() < deadline, what
+        await asyncio.sleep(0.2)
+
+
+def log_lines(logs: list[Path], message: str) -> list[dict[str, object]]:
+    out = []
+    for log in logs:
+        for line in log.read_text().splitlines():
+            if line.startswith("{") and f'"{message}"' in line:
+                out.append(json.loads(line))
+    return out
+
+
+@pytest.fixture
+def fleet_db_url(pg_url: str) -> str:
+    migrate.upgrade(pg_url)
+    return pg_url
+
+
+async def test_three_observers_one_killed_mid_churn(
+    livekit_server: LiveKitServer, fleet_db_url: str, clients: Clients, tmp_path: Path
+) -> None:
+    rooms = [f"fleet-{i}" for i in range(9)]
+    for r in rooms:
+        await create_room(livekit_server, r, empty_timeout=300, departure_timeout=300)
+        await clients.join(r, f"user-{r}")  # company: no stuck alerts except where wanted
+    store = Store(fleet_db_url)
+    logs = [tmp_path / f"obs-{c}.log" for c in "abc"]
+    procs = {
+        c: start(livekit_server, fleet_db_url, f"obs-{c}", log, OBSERVER_REPLICAS="2")
+        for c, log in zip("abc", logs, strict=True)
+    }
+    try:
+        stayers = {r: await clients.agent(r, f"stay-{r}") for r in rooms}
+        await wait_for(
+            lambda: all(n == 2 for n in watchers_per_room(store, rooms).values()),
+            60,
+            "every room watched by two observers",
+        )
+        # churn: agents join and leave, and observer a is killed in the middle of it
+        churners: list[rtc.Room] = []
+        for i, r in enumerate(rooms):
+            churners.append(await clients.agent(r, f"churn-{i}"))
+        await asyncio.sleep(1.0)
+        for room in churners[:4]:
+            await room.disconnect()
+        procs["a"].send_signal(signal.SIGKILL)
+        await asyncio.to_thread(procs["a"].wait, 10)
+        killed_at = time.monotonic()
+        for room in churners[4:]:
+            await room.disconnect()
+        late = [await clients.agent(r, f"late-{i}") for i, r in enumerate(rooms[:3])]
+        await asyncio.sleep(1.0)
+        for room in late:
+            await room.disconnect()
+        await wait_for(
+            lambda: all(n == 2 for n in watchers_per_room(store, rooms).values()),
+            30,
+            "every room watched by the two survivors",
+        )
+        assert time.monotonic() - killed_at < FAILOVER_S + 10
+
+        def settled() -> bool:
+            got = rows(store)
+            left = [r for r in got if not r.participant_identity.startswith("stay-")]
+            return len(got) == len(rooms) * 2 + 3 and all(r.left_at for r in left)
+
+        await wait_for(
+            settled, 30, f"rows: {[(r.participant_identity, r.left_at) for r in rows(store)]}"
+        )
+        got = rows(store)
+        keys = Counter((r.room_sid, r.participant_sid) for r in got)
+        assert max(keys.values()) == 1  # nothing doubled
+        assert Counter(r.participant_identity for r in got) == Counter(
+            [f"stay-{r}" for r in rooms]
+            + [f"churn-{i}" for i in range(len(rooms))]
+            + [f"late-{i}" for i in range(3)]
+        )  # nothing lost
+        assert [r for r in got if r.end_source == "reconciled"] == []
+        assert all(r.end_source == "rtc" for r in got if r.left_at)
+        assert all(r.left_at is None for r in got if r.participant_identity.startswith("stay-"))
+        # the stayers were seen by more than one observer; observer_id is who wrote the row
+        with store.engine.connect() as conn:
+            witnesses = Counter(
+                (room_sid, participant_sid)
+                for room_sid, participant_sid, _ in conn.exec_driver_sql(
+                    "SELECT room_sid, participant_sid, observer_id FROM session_witnesses"
+                )
+            )
+        for r in got:
+            assert r.observer_id in {"obs-a", "obs-b", "obs-c"}
+            if r.participant_identity.startswith("stay-"):
+                assert witnesses[(r.room_sid, r.participant_sid)] >= 2
+        del stayers
+    finally:
+        for p in procs.values():
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for p in procs.values():
+            await asyncio.to_thread(p.wait, 60)
+        store.close()
+
+
+async def test_clean_stops_hand_rooms_over_and_alerts_fire_once(
+    livekit_server: LiveKitServer, fleet_db_url: str, clients: Clients, tmp_path: Path
+) -> None:
+    rooms = [f"handover-{i}" for i in range(6)]
+    for r in rooms:
+        await create_room(livekit_server, r, empty_timeout=300, departure_timeout=300)
+    store = Store(fleet_db_url)
+    logs = [tmp_path / f"obs-{c}.log" for c in "abc"]
+    extra = {"OBSERVER_REPLICAS": "2", "OBSERVER_STUCK_AGENT_S": "2"}
+    procs = {
+        c: start(livekit_server, fleet_db_url, f"obs-{c}", log, **extra)
+        for c, log in zip("abc", logs, strict=True)
+    }
+    try:
+        for r in rooms:
+            await clients.agent(r, f"alone-{r}")  # alone: a stuck agent in every room
+        await wait_for(
+            lambda: all(n == 2 for n in watchers_per_room(store, rooms).values()),
+            60,
+            "every room watched by two observers",
+        )
+        await asyncio.sleep(4)  # past the stuck limit
+        alerts = Counter(str(line["room"]) for line in log_lines(logs, "agent alone in room"))
+        assert alerts == Counter(rooms), alerts  # once per room, not once per observer
+
+        # a rolling restart: each observer stopped cleanly, then started again
+        for c, log in zip("abc", logs, strict=True):
+            procs[c].send_signal(signal.SIGTERM)
+            code = await asyncio.to_thread(procs[c].wait, 60)
+            assert code == 0, log.read_text()[-2000:]
+            assert all(n >= 1 for n in watchers_per_room(store, rooms).values())
+            procs[c] = start(livekit_server, fleet_db_url, f"obs-{c}", log, **extra)
+            await wait_for(
+                lambda: all(n == 2 for n in watchers_per_room(store, rooms).values()),
+                60,
+                "two watchers again after the restart",
+            )
+        leaver = await clients.agent(rooms[0], "leaves-after")
+        await wait_for(
+            lambda: any(r.participant_identity == "leaves-after" for r in rows(store)), 20, "row"
+        )
+        await leaver.disconnect()
+        await wait_for(
+            lambda: all(r.left_at for r in rows(store) if r.participant_identity == "leaves-after"),
+            20,
+            "the leave",
+        )
+        got = rows(store)
+        assert len(got) == len(rooms) + 1
+        assert [r for r in got if r.end_source == "reconciled"] == []
+        assert all(r.left_at is None for r in got if r.participant_identity.startswith("alone-"))
+    finally:
+        for p in procs.values():
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for p in procs.values():
+            await asyncio.to_thread(p.wait, 60)
+        store.close()
+
+
+def test_a_second_run_on_one_sqlite_file_refuses(tmp_path: Path) -> None:
+    db = f"sqlite:///{tmp_path / 'one.db'}"
+    migrate.upgrade(db)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("LIVEKIT_", "OBSERVER_"))}
+    env.update(
+        LIVEKIT_URL="ws://127.0.0.1:9",
+        LIVEKIT_API_KEY="k",
+        LIVEKIT_API_SECRET="s",
+        OBSERVER_DATABASE_URL=db,
+        OBSERVER_HTTP_ADDR="off",
+    )
+    first = subprocess.Popen(
+        [sys.executable, "-m", "observer", "run"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while not (tmp_path / "one.db.run-lock").exists():
+            assert time.monotonic() < deadline and first.poll() is None
+            time.sleep(0.1)
+        time.sleep(1)
+        second = subprocess.run(
+            [sys.executable, "-m", "observer", "run"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert second.returncode == 2
+        lines = second.stderr.strip().splitlines()
+        assert len(lines) == 1 and "another `observer run`" in lines[0], second.stderr
+    finally:
+        first.send_signal(signal.SIGTERM)
+        first.wait(30)
+    assert first.returncode == 0
+
+
+def test_reconcile_never_runs_twice_at_once(
+    postgres_server: PostgresServer, fleet_db_url: str, tmp_path: Path
+) -> None:
+    import psycopg
+
+    from observer.db.rollups import RECONCILE_LOCK_KEY
+
+    conninfo = fleet_db_url.replace("postgresql+psycopg://", "postgresql://")
+    with psycopg.connect(conninfo, autocommit=True) as other:
+        other.execute("SELECT pg_advisory_lock(%s)", (RECONCILE_LOCK_KEY,))
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("LIVEKIT_", "OBSERVER_"))}
+        env["OBSERVER_DATABASE_URL"] = fleet_db_url
+        r = subprocess.run(
+            [sys.executable, "-m", "observer", "reconcile", "--period", "2026-01", "--no-settle"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=tmp_path,
+        )
+        assert r.returncode == 2, r.stdout + r.stderr
+        assert "another `observer reconcile` is running" in r.stderr
+        other.execute("SELECT pg_advisory_unlock(%s)", (RECONCILE_LOCK_KEY,))
+    r = subprocess.run(
+        [sys.executable, "-m", "observer", "reconcile", "--period", "2026-01", "--no-settle"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+    )
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+async def test_one_replica_takeover_is_quick_and_bounds_the_gap(
+    livekit_server: LiveKitServer, fleet_db_url: str, clients: Clients, tmp_path: Path
+) -> None:
+    rooms = [f"single-{i}" for i in range(6)]
+    for r in rooms:
+        await create_room(livekit_server, r, empty_timeout=300, departure_timeout=300)
+        await clients.join(r, f"user-{r}")
+    store = Store(fleet_db_url)
+    logs = [tmp_path / f"obs-{c}.log" for c in "abc"]
+    procs = {
+        c: start(livekit_server, fleet_db_url, f"obs-{c}", log, OBSERVER_REPLICAS="1")
+        for c, log in zip("abc", logs, strict=True)
+    }
+    try:
+        agents = {r: await clients.agent(r, f"agent-{r}") for r in rooms}
+        def split() -> bool:
+            live = fleet_db.members(store.engine, _now(), FAILOVER_S / 2)
+            busy = sum(1 for m in live if m.rooms)
+            return busy >= 2 and all(n == 1 for n in watchers_per_room(store, rooms).values())
+
+        await wait_for(split, 60, "the rooms split, each watched by one observer")
+        await wait_for(lambda: len(rows(store)) == len(rooms), 20, "rows")
+        live = fleet_db.members(store.engine, _now(), FAILOVER_S / 2)
+        shares = {m.observer_id: set(m.rooms) for m in live}
+        victim = max(shares, key=lambda o: len(shares[o]))
+        assert 0 < len(shares[victim]) < len(rooms)  # the rooms are split
+        orphan = sorted(shares[victim])[0]
+        procs[victim[-1]].send_signal(signal.SIGKILL)
+        await asyncio.to_thread(procs[victim[-1]].wait, 10)
+        killed = time.monotonic()
+        await agents[orphan].disconnect()  # nobody watches this room now
+        left = _now()
+        await wait_for(
+            lambda: all(n == 1 for n in watchers_per_room(store, rooms).values()),
+            FAILOVER_S + 10,
+            "the dead observer's rooms watched again",
+        )
+        took = time.monotonic() - killed
+        assert took <= FAILOVER_S + 3, took
+        await wait_for(
+            lambda: all(r.left_at for r in rows(store) if r.room_name == orphan),
+            20,
+            "the leave in the gap settled",
+        )
+        (row,) = [r for r in rows(store) if r.room_name == orphan]
+        assert row.end_source in ("reconciled", "webhook")
+        assert row.left_at is not None and row.left_at <= left
+        if row.end_source == "reconciled":  # bounded by when it was last seen and found gone
+            assert row.end_uncertainty_ms is not None
+            assert row.end_uncertainty_ms <= (FAILOVER_S + 15) * 1000
+        others = [r for r in rows(store) if r.room_name != orphan]
+        assert all(r.left_at is None for r in others)  # nothing else changed
+    finally:
+        for p in procs.values():
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for p in procs.values():
+            await asyncio.to_thread(p.wait, 60)
+        store.close()
+
+
+async def test_database_outage_with_three_observers(
+    livekit_server: LiveKitServer,
+    postgres_server: PostgresServer,
+    fleet_db_url: str,
+    clients: Clients,
+    tmp_path: Path,
+) -> None:
+    rooms = [f"outage-{i}" for i in range(6)]
+    for r in rooms:
+        await create_room(livekit_server, r, empty_timeout=300, departure_timeout=300)
+        await clients.join(r, f"user-{r}")
+    store = Store(fleet_db_url)
+    logs = [tmp_path / f"obs-{c}.log" for c in "abc"]
+    procs = {
+        c: start(livekit_server, fleet_db_url, f"obs-{c}", log, OBSERVER_REPLICAS="2")
+        for c, log in zip("abc", logs, strict=True)
+    }
+    try:
+        stay = {r: await clients.agent(r, f"stay-{r}") for r in rooms}
+        await wait_for(
+            lambda: all(n == 2 for n in watchers_per_room(store, rooms).values()),
+            60,
+            "every room watched by two observers",
+        )
+        joins_before = len(log_lines(logs, "room joined"))
+        await asyncio.to_thread(postgres_server.stop)
+        try:
+            leaver = await clients.agent(rooms[0], "leaves-in-outage")
+            await asyncio.sleep(2)
+            await leaver.disconnect()
+            await asyncio.sleep(12)
+        finally:
+            await asyncio.to_thread(postgres_server.start)
+        await wait_for(
+            lambda: any(
+                r.participant_identity == "leaves-in-outage" and r.left_at for r in rows(store)
+            ),
+            60,
+            "the leave written after the outage",
+        )
+        await asyncio.sleep(FAILOVER_S)
+        assert all(n == 2 for n in watchers_per_room(store, rooms).values())
+        got = rows(store)
+        assert max(Counter((r.room_sid, r.participant_sid) for r in got).values()) == 1
+        assert len(got) == len(rooms) + 1
+        (leave_row,) = [r for r in got if r.participant_identity == "leaves-in-outage"]
+        assert leave_row.end_source == "rtc"
+        assert all(r.left_at is None for r in got if r.participant_identity.startswith("stay-"))
+        # ownership settled without every observer joining every room
+        assert len(log_lines(logs, "room joined")) - joins_before <= 2
+        del stay
+    finally:
+        for p in procs.values():
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for p in procs.values():
+            await asyncio.to_thread(p.wait, 60)
+        store.close()
