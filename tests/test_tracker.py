@@ -24,6 +24,7 @@ from observer.core.tracker import (
     Reconnecting,
     RoomClosed,
     RoomGone,
+    RoomHandedOver,
     RoomJoined,
     RoomLost,
     Seeded,
@@ -566,3 +567,13 @@ def test_seeded_rows_of_a_room_continue_and_are_settled_when_gone() -> None:
     assert opens(ops) == [] and Verify("RM1", "r") in ops
     ops = step(tr, Listed("RM1", True, frozenset({"PA1"}), t(0.5), t(0.6)))
     assert closes(ops) == [("PA2", t(-10), None, END_RECONCILED, 10600)]
+
+
+def test_a_room_handed_over_is_forgotten_without_a_write() -> None:
+    tr = SessionTracker(frozenset({"agent"}))
+    run([RoomJoined("r", "RM1", (agent("PA1"),), t(0))], tr)
+    assert tr.handle(RoomHandedOver("RM1", t(5))) == Outcome()
+    assert tr.open_sessions == {} and tr.watched_rooms == {}
+    assert tr.unwatched_rooms() == {}
+    # the room ending later changes nothing here: its new watcher records that
+    assert step(tr, RoomGone("RM1", t(20), listed_at=t(19))) == []

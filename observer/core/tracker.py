@@ -170,6 +170,15 @@ class Tick:
 
 
 @dataclass(frozen=True)
+class RoomHandedOver:
+    """Another observer watches this room now (several observers share the fleet): its
+    sessions are that observer's to record, and this one forgets them without a write."""
+
+    room_sid: str
+    at: datetime
+
+
+@dataclass(frozen=True)
 class Seeded:
     """The open rows of a room about to be joined, as the database has them (whichever
     observer wrote them): sessions to continue, and to settle if their participant is gone."""
@@ -218,6 +227,7 @@ Event = (
     | Listed
     | Tick
     | Seeded
+    | RoomHandedOver
     | WebhookJoined
     | WebhookLeft
     | WebhookRoomFinished
@@ -418,6 +428,14 @@ class SessionTracker:
                 ops = self._replaced(ev.room_sid, ev.participant.identity, ev.at)
                 ops += self._joined(ev.room_name, ev.room_sid, ev.participant, ev.at)
                 return ops + self._record_seen([key], ev.at)
+            case RoomHandedOver():
+                self._forget_room(ev.room_sid)
+                self._rooms.pop(ev.room_sid, None)
+                for key in self._keys_in(ev.room_sid):
+                    self._open.pop(key, None)
+                    self._suspect.pop(key, None)
+                    self._witness.pop(key, None)
+                return []
             case Seeded():
                 for s in ev.sessions:
                     if s.key not in self._open and s.key not in self._recently_closed:

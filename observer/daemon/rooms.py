@@ -21,6 +21,7 @@ from observer.core.tracker import (
     Listed,
     RoomClosed,
     RoomGone,
+    RoomHandedOver,
     RoomLost,
     Seeded,
     TrackedSession,
@@ -243,6 +244,14 @@ class Rooms:
         )
         if mine is not None:
             self._hand_over_rooms_not_mine(mine)
+            listed_names = {r.sid: r.name for r in listed}
+            for sid in self._unwatched():
+                if (
+                    sid in listed_names
+                    and listed_names[sid] not in mine
+                    and sid not in self.watchers
+                ):
+                    self._emit(RoomHandedOver(sid, utcnow()))  # rows another observer continues
         now = utcnow()
         for sid in p.gone:
             self._emit(RoomGone(sid, now, listed_at or now))
@@ -271,7 +280,7 @@ class Rooms:
             if now - since >= grace and not watcher.recovering:
                 self._not_mine_since.pop(sid, None)
                 self.watchers.pop(sid, None)
-                self._emit(RoomLost(sid, "HANDED_OVER", utcnow()))
+                self._emit(RoomHandedOver(sid, utcnow()))
                 self._spawn(self._leave_quietly(watcher), f"hand-over:{watcher.room_name}")
         for sid in [s for s in self._not_mine_since if s not in self.watchers]:
             del self._not_mine_since[sid]
@@ -363,18 +372,19 @@ class Rooms:
                 self._emit(RoomLost(watcher.room_sid, "OBSERVER_STOPPED", utcnow()))
                 await watcher.leave()
         except RoomMismatchError as exc:
-            # Our join created a fresh room: the listed one ended in between.
+            # The listed room ended and a client (an agent's or user's SDK rejoining by name)
+            # made a new one with its name; the observer's own join can never create a room
+            # (NO_CREATE_PRESET). The new room is joined from the next listing, as any room.
             self._forget(watcher.room_sid, ended=True)
             self._first_seen.pop(watcher.room_sid, None)
-            log.warning(
-                "room ended before the observer joined; left the new room it created",
+            log.info(
+                "room ended before the observer joined; its name now belongs to a new room",
                 extra={
                     "room": watcher.room_name,
                     "listed_sid": watcher.room_sid,
-                    "created_sid": exc.joined_sid,
+                    "new_sid": exc.joined_sid,
                 },
             )
-            await self._delete_if_only_dependents(watcher.room_name, exc.joined_sid)
         except (rtc.ConnectError, JoinFailed, TimeoutError, OSError) as exc:
             self.watchers.pop(watcher.room_sid, None)
             error = f"{type(exc).__name__}: {getattr(exc, 'message', exc)}"
@@ -413,22 +423,3 @@ class Rooms:
         self._forget(watcher.room_sid, ended=True)
         self._first_seen.pop(watcher.room_sid, None)
         return True
-
-    async def _delete_if_only_dependents(self, room_name: str, sid: str) -> None:
-        """Delete a room the observer created by accident, unless someone real is in it."""
-        try:
-            resp = await self._api.room.list_participants(
-                api.ListParticipantsRequest(room=room_name)
-            )
-            if all(
-                p.permission.agent or p.kind == api.ParticipantInfo.Kind.AGENT
-                for p in resp.participants
-            ):
-                rooms = await self._api.room.list_rooms(api.ListRoomsRequest(names=[room_name]))
-                if any(r.sid == sid for r in rooms.rooms):
-                    await self._api.room.delete_room(api.DeleteRoomRequest(room=room_name))
-        except API_ERRORS as exc:
-            log.warning(
-                "could not clean up the accidental room",
-                extra={"room": room_name, "error": type(exc).__name__},
-            )

@@ -217,7 +217,8 @@ ROUTER = EventRouter()
 
 
 class RoomMismatchError(Exception):
-    """The room joined is not the room that was listed: joining created a new one."""
+    """The room joined is not the room that was listed: it ended, and a client made a new
+    room with its name before the observer got in."""
 
     def __init__(self, listed_sid: str, joined_sid: str) -> None:
         super().__init__(f"listed room {listed_sid} but joined {joined_sid}")
