@@ -176,25 +176,29 @@ def cmd_migrate(settings: Settings) -> int:
 async def cmd_check(settings: Settings) -> int:
     from livekit import api
 
+    from observer import livekit_api
+    from observer.config import LiveKitSettings
     from observer.db.store import Store
 
     lk = settings.require_livekit()
     ok = True
-    from observer import livekit_api
-
-    lkapi = livekit_api.client(lk, 5)
-    try:
-        resp = await lkapi.room.list_rooms(api.ListRoomsRequest())
-        print(f"livekit: ok ({len(resp.rooms)} rooms) at {lk.http_url}")
-    except api.TwirpError as exc:
-        ok = False
-        hint = " (check LIVEKIT_API_KEY / LIVEKIT_API_SECRET)" if exc.status in (401, 403) else ""
-        print(f"livekit: FAILED at {lk.http_url}: {exc.code}: {exc.message}{hint}")
-    except livekit_api.API_ERRORS as exc:
-        ok = False
-        print(f"livekit: FAILED at {lk.http_url}: unreachable ({type(exc).__name__}: {exc})")
-    finally:
-        await lkapi.aclose()
+    for url in lk.urls:  # every node of the cluster on its own
+        node = LiveKitSettings(url, lk.api_key, lk.api_secret)
+        lkapi = livekit_api.client(node, 5)
+        try:
+            resp = await lkapi.room.list_rooms(api.ListRoomsRequest())
+            print(f"livekit: ok ({len(resp.rooms)} rooms) at {node.http_url}")
+        except api.TwirpError as exc:
+            ok = False
+            hint = (
+                " (check LIVEKIT_API_KEY / LIVEKIT_API_SECRET)" if exc.status in (401, 403) else ""
+            )
+            print(f"livekit: FAILED at {node.http_url}: {exc.code}: {exc.message}{hint}")
+        except livekit_api.API_ERRORS as exc:
+            ok = False
+            print(f"livekit: FAILED at {node.http_url}: unreachable ({type(exc).__name__}: {exc})")
+        finally:
+            await lkapi.aclose()
 
     store = Store(settings.database_url)
     try:

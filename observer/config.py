@@ -20,7 +20,11 @@ DEFAULT_DATABASE_URL = "sqlite:///observer.db"
 
 # name -> (default, meaning); the single source for `.env.example` and the README table.
 SETTINGS_DOC: dict[str, tuple[str, str]] = {
-    "LIVEKIT_URL": ("", "LiveKit server URL (ws://, wss://, http:// or https://)"),
+    "LIVEKIT_URL": (
+        "",
+        "LiveKit server URL (ws://, wss://, http:// or https://); several nodes of one"
+        " cluster comma-separated",
+    ),
     "LIVEKIT_API_KEY": ("", "API key the observer signs its tokens and API calls with"),
     "LIVEKIT_API_SECRET": ("", "API secret for that key (never printed or logged)"),
     "OBSERVER_DATABASE_URL": (
@@ -71,23 +75,36 @@ class ConfigError(Exception):
         super().__init__("invalid settings: " + "; ".join(problems))
 
 
+def http_url_of(url: str) -> str:
+    """The URL for server API calls (http/https)."""
+    scheme, rest = url.split("://", 1)
+    return {"ws": "http", "wss": "https"}.get(scheme, scheme) + "://" + rest
+
+
+def ws_url_of(url: str) -> str:
+    """The URL for rtc connections (ws/wss)."""
+    scheme, rest = url.split("://", 1)
+    return {"http": "ws", "https": "wss"}.get(scheme, scheme) + "://" + rest
+
+
 @dataclass(frozen=True)
 class LiveKitSettings:
-    url: str
+    url: str  # the first node of LIVEKIT_URL
     api_key: str
     api_secret: str = field(repr=False)
+    other_urls: tuple[str, ...] = ()  # more nodes of the same cluster, tried in turn
+
+    @property
+    def urls(self) -> tuple[str, ...]:
+        return (self.url, *self.other_urls)
 
     @property
     def http_url(self) -> str:
-        """The URL for server API calls (http/https)."""
-        scheme, rest = self.url.split("://", 1)
-        return {"ws": "http", "wss": "https"}.get(scheme, scheme) + "://" + rest
+        return http_url_of(self.url)
 
     @property
     def ws_url(self) -> str:
-        """The URL for rtc connections (ws/wss)."""
-        scheme, rest = self.url.split("://", 1)
-        return {"http": "ws", "https": "wss"}.get(scheme, scheme) + "://" + rest
+        return ws_url_of(self.url)
 
 
 @dataclass(frozen=True)
@@ -213,27 +230,28 @@ class _Reader:
 
 
 def _livekit(r: _Reader, needed: bool) -> LiveKitSettings | None:
-    url, key, secret = (
+    raw, key, secret = (
         r.text("LIVEKIT_URL"),
         r.text("LIVEKIT_API_KEY"),
         r.text("LIVEKIT_API_SECRET"),
     )
-    if not (url or key or secret or needed):
+    if not (raw or key or secret or needed):
         return None
     problems = []
-    if not url:
+    urls = [u.strip().rstrip("/") for u in raw.split(",") if u.strip()]
+    if not urls:
         problems.append("LIVEKIT_URL is missing")
-    else:
+    for url in urls:
         parts = urlsplit(url)
         if parts.scheme not in ("ws", "wss", "http", "https") or not parts.hostname:
             problems.append(
                 f"LIVEKIT_URL must look like ws://host:port or https://host, got {url!r}"
             )
-        else:
-            try:
-                parts.port  # noqa: B018 - raises on a malformed port
-            except ValueError:
-                problems.append(f"LIVEKIT_URL has a malformed port: {url!r}")
+            continue
+        try:
+            parts.port  # noqa: B018 - raises on a malformed port
+        except ValueError:
+            problems.append(f"LIVEKIT_URL has a malformed port: {url!r}")
     if not key:
         problems.append("LIVEKIT_API_KEY is missing")
     if not secret:
@@ -241,7 +259,7 @@ def _livekit(r: _Reader, needed: bool) -> LiveKitSettings | None:
     r.problems.extend(problems)
     if problems:
         return None
-    return LiveKitSettings(url=url.rstrip("/"), api_key=key, api_secret=secret)
+    return LiveKitSettings(url=urls[0], api_key=key, api_secret=secret, other_urls=tuple(urls[1:]))
 
 
 def _database_url(r: _Reader) -> str:

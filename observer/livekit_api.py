@@ -1,11 +1,25 @@
-"""The server API client, set up one way for the daemon, the commands and the reports."""
+"""The server API client, set up one way for the daemon, the commands and the reports.
+
+`LIVEKIT_URL` may list several nodes of one LiveKit cluster: a call that cannot reach the
+node in use is tried on the next one, and the first that answers is used from then on
+(also for the rtc connections: `ws_url`). An answer such as "not found" or "unauthorized"
+is an answer, not a reason to try another node.
+"""
 
 from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 import aiohttp
 from livekit import api
 
-from observer.config import LiveKitSettings
+from observer.config import LiveKitSettings, http_url_of, ws_url_of
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 # What a call to the server API can fail with when the server is down, slow or refuses.
 API_ERRORS: tuple[type[BaseException], ...] = (
@@ -16,7 +30,77 @@ API_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
-def client(lk: LiveKitSettings, timeout_s: float) -> api.LiveKitAPI:
-    return api.LiveKitAPI(
-        lk.http_url, lk.api_key, lk.api_secret, timeout=aiohttp.ClientTimeout(total=timeout_s)
-    )
+def _unreachable(exc: BaseException) -> bool:
+    """Whether another node might answer where this one did not."""
+    if isinstance(exc, api.TwirpError):
+        return exc.status >= 500 or exc.status == 0
+    return True
+
+
+class Client:
+    """The room service calls the observer makes, on the first node of LIVEKIT_URL that
+    answers."""
+
+    def __init__(self, lk: LiveKitSettings, timeout_s: float) -> None:
+        self.urls = lk.urls
+        timeout = aiohttp.ClientTimeout(total=timeout_s)
+        self._apis = [
+            api.LiveKitAPI(http_url_of(u), lk.api_key, lk.api_secret, timeout=timeout)
+            for u in self.urls
+        ]
+        self._in_use = 0
+        self.room = _RoomService(self)
+
+    @property
+    def http_url(self) -> str:
+        return http_url_of(self.urls[self._in_use])
+
+    @property
+    def ws_url(self) -> str:
+        """Where rtc connections go: the node that answered last."""
+        return ws_url_of(self.urls[self._in_use])
+
+    async def call(self, fn: Callable[[api.LiveKitAPI], Awaitable[T]]) -> T:
+        last: BaseException | None = None
+        for step in range(len(self._apis)):
+            i = (self._in_use + step) % len(self._apis)
+            try:
+                result = await fn(self._apis[i])
+            except API_ERRORS as exc:
+                if not _unreachable(exc):
+                    raise
+                last = exc
+                continue
+            if i != self._in_use:
+                log.warning(
+                    "livekit answers at another URL now",
+                    extra={"url": self.urls[i], "instead_of": self.urls[self._in_use]},
+                )
+                self._in_use = i
+            return result
+        assert last is not None
+        raise last
+
+    async def aclose(self) -> None:
+        for a in self._apis:
+            await a.aclose()
+
+
+class _RoomService:
+    def __init__(self, client: Client) -> None:
+        self._c = client
+
+    async def list_rooms(self, req: api.ListRoomsRequest) -> api.ListRoomsResponse:
+        return await self._c.call(lambda a: a.room.list_rooms(req))
+
+    async def create_room(self, req: api.CreateRoomRequest) -> api.Room:
+        return await self._c.call(lambda a: a.room.create_room(req))
+
+    async def list_participants(
+        self, req: api.ListParticipantsRequest
+    ) -> api.ListParticipantsResponse:
+        return await self._c.call(lambda a: a.room.list_participants(req))
+
+
+def client(lk: LiveKitSettings, timeout_s: float) -> Client:
+    return Client(lk, timeout_s)

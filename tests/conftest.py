@@ -43,6 +43,19 @@ def pg_url(postgres_server: PostgresServer) -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
+def redis_server() -> Iterator[Any]:
+    """One private redis-server for the whole run: a livekit-server cluster's shared state."""
+    from redis_server import RedisServer
+
+    server = RedisServer()
+    try:
+        server.start()
+        yield server
+    finally:
+        server.cleanup()
+
+
+@pytest.fixture(scope="session")
 def livekit_server() -> Iterator[LiveKitServer]:
     """A shared livekit-server with default settings. Don't stop it; use the factory."""
     server = LiveKitServer()

@@ -164,3 +164,13 @@ def test_main_returns_codes_in_process(tmp_path: Path, monkeypatch: pytest.Monke
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("OBSERVER_DATABASE_URL", "oracle://x")
     assert main(["migrate"]) == 2
+
+
+def test_livekit_url_may_list_the_nodes_of_a_cluster() -> None:
+    s = Settings.from_mapping({**GOOD, "LIVEKIT_URL": " ws://a:7880/ , wss://b.example "})
+    assert s.livekit is not None
+    assert s.livekit.urls == ("ws://a:7880", "wss://b.example")
+    assert s.livekit.http_url == "http://a:7880"
+    with pytest.raises(ConfigError) as err:
+        Settings.from_mapping({**GOOD, "LIVEKIT_URL": "ws://a:7880,ftp://b"})
+    assert "ftp://b" in str(err.value)

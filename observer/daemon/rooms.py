@@ -30,7 +30,7 @@ from observer.core.tracker import (
 from observer.daemon.fleet import Fleet
 from observer.daemon.shards import JoinFailed, RemoteWatcher, ShardPool
 from observer.daemon.watcher import RoomMismatchError, RoomWatcher, observer_token
-from observer.livekit_api import API_ERRORS
+from observer.livekit_api import API_ERRORS, Client
 
 Watcher = RoomWatcher | RemoteWatcher
 
@@ -77,7 +77,7 @@ class Rooms:
         self,
         settings: Settings,
         lk: LiveKitSettings,
-        lkapi: api.LiveKitAPI,
+        lkapi: Client,
         identity: str,
         *,
         emit: Callable[[Event], None],
@@ -362,7 +362,11 @@ class Rooms:
         try:
             started = await join_in_turn(
                 self._slots,
-                lambda: None if self._stopping else watcher.join(lk.ws_url, token, JOIN_TIMEOUT_S),
+                lambda: (
+                    None
+                    if self._stopping
+                    else watcher.join(self._api.ws_url, token, JOIN_TIMEOUT_S)
+                ),
             )
             if not started:
                 self.watchers.pop(watcher.room_sid, None)

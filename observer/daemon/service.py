@@ -95,7 +95,7 @@ class Observer:
         self._seen_webhooks: OrderedDict[str, None] = OrderedDict()
         self._stop = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._api: api.LiveKitAPI | None = None
+        self._api: livekit_api.Client | None = None
 
     # ---- lifecycle ----------------------------------------------------------------------
 

@@ -131,11 +131,11 @@ async def live_rooms(lk: LiveKitSettings, names: Collection[str]) -> dict[str, L
     except api.TwirpError as exc:
         hint = " (check LIVEKIT_API_KEY / LIVEKIT_API_SECRET)" if exc.status in (401, 403) else ""
         raise ReconcileError(
-            f"livekit refused the room listing at {lk.http_url}: {exc.code}: {exc.message}{hint}"
+            f"livekit refused the room listing at {lkapi.http_url}: {exc.code}: {exc.message}{hint}"
         ) from None
     except (aiohttp.ClientError, TimeoutError, OSError) as exc:
         raise ReconcileError(
-            f"livekit unreachable at {lk.http_url}: {type(exc).__name__}: {exc}"
+            f"livekit unreachable at {', '.join(lk.urls)}: {type(exc).__name__}: {exc}"
         ) from None
     finally:
         await lkapi.aclose()

@@ -1,0 +1,108 @@
+"""A LiveKit cluster: two livekit-server nodes sharing one redis-server. Rooms live on both
+nodes; the observer watches all of them whichever node LIVEKIT_URL names. LIVEKIT_URL may
+list several nodes: when the first does not answer, the observer carries on through the
+next."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from daemon_helpers import Clients
+from livekit_server import LiveKitServer, free_tcp_port
+
+from observer.cli import main
+
+
+@pytest.fixture
+def cluster(redis_server: Any) -> Iterator[tuple[LiveKitServer, LiveKitServer]]:
+    config = {"redis": {"address": redis_server.address}}
+    a = LiveKitServer(empty_timeout=60, departure_timeout=5, extra_config=config)
+    b = LiveKitServer(
+        empty_timeout=60, departure_timeout=5, extra_config=config, api_secret=a.api_secret
+    )
+    try:
+        a.start()
+        b.start()
+        yield a, b
+    finally:
+        a.cleanup()
+        b.cleanup()
+
+
+def placement(*nodes: LiveKitServer) -> dict[str, str]:
+    """room name -> the node id livekit-server placed it on, from the nodes' own logs."""
+    placed: dict[str, str] = {}
+    pattern = re.compile(r'selected node for room.*"room": "([^"]+)", "selectedNodeID": "([^"]+)"')
+    for node in nodes:
+        for line in node.log_path.read_text().splitlines():
+            m = pattern.search(line)
+            if m:
+                placed[m.group(1)] = m.group(2)
+    return placed
+
+
+@pytest.mark.parametrize("via", ["first-node", "second-node"])
+async def test_rooms_on_both_nodes_are_watched_through_either(
+    cluster: tuple[LiveKitServer, LiveKitServer], db_url: str, start_observer: Any, via: str
+) -> None:
+    a, b = cluster
+    names = [f"cluster-{via}-{i}" for i in range(8)]
+    clients = [Clients(a), Clients(b)]
+    try:
+        agents = {}
+        for i, name in enumerate(names):
+            c = clients[i % 2]  # clients connect through both nodes
+            await c.join(name, f"user-{i}")
+            agents[name] = await c.agent(name, f"agent-{i}")
+        placed = placement(a, b)
+        assert len({placed[n] for n in names}) == 2, placed  # the rooms live on both nodes
+        node = a if via == "first-node" else b
+        obs = await start_observer(node, db_url)
+        rows = await obs.wait_rows(lambda rows: len(rows) == len(names), timeout=60)
+        assert {r.participant_identity for r in rows} == {f"agent-{i}" for i in range(8)}
+        assert all(r.left_at is None for r in rows)
+        # a leave in a room on each node is seen live
+        one_per_node = {placed[n]: n for n in reversed(names)}
+        for name in one_per_node.values():
+            await agents[name].disconnect()
+        await obs.wait_rows(
+            lambda rows: sum(1 for r in rows if r.left_at is not None) == 2, timeout=30
+        )
+        closed = [r for r in obs.rows() if r.left_at is not None]
+        assert {r.room_name for r in closed} == set(one_per_node.values())
+        assert all(r.end_source == "rtc" for r in closed)
+    finally:
+        for c in clients:
+            await c.close()
+
+
+async def test_the_next_url_is_used_when_the_first_does_not_answer(
+    livekit_server: LiveKitServer,
+    db_url: str,
+    start_observer: Any,
+    clients: Clients,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    dead = f"ws://127.0.0.1:{free_tcp_port()}"
+    urls = f"{dead},{livekit_server.ws_url}"
+    await clients.join("next-url", "user-1")
+    await clients.agent("next-url", "agent-1")
+    obs = await start_observer(livekit_server, db_url, LIVEKIT_URL=urls)
+    (row,) = await obs.wait_rows(lambda rows: len(rows) == 1, timeout=30)
+    assert row.participant_identity == "agent-1"
+
+    # `observer check` names every node and says which one is down
+    monkeypatch.setenv("LIVEKIT_URL", urls)
+    monkeypatch.setenv("LIVEKIT_API_KEY", livekit_server.api_key)
+    monkeypatch.setenv("LIVEKIT_API_SECRET", livekit_server.api_secret)
+    monkeypatch.setenv("OBSERVER_DATABASE_URL", db_url)
+    capsys.readouterr()
+    assert await asyncio.to_thread(main, ["check"]) == 1
+    out = capsys.readouterr().out
+    assert f"livekit: FAILED at {dead.replace('ws://', 'http://')}" in out
+    assert f"livekit: ok (1 rooms) at {livekit_server.url}" in out
