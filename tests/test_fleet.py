@@ -5,6 +5,7 @@ row per session whoever saw it, one stuck-agent alert per occurrence."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -53,6 +54,38 @@ def start(server: LiveKitServer, db_url: str, observer_id: str, log: Path, **ext
         out.close()
 
 
+@contextlib.asynccontextmanager
+async def three_observers(  # type: ignore[no-untyped-def]
+    server: LiveKitServer, db_url: str, tmp_path: Path, **extra: str
+):
+    """Observers obs-a, obs-b and obs-c as processes; all stopped at the end."""
+    store = Store(db_url)
+    logs = [tmp_path / f"obs-{c}.log" for c in "abc"]
+    procs = {
+        c: start(server, db_url, f"obs-{c}", log, **extra)
+        for c, log in zip("abc", logs, strict=True)
+    }
+    try:
+        yield store, logs, procs
+    finally:
+        for p in procs.values():
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for p in procs.values():
+            await asyncio.to_thread(p.wait, 60)
+        store.close()
+
+
+async def open_rooms(
+    server: LiveKitServer, clients: Clients, names: list[str], *, company: bool = True
+) -> None:
+    """Rooms held open for the test; with company, a user in each (no stuck agents)."""
+    for name in names:
+        await create_room(server, name, empty_timeout=300, departure_timeout=300)
+        if company:
+            await clients.join(name, f"user-{name}")
+
+
 def rows(store: Store) -> list[SessionRow]:
     return sorted(store.sessions(SessionFilter()), key=lambda r: r.id)
 
@@ -98,16 +131,12 @@ async def test_three_observers_one_killed_mid_churn(
     livekit_server: LiveKitServer, fleet_db_url: str, clients: Clients, tmp_path: Path
 ) -> None:
     rooms = [f"fleet-{i}" for i in range(9)]
-    for r in rooms:
-        await create_room(livekit_server, r, empty_timeout=300, departure_timeout=300)
-        await clients.join(r, f"user-{r}")  # company: no stuck alerts except where wanted
-    store = Store(fleet_db_url)
-    logs = [tmp_path / f"obs-{c}.log" for c in "abc"]
-    procs = {
-        c: start(livekit_server, fleet_db_url, f"obs-{c}", log, OBSERVER_REPLICAS="2")
-        for c, log in zip("abc", logs, strict=True)
-    }
-    try:
+    await open_rooms(livekit_server, clients, rooms)
+    async with three_observers(livekit_server, fleet_db_url, tmp_path, OBSERVER_REPLICAS="2") as (
+        store,
+        _logs,
+        procs,
+    ):
         stayers = {r: await clients.agent(r, f"stay-{r}") for r in rooms}
         await wait_for(
             lambda: all(n == 2 for n in watchers_per_room(store, rooms).values()),
@@ -169,29 +198,19 @@ async def test_three_observers_one_killed_mid_churn(
             if r.participant_identity.startswith("stay-"):
                 assert witnesses[(r.room_sid, r.participant_sid)] >= 2
         del stayers
-    finally:
-        for p in procs.values():
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        for p in procs.values():
-            await asyncio.to_thread(p.wait, 60)
-        store.close()
 
 
 async def test_clean_stops_hand_rooms_over_and_alerts_fire_once(
     livekit_server: LiveKitServer, fleet_db_url: str, clients: Clients, tmp_path: Path
 ) -> None:
     rooms = [f"handover-{i}" for i in range(6)]
-    for r in rooms:
-        await create_room(livekit_server, r, empty_timeout=300, departure_timeout=300)
-    store = Store(fleet_db_url)
-    logs = [tmp_path / f"obs-{c}.log" for c in "abc"]
+    await open_rooms(livekit_server, clients, rooms, company=False)
     extra = {"OBSERVER_REPLICAS": "2", "OBSERVER_STUCK_AGENT_S": "2"}
-    procs = {
-        c: start(livekit_server, fleet_db_url, f"obs-{c}", log, **extra)
-        for c, log in zip("abc", logs, strict=True)
-    }
-    try:
+    async with three_observers(livekit_server, fleet_db_url, tmp_path, **extra) as (
+        store,
+        logs,
+        procs,
+    ):
         for r in rooms:
             await clients.agent(r, f"alone-{r}")  # alone: a stuck agent in every room
         await wait_for(
@@ -229,13 +248,6 @@ async def test_clean_stops_hand_rooms_over_and_alerts_fire_once(
         assert len(got) == len(rooms) + 1
         assert [r for r in got if r.end_source == "reconciled"] == []
         assert all(r.left_at is None for r in got if r.participant_identity.startswith("alone-"))
-    finally:
-        for p in procs.values():
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        for p in procs.values():
-            await asyncio.to_thread(p.wait, 60)
-        store.close()
 
 
 def test_a_second_run_on_one_sqlite_file_refuses(tmp_path: Path) -> None:
@@ -315,16 +327,12 @@ async def test_one_replica_takeover_is_quick_and_bounds_the_gap(
     livekit_server: LiveKitServer, fleet_db_url: str, clients: Clients, tmp_path: Path
 ) -> None:
     rooms = [f"single-{i}" for i in range(6)]
-    for r in rooms:
-        await create_room(livekit_server, r, empty_timeout=300, departure_timeout=300)
-        await clients.join(r, f"user-{r}")
-    store = Store(fleet_db_url)
-    logs = [tmp_path / f"obs-{c}.log" for c in "abc"]
-    procs = {
-        c: start(livekit_server, fleet_db_url, f"obs-{c}", log, OBSERVER_REPLICAS="1")
-        for c, log in zip("abc", logs, strict=True)
-    }
-    try:
+    await open_rooms(livekit_server, clients, rooms)
+    async with three_observers(livekit_server, fleet_db_url, tmp_path, OBSERVER_REPLICAS="1") as (
+        store,
+        _logs,
+        procs,
+    ):
         agents = {r: await clients.agent(r, f"agent-{r}") for r in rooms}
 
         def split() -> bool:
@@ -364,13 +372,6 @@ async def test_one_replica_takeover_is_quick_and_bounds_the_gap(
             assert row.end_uncertainty_ms <= (FAILOVER_S + 15) * 1000
         others = [r for r in rows(store) if r.room_name != orphan]
         assert all(r.left_at is None for r in others)  # nothing else changed
-    finally:
-        for p in procs.values():
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        for p in procs.values():
-            await asyncio.to_thread(p.wait, 60)
-        store.close()
 
 
 async def test_database_outage_with_three_observers(
@@ -381,16 +382,12 @@ async def test_database_outage_with_three_observers(
     tmp_path: Path,
 ) -> None:
     rooms = [f"outage-{i}" for i in range(6)]
-    for r in rooms:
-        await create_room(livekit_server, r, empty_timeout=300, departure_timeout=300)
-        await clients.join(r, f"user-{r}")
-    store = Store(fleet_db_url)
-    logs = [tmp_path / f"obs-{c}.log" for c in "abc"]
-    procs = {
-        c: start(livekit_server, fleet_db_url, f"obs-{c}", log, OBSERVER_REPLICAS="2")
-        for c, log in zip("abc", logs, strict=True)
-    }
-    try:
+    await open_rooms(livekit_server, clients, rooms)
+    async with three_observers(livekit_server, fleet_db_url, tmp_path, OBSERVER_REPLICAS="2") as (
+        store,
+        logs,
+        _procs,
+    ):
         stay = {r: await clients.agent(r, f"stay-{r}") for r in rooms}
         await wait_for(
             lambda: all(n == 2 for n in watchers_per_room(store, rooms).values()),
@@ -424,10 +421,3 @@ async def test_database_outage_with_three_observers(
         # ownership settled without every observer joining every room
         assert len(log_lines(logs, "room joined")) - joins_before <= 2
         del stay
-    finally:
-        for p in procs.values():
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        for p in procs.values():
-            await asyncio.to_thread(p.wait, 60)
-        store.close()
