@@ -263,7 +263,7 @@ def raise_fd_limit() -> int:
     return soft
 
 
-def hold_sqlite_run_lock(database_url: str) -> int | None:
+def hold_sqlite_run_lock(database_url: str) -> None:
     """One `observer run` per SQLite file: an exclusive lock on a file beside it, held
     until the process exits. PostgreSQL takes several observers (see README)."""
     import fcntl
@@ -272,7 +272,7 @@ def hold_sqlite_run_lock(database_url: str) -> int | None:
 
     url = make_url(database_url)
     if url.get_backend_name() != "sqlite" or not url.database or url.database == ":memory:":
-        return None
+        return
     path = Path(url.database).resolve()
     fd = os.open(f"{path}.run-lock", os.O_RDWR | os.O_CREAT, 0o644)
     try:
@@ -283,7 +283,6 @@ def hold_sqlite_run_lock(database_url: str) -> int | None:
             f"another `observer run` is using {path}; SQLite takes one observer"
             " (use PostgreSQL for several)"
         ) from None
-    return fd
 
 
 def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
@@ -293,7 +292,7 @@ def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
     from observer.db.store import Store
 
     lk = settings.require_livekit()
-    lock = hold_sqlite_run_lock(settings.database_url)  # noqa: F841 - held until exit
+    hold_sqlite_run_lock(settings.database_url)  # the lock lasts as long as the process
     raise_fd_limit()
     if not settings.room_processes:
         start_native_core_quietly()
