@@ -341,7 +341,12 @@ class Observer:
         if len(self._seen_webhooks) > SEEN_WEBHOOKS_MAX:
             self._seen_webhooks.popitem(last=False)
         rec = webhooks.record(ev, body, utcnow())
-        if await self._store_webhook(rec) is False:
+        try:
+            stored = await self._store_webhook(rec)
+        except BaseException:
+            self._seen_webhooks.pop(ev.id, None)  # not kept: LiveKit's redelivery must count
+            raise
+        if stored is False:
             return "duplicate"
         if ev.num_dropped:
             log.warning(
