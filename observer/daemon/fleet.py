@@ -153,14 +153,15 @@ class Fleet:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             await self.beat()
-            if not self.others or set(self._rooms_inside()) <= self.watched_by_others():
+            mine = set(self._rooms_inside())
+            covered: set[str] = set()
+            for m in self.others:
+                if not m.stopping:
+                    covered.update(m.rooms)
+            if not self.others or mine <= covered:
                 return
             await asyncio.sleep(min(self.interval_s, 0.5))
         log.warning("stopping before every room was handed over")
-
-    def watched_by_others(self) -> set[str]:
-        """Rooms another live observer said it is inside, at its last heartbeat."""
-        return {room for m in self.others if not m.stopping for room in m.rooms}
 
     async def leave(self) -> None:
         try:

@@ -100,6 +100,7 @@ class Rooms:
         self._open_in_room = open_in_room
         self._listed: list[discovery.ListedRoom] = []
         self._listed_at: datetime | None = None
+        self._not_mine_since: dict[str, float] = {}
         self.ended: set[str] = set()
         self._first_seen: dict[str, float] = {}
         self._slots = asyncio.Semaphore(len(pool.shards) if pool is not None else 1)
@@ -268,15 +269,21 @@ class Rooms:
             self.poll_once(self._listed, self._listed_at)
 
     def _hand_over_rooms_not_mine(self, mine: set[str]) -> None:
-        """Leave rooms the placement gave to others, once another observer is inside."""
-        assert self._fleet is not None
-        elsewhere = self._fleet.watched_by_others()
+        """Leave rooms the placement gave to others, once they have had time to get in."""
+        now = time.monotonic()
+        grace = self._settings.failover_s
         for sid, watcher in list(self.watchers.items()):
-            name = watcher.room_name
-            if name not in mine and name in elsewhere and not watcher.recovering:
+            if watcher.room_name in mine:
+                self._not_mine_since.pop(sid, None)
+                continue
+            since = self._not_mine_since.setdefault(sid, now)
+            if now - since >= grace and not watcher.recovering:
+                self._not_mine_since.pop(sid, None)
                 self.watchers.pop(sid, None)
                 self._emit(RoomHandedOver(sid, utcnow()))
-                self._spawn(self._leave_quietly(watcher), f"hand-over:{name}")
+                self._spawn(self._leave_quietly(watcher), f"hand-over:{watcher.room_name}")
+        for sid in [s for s in self._not_mine_since if s not in self.watchers]:
+            del self._not_mine_since[sid]
 
     def join_now(self, room: discovery.ListedRoom) -> None:
         """Join one room now (announced by a webhook) if the listing rules allow it."""
