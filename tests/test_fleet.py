@@ -238,12 +238,19 @@ async def test_clean_stops_hand_rooms_over_and_alerts_fire_once(
             code = await asyncio.to_thread(procs[c].wait, 60)
             assert code == 0, log.read_text()[-2000:]
             assert all(n >= 1 for n in watchers_per_room(store, rooms).values())
+            joined_before = len(
+                [ln for ln in log_lines([log], "room joined") if ln["room"] in rooms]
+            )
             procs[c] = start(livekit_server, fleet_db_url, f"obs-{c}", log, **extra)
             await wait_for(
                 lambda: all(n == 2 for n in watchers_per_room(store, rooms).values()),
                 60,
                 "two watchers again after the restart",
             )
+            await asyncio.sleep(2)
+            joined = len([ln for ln in log_lines([log], "room joined") if ln["room"] in rooms])
+            # it knew the others before placing rooms: it joined its share, not every room
+            assert joined - joined_before <= 5, joined - joined_before
         leaver = await clients.agent(rooms[0], "leaves-after")
         await wait_for(
             lambda: any(r.participant_identity == "leaves-after" for r in rows(store)), 20, "row"

@@ -136,6 +136,7 @@ class Observer:
                 if self.pool is not None:
                     await self.pool.start()
                 await self._start_web()
+                await self.fleet.beat()  # know the other observers before placing rooms
                 self._spawn(self.writer.run(), "writer")
                 consumer = self._spawn(self._consume(), "consumer")
                 self._spawn(self._tick(), "ticker")
