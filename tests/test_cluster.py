@@ -1,17 +1,20 @@
 """A LiveKit cluster: two livekit-server nodes sharing one redis-server. Rooms live on both
 nodes; the observer watches all of them whichever node LIVEKIT_URL names. LIVEKIT_URL may
 list several nodes: when the first does not answer, the observer carries on through the
-next."""
+next. A node killed with agents inside: its rooms' sessions close at the node's death, and
+agents that reconnect through the other node get new rows that do not overlap the old."""
 
 from __future__ import annotations
 
 import asyncio
 import re
+import time
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from daemon_helpers import Clients
+from daemon_helpers import Clients, create_room, describe
 from livekit_server import LiveKitServer, free_tcp_port
 
 from observer.cli import main
@@ -43,6 +46,13 @@ def placement(*nodes: LiveKitServer) -> dict[str, str]:
             if m:
                 placed[m.group(1)] = m.group(2)
     return placed
+
+
+def node_id(node: LiveKitServer) -> str:
+    """The node's id, from the line it logs when it starts."""
+    m = re.search(r'"nodeID": "(ND_[^"]+)"', node.log_path.read_text())
+    assert m, node.log_tail()
+    return m.group(1)
 
 
 @pytest.mark.parametrize("via", ["first-node", "second-node"])
@@ -106,3 +116,68 @@ async def test_the_next_url_is_used_when_the_first_does_not_answer(
     out = capsys.readouterr().out
     assert f"livekit: FAILED at {dead.replace('ws://', 'http://')}" in out
     assert f"livekit: ok (1 rooms) at {livekit_server.url}" in out
+
+
+@pytest.mark.parametrize("observer_url", ["dying-node-first", "surviving-node"])
+async def test_a_node_killed_with_agents_inside(
+    cluster: tuple[LiveKitServer, LiveKitServer],
+    db_url: str,
+    start_observer: Any,
+    observer_url: str,
+) -> None:
+    a, b = cluster
+    names = [f"node-death-{i}" for i in range(8)]
+    for name in names:
+        await create_room(b, name, empty_timeout=300, departure_timeout=20)
+    placed = placement(a, b)
+    on_a = [n for n in names if placed[n] == node_id(a)]
+    on_b = [n for n in names if n not in on_a]
+    assert on_a and on_b, placed
+    via_a, via_b = Clients(a), Clients(b)
+    try:
+        for i, name in enumerate(names):
+            await via_b.join(name, f"user-{i}")
+            await via_b.agent(name, f"agent-{i}")  # reconnects through b when a dies
+        for i, name in enumerate(on_b):
+            await via_a.agent(name, f"through-a-{i}")  # loses its node; its room lives on
+        # LIVEKIT_URL names the node that dies first, or only the one that lives (then the
+        # observer's connections to rooms on the dying node go through the other)
+        url = f"{a.ws_url},{b.ws_url}" if observer_url == "dying-node-first" else b.ws_url
+        obs = await start_observer(b, db_url, LIVEKIT_URL=url)
+        await obs.wait_rows(lambda rows: len(rows) == len(names) + len(on_b), timeout=60)
+        await asyncio.sleep(2)
+        killed_at = datetime.now(UTC)
+        a.kill()
+
+        def settled(rows: list[Any]) -> bool:
+            open_ids = [r.participant_identity for r in rows if r.left_at is None]
+            return sorted(open_ids) == sorted(f"agent-{i}" for i in range(len(names))) and len(
+                rows
+            ) == len(names) + len(on_b) + len(on_a)
+
+        started = time.monotonic()
+        rows = await obs.wait_rows(settled, timeout=90)
+        print(f"settled {time.monotonic() - started:.1f} s after the kill")
+    finally:
+        await via_a.close()
+        await via_b.close()
+    slack = timedelta(seconds=1.5)  # the observer's heartbeat: last seen up to 1 s before
+    by_identity: dict[str, list[Any]] = {}
+    for r in sorted(rows, key=lambda r: r.joined_at):
+        by_identity.setdefault(r.participant_identity, []).append(r)
+    for i, name in enumerate(names):
+        sessions = by_identity[f"agent-{i}"]
+        if name in on_a:  # the room's node died: the agent came back through b, a new sid
+            old, new = sessions
+            assert old.participant_sid != new.participant_sid
+            assert old.left_at is not None and new.left_at is None, describe(sessions)
+            assert killed_at - slack <= old.left_at <= new.joined_at  # nothing counted twice
+            assert old.end_source in ("reconciled", "rtc", "webhook"), old
+        else:  # the room's node lived: the agent connected through b never left
+            (only,) = sessions
+            assert only.left_at is None
+    for i, _name in enumerate(on_b):
+        (gone,) = by_identity[f"through-a-{i}"]
+        assert gone.left_at is not None and gone.left_at >= killed_at - slack, gone
+        assert gone.end_source in ("rtc", "reconciled", "webhook"), gone
+    assert len({(r.room_sid, r.participant_sid) for r in rows}) == len(rows)

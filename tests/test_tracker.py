@@ -86,6 +86,48 @@ def opens(ops: list[Op]) -> list[str]:
 
 CASES: list[tuple[str, list[Event], list[str], list[tuple[object, ...]]]] = [
     (
+        # the node hosting the room died; the observer, connected through another node,
+        # went on taking the agent as seen until its own connection noticed (t=20), but
+        # the agent had rejoined by then (t=12): the old session ends by t=12
+        "a missed leave never ends after the same identity rejoined",
+        [
+            RoomJoined("r", "RM1", (agent("PA1", identity="bot"),), t(0)),
+            Tick(t(1)),
+            Tick(t(20)),
+            Reconnecting("RM1", t(20)),
+            Reconnected("RM1", (agent("PA2", 12, identity="bot"),), t(22)),
+            Listed("RM1", True, ("PA2",), t(22), t(23)),
+        ],
+        ["PA1", "PA2"],
+        [("PA1", t(12), None, END_RECONCILED, 0)],
+    ),
+    (
+        "the same, when the rejoin is seen before the observer's connection is back",
+        [
+            RoomJoined("r", "RM1", (agent("PA1", identity="bot"),), t(0)),
+            Tick(t(1)),
+            Tick(t(20)),
+            ParticipantLeft("RM1", "PA1", "", t(20)),
+            Reconnecting("RM1", t(20)),
+            ParticipantJoined("r", "RM1", agent("PA2", 12, identity="bot"), t(21)),
+        ],
+        ["PA1", "PA2"],
+        [("PA1", t(12), "DUPLICATE_IDENTITY", END_RECONCILED, 0)],
+    ),
+    (
+        "a rejoin inside the gap narrows only the upper bound",
+        [
+            RoomJoined("r", "RM1", (agent("PA1", identity="bot"),), t(0)),
+            Tick(t(1)),
+            Tick(t(11)),
+            Reconnecting("RM1", t(12)),
+            Reconnected("RM1", (agent("PA2", 30, identity="bot"),), t(31)),
+            Listed("RM1", True, ("PA2",), t(31), t(32)),
+        ],
+        ["PA1", "PA2"],
+        [("PA1", t(12), None, END_RECONCILED, 18000)],
+    ),
+    (
         "join then leave",
         [
             RoomJoined("r", "RM1", (), t(0)),
@@ -223,7 +265,7 @@ CASES: list[tuple[str, list[Event], list[str], list[tuple[object, ...]]]] = [
             Reconnected("RM1", (agent("PA2", 12, identity="bot"),), t(16)),
         ],
         ["PA1", "PA2"],
-        [("PA1", t(10), "DUPLICATE_IDENTITY", END_RECONCILED, 6000)],
+        [("PA1", t(10), "DUPLICATE_IDENTITY", END_RECONCILED, 2000)],  # gone by PA2's join
     ),
     (
         "the API says the room is gone: its sessions close, bounded",
@@ -352,6 +394,48 @@ def webhook_left(sid: str, at: float, joined: float = 0.0, reason: str = "CLIENT
 
 
 WEBHOOK_CASES: list[tuple[str, list[Event], list[str], list[tuple[object, ...]]]] = [
+    (
+        # the node hosting the room died; the observer, connected through another node,
+        # went on taking the agent as seen until its own connection noticed (t=20), but
+        # the agent had rejoined by then (t=12): the old session ends by t=12
+        "a missed leave never ends after the same identity rejoined",
+        [
+            RoomJoined("r", "RM1", (agent("PA1", identity="bot"),), t(0)),
+            Tick(t(1)),
+            Tick(t(20)),
+            Reconnecting("RM1", t(20)),
+            Reconnected("RM1", (agent("PA2", 12, identity="bot"),), t(22)),
+            Listed("RM1", True, ("PA2",), t(22), t(23)),
+        ],
+        ["PA1", "PA2"],
+        [("PA1", t(12), None, END_RECONCILED, 0)],
+    ),
+    (
+        "the same, when the rejoin is seen before the observer's connection is back",
+        [
+            RoomJoined("r", "RM1", (agent("PA1", identity="bot"),), t(0)),
+            Tick(t(1)),
+            Tick(t(20)),
+            ParticipantLeft("RM1", "PA1", "", t(20)),
+            Reconnecting("RM1", t(20)),
+            ParticipantJoined("r", "RM1", agent("PA2", 12, identity="bot"), t(21)),
+        ],
+        ["PA1", "PA2"],
+        [("PA1", t(12), "DUPLICATE_IDENTITY", END_RECONCILED, 0)],
+    ),
+    (
+        "a rejoin inside the gap narrows only the upper bound",
+        [
+            RoomJoined("r", "RM1", (agent("PA1", identity="bot"),), t(0)),
+            Tick(t(1)),
+            Tick(t(11)),
+            Reconnecting("RM1", t(12)),
+            Reconnected("RM1", (agent("PA2", 30, identity="bot"),), t(31)),
+            Listed("RM1", True, ("PA2",), t(31), t(32)),
+        ],
+        ["PA1", "PA2"],
+        [("PA1", t(12), None, END_RECONCILED, 18000)],
+    ),
     (
         "a session the observer never saw is recorded from webhooks",
         [WebhookJoined("r", "RM1", agent("PA1", 1), t(1)), webhook_left("PA1", 9, 1)],
@@ -577,3 +661,40 @@ def test_a_room_handed_over_is_forgotten_without_a_write() -> None:
     assert tr.unwatched_rooms() == {}
     # the room ending later changes nothing here: its new watcher records that
     assert step(tr, RoomGone("RM1", t(20), listed_at=t(19))) == []
+
+
+def test_a_listing_that_stays_stale_after_a_fresh_join_ends_the_session() -> None:
+    """A cluster node died: its participants stay listed in Redis, but a fresh join of the
+    room (now on another node) does not show them. After `stale_listing_s` the session is
+    closed, between when it was last seen and then."""
+    tr = SessionTracker(frozenset({"agent"}), heartbeat_s=100, stale_listing_s=30)
+    step(tr, RoomJoined("r", "RM1", (agent("PA1"), user("PU1")), t(0)))
+    step(tr, RoomLost("RM1", "", t(5)))  # the observer's connection went with the node
+    step(tr, RoomJoined("r", "RM1", (user("PU1"),), t(12)))
+    assert closes(step(tr, Listed("RM1", True, frozenset({"PA1", "PU1"}), t(12), t(12.1)))) == []
+    assert closes(step(tr, Listed("RM1", True, frozenset({"PA1", "PU1"}), t(30), t(30.1)))) == []
+    assert "PA1" in {k.participant_sid for k in tr.suspects}  # still asked about
+    got = closes(step(tr, Listed("RM1", True, frozenset({"PA1", "PU1"}), t(42), t(42.1))))
+    assert got == [("PA1", t(5), None, END_RECONCILED, 37100)]
+
+
+def test_a_listed_participant_back_in_view_is_not_stale() -> None:
+    tr = SessionTracker(frozenset({"agent"}), heartbeat_s=100, stale_listing_s=30)
+    step(tr, RoomJoined("r", "RM1", (agent("PA1"),), t(0)))
+    step(tr, RoomLost("RM1", "", t(5)))
+    step(tr, RoomJoined("r", "RM1", (), t(12)))
+    step(tr, ParticipantJoined("r", "RM1", agent("PA1"), t(13)))  # it was only slow
+    assert closes(step(tr, Listed("RM1", True, frozenset({"PA1"}), t(50), t(50.1)))) == []
+    assert tr.suspects == {}
+
+
+def test_the_listing_is_trusted_for_sessions_never_seen_over_rtc() -> None:
+    """A session known only from the database or a webhook (a hidden participant, say) is
+    not closed because a join does not show it: the server's listing decides."""
+    tr = SessionTracker(frozenset({"agent"}), heartbeat_s=100, stale_listing_s=30)
+    seeded = TrackedSession("r", "RM1", "PA1", "id-PA1", "", "agent", None, {}, t(0), t(0))
+    step(tr, Seeded("RM1", (seeded,)))
+    step(tr, RoomJoined("r", "RM1", (), t(12)))
+    assert closes(step(tr, Listed("RM1", True, frozenset({"PA1"}), t(50), t(50.1)))) == []
+    assert tr.suspects == {}
+    assert "PA1" in {k.participant_sid for k in tr.open_sessions}

@@ -348,6 +348,10 @@ class SessionTracker:
     happened while the observer could not see is closed `reconciled` between when the
     participant was last seen and when its absence was learned, or at the webhook's time
     when LiveKit's webhook told it.
+
+    The API is wrong in one case: a cluster node that died leaves its participants listed
+    in Redis. A participant the observer had seen, missing from a fresh join of its room
+    yet listed for `stale_listing_s`, is closed `reconciled` as well.
     """
 
     tracked_kinds: frozenset[str]
@@ -355,6 +359,9 @@ class SessionTracker:
     stuck_after_s: float = 300.0
     verify_retry_s: float = 3.0
     webhook_hold_s: float = 3.0
+    # How long the server's listing may show a participant that a fresh join of the room
+    # does not: a cluster node that died leaves its participants listed in Redis for good.
+    stale_listing_s: float = 30.0
     _open: dict[SessionKey, TrackedSession] = field(default_factory=dict)
     _rooms: dict[str, _Room] = field(default_factory=dict)
     _suspect: dict[SessionKey, ParticipantLeft] = field(default_factory=dict)
@@ -367,6 +374,8 @@ class SessionTracker:
     _recently_closed: OrderedDict[SessionKey, None] = field(default_factory=OrderedDict)
     _in_view: set[SessionKey] = field(default_factory=set)  # seen present by the observer
     _witnessed: set[SessionKey] = field(default_factory=set)  # recorded as witnessed
+    _seen_live: set[SessionKey] = field(default_factory=set)  # ever seen over rtc
+    _absent_at_join: dict[SessionKey, datetime] = field(default_factory=dict)
     _stuck_count: int = 0
 
     def seed(self, sessions: Iterable[TrackedSession]) -> None:
@@ -411,7 +420,7 @@ class SessionTracker:
         match ev:
             case RoomJoined():
                 self._rooms[ev.room_sid] = _Room(ev.room_name, "watching")
-                return self._snapshot(ev.room_sid, ev.room_name, ev.present, ev.at)
+                return self._snapshot(ev.room_sid, ev.room_name, ev.present, ev.at, fresh=True)
             case Reconnected():
                 room = self._rooms.get(ev.room_sid)
                 if room is None:
@@ -421,11 +430,14 @@ class SessionTracker:
             case ParticipantJoined():
                 key = SessionKey(ev.room_sid, ev.participant.sid)
                 self._suspect.pop(key, None)
+                self._absent_at_join.pop(key, None)
                 if ev.participant.kind in self.tracked_kinds:
                     self._in_view.add(key)
                 if ev.participant.kind in COMPANY_KINDS:
                     self._company.setdefault(ev.room_sid, set()).add(ev.participant.sid)
-                ops = self._replaced(ev.room_sid, ev.participant.identity, ev.at)
+                ops = self._replaced(
+                    ev.room_sid, ev.participant.identity, ev.at, ev.participant.joined_at
+                )
                 ops += self._joined(ev.room_name, ev.room_sid, ev.participant, ev.at)
                 return ops + self._record_seen([key], ev.at)
             case RoomHandedOver():
@@ -435,6 +447,8 @@ class SessionTracker:
                     self._open.pop(key, None)
                     self._suspect.pop(key, None)
                     self._witness.pop(key, None)
+                    self._seen_live.discard(key)
+                    self._absent_at_join.pop(key, None)
                 return []
             case Seeded():
                 for s in ev.sessions:
@@ -559,8 +573,17 @@ class SessionTracker:
         return None
 
     def _snapshot(
-        self, room_sid: str, room_name: str, present: tuple[Seen, ...], at: datetime
+        self,
+        room_sid: str,
+        room_name: str,
+        present: tuple[Seen, ...],
+        at: datetime,
+        *,
+        fresh: bool = False,
     ) -> list[Op]:
+        """What the observer sees on (re)joining a room. A fresh join shows everyone in the
+        room from the node that hosts it, so an absence there is remembered (see
+        `stale_listing_s`)."""
         ops: list[Op] = []
         present_sids = {p.sid for p in present}
         self._company[room_sid] = {p.sid for p in present if p.kind in COMPANY_KINDS}
@@ -571,8 +594,13 @@ class SessionTracker:
         for key in self._keys_in(room_sid):
             if key.participant_sid in present_sids:
                 self._suspect.pop(key, None)
-            elif key not in self._suspect:
-                # Absent from what the SDK shows; only the server's API may end it.
+                self._absent_at_join.pop(key, None)
+                continue
+            if fresh and key in self._seen_live:
+                self._absent_at_join.setdefault(key, at)
+            if key not in self._suspect:
+                # Absent from what the SDK shows; only the server's API may end it (or a
+                # listing that stays stale after a fresh join, in `_listed`).
                 s = self._open[key]
                 self._suspect[key] = ParticipantLeft(
                     room_sid, key.participant_sid, "", s.last_seen_at
@@ -597,6 +625,12 @@ class SessionTracker:
             if key not in self._open:
                 self._suspect.pop(key)
             elif key.participant_sid in ev.present:
+                absent_since = self._absent_at_join.get(key)
+                if absent_since is not None and self._watching(ev.room_sid):
+                    # listed, yet not in the room its node shows: stale once it lasts
+                    if ev.at - absent_since >= timedelta(seconds=self.stale_listing_s):
+                        ops.append(self._reconciled(key, ev.at))
+                    continue
                 if left.at <= ev.requested_at:  # still there after the leave was reported
                     del self._suspect[key]
                     if self._watching(ev.room_sid):
@@ -648,6 +682,8 @@ class SessionTracker:
         self._recently_closed[key] = None
         self._in_view.discard(key)
         self._witnessed.discard(key)
+        self._seen_live.discard(key)
+        self._absent_at_join.pop(key, None)
         if len(self._recently_closed) > RECENTLY_CLOSED_MAX:
             self._recently_closed.popitem(last=False)
         return Close(
@@ -660,16 +696,40 @@ class SessionTracker:
             session=s,
         )
 
-    def _reconciled(self, key: SessionKey, at: datetime, *, reason: str | None = None) -> Close:
+    def _reconciled(
+        self,
+        key: SessionKey,
+        at: datetime,
+        *,
+        reason: str | None = None,
+        successor_joined_at: datetime | None = None,
+    ) -> Close:
         """Close a session whose leave the observer did not see: at the webhook's time when
         LiveKit's webhook told it, else between when it was last seen and `at` (the lower
-        bound is recorded, with the width of the gap)."""
+        bound is recorded, with the width of the gap).
+
+        LiveKit keeps one participant per identity in a room, so a later session of the
+        same identity (`successor_joined_at`, or one already open) bounds this one: it
+        never ends after its successor joined, even when the observer's own connection was
+        dead without its knowing and it went on counting the participant as seen."""
         witness = self._witness.get(key)
         if witness is not None:
             return self._close(
                 key, left_at=witness.at, reason=witness.reason or reason, source=END_WEBHOOK
             )
-        left_at, width_ms = missed_leave(self._open[key].last_seen_at, at)
+        s = self._open[key]
+        later = [
+            o.joined_at
+            for k, o in self._open.items()
+            if k.room_sid == key.room_sid and o.identity == s.identity and o.joined_at > s.joined_at
+        ]
+        if successor_joined_at is not None and successor_joined_at > s.joined_at:
+            later.append(successor_joined_at)
+        left_at, width_ms = missed_leave(s.last_seen_at, at)
+        if later and min(later) < left_at + timedelta(milliseconds=width_ms):
+            upper = min(later)
+            left_at = min(left_at, upper)
+            width_ms = max(0, round((upper - left_at).total_seconds() * 1000))
         return self._close(
             key,
             left_at=left_at,
@@ -700,7 +760,9 @@ class SessionTracker:
 
     def _record_seen(self, keys: Iterable[SessionKey], at: datetime) -> list[Op]:
         """Record, once, that this observer saw these open sessions' participants itself."""
-        new = tuple(k for k in keys if k in self._open and k not in self._witnessed)
+        keys = [k for k in keys if k in self._open]
+        self._seen_live.update(keys)
+        new = tuple(k for k in keys if k not in self._witnessed)
         self._witnessed.update(new)
         return [Witnessed(new, at)] if new else []
 
@@ -731,7 +793,9 @@ class SessionTracker:
         self._stuck_count = sum(len(agents_by_room.get(sid, ())) for sid in self._alerted)
         return ops
 
-    def _replaced(self, room_sid: str, identity: str, at: datetime) -> list[Op]:
+    def _replaced(
+        self, room_sid: str, identity: str, at: datetime, joined_at: datetime
+    ) -> list[Op]:
         """A suspect leave followed by a join of the same identity is LiveKit replacing the
         older session (the newest connection wins): close it now, with that reason."""
         ops: list[Op] = []
@@ -744,7 +808,11 @@ class SessionTracker:
                         self._close(key, left_at=ev.at, reason=DUPLICATE_IDENTITY, source=END_RTC)
                     )
                 else:
-                    ops.append(self._reconciled(key, at, reason=DUPLICATE_IDENTITY))
+                    ops.append(
+                        self._reconciled(
+                            key, at, reason=DUPLICATE_IDENTITY, successor_joined_at=joined_at
+                        )
+                    )
         return ops
 
     def _tick(self, at: datetime) -> list[Op]:
