@@ -101,6 +101,7 @@ class Rooms:
         self._listed: list[discovery.ListedRoom] = []
         self._listed_at: datetime | None = None
         self._not_mine_since: dict[str, float] = {}
+        self._joining: set[str] = set()  # rooms whose join has not landed yet
         self.ended: set[str] = set()
         self._first_seen: dict[str, float] = {}
         self._slots = asyncio.Semaphore(len(pool.shards) if pool is not None else 1)
@@ -276,6 +277,12 @@ class Rooms:
             if watcher.room_name in mine:
                 self._not_mine_since.pop(sid, None)
                 continue
+            if sid in self._joining:
+                # Not inside yet, so nothing to hand over: the join is dropped, or left
+                # as soon as it lands (see _join).
+                self.watchers.pop(sid, None)
+                self._not_mine_since.pop(sid, None)
+                continue
             since = self._not_mine_since.setdefault(sid, now)
             if now - since >= grace and not watcher.recovering:
                 self._not_mine_since.pop(sid, None)
@@ -351,11 +358,22 @@ class Rooms:
         else:
             watcher = RoomWatcher(room.name, room.sid, self.emit, on_recovered=self.recovered)
         self.watchers[room.sid] = watcher
+        self._joining.add(room.sid)
         task = self._spawn(self._join(watcher), f"join:{room.name}")
         self._joins.add(task)
         task.add_done_callback(self._joins.discard)
 
+    def _still_wanted(self, watcher: Watcher) -> bool:
+        return not self._stopping and self.watchers.get(watcher.room_sid) is watcher
+
     async def _join(self, watcher: Watcher) -> None:
+        try:
+            await self._join_once(watcher)
+        finally:
+            if self.watchers.get(watcher.room_sid) in (watcher, None):
+                self._joining.discard(watcher.room_sid)
+
+    async def _join_once(self, watcher: Watcher) -> None:
         lk = self._lk
         token = observer_token(lk.api_key, lk.api_secret, self._identity, watcher.room_name)
         await self._seed(watcher.room_sid)
@@ -363,13 +381,19 @@ class Rooms:
             started = await join_in_turn(
                 self._slots,
                 lambda: (
-                    None
-                    if self._stopping
-                    else watcher.join(self._api.ws_url, token, JOIN_TIMEOUT_S)
+                    watcher.join(self._api.ws_url, token, JOIN_TIMEOUT_S)
+                    if self._still_wanted(watcher)
+                    else None
                 ),
             )
             if not started:
-                self.watchers.pop(watcher.room_sid, None)
+                if self.watchers.get(watcher.room_sid) is watcher:
+                    self.watchers.pop(watcher.room_sid)
+                return
+            if not self._stopping and self.watchers.get(watcher.room_sid) is not watcher:
+                # The placement gave the room to others while this join was in flight.
+                self._emit(RoomHandedOver(watcher.room_sid, utcnow()))
+                await self._leave_quietly(watcher)
                 return
             if self._stopping:
                 self.watchers.pop(watcher.room_sid, None)
