@@ -1,4 +1,4 @@
-"""Command line: `observer migrate | check | run | sessions | usage | reconcile | simulate`."""
+"""Command line: `observer migrate|check|run|sessions|rooms|usage|reconcile|simulate`."""
 
 from __future__ import annotations
 
@@ -71,6 +71,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--format", choices=("table", "json", "csv"), default="table")
 
+    rm = sub.add_parser("rooms", help="list recorded rooms")
+    rm.add_argument("--room")
+    rm.add_argument("--since", help="rooms live at or after: " + WHEN)
+    rm.add_argument("--until", help="rooms first seen before: " + WHEN)
+    rstate = rm.add_mutually_exclusive_group()
+    rstate.add_argument("--open", action="store_const", dest="state", const="open")
+    rstate.add_argument("--closed", action="store_const", dest="state", const="closed")
+    rm.add_argument(
+        "--limit", default=None, help="at most N rows (table default 100; csv/json: all)"
+    )
+    rm.add_argument("--format", choices=("table", "json", "csv"), default="table")
+
     u = sub.add_parser("usage", help="standing time per group inside a time window")
     u.add_argument("--from", dest="start", required=True, help="window start (inclusive): " + WHEN)
     u.add_argument("--to", dest="end", help="window end (exclusive; default now): " + WHEN)
@@ -141,7 +153,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             msg = f"{type(exc).__name__}: {exc}"
         print(f"observer: {msg}", file=sys.stderr)
         # the one-shot commands document 2 for an error before anything was done
-        one_shot = ("migrate", "sessions", "usage", "reconcile")
+        one_shot = ("migrate", "sessions", "rooms", "usage", "reconcile")
         return EXIT_USAGE if args.command in one_shot else EXIT_FAILED
 
 
@@ -154,6 +166,8 @@ def dispatch(args: argparse.Namespace, settings: Settings) -> int:
         return cmd_run(settings, args)
     if args.command == "sessions":
         return cmd_sessions(settings, args)
+    if args.command == "rooms":
+        return cmd_rooms(settings, args)
     if args.command == "usage":
         return cmd_usage(settings, args)
     if args.command == "reconcile":
@@ -386,6 +400,32 @@ def cmd_sessions(settings: Settings, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_rooms(settings: Settings, args: argparse.Namespace) -> int:
+    from observer.db.reads import RoomFilter
+    from observer.db.store import Store
+    from observer.reports import sessions as report
+
+    since = parse_time(args.since, flag="--since") if args.since is not None else None
+    until = parse_time(args.until, flag="--until") if args.until is not None else None
+    if since and until and since > until:
+        raise UsageError("--since is after --until")
+    limit = parse_limit(args.limit)
+    f = RoomFilter(
+        room=args.room,
+        since=since,
+        until=until,
+        state=args.state,
+        limit=limit if limit is not None else (100 if args.format == "table" else None),
+    )
+    store = Store(settings.database_url)
+    try:
+        rows = store.rooms(f)
+    finally:
+        store.close()
+    sys.stdout.write(report.render_rooms(rows, args.format))
+    return EXIT_OK
+
+
 def cmd_usage(settings: Settings, args: argparse.Namespace) -> int:
     from observer.core.vocab import KINDS
     from observer.db.store import Store
@@ -399,8 +439,9 @@ def cmd_usage(settings: Settings, args: argparse.Namespace) -> int:
     by: list[str] = []
     for raw in args.by:
         for g in (part.strip().lower() for part in raw.split(",")):
-            if g not in usage.GROUPINGS:
-                raise UsageError(f"unknown --by {g!r}; choose from {', '.join(usage.GROUPINGS)}")
+            if not usage.is_grouping(g):
+                names = ", ".join((*usage.GROUPINGS, *usage.KEYED_GROUPINGS))
+                raise UsageError(f"unknown --by {g!r}; choose from {names}")
             if g not in by:
                 by.append(g)
     if {"day", "month"} <= set(by):

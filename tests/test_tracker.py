@@ -23,10 +23,13 @@ from observer.core.tracker import (
     Reconnected,
     Reconnecting,
     RoomClosed,
+    RoomEnded,
     RoomGone,
     RoomHandedOver,
     RoomJoined,
     RoomLost,
+    RoomMetadataChanged,
+    RoomSeen,
     Seeded,
     Seen,
     SessionKey,
@@ -59,9 +62,11 @@ def user(sid: str) -> Seen:
 
 
 def step(tr: SessionTracker, ev: Event) -> list[Op]:
-    """One event's writes, then its notices (witness records are tested on their own)."""
+    """One event's session writes, then its notices (witness records and room rows are
+    tested on their own)."""
     out = tr.handle(ev)
-    return [*(w for w in out.writes if not isinstance(w, Witnessed)), *out.notices]
+    aside = (Witnessed, RoomSeen, RoomEnded)
+    return [*(w for w in out.writes if not isinstance(w, aside)), *out.notices]
 
 
 def run(events: list[Event], tracker: SessionTracker | None = None) -> list[Op]:
@@ -698,3 +703,50 @@ def test_the_listing_is_trusted_for_sessions_never_seen_over_rtc() -> None:
     assert closes(step(tr, Listed("RM1", True, frozenset({"PA1"}), t(50), t(50.1)))) == []
     assert tr.suspects == {}
     assert "PA1" in {k.participant_sid for k in tr.open_sessions}
+
+
+def room_writes(tr: SessionTracker, events: list[Event]) -> list[tuple[object, ...]]:
+    out: list[tuple[object, ...]] = []
+    for ev in events:
+        for w in tr.handle(ev).writes:
+            if isinstance(w, RoomSeen):
+                out.append(("seen", w.metadata, w.created_at, w.agents, w.participants))
+            elif isinstance(w, RoomEnded):
+                out.append(("ended", w.at, w.reason))
+    return out
+
+
+def test_room_rows_carry_metadata_creation_and_the_most_present() -> None:
+    tr = SessionTracker(frozenset({"agent"}))
+    got = room_writes(
+        tr,
+        [
+            RoomJoined("r", "RM1", (user("PU1"),), t(1), '{"customer":"acme"}', t(0)),
+            ParticipantJoined("r", "RM1", agent("PA1"), t(2)),
+            ParticipantJoined("r", "RM1", agent("PA2"), t(3)),
+            ParticipantLeft("RM1", "PA2", "CLIENT_INITIATED", t(4)),
+            ParticipantJoined("r", "RM1", agent("PA3"), t(5)),  # back to 2 agents: no write
+            RoomMetadataChanged("RM1", '{"customer":"globex"}', t(6)),
+            RoomClosed("RM1", "ROOM_DELETED", t(9)),
+        ],
+    )
+    assert got == [
+        ("seen", '{"customer":"acme"}', t(0), 0, 1),
+        ("seen", None, None, 1, 2),
+        ("seen", None, None, 2, 3),
+        ("seen", '{"customer":"globex"}', None, 2, 3),
+        ("ended", t(9), "ROOM_DELETED"),
+    ]
+
+
+def test_a_room_found_gone_ends_as_gone() -> None:
+    tr = SessionTracker(frozenset({"agent"}))
+    got = room_writes(
+        tr,
+        [
+            RoomJoined("r", "RM1", (agent("PA1"),), t(0)),
+            Reconnecting("RM1", t(5)),
+            Listed("RM1", False, frozenset(), t(8), t(8.1)),
+        ],
+    )
+    assert got[-1] == ("ended", t(8.1), "GONE")

@@ -71,11 +71,21 @@ class TrackedSession:
 
 @dataclass(frozen=True)
 class RoomJoined:
-    """The observer is in the room; `present` is everyone it can see right now."""
+    """The observer is in the room; `present` is everyone it can see right now, `metadata`
+    the room's metadata and `created_at` when the server created the room."""
 
     room_name: str
     room_sid: str
     present: tuple[Seen, ...]
+    at: datetime
+    metadata: str = ""
+    created_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class RoomMetadataChanged:
+    room_sid: str
+    metadata: str
     at: datetime
 
 
@@ -216,6 +226,7 @@ class WebhookRoomFinished:
 
 Event = (
     RoomJoined
+    | RoomMetadataChanged
     | ParticipantJoined
     | ParticipantLeft
     | AttributesChanged
@@ -274,6 +285,31 @@ class Witnessed:
 
 
 @dataclass(frozen=True)
+class RoomSeen:
+    """The room as the observer sees it: its name, metadata (None: unchanged) and creation
+    time, and how many agents and participants are in it now (the row keeps the most)."""
+
+    room_sid: str
+    room_name: str
+    metadata: str | None
+    created_at: datetime | None
+    at: datetime
+    agents: int
+    participants: int
+
+
+@dataclass(frozen=True)
+class RoomEnded:
+    """The room ended at `at`: `reason` is the server's (ROOM_DELETED, ...), or GONE when
+    the observer found it gone from the server's listing."""
+
+    room_sid: str
+    room_name: str
+    at: datetime
+    reason: str
+
+
+@dataclass(frozen=True)
 class StuckAgents:
     """Agents alone in a room (no company) for longer than the limit; not a database write."""
 
@@ -292,7 +328,9 @@ class Verify:
     room_name: str
 
 
-RowWrite = Open | Close | Touch | UpdateAttributes | Witnessed  # changes to the rows
+RowWrite = (
+    Open | Close | Touch | UpdateAttributes | Witnessed | RoomSeen | RoomEnded
+)  # changes to the rows
 Notice = StuckAgents | Verify  # for the daemon to act on; never written
 Op = RowWrite | Notice
 
@@ -310,7 +348,15 @@ class Outcome:
         notices: list[Notice] = []
         for op in ops:
             match op:
-                case Open() | Close() | Touch() | UpdateAttributes() | Witnessed():
+                case (
+                    Open()
+                    | Close()
+                    | Touch()
+                    | UpdateAttributes()
+                    | Witnessed()
+                    | RoomSeen()
+                    | RoomEnded()
+                ):
                     writes.append(op)
                 case StuckAgents() | Verify():
                     notices.append(op)
@@ -376,6 +422,8 @@ class SessionTracker:
     _witnessed: set[SessionKey] = field(default_factory=set)  # recorded as witnessed
     _seen_live: set[SessionKey] = field(default_factory=set)  # ever seen over rtc
     _absent_at_join: dict[SessionKey, datetime] = field(default_factory=dict)
+    _present: dict[str, dict[str, str]] = field(default_factory=dict)  # room -> sid -> kind
+    _peak: dict[str, tuple[int, int]] = field(default_factory=dict)  # room -> agents, all
     _stuck_count: int = 0
 
     def seed(self, sessions: Iterable[TrackedSession]) -> None:
@@ -420,13 +468,18 @@ class SessionTracker:
         match ev:
             case RoomJoined():
                 self._rooms[ev.room_sid] = _Room(ev.room_name, "watching")
-                return self._snapshot(ev.room_sid, ev.room_name, ev.present, ev.at, fresh=True)
+                ops = self._snapshot(ev.room_sid, ev.room_name, ev.present, ev.at, fresh=True)
+                seen = self._room_seen(ev.room_sid, ev.at, ev.metadata, ev.created_at, force=True)
+                return seen + ops
+            case RoomMetadataChanged():
+                return self._room_seen(ev.room_sid, ev.at, ev.metadata, None, force=True)
             case Reconnected():
                 room = self._rooms.get(ev.room_sid)
                 if room is None:
                     return []
                 room.state = "watching"
-                return self._snapshot(ev.room_sid, room.name, ev.present, ev.at)
+                ops = self._snapshot(ev.room_sid, room.name, ev.present, ev.at)
+                return ops + self._room_seen(ev.room_sid, ev.at)
             case ParticipantJoined():
                 key = SessionKey(ev.room_sid, ev.participant.sid)
                 self._suspect.pop(key, None)
@@ -439,6 +492,8 @@ class SessionTracker:
                     ev.room_sid, ev.participant.identity, ev.at, ev.participant.joined_at
                 )
                 ops += self._joined(ev.room_name, ev.room_sid, ev.participant, ev.at)
+                self._present.setdefault(ev.room_sid, {})[ev.participant.sid] = ev.participant.kind
+                ops += self._room_seen(ev.room_sid, ev.at)
                 return ops + self._record_seen([key], ev.at)
             case RoomHandedOver():
                 self._forget_room(ev.room_sid)
@@ -489,7 +544,7 @@ class SessionTracker:
                 room = self._rooms.get(ev.room_sid)
                 if room is not None and room.state == "watching":
                     return []  # the observer is inside and sees the room end itself
-                return [
+                return self._room_ended(ev.room_sid, ev.at, "ROOM_FINISHED") + [
                     self._close(key, left_at=ev.at, reason=None, source=END_WEBHOOK)
                     for key in self._keys_in(ev.room_sid)
                 ]
@@ -528,6 +583,7 @@ class SessionTracker:
 
     def _left(self, ev: ParticipantLeft) -> list[Op]:
         self._company.get(ev.room_sid, set()).discard(ev.participant_sid)
+        self._present.get(ev.room_sid, {}).pop(ev.participant_sid, None)
         key = SessionKey(ev.room_sid, ev.participant_sid)
         if key not in self._open:
             return []
@@ -544,9 +600,9 @@ class SessionTracker:
         return [self._reconciled(key, ev.at, reason=ev.reason)]
 
     def _room_closed(self, ev: RoomClosed) -> list[Op]:
+        ops: list[Op] = self._room_ended(ev.room_sid, ev.at, ev.reason or "ROOM_CLOSED")
         self._forget_room(ev.room_sid)
         self._rooms.pop(ev.room_sid, None)
-        ops: list[Op] = []
         for key in self._keys_in(ev.room_sid):
             if key in self._suspect or key in self._witness:
                 ops.append(self._reconciled(key, ev.at))
@@ -587,6 +643,7 @@ class SessionTracker:
         ops: list[Op] = []
         present_sids = {p.sid for p in present}
         self._company[room_sid] = {p.sid for p in present if p.kind in COMPANY_KINDS}
+        self._present[room_sid] = {p.sid: p.kind for p in present}
         self._in_view.update(
             SessionKey(room_sid, p.sid) for p in present if p.kind in self.tracked_kinds
         )
@@ -640,9 +697,9 @@ class SessionTracker:
         return ops
 
     def _gone(self, room_sid: str, at: datetime, listed_at: datetime | None) -> list[Op]:
+        ops: list[Op] = self._room_ended(room_sid, at, "GONE")
         self._forget_room(room_sid)
         self._rooms.pop(room_sid, None)
-        ops: list[Op] = []
         for key in self._keys_in(room_sid):
             if listed_at is None or self._open[key].last_seen_at < listed_at:
                 ops.append(self._reconciled(key, at))
@@ -766,7 +823,35 @@ class SessionTracker:
         self._witnessed.update(new)
         return [Witnessed(new, at)] if new else []
 
+    def _room_seen(
+        self,
+        room_sid: str,
+        at: datetime,
+        metadata: str | None = None,
+        created_at: datetime | None = None,
+        *,
+        force: bool = False,
+    ) -> list[Op]:
+        """A `RoomSeen` when asked to, or when the room holds more than it ever did."""
+        name = self._room_name(room_sid)
+        if name is None:
+            return []
+        present = self._present.get(room_sid, {})
+        agents = sum(1 for kind in present.values() if kind == "agent")
+        now = (agents, len(present))
+        peak = self._peak.get(room_sid, (0, 0))
+        if not force and now[0] <= peak[0] and now[1] <= peak[1]:
+            return []
+        self._peak[room_sid] = (max(now[0], peak[0]), max(now[1], peak[1]))
+        return [RoomSeen(room_sid, name, metadata, created_at, at, *now)]
+
+    def _room_ended(self, room_sid: str, at: datetime, reason: str) -> list[Op]:
+        name = self._room_name(room_sid)
+        return [] if name is None else [RoomEnded(room_sid, name, at, reason)]
+
     def _forget_room(self, room_sid: str) -> None:
+        self._present.pop(room_sid, None)
+        self._peak.pop(room_sid, None)
         self._in_view = {k for k in self._in_view if k.room_sid != room_sid}
         self._witnessed = {k for k in self._witnessed if k.room_sid != room_sid}
         self._company.pop(room_sid, None)

@@ -17,6 +17,8 @@ from observer.core.tracker import (
     Close,
     Notice,
     Open,
+    RoomEnded,
+    RoomSeen,
     RowWrite,
     StuckAgents,
     Touch,
@@ -177,7 +179,7 @@ def record_writes(m: Metrics, writes: Sequence[RowWrite]) -> None:
                         "duration_ms": round(duration_s * 1000),
                     },
                 )
-            case Touch() | UpdateAttributes() | Witnessed():
+            case Touch() | UpdateAttributes() | Witnessed() | RoomSeen() | RoomEnded():
                 pass
             case _:
                 assert_never(w)

@@ -24,6 +24,7 @@ from observer.core.tracker import (
     RoomClosed,
     RoomJoined,
     RoomLost,
+    RoomMetadataChanged,
     Seen,
 )
 from observer.core.vocab import kind_named
@@ -256,6 +257,7 @@ class RoomWatcher:
             "participant_connected": self._on_connected,
             "participant_disconnected": self._on_disconnected,
             "participant_attributes_changed": self._on_attributes,
+            "room_metadata_changed": self._on_metadata,
             "reconnecting": self._on_reconnecting,
             "reconnected": self._on_reconnected,
             "disconnected": self._on_room_disconnected,
@@ -313,7 +315,20 @@ class RoomWatcher:
         now = self._clock()
         present = tuple(seen(p, now) for p in self._room.remote_participants.values())
         self._active = True
-        self._emit(RoomJoined(self.room_name, self.room_sid, present, now))
+        try:
+            created_at: datetime | None = self._room.creation_time
+        except (AttributeError, ValueError, OSError):
+            created_at = None
+        self._emit(
+            RoomJoined(
+                self.room_name,
+                self.room_sid,
+                present,
+                now,
+                metadata=self._room.metadata or "",
+                created_at=created_at if created_at and created_at.timestamp() > 0 else None,
+            )
+        )
 
     async def leave(self) -> None:
         """Disconnect without reporting anything: the caller decides what leaving means."""
@@ -343,6 +358,10 @@ class RoomWatcher:
     def _on_attributes(self, _changed: dict[str, str], p: rtc.Participant) -> None:
         if self._active and isinstance(p, rtc.RemoteParticipant):
             self._emit(AttributesChanged(self.room_sid, p.sid, dict(p.attributes), self._clock()))
+
+    def _on_metadata(self, _old: str, new: str) -> None:
+        if self._active:
+            self._emit(RoomMetadataChanged(self.room_sid, new or "", self._clock()))
 
     def _on_reconnecting(self) -> None:
         if self._active and self._held is None:

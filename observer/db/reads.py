@@ -12,7 +12,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import Session
 
 from observer.core.vocab import SessionState
-from observer.db.schema import SessionRow
+from observer.db.schema import RoomRow, SessionRow
 
 
 @dataclass(frozen=True)
@@ -59,6 +59,37 @@ def session_rows(engine: Engine, f: SessionFilter) -> list[SessionRow]:
     elif f.state == "closed":
         q = q.where(SessionRow.left_at.is_not(None))
     q = q.order_by(SessionRow.joined_at.desc(), SessionRow.id.desc())
+    if f.limit:
+        q = q.limit(f.limit)
+    with Session(engine, expire_on_commit=False) as db:
+        rows = list(db.scalars(q).all())
+        db.expunge_all()
+        return rows
+
+
+@dataclass(frozen=True)
+class RoomFilter:
+    room: str | None = None
+    since: datetime | None = None  # rooms live at or after this time
+    until: datetime | None = None  # rooms that started before this time
+    state: SessionState | None = None  # open: not ended yet
+    limit: int | None = None
+
+
+def room_rows(engine: Engine, f: RoomFilter) -> list[RoomRow]:
+    """Rooms matching a filter, newest first (by when the observer first knew of them)."""
+    q = select(RoomRow)
+    if f.room:
+        q = q.where(RoomRow.name == f.room)
+    if f.since:
+        q = q.where((RoomRow.ended_at.is_(None)) | (RoomRow.ended_at >= f.since))
+    if f.until:
+        q = q.where(RoomRow.first_seen_at < f.until)
+    if f.state == "open":
+        q = q.where(RoomRow.ended_at.is_(None))
+    elif f.state == "closed":
+        q = q.where(RoomRow.ended_at.is_not(None))
+    q = q.order_by(RoomRow.first_seen_at.desc(), RoomRow.sid)
     if f.limit:
         q = q.limit(f.limit)
     with Session(engine, expire_on_commit=False) as db:

@@ -124,6 +124,32 @@ class SessionRow(Base):
     )
 
 
+class RoomRow(Base):
+    """One row per room (by sid) the observer has been in or heard of: a public interface,
+    like `sessions`."""
+
+    __tablename__ = "rooms"
+
+    sid: Mapped[str] = mapped_column(Text, primary_key=True)
+    name: Mapped[str] = mapped_column(Text)
+    # the room's metadata as last seen ("" when none); `metadata_json` is the same read as
+    # a JSON object, or NULL when it is not one (what `--by room-metadata:KEY` reads)
+    metadata_: Mapped[str] = mapped_column("metadata", Text, default="")
+    metadata_json: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    created_at: Mapped[datetime | None] = mapped_column(UTCDateTime)  # by the server
+    first_seen_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    end_reason: Mapped[str | None] = mapped_column(Text)
+    max_agents: Mapped[int] = mapped_column(Integer, default=0)
+    max_participants: Mapped[int] = mapped_column(Integer, default=0)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+    __table_args__ = (
+        Index("ix_rooms_name", "name"),
+        Index("ix_rooms_first_seen_at", "first_seen_at"),
+    )
+
+
 class SessionWitnessRow(Base):
     """An observer that saw a session's participant in the room itself (not only through a
     webhook): one row per (session, observer)."""

@@ -17,9 +17,16 @@ from observer.core.times import utcnow
 from observer.core.tracker import (
     TrackedSession,
 )
-from observer.db.reads import SessionFilter, StaleSession, session_rows, stale_sessions
+from observer.db.reads import (
+    RoomFilter,
+    SessionFilter,
+    StaleSession,
+    room_rows,
+    session_rows,
+    stale_sessions,
+)
 from observer.db.rollups import RollupTx
-from observer.db.schema import SessionRow, WebhookEventRow, make_engine
+from observer.db.schema import RoomRow, SessionRow, WebhookEventRow, make_engine
 from observer.db.usage_sql import UsageSpec, UsageTotal, usage_totals
 from observer.db.writes import WebhookRecord, Write, apply_ops, insert_webhook, open_sessions
 
@@ -70,6 +77,10 @@ class Store:
     def sessions(self, f: SessionFilter) -> list[SessionRow]:
         """Rows matching a filter, newest first."""
         return session_rows(self.engine, f)
+
+    def rooms(self, f: RoomFilter) -> list[RoomRow]:
+        """Room rows matching a filter, newest first."""
+        return room_rows(self.engine, f)
 
     def usage(self, spec: UsageSpec) -> list[UsageTotal]:
         """Standing time per group and bucket, computed in SQL."""

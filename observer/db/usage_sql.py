@@ -13,6 +13,7 @@ from sqlalchemy import (
     ColumnElement,
     Connection,
     Select,
+    Text,
     case,
     cast,
     func,
@@ -33,6 +34,33 @@ USAGE_GROUP_COLUMNS = {
     "identity": "participant_identity",
     "room": "room_name",
 }
+# ... and the groupings by a key: the agent participant's attribute KEY, the room's metadata
+# (whole) or a key of it read as a JSON object. A missing key groups as "".
+ATTRIBUTE_PREFIX = "attribute:"
+ROOM_METADATA = "room-metadata"
+ROOM_METADATA_PREFIX = "room-metadata:"
+
+
+def is_group_name(g: str) -> bool:
+    """Whether `g` names a grouping `UsageSpec.group_by` takes."""
+    return (
+        g in USAGE_GROUP_COLUMNS
+        or g == ROOM_METADATA
+        or (g.startswith((ATTRIBUTE_PREFIX, ROOM_METADATA_PREFIX)) and g.split(":", 1)[1] != "")
+    )
+
+
+def _group_key(g: str, sessions: Any, rooms: Any) -> ColumnElement[Any]:
+    if g in USAGE_GROUP_COLUMNS:
+        return sessions.c[USAGE_GROUP_COLUMNS[g]]  # type: ignore[no-any-return]
+    if g == ROOM_METADATA:
+        return func.coalesce(rooms.c.metadata, "")
+    column, key = (
+        (sessions.c.attributes, g.removeprefix(ATTRIBUTE_PREFIX))
+        if g.startswith(ATTRIBUTE_PREFIX)
+        else (rooms.c.metadata_json, g.removeprefix(ROOM_METADATA_PREFIX))
+    )
+    return func.coalesce(cast(column[key].as_string(), Text), "")
 
 
 def epoch_ms(at: datetime) -> int:
@@ -119,12 +147,20 @@ def _usage_query(spec: UsageSpec, dialect: str, since: datetime) -> Select[Any]:
         wanted.append(or_(t.c.left_at.is_(None), t.c.left_at > start))
         open_end = ms(min(epoch_ms(spec.open_until), edges[-1]))
         ended = case((t.c.left_at.is_(None), open_end), else_=left_ms)
-    keys = [t.c[USAGE_GROUP_COLUMNS[g]].label(f"k{i}") for i, g in enumerate(spec.group_by)]
-    clipped = select(
-        *keys,
-        greatest(_epoch_ms_sql(t.c.joined_at, dialect), ms(edges[0])).label("s"),
-        least(ended, ms(edges[-1])).label("e"),
-    ).where(*wanted)
+    rooms = Base.metadata.tables["rooms"]
+    keys = [_group_key(g, t, rooms).label(f"k{i}") for i, g in enumerate(spec.group_by)]
+    source: Any = t
+    if any(g.startswith(ROOM_METADATA) for g in spec.group_by):
+        source = t.outerjoin(rooms, rooms.c.sid == t.c.room_sid)
+    clipped = (
+        select(
+            *keys,
+            greatest(_epoch_ms_sql(t.c.joined_at, dialect), ms(edges[0])).label("s"),
+            least(ended, ms(edges[-1])).label("e"),
+        )
+        .select_from(source)
+        .where(*wanted)
+    )
     if dialect == "sqlite":
         # Keeps SQLite from flattening this subquery into its users, which would compute
         # the times above again for every place they are used.

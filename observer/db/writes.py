@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -10,6 +11,7 @@ from typing import Any, assert_never
 from sqlalchemy import (
     Engine,
     bindparam,
+    func,
     select,
     update,
 )
@@ -18,6 +20,8 @@ from sqlalchemy.orm import Session
 from observer.core.tracker import (
     Close,
     Open,
+    RoomEnded,
+    RoomSeen,
     RowWrite,
     SessionKey,
     Touch,
@@ -27,6 +31,7 @@ from observer.core.tracker import (
 )
 from observer.db.schema import (
     Base,
+    RoomRow,
     SessionRow,
     SessionWitnessRow,
     WebhookEventRow,
@@ -94,10 +99,84 @@ def apply_ops(db: Session, ops: Sequence[Write], observer_id: str, now: datetime
                 )
             case Witnessed():
                 _witnessed(db, op, observer_id)
+            case RoomSeen():
+                _room_seen(db, op, now)
+            case RoomEnded():
+                _room_ended(db, op, now)
             case WebhookRecord():
                 insert_webhook(db, op)
             case _:
                 assert_never(op)
+
+
+def metadata_object(metadata: str | None) -> dict[str, Any] | None:
+    """The room's metadata read as a JSON object, or None when it is not one."""
+    if not metadata:
+        return None
+    try:
+        value = json.loads(metadata)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _room_seen(db: Session, op: RoomSeen, now: datetime) -> None:
+    dialect = db.get_bind().dialect.name
+    greatest = func.greatest if dialect == "postgresql" else func.max
+    t = RoomRow.__table__
+    values: dict[str, Any] = dict(
+        sid=op.room_sid,
+        name=op.room_name,
+        metadata=op.metadata if op.metadata is not None else "",
+        metadata_json=metadata_object(op.metadata),
+        created_at=op.created_at,
+        first_seen_at=op.at,
+        max_agents=op.agents,
+        max_participants=op.participants,
+        updated_at=now,
+    )
+    stmt = dialect_insert(dialect, t).values(**values)
+    new = stmt.excluded
+    changes: dict[str, Any] = dict(
+        name=new.name,
+        created_at=func.coalesce(t.c.created_at, new.created_at),
+        first_seen_at=func.least(t.c.first_seen_at, new.first_seen_at)
+        if dialect == "postgresql"
+        else func.min(t.c.first_seen_at, new.first_seen_at),
+        max_agents=greatest(t.c.max_agents, new.max_agents),
+        max_participants=greatest(t.c.max_participants, new.max_participants),
+        updated_at=new.updated_at,
+    )
+    if op.metadata is not None:
+        changes.update(metadata=new.metadata, metadata_json=new.metadata_json)
+    db.execute(stmt.on_conflict_do_update(index_elements=[t.c.sid], set_=changes))
+
+
+def _room_ended(db: Session, op: RoomEnded, now: datetime) -> None:
+    dialect = db.get_bind().dialect.name
+    t = RoomRow.__table__
+    stmt = dialect_insert(dialect, t).values(
+        sid=op.room_sid,
+        name=op.room_name,
+        metadata="",
+        first_seen_at=op.at,
+        ended_at=op.at,
+        end_reason=op.reason,
+        max_agents=0,
+        max_participants=0,
+        updated_at=now,
+    )
+    new = stmt.excluded
+    db.execute(
+        stmt.on_conflict_do_update(
+            index_elements=[t.c.sid],
+            set_=dict(
+                ended_at=func.coalesce(t.c.ended_at, new.ended_at),
+                end_reason=func.coalesce(t.c.end_reason, new.end_reason),
+                updated_at=new.updated_at,
+            ),
+        )
+    )
 
 
 def insert_webhook(db: Session, rec: WebhookRecord) -> bool:

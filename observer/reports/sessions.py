@@ -8,7 +8,7 @@ from datetime import datetime
 from typing import Any
 
 from observer.core.times import iso
-from observer.db.schema import SessionRow
+from observer.db.schema import RoomRow, SessionRow
 from observer.reports.render import csv_text, table
 
 COLUMNS = (
@@ -77,4 +77,65 @@ def render_sessions(rows: Sequence[SessionRow], fmt: str) -> str:
         ]
     )
     lines.append(f"({len(rows)} sessions)")
+    return "\n".join(lines) + "\n"
+
+
+ROOM_COLUMNS = (
+    "sid",
+    "name",
+    "metadata",
+    "created_at",
+    "first_seen_at",
+    "ended_at",
+    "end_reason",
+    "duration_ms",
+    "max_agents",
+    "max_participants",
+)
+
+
+def room_dict(r: RoomRow) -> dict[str, Any]:
+    start = r.created_at or r.first_seen_at
+    d: dict[str, Any] = {
+        "sid": r.sid,
+        "name": r.name,
+        "metadata": r.metadata_,
+        "created_at": _iso(r.created_at),
+        "first_seen_at": _iso(r.first_seen_at),
+        "ended_at": _iso(r.ended_at),
+        "end_reason": r.end_reason,
+        "duration_ms": (
+            max(0, round((r.ended_at - start).total_seconds() * 1000)) if r.ended_at else None
+        ),
+        "max_agents": r.max_agents,
+        "max_participants": r.max_participants,
+    }
+    return d
+
+
+def render_rooms(rows: Sequence[RoomRow], fmt: str) -> str:
+    """Rooms as a table, CSV or JSON; a room's duration runs from the server's creation
+    time (or when first seen) to its end, and is empty while it is live."""
+    dicts = [room_dict(r) for r in rows]
+    if fmt == "json":
+        return json.dumps(dicts, indent=2) + "\n"
+    if fmt == "csv":
+        return csv_text(ROOM_COLUMNS, ([d[c] for c in ROOM_COLUMNS] for d in dicts))
+    header = ("created_at", "room", "duration", "end", "agents", "participants", "metadata")
+    lines = table(
+        [header]
+        + [
+            (
+                d["created_at"] or d["first_seen_at"] or "",
+                d["name"],
+                human_duration(d["duration_ms"]) if d["ended_at"] else "live",
+                d["end_reason"] or "",
+                str(d["max_agents"]),
+                str(d["max_participants"]),
+                d["metadata"] if len(d["metadata"]) <= 40 else d["metadata"][:39] + "…",
+            )
+            for d in dicts
+        ]
+    )
+    lines.append(f"({len(rows)} rooms)")
     return "\n".join(lines) + "\n"

@@ -15,12 +15,20 @@ from typing import Any, NamedTuple
 
 from observer.core.times import iso, next_month
 from observer.db.store import Store
-from observer.db.usage_sql import USAGE_GROUP_COLUMNS, UsageSpec
+from observer.db.usage_sql import USAGE_GROUP_COLUMNS, UsageSpec, is_group_name
 from observer.reports.render import csv_text, table
 from observer.reports.sessions import human_duration
 
 TIME_GROUPINGS = ("day", "month")
 GROUPINGS = (*USAGE_GROUP_COLUMNS, *TIME_GROUPINGS)
+KEYED_GROUPINGS = ("attribute:KEY", "room-metadata", "room-metadata:KEY")
+
+
+def is_grouping(g: str) -> bool:
+    """A name `observer usage --by` takes: one of GROUPINGS or of KEYED_GROUPINGS."""
+    return g in TIME_GROUPINGS or is_group_name(g)
+
+
 # --rounding -> each piece of a session is rounded up to a multiple of this many ms
 ROUNDINGS = {"none": 1, "second": 1000, "minute": 60_000}
 
