@@ -315,6 +315,7 @@ class LiveKitServer:
             can_publish=can_publish,
             can_subscribe=can_subscribe,
             can_publish_data=can_publish_data,
+            can_update_own_metadata=True,  # attributes, as applications and agents set them
             agent=agent or None,
             hidden=hidden or None,
             recorder=recorder or None,
