@@ -111,6 +111,12 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--no-settle", action="store_true", help="do not ask LiveKit; close nothing")
     r.add_argument("--force", action="store_true", help="rewrite a finalized period")
     r.add_argument("--statement", help="CSV with group_kind,group_key,minutes to compare")
+    r.add_argument(
+        "--by",
+        action="append",
+        default=[],
+        help="also roll up by attribute:KEY, room-metadata or room-metadata:KEY (repeatable)",
+    )
     r.add_argument("--tolerance-minutes", default="0", help="differences up to this are fine")
     r.add_argument("--report", help="write the differences to this .csv or .json file")
     r.add_argument("--report-format", choices=("csv", "json"))
@@ -468,6 +474,23 @@ def cmd_usage(settings: Settings, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def keyed_rollups(raw: list[str]) -> list[str]:
+    from observer.db.usage_sql import USAGE_GROUP_COLUMNS, is_group_name
+
+    out = []
+    for arg in raw:
+        for g in (x.strip() for x in arg.split(",")):
+            if g in ("agent", "room", "total"):
+                continue  # always rolled up
+            if not is_group_name(g) or g in USAGE_GROUP_COLUMNS:
+                raise UsageError(
+                    f"unknown --by {g!r}; choose from attribute:KEY, room-metadata,"
+                    " room-metadata:KEY"
+                )
+            out.append(g)
+    return out
+
+
 def cmd_reconcile(settings: Settings, args: argparse.Namespace) -> int:
     from decimal import Decimal, InvalidOperation
 
@@ -504,6 +527,7 @@ def cmd_reconcile(settings: Settings, args: argparse.Namespace) -> int:
             tolerance_minutes=tolerance,
             report=Path(args.report) if args.report else None,
             report_format=args.report_format,
+            by=tuple(dict.fromkeys(keyed_rollups(args.by))),
         )
         store = Store(settings.database_url)
         try:

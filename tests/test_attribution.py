@@ -103,8 +103,11 @@ def ms(t: datetime) -> int:
     return (t - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(milliseconds=1)
 
 
-def reference(sessions: list[dict[str, Any]], by: list[str]) -> dict[tuple[str, ...], list[int]]:
-    """{(keys..., day): [sessions, ms, billable minutes]} piece by piece, per UTC day."""
+def reference(
+    sessions: list[dict[str, Any]], by: list[str], *, split_days: bool = True
+) -> dict[tuple[str, ...], list[int]]:
+    """{(keys..., day): [sessions, ms, billable minutes]} piece by piece, per UTC day (or
+    one piece for the whole window)."""
     out: dict[tuple[str, ...], list[int]] = defaultdict(lambda: [0, 0, 0])
     for s in sessions:
         start = max(ms(s["joined"]), ms(START))
@@ -112,6 +115,8 @@ def reference(sessions: list[dict[str, Any]], by: list[str]) -> dict[tuple[str, 
         day = MAR1
         while day < END:
             lo, hi = max(start, ms(day)), min(end, ms(day + timedelta(days=1)))
+            if not split_days:
+                lo, hi, day = start, end, END - timedelta(days=1)
             if hi > lo:
                 keys = tuple(reference_key(s, g) for g in by if g != "day")
                 if "day" in by:
@@ -268,3 +273,30 @@ async def test_rooms_and_attribution_against_the_server(
         assert grouped("room-metadata:customer") == {"globex": 2}  # as last seen
     finally:
         del os.environ["OBSERVER_DATABASE_URL"]
+
+
+def test_reconcile_rolls_up_and_compares_by_keyed_groupings(
+    billed_db: list[dict[str, Any]], capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    period = ["--from", "2026-03-01", "--to", "2026-03-04", "--now", "2026-03-05T00:00:00Z"]
+    want = reference(
+        [dict(s, left=s["left"] or datetime(2026, 3, 5, tzinfo=UTC)) for s in billed_db],
+        ["attribute:customer"],
+        split_days=False,
+    )
+    statement = tmp_path / "statement.csv"
+    lines = ["group_kind,group_key,minutes"] + [
+        f"attribute:customer,{key},{v[2]}" for (key,), v in sorted(want.items())
+    ]
+    statement.write_text("\n".join(lines) + "\n")
+    base = ["reconcile", *period, "--no-settle"]
+    assert main([*base, "--statement", str(statement)]) == 0, capsys.readouterr()
+    out = capsys.readouterr().out
+    assert f"{len(want)} group(s) compared, 0 difference(s)" in out
+    # the same period again with one number off: exit 1, the difference named
+    statement.write_text("\n".join([*lines[:-1], lines[-1].rsplit(",", 1)[0] + ",1"]) + "\n")
+    assert main([*base, "--statement", str(statement)]) == 1
+    assert "attribute:customer" in capsys.readouterr().out
+    # rolled up by room metadata too, on a period now finalized: new rows, not drift
+    assert main([*base, "--by", "room-metadata:customer"]) == 0, capsys.readouterr()
+    assert main([*base, "--by", "identity"]) == 2

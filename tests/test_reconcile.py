@@ -332,7 +332,7 @@ BAD_STATEMENTS = [
     ("group_kind,group_key,minutes\nagent,alpha,3\nagent,beta,three\n", ":3: minutes must be"),
     ("group_kind,group_key,minutes\nagent,alpha,-1\n", ":2: minutes must be"),
     ("agent,alpha,3\n\nagent,beta\n", ":3: expected the columns"),
-    ("agent,alpha,3\nplanet,mars,1\n", ":2: group_kind must be agent, room or total"),
+    ("agent,alpha,3\nplanet,mars,1\n", ":2: group_kind must be agent, room, total, attribute:KEY"),
     (
         "agent,alpha,3\nagent,alpha,4\n",
         ":2: a second row for agent 'alpha' (the first is on line 1)",

@@ -1,4 +1,4 @@
-"""rooms table
+"""rooms table; rollups by keyed groupings (attribute:KEY, room-metadata[:KEY])
 
 Revision ID: 0005
 Revises: 0004
@@ -35,9 +35,25 @@ def upgrade() -> None:
     )
     op.create_index("ix_rooms_name", "rooms", ["name"])
     op.create_index("ix_rooms_first_seen_at", "rooms", ["first_seen_at"])
+    with op.batch_alter_table("period_rollups") as batch:
+        batch.drop_constraint(op.f("ck_period_rollups_group_kind"), type_="check")
+        batch.create_check_constraint(
+            op.f("ck_period_rollups_group_kind"),
+            sa.text(
+                "group_kind IN ('agent', 'room', 'total', 'room-metadata')"
+                " OR group_kind LIKE 'attribute:_%'"
+                " OR group_kind LIKE 'room-metadata:_%'"
+            ),
+        )
 
 
 def downgrade() -> None:
+    with op.batch_alter_table("period_rollups") as batch:
+        batch.drop_constraint(op.f("ck_period_rollups_group_kind"), type_="check")
+        batch.create_check_constraint(
+            op.f("ck_period_rollups_group_kind"),
+            sa.text("group_kind IN ('agent', 'room', 'total')"),
+        )
     op.drop_index("ix_rooms_first_seen_at", table_name="rooms")
     op.drop_index("ix_rooms_name", table_name="rooms")
     op.drop_table("rooms")

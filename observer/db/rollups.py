@@ -29,8 +29,8 @@ from observer.db.usage_sql import UsageSpec, UsageTotal, usage_totals
 class Rollup:
     """One group's standing time in one period, as stored in `period_rollups`."""
 
-    group_kind: GroupKind
-    group_key: str  # the agent or room name; "" for sessions without an agent name, and total
+    group_kind: GroupKind | str  # or a keyed grouping: attribute:KEY, room-metadata[:KEY]
+    group_key: str  # the agent or room name, or the key's value; "" when none, and total
     sessions: int
     duration_ms: int
     billable_minutes: int

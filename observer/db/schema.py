@@ -194,7 +194,12 @@ class PeriodRollupRow(Base):
 
     __table_args__ = (
         UniqueConstraint("period_start", "period_end", "group_kind", "group_key"),
-        CheckConstraint("group_kind IN ('agent', 'room', 'total')", name="group_kind"),
+        CheckConstraint(
+            "group_kind IN ('agent', 'room', 'total', 'room-metadata')"
+            " OR group_kind LIKE 'attribute:_%'"
+            " OR group_kind LIKE 'room-metadata:_%'",
+            name="group_kind",
+        ),
     )
 
 

@@ -31,11 +31,11 @@ from pathlib import Path
 from observer import livekit_api
 from observer.config import LiveKitSettings
 from observer.core.times import iso, next_month
-from observer.core.vocab import GROUP_KINDS, DifferenceStatus, GroupKind, RollupState
+from observer.core.vocab import GROUP_KINDS, DifferenceStatus, RollupState
 from observer.db.reads import StaleSession
 from observer.db.rollups import Rollup, RollupTx
 from observer.db.store import Store
-from observer.db.usage_sql import UsageSpec
+from observer.db.usage_sql import UsageSpec, is_group_name
 from observer.reports.render import csv_text
 
 STATEMENT_COLUMNS = ("group_kind", "group_key", "minutes")
@@ -152,15 +152,19 @@ class SettleSummary:
 # ---- rollups --------------------------------------------------------------------------------
 
 
-def compute_rollups(tx: RollupTx, period: Period, now: datetime) -> list[Rollup]:
-    """Agent standing time in the period per agent name, per room and in total.
+def compute_rollups(
+    tx: RollupTx, period: Period, now: datetime, keyed: Sequence[str] = ()
+) -> list[Rollup]:
+    """Agent standing time in the period per agent name, per room, per value of each
+    keyed grouping (attribute:KEY, room-metadata[:KEY]) and in total.
 
-    Open sessions count up to min(now, period end). Sessions without an agent name are
-    grouped under the key "", and a period without sessions still gets its total row.
+    Open sessions count up to min(now, period end). Sessions without an agent name (or
+    the key) are grouped under the key "", and a period without sessions still gets its
+    total row.
     """
     total = [0, 0, 0]
-    sums: dict[tuple[GroupKind, str], list[int]] = {("total", ""): total}
-    by: tuple[GroupKind, ...] = ("agent", "room")
+    sums: dict[tuple[str, str], list[int]] = {("total", ""): total}
+    by: tuple[str, ...] = ("agent", "room", *keyed)
     for kind in by:
         spec = UsageSpec(edges=(period.start, period.end), group_by=(kind,), open_until=now)
         for t in tx.usage(spec):
@@ -209,6 +213,13 @@ def plan_rollups(
     Rows whose numbers and state are unchanged are not rewritten, so running twice leaves
     identical rows; `computed_at` is when a row's numbers were last written.
     """
+    # A keyed grouping asked for the first time is new rows, not a change: it is added
+    # even to a finalized period. One not asked for this time is left as stored.
+    fresh_kinds = {r.group_kind for r in fresh}
+    existing = [r for r in existing if r.group_kind in fresh_kinds]
+    stored_kinds = {r.group_kind for r in existing}
+    added = [r for r in fresh if r.group_kind not in stored_kinds]
+    fresh = [r for r in fresh if r.group_kind in stored_kinds] if existing else fresh
     old = {(r.group_kind, r.group_key): r for r in existing}
     new = {(r.group_kind, r.group_key): r for r in fresh}
     changes = tuple(
@@ -218,7 +229,12 @@ def plan_rollups(
     )
     was_final = any(r.finalized_at for r in existing)
     if was_final and not (force and changes):
-        return RollupPlan("final", tuple(existing), (), (), changes)
+        final_at = next(r.finalized_at for r in existing if r.finalized_at)
+        extra = tuple(replace(r, finalized_at=final_at, computed_at=now) for r in added)
+        return RollupPlan("final", (*existing, *extra), extra, (), changes)
+    if existing:
+        fresh = [*fresh, *added]
+        new = {(r.group_kind, r.group_key): r for r in fresh}
     state: RollupState
     if was_final:
         state, finalized_at = "forced", now
@@ -242,7 +258,7 @@ def plan_rollups(
 # ---- the statement --------------------------------------------------------------------------
 
 
-def read_statement(path: Path) -> dict[tuple[GroupKind, str], Decimal]:
+def read_statement(path: Path) -> dict[tuple[str, str], Decimal]:
     """Minutes per (group_kind, group_key) from a CSV statement.
 
     Columns group_kind (agent, room or total), group_key, minutes. A header row naming them
@@ -255,7 +271,7 @@ def read_statement(path: Path) -> dict[tuple[GroupKind, str], Decimal]:
         raise ReconcileError(f"{path}: not UTF-8 text") from None
     except OSError as exc:
         raise ReconcileError(f"cannot read statement {path}: {exc.strerror}") from None
-    out: dict[tuple[GroupKind, str], Decimal] = {}
+    out: dict[tuple[str, str], Decimal] = {}
     first_line: dict[tuple[str, str], int] = {}
     columns: tuple[int, ...] | None = None
     reader = csv.reader(io.StringIO(text))
@@ -282,10 +298,11 @@ def read_statement(path: Path) -> dict[tuple[GroupKind, str], Decimal]:
                     f" found {len(cells)} value(s)"
                 )
             raw_kind, key, raw = (cells[i].strip() for i in columns)
-            kind = _group_kind(raw_kind.lower())
+            kind = _group_kind(raw_kind)
             if kind is None:
                 raise ReconcileError(
-                    f"{path}:{line}: group_kind must be agent, room or total, got {raw_kind!r}"
+                    f"{path}:{line}: group_kind must be agent, room, total, attribute:KEY,"
+                    f" room-metadata or room-metadata:KEY, got {raw_kind!r}"
                 )
             try:
                 minutes = Decimal(raw)
@@ -320,15 +337,23 @@ class Difference:
         return Decimal(self.observer_minutes or 0) - (self.statement_minutes or 0)
 
 
-def _group_kind(text: str) -> GroupKind | None:
+def _group_kind(text: str) -> str | None:
+    """A statement's group_kind: the fixed ones in any case; a keyed one keeps its KEY."""
     for kind in GROUP_KINDS:
-        if text == kind:
+        if text.lower() == kind:
             return kind
-    return None
+    prefix, sep, key = text.partition(":")
+    keyed = prefix.lower() + sep + key
+    return keyed if is_group_name(keyed) else None
+
+
+def keyed_groupings(statement: Mapping[tuple[str, str], Decimal]) -> tuple[str, ...]:
+    """The keyed groupings a statement names, to roll up as well."""
+    return tuple(sorted({kind for kind, _ in statement if kind not in GROUP_KINDS}))
 
 
 def compare(
-    rows: Iterable[Rollup], statement: Mapping[tuple[GroupKind, str], Decimal], tolerance: Decimal
+    rows: Iterable[Rollup], statement: Mapping[tuple[str, str], Decimal], tolerance: Decimal
 ) -> tuple[int, list[Difference]]:
     """Billable minutes against the statement: (groups compared, differences).
 
@@ -429,6 +454,7 @@ class Job:
     tolerance_minutes: Decimal = Decimal(0)
     report: Path | None = None
     report_format: str | None = None
+    by: tuple[str, ...] = ()  # keyed groupings rolled up as well (attribute:KEY, ...)
 
     @property
     def finalize_after(self) -> datetime:
@@ -479,7 +505,8 @@ def run(store: Store, lk: LiveKitSettings | None, job: Job) -> Outcome:
             )
         closed = tx.settle(to_close, settled_at)
         existing = tx.rollups(p.start, p.end)
-        fresh = compute_rollups(tx, p, job.now)
+        keyed = tuple(dict.fromkeys((*job.by, *(keyed_groupings(statement or {})))))
+        fresh = compute_rollups(tx, p, job.now, keyed)
         plan = plan_rollups(
             existing, fresh, finalize=job.now >= job.finalize_after, force=job.force, now=job.now
         )
