@@ -1,4 +1,5 @@
-"""Benchmark: `observer usage --by agent --by day` and `observer reconcile` over a month.
+"""Benchmark: `observer usage --by agent --by day` (and by an attribute, and by a key of the
+room's metadata) and `observer reconcile` over a month.
 
 Fills a fresh SQLite file and a fresh PostgreSQL database with realistic sessions (by
 default 1,000,000 sessions of 1,000 agents in 50,000 rooms over 30 days; some cross
@@ -22,6 +23,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -70,6 +72,51 @@ def cpu_model() -> str:
     return platform.machine()
 
 
+CUSTOMERS = 200
+
+
+def attributes(agent: str, i: int) -> dict[str, str]:
+    """The agent's name, and (for 9 sessions in 10) the customer it works for."""
+    out = {"lk.agent_name": agent}
+    if i % 10:
+        out["customer"] = f"customer-{(i * 7919) % CUSTOMERS:03d}"
+    return out
+
+
+ROOM_COLUMNS = (
+    "sid",
+    "name",
+    "metadata",
+    "metadata_json",
+    "created_at",
+    "first_seen_at",
+    "max_agents",
+    "max_participants",
+    "updated_at",
+)
+
+
+def room_rows(rooms: int) -> list[tuple[object, ...]]:
+    """One row per room; its metadata names a customer (for 4 rooms in 5)."""
+    out: list[tuple[object, ...]] = []
+    for n in range(rooms):
+        meta = json.dumps({"customer": f"customer-{n % CUSTOMERS:03d}"}) if n % 5 else ""
+        out.append(
+            (
+                f"RM_room-{n:05d}",
+                f"room-{n:05d}",
+                meta,
+                meta or None,
+                MONTH_START,
+                MONTH_START,
+                1,
+                2,
+                MONTH_START,
+            )
+        )
+    return out
+
+
 def sessions(n: int, agents: int, rooms: int, seed: int = 7) -> Iterator[tuple[object, ...]]:
     """Rows in joined_at order: mostly minutes long, a few hours long; the last ones open."""
     rnd = random.Random(seed)
@@ -94,7 +141,7 @@ def sessions(n: int, agents: int, rooms: int, seed: int = 7) -> Iterator[tuple[o
             agent,
             "agent",
             agent,
-            json.dumps({"lk.agent_name": agent}),
+            json.dumps(attributes(agent, i)),
             joined,
             None if is_open else left,
             None if is_open else duration_ms,
@@ -108,7 +155,7 @@ def sessions(n: int, agents: int, rooms: int, seed: int = 7) -> Iterator[tuple[o
         )
 
 
-def fill_sqlite(path: str, rows: list[tuple[object, ...]]) -> None:
+def fill_sqlite(path: str, rows: list[tuple[object, ...]], rooms: list[tuple[object, ...]]) -> None:
     def text(v: object) -> object:
         return v.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f") if isinstance(v, datetime) else v
 
@@ -120,12 +167,19 @@ def fill_sqlite(path: str, rows: list[tuple[object, ...]]) -> None:
                 f"INSERT INTO sessions ({', '.join(COLUMNS)}) VALUES ({marks})",
                 ([text(v) for v in row] for row in rows),
             )
+            conn.executemany(
+                f"INSERT INTO rooms ({', '.join(ROOM_COLUMNS)})"
+                f" VALUES ({', '.join('?' * len(ROOM_COLUMNS))})",
+                ([text(v) for v in row] for row in rooms),
+            )
         conn.execute("ANALYZE")
     finally:
         conn.close()
 
 
-def fill_postgres(url: str, rows: list[tuple[object, ...]]) -> None:
+def fill_postgres(
+    url: str, rows: list[tuple[object, ...]], rooms: list[tuple[object, ...]]
+) -> None:
     conninfo = make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
     with psycopg.connect(conninfo) as conn:
         with (
@@ -134,9 +188,16 @@ def fill_postgres(url: str, rows: list[tuple[object, ...]]) -> None:
         ):
             for row in rows:
                 cp.write_row(row)
+        with (
+            conn.cursor() as cur,
+            cur.copy(f"COPY rooms ({', '.join(ROOM_COLUMNS)}) FROM STDIN") as cp,
+        ):
+            for room in rooms:
+                cp.write_row(room)
         conn.commit()
         conn.autocommit = True
         conn.execute("VACUUM ANALYZE sessions")
+        conn.execute("VACUUM ANALYZE rooms")
 
 
 def timed(fn: Callable[[], object], runs: int) -> list[float]:
@@ -148,13 +209,19 @@ def timed(fn: Callable[[], object], runs: int) -> list[float]:
     return times
 
 
-def bench(name: str, url: str, rows: list[tuple[object, ...]], runs: int) -> None:
+def bench(
+    name: str,
+    url: str,
+    rows: list[tuple[object, ...]],
+    rooms: list[tuple[object, ...]],
+    runs: int,
+) -> None:
     migrate.upgrade(url)
     t0 = time.perf_counter()
     if url.startswith("sqlite"):
-        fill_sqlite(make_url(url).database or "", rows)
+        fill_sqlite(make_url(url).database or "", rows, rooms)
     else:
-        fill_postgres(url, rows)
+        fill_postgres(url, rows, rooms)
     fill_s = time.perf_counter() - t0
 
     end = MONTH_START + timedelta(days=DAYS)
@@ -166,6 +233,13 @@ def bench(name: str, url: str, rows: list[tuple[object, ...]], runs: int) -> Non
         groups = len(usage.compute(store, q))
         # what `observer usage` does after start-up: the query, then the rows as CSV
         usage_runs = timed(lambda: usage.render(q, usage.compute(store, q), "csv"), runs)
+        keyed = {}
+        for by in ("attribute:customer", "room-metadata:customer"):
+            kq = replace(q, by=(by, "day"))
+            keyed[by] = (
+                len(usage.compute(store, kq)),
+                timed(lambda kq=kq: usage.render(kq, usage.compute(store, kq), "csv"), runs),
+            )
         # the first run writes the month's rows; the others recompute and compare
         first = timed(lambda: reconcile.run(store, None, job), 1)[0]
         reconcile_runs = timed(lambda: reconcile.run(store, None, job), runs)
@@ -179,7 +253,11 @@ def bench(name: str, url: str, rows: list[tuple[object, ...]], runs: int) -> Non
     print(
         f"{name}: filled in {fill_s:.0f} s\n"
         f"  usage --by agent --by day, month ({groups:,} groups): {summary(usage_runs)}\n"
-        f"  reconcile month, first run (writes the rollups): {first:.2f} s\n"
+        + "".join(
+            f"  usage --by {by} --by day, month ({n:,} groups): {summary(t)}\n"
+            for by, (n, t) in keyed.items()
+        )
+        + f"  reconcile month, first run (writes the rollups): {first:.2f} s\n"
         f"  reconcile month, again: {summary(reconcile_runs)}",
         flush=True,
     )
@@ -211,11 +289,17 @@ def main() -> None:
 
     if not args.skip_sqlite:
         with tempfile.TemporaryDirectory() as tmp:
-            bench("sqlite", f"sqlite:///{tmp}/bench.db", rows, args.runs)
+            bench("sqlite", f"sqlite:///{tmp}/bench.db", rows, room_rows(args.rooms), args.runs)
     if args.skip_postgres:
         return
     if args.pg_url:
-        bench("postgresql", normalize_database_url(args.pg_url), rows, args.runs)
+        bench(
+            "postgresql",
+            normalize_database_url(args.pg_url),
+            rows,
+            room_rows(args.rooms),
+            args.runs,
+        )
         return
     import postgres_server
 
@@ -227,7 +311,7 @@ def main() -> None:
         print(
             f"postgresql {version[0] if version else '?'}: private instance, shared_buffers 128MB"
         )
-        bench("postgresql", pg.create_database("bench"), rows, args.runs)
+        bench("postgresql", pg.create_database("bench"), rows, room_rows(args.rooms), args.runs)
 
 
 if __name__ == "__main__":
