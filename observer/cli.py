@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import faulthandler
 import os
 import signal
 import sys
@@ -316,6 +317,8 @@ def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
     raise_fd_limit()
     if not settings.room_processes:
         start_native_core_quietly()
+    # `kill -USR1 <pid>` writes every thread's stack to stderr: what a stuck daemon is doing
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     store = Store(settings.database_url)
 
     async def main() -> int:
