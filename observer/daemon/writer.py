@@ -90,6 +90,8 @@ class Writer:
                             "retry_in_s": round(delay, 2),
                             "waiting_ops": len(self._pending),
                             "error": type(exc).__name__,
+                            # the driver's own class: DeadlockDetected, ConnectionRefused...
+                            "cause": type(getattr(exc, "orig", None) or exc).__name__,
                         },
                     )
                     await asyncio.sleep(delay)

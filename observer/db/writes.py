@@ -247,7 +247,12 @@ def _close(db: Session, op: Close, now: datetime) -> None:
 
 
 def _touch(db: Session, keys: Iterable[SessionKey], at: datetime, now: datetime) -> None:
-    params = [{"r": k.room_sid, "p": k.participant_sid, "at": at, "now": now} for k in keys]
+    # In key order: several observers touch the same rows, and updates taken in one order
+    # by all cannot deadlock one another.
+    params = [
+        {"r": k.room_sid, "p": k.participant_sid, "at": at, "now": now}
+        for k in sorted(keys, key=lambda k: (k.room_sid, k.participant_sid))
+    ]
     if not params:
         return
     table = Base.metadata.tables["sessions"]
