@@ -71,7 +71,10 @@ async def test_room_closes_by_empty_timeout_as_without_observer(
     obs = await start_observer(server, db_url, OBSERVER_ROOM_PATTERN="watched-*")
     await obs.wait_watching("watched-empty")
     gone = await wait_gone(server, ["watched-empty", "plain-empty"], timeout=20)
-    assert abs(gone["watched-empty"] - gone["plain-empty"]) < 1.0, gone
+    # Not held open by the observer. livekit-server closes idle rooms on a ticker, so two
+    # rooms created together may close a tick apart either way (1.05 s seen once).
+    assert gone["watched-empty"] - gone["plain-empty"] < 1.0, gone
+    assert gone["plain-empty"] - gone["watched-empty"] < 1.5, gone
     assert gone["watched-empty"] - start < 3 + 2.5
 
 
