@@ -104,7 +104,7 @@ CASES: list[tuple[str, list[Event], list[str], list[tuple[object, ...]]]] = [
             Listed("RM1", True, ("PA2",), t(22), t(23)),
         ],
         ["PA1", "PA2"],
-        [("PA1", t(12), None, END_RECONCILED, 0)],
+        [("PA1", t(12), "DUPLICATE_IDENTITY", END_RECONCILED, 0)],
     ),
     (
         "the same, when the rejoin is seen before the observer's connection is back",
@@ -130,7 +130,7 @@ CASES: list[tuple[str, list[Event], list[str], list[tuple[object, ...]]]] = [
             Listed("RM1", True, ("PA2",), t(31), t(32)),
         ],
         ["PA1", "PA2"],
-        [("PA1", t(12), None, END_RECONCILED, 18000)],
+        [("PA1", t(12), "DUPLICATE_IDENTITY", END_RECONCILED, 18000)],
     ),
     (
         "join then leave",
@@ -413,7 +413,7 @@ WEBHOOK_CASES: list[tuple[str, list[Event], list[str], list[tuple[object, ...]]]
             Listed("RM1", True, ("PA2",), t(22), t(23)),
         ],
         ["PA1", "PA2"],
-        [("PA1", t(12), None, END_RECONCILED, 0)],
+        [("PA1", t(12), "DUPLICATE_IDENTITY", END_RECONCILED, 0)],
     ),
     (
         "the same, when the rejoin is seen before the observer's connection is back",
@@ -439,7 +439,7 @@ WEBHOOK_CASES: list[tuple[str, list[Event], list[str], list[tuple[object, ...]]]
             Listed("RM1", True, ("PA2",), t(31), t(32)),
         ],
         ["PA1", "PA2"],
-        [("PA1", t(12), None, END_RECONCILED, 18000)],
+        [("PA1", t(12), "DUPLICATE_IDENTITY", END_RECONCILED, 18000)],
     ),
     (
         "a session the observer never saw is recorded from webhooks",

@@ -666,6 +666,8 @@ class SessionTracker:
             else:
                 missing = True
         for p in present:
+            if p.kind in self.tracked_kinds:
+                ops += self._superseded(room_sid, p.identity, p.joined_at, at)
             ops += self._joined(room_name, room_sid, p, at)
         ops += self._record_seen([SessionKey(room_sid, p.sid) for p in present], at)
         if missing:
@@ -898,7 +900,19 @@ class SessionTracker:
                             key, at, reason=DUPLICATE_IDENTITY, successor_joined_at=joined_at
                         )
                     )
-        return ops
+        return ops + self._superseded(room_sid, identity, joined_at, at)
+
+    def _superseded(
+        self, room_sid: str, identity: str, joined_at: datetime, at: datetime
+    ) -> list[Op]:
+        """LiveKit keeps one participant per identity in a room: an open session of this
+        identity that joined before `joined_at` is over, whether or not its leave was seen
+        (after a cluster node died, the API may still list it)."""
+        return [
+            self._reconciled(key, at, reason=DUPLICATE_IDENTITY, successor_joined_at=joined_at)
+            for key, s in list(self._open.items())
+            if key.room_sid == room_sid and s.identity == identity and s.joined_at < joined_at
+        ]
 
     def _tick(self, at: datetime) -> list[Op]:
         ops: list[Op] = []
