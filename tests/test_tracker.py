@@ -750,3 +750,15 @@ def test_a_room_found_gone_ends_as_gone() -> None:
         ],
     )
     assert got[-1] == ("ended", t(8.1), "GONE")
+
+
+def test_the_same_participant_seen_again_with_a_finer_join_time_is_not_superseded() -> None:
+    """A session opened from a webhook (join time in whole seconds) and then seen over rtc
+    (milliseconds) is one session: only another participant sid of the identity ends it."""
+    tr = SessionTracker(frozenset({"agent"}))
+    step(tr, WebhookJoined("r", "RM1", agent("PA1", 10, identity="bot"), t(10.5)))
+    ops = step(tr, RoomJoined("r", "RM1", (agent("PA1", 10.25, identity="bot"),), t(11)))
+    assert closes(ops) == []
+    ops = step(tr, ParticipantJoined("r", "RM1", agent("PA1", 10.25, identity="bot"), t(12)))
+    assert closes(ops) == []
+    assert [k.participant_sid for k in tr.open_sessions] == ["PA1"]

@@ -489,7 +489,11 @@ class SessionTracker:
                 if ev.participant.kind in COMPANY_KINDS:
                     self._company.setdefault(ev.room_sid, set()).add(ev.participant.sid)
                 ops = self._replaced(
-                    ev.room_sid, ev.participant.identity, ev.at, ev.participant.joined_at
+                    ev.room_sid,
+                    ev.participant.identity,
+                    ev.participant.sid,
+                    ev.at,
+                    ev.participant.joined_at,
                 )
                 ops += self._joined(ev.room_name, ev.room_sid, ev.participant, ev.at)
                 self._present.setdefault(ev.room_sid, {})[ev.participant.sid] = ev.participant.kind
@@ -667,7 +671,7 @@ class SessionTracker:
                 missing = True
         for p in present:
             if p.kind in self.tracked_kinds:
-                ops += self._superseded(room_sid, p.identity, p.joined_at, at)
+                ops += self._superseded(room_sid, p.identity, p.sid, p.joined_at, at)
             ops += self._joined(room_name, room_sid, p, at)
         ops += self._record_seen([SessionKey(room_sid, p.sid) for p in present], at)
         if missing:
@@ -881,7 +885,7 @@ class SessionTracker:
         return ops
 
     def _replaced(
-        self, room_sid: str, identity: str, at: datetime, joined_at: datetime
+        self, room_sid: str, identity: str, sid: str, at: datetime, joined_at: datetime
     ) -> list[Op]:
         """A suspect leave followed by a join of the same identity is LiveKit replacing the
         older session (the newest connection wins): close it now, with that reason."""
@@ -900,10 +904,10 @@ class SessionTracker:
                             key, at, reason=DUPLICATE_IDENTITY, successor_joined_at=joined_at
                         )
                     )
-        return ops + self._superseded(room_sid, identity, joined_at, at)
+        return ops + self._superseded(room_sid, identity, sid, joined_at, at)
 
     def _superseded(
-        self, room_sid: str, identity: str, joined_at: datetime, at: datetime
+        self, room_sid: str, identity: str, sid: str, joined_at: datetime, at: datetime
     ) -> list[Op]:
         """LiveKit keeps one participant per identity in a room: an open session of this
         identity that joined before `joined_at` is over, whether or not its leave was seen
@@ -911,7 +915,10 @@ class SessionTracker:
         return [
             self._reconciled(key, at, reason=DUPLICATE_IDENTITY, successor_joined_at=joined_at)
             for key, s in list(self._open.items())
-            if key.room_sid == room_sid and s.identity == identity and s.joined_at < joined_at
+            if key.room_sid == room_sid
+            and key.participant_sid != sid
+            and s.identity == identity
+            and s.joined_at < joined_at
         ]
 
     def _tick(self, at: datetime) -> list[Op]:
