@@ -380,16 +380,25 @@ def parse_limit(raw: str | None) -> int | None:
     return limit
 
 
-def cmd_sessions(settings: Settings, args: argparse.Namespace) -> int:
-    from observer.db.reads import SessionFilter
-    from observer.db.store import Store
-    from observer.reports import sessions as report
-
+def listing_bounds(args: argparse.Namespace) -> tuple[datetime | None, datetime | None, int | None]:
+    """--since, --until and --limit of `observer sessions` and `observer rooms` (a table
+    shows 100 rows unless told otherwise; CSV and JSON everything)."""
     since = parse_time(args.since, flag="--since") if args.since is not None else None
     until = parse_time(args.until, flag="--until") if args.until is not None else None
     if since and until and since > until:
         raise UsageError("--since is after --until")
     limit = parse_limit(args.limit)
+    if limit is None and args.format == "table":
+        limit = 100
+    return since, until, limit
+
+
+def cmd_sessions(settings: Settings, args: argparse.Namespace) -> int:
+    from observer.db.reads import SessionFilter
+    from observer.db.store import Store
+    from observer.reports import sessions as report
+
+    since, until, limit = listing_bounds(args)
     f = SessionFilter(
         room=args.room,
         identity=args.identity,
@@ -398,7 +407,7 @@ def cmd_sessions(settings: Settings, args: argparse.Namespace) -> int:
         since=since,
         until=until,
         state=args.state,
-        limit=limit if limit is not None else (100 if args.format == "table" else None),
+        limit=limit,
     )
     store = Store(settings.database_url)
     try:
@@ -414,17 +423,13 @@ def cmd_rooms(settings: Settings, args: argparse.Namespace) -> int:
     from observer.db.store import Store
     from observer.reports import sessions as report
 
-    since = parse_time(args.since, flag="--since") if args.since is not None else None
-    until = parse_time(args.until, flag="--until") if args.until is not None else None
-    if since and until and since > until:
-        raise UsageError("--since is after --until")
-    limit = parse_limit(args.limit)
+    since, until, limit = listing_bounds(args)
     f = RoomFilter(
         room=args.room,
         since=since,
         until=until,
         state=args.state,
-        limit=limit if limit is not None else (100 if args.format == "table" else None),
+        limit=limit,
     )
     store = Store(settings.database_url)
     try:
