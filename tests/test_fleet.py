@@ -44,8 +44,8 @@ def start(server: LiveKitServer, db_url: str, observer_id: str, log: Path, **ext
         OBSERVER_FAILOVER_S=str(FAILOVER_S),
         OBSERVER_LOG_FORMAT="json",
         OBSERVER_HTTP_ADDR="off",
-        **extra,
     )
+    env.update(extra)
     out = log.open("ab")
     try:
         return subprocess.Popen(
@@ -91,9 +91,11 @@ def rows(store: Store) -> list[SessionRow]:
     return sorted(store.sessions(SessionFilter()), key=lambda r: r.id)
 
 
-def watchers_per_room(store: Store, rooms: list[str], exclude: str = "") -> Counter[str]:
+def watchers_per_room(
+    store: Store, rooms: list[str], exclude: str = "", failover_s: float = FAILOVER_S
+) -> Counter[str]:
     """How many live observers (other than `exclude`) say they are inside each room."""
-    live = fleet_db.members(store.engine, _now(), FAILOVER_S / 2)
+    live = fleet_db.members(store.engine, _now(), failover_s / 2)
     count: Counter[str] = Counter({r: 0 for r in rooms})
     for m in live:
         if not m.stopping and m.observer_id != exclude:
@@ -107,10 +109,11 @@ def _now():  # type: ignore[no-untyped-def]
     return datetime.now(UTC)
 
 
-async def wait_for(pred, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
+async def wait_for(pred, timeout: float, what) -> None:  # type: ignore[no-untyped-def]
+    """Until pred() holds; `what` (or what() when it fails) says what was awaited."""
     deadline = time.monotonic() + timeout
     while not pred():
-        assert time.monotonic() < deadline, what
+        assert time.monotonic() < deadline, what() if callable(what) else what
         await asyncio.sleep(0.2)
 
 
@@ -140,49 +143,67 @@ def fleet_db_url(pg_url: str) -> str:
 async def test_three_observers_one_killed_mid_churn(
     livekit_server: LiveKitServer, fleet_db_url: str, clients: Clients, tmp_path: Path
 ) -> None:
-    rooms = [f"fleet-{i}" for i in range(9)]
-    await open_rooms(livekit_server, clients, rooms)
-    async with three_observers(livekit_server, fleet_db_url, tmp_path, OBSERVER_REPLICAS="2") as (
+    rooms = [f"fleet-{i}" for i in range(60)]
+    failover_s = 10.0  # the default: 60 rooms load this 2-core machine's event loops
+    await open_rooms(livekit_server, clients, rooms, company=False)
+    async with three_observers(
+        livekit_server,
+        fleet_db_url,
+        tmp_path,
+        OBSERVER_REPLICAS="2",
+        OBSERVER_FAILOVER_S=str(failover_s),
+    ) as (
         store,
         _logs,
         procs,
     ):
-        stayers = {r: await clients.agent(r, f"stay-{r}") for r in rooms}
+        stayers = {r: await clients.agent(r, f"stay-{r}", audio=False) for r in rooms}
         await wait_for(
-            lambda: all(n == 2 for n in watchers_per_room(store, rooms).values()),
-            60,
-            "every room watched by two observers",
+            lambda: all(
+                n == 2 for n in watchers_per_room(store, rooms, failover_s=failover_s).values()
+            ),
+            120,
+            lambda: f"watchers per room: {watchers_per_room(store, rooms, failover_s=failover_s)}",
         )
-        # churn: agents join and leave, and observer a is killed in the middle of it
+        # churn in every room: agents join and leave, and observer a is killed meanwhile
         churners: list[rtc.Room] = []
         for i, r in enumerate(rooms):
-            churners.append(await clients.agent(r, f"churn-{i}"))
+            churners.append(await clients.agent(r, f"churn-{i}", audio=False))
+            if i % 2 and i > 20:
+                await churners[i - 21].disconnect()  # leaves while others still join
         await asyncio.sleep(1.0)
-        for room in churners[:4]:
-            await room.disconnect()
+        for room in churners[:40:2]:
+            if room.isconnected():
+                await room.disconnect()
         procs["a"].send_signal(signal.SIGKILL)
         await asyncio.to_thread(procs["a"].wait, 10)
         killed_at = time.monotonic()
-        for room in churners[4:]:
-            await room.disconnect()
-        late = [await clients.agent(r, f"late-{i}") for i, r in enumerate(rooms[:3])]
-        await asyncio.sleep(1.0)
+        for room in churners:
+            if room.isconnected():
+                await room.disconnect()
+        late = [await clients.agent(r, f"late-{i}", audio=False) for i, r in enumerate(rooms[::6])]
+        # livekit-server tells others of a join that publishes nothing on a 3 s ticker, and
+        # drops it when the leave comes first: shorter stays are for webhooks to report
+        # (tests/test_webhooks.py).
+        await asyncio.sleep(3.5)
         for room in late:
             await room.disconnect()
         await wait_for(
-            lambda: all(n == 2 for n in watchers_per_room(store, rooms, "obs-a").values()),
-            30,
-            "every room watched by the two survivors",
+            lambda: all(
+                n == 2 for n in watchers_per_room(store, rooms, "obs-a", failover_s).values()
+            ),
+            60,
+            lambda: f"watchers per room: {watchers_per_room(store, rooms, 'obs-a', failover_s)}",
         )
-        assert time.monotonic() - killed_at < FAILOVER_S + 10
+        assert time.monotonic() - killed_at < failover_s + 30
 
         def settled() -> bool:
             got = rows(store)
             left = [r for r in got if not r.participant_identity.startswith("stay-")]
-            return len(got) == len(rooms) * 2 + 3 and all(r.left_at for r in left)
+            return len(got) == len(rooms) * 2 + len(late) and all(r.left_at for r in left)
 
         await wait_for(
-            settled, 30, f"rows: {[(r.participant_identity, r.left_at) for r in rows(store)]}"
+            settled, 60, f"rows: {[(r.participant_identity, r.left_at) for r in rows(store)]}"
         )
         got = rows(store)
         keys = Counter((r.room_sid, r.participant_sid) for r in got)
@@ -190,7 +211,7 @@ async def test_three_observers_one_killed_mid_churn(
         assert Counter(r.participant_identity for r in got) == Counter(
             [f"stay-{r}" for r in rooms]
             + [f"churn-{i}" for i in range(len(rooms))]
-            + [f"late-{i}" for i in range(3)]
+            + [f"late-{i}" for i in range(len(late))]
         )  # nothing lost
         assert [r for r in got if r.end_source == "reconciled"] == []
         assert all(r.end_source == "rtc" for r in got if r.left_at)
