@@ -96,6 +96,35 @@ async def test_session_missed_while_observer_was_down_is_recorded_from_webhooks(
         await c.close()
 
 
+async def test_a_brief_stay_that_publishes_nothing_is_recorded_from_webhooks(
+    livekit_server_factory, db_url: str, start_observer
+) -> None:
+    """livekit-server batches the join of a participant that publishes nothing and sends
+    it to the others on a 3 s ticker; a leave before the tick replaces the queued join, so
+    the room's other participants (the observer too) never hear of that participant."""
+    port = free_tcp_port()
+    server = webhook_server(livekit_server_factory, port)
+    c = Clients(server)
+    try:
+        await create_room(server, "brief")
+        await c.join("brief", "user-1")
+        obs = await start_observer(server, db_url, OBSERVER_HTTP_ADDR=f"127.0.0.1:{port}")
+        await obs.wait_watching("brief")
+        for i in range(3):
+            agent = await c.agent("brief", f"brief-{i}", audio=False)
+            await asyncio.sleep(0.3)
+            await agent.disconnect()
+        rows = await obs.wait_rows(
+            lambda rows: len(rows) == 3 and all(r.left_at for r in rows), timeout=20
+        )
+        assert sorted(r.participant_identity for r in rows) == ["brief-0", "brief-1", "brief-2"]
+        assert all(r.duration_ms is not None and r.duration_ms < 2000 for r in rows)
+        # each stay had about a one-in-ten chance of meeting the ticker
+        assert "webhook" in {r.end_source for r in rows}
+    finally:
+        await c.close()
+
+
 async def test_seen_by_both_witnesses_is_one_row_and_metrics_move(
     livekit_server_factory, db_url: str, start_observer
 ) -> None:
