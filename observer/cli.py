@@ -101,6 +101,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="none (exact ms), second, or minute (each session rounded up, as LiveKit bills)",
     )
     u.add_argument("--exclude-open", action="store_true", help="leave out open sessions")
+    u.add_argument(
+        "--states",
+        action="store_true",
+        help="add time in each agent state (lk.agent.state) and alone, per group",
+    )
     u.add_argument("--kind", default="agent", help="participant kind counted, or 'all'")
     u.add_argument("--now", help="count open sessions up to this time instead of now")
     u.add_argument("--format", choices=("table", "json", "csv"), default="table")
@@ -440,6 +445,12 @@ def cmd_rooms(settings: Settings, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _grouping_name(raw: str) -> str:
+    """A --by value as written, its name part in lower case (a KEY keeps its case)."""
+    name, colon, key = raw.strip().partition(":")
+    return name.lower() + colon + key
+
+
 def cmd_usage(settings: Settings, args: argparse.Namespace) -> int:
     from observer.core.vocab import KINDS
     from observer.db.store import Store
@@ -452,7 +463,7 @@ def cmd_usage(settings: Settings, args: argparse.Namespace) -> int:
         raise UsageError(f"--from {args.start} is not before --to {args.end or 'now'}")
     by: list[str] = []
     for raw in args.by:
-        for g in (part.strip().lower() for part in raw.split(",")):
+        for g in (_grouping_name(part) for part in raw.split(",")):
             if not usage.is_grouping(g):
                 names = ", ".join((*usage.GROUPINGS, *usage.KEYED_GROUPINGS))
                 raise UsageError(f"unknown --by {g!r}; choose from {names}")
@@ -472,6 +483,7 @@ def cmd_usage(settings: Settings, args: argparse.Namespace) -> int:
         rounding=args.rounding,
         include_open=not args.exclude_open,
         kind=None if args.kind == "all" else args.kind,
+        states=args.states,
     )
     store = Store(settings.database_url)
     try:

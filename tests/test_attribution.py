@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 
 from observer.cli import main
+from observer.core.timeline import AGENT_STATES, Span, Timeline
 from observer.core.tracker import END_RTC, Close, Open, RoomEnded, RoomSeen, TrackedSession
 from observer.db.reads import RoomFilter
 from observer.db.store import Store
@@ -67,8 +68,11 @@ def build(store: Store, seed: int = 3) -> list[dict[str, Any]]:
             last_seen_at=joined,
         )
         ops: list[Any] = [Open(s)]
+        timeline = (
+            None if left is None or rnd.random() < 0.05 else random_timeline(rnd, joined, left)
+        )
         if left is not None:
-            ops.append(Close(s.key, left, "CLIENT_INITIATED", END_RTC, None, left, s))
+            ops.append(Close(s.key, left, "CLIENT_INITIATED", END_RTC, None, left, s, timeline))
         store.apply(ops, "obs")
         out.append(
             dict(
@@ -77,9 +81,28 @@ def build(store: Store, seed: int = 3) -> list[dict[str, Any]]:
                 agent=s.agent_name,
                 customer=customer or "",
                 metadata=rooms[room] if room != "room-11" else "",
+                spans=timeline.spans if timeline is not None else (),
             )
         )
     return out
+
+
+def random_timeline(rnd: random.Random, joined: datetime, left: datetime) -> Timeline:
+    """What an observer might have seen: from the join or a later first sight, states one
+    after another with gaps (no state), some unknown to the framework, and stretches alone."""
+    seen = joined if rnd.random() < 0.7 else joined + (left - joined) * rnd.random()
+    spans: list[Span] = []
+    for kind in ("state", "alone"):
+        at = seen
+        while at < left:
+            end = min(left, at + timedelta(milliseconds=rnd.randrange(1, 1_200_000)))
+            value = rnd.choice([*AGENT_STATES, "dancing", None])
+            if kind == "alone":
+                value = "" if rnd.random() < 0.4 else None
+            if value is not None:
+                spans.append(Span(kind, value, at, end))  # type: ignore[arg-type]
+            at = end
+    return Timeline(seen, tuple(spans))
 
 
 def reference_key(session: dict[str, Any], by: str) -> str:
@@ -129,6 +152,43 @@ def reference(
     return dict(out)
 
 
+def reference_states(
+    sessions: list[dict[str, Any]], by: list[str]
+) -> dict[tuple[str, ...], dict[str, int]]:
+    """{(keys..., day): {field: ms}} from every session's spans, cut at days and the window;
+    unknown is the rest of each group's standing time."""
+    out: dict[tuple[str, ...], dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    for s in sessions:
+        for sp in s["spans"]:
+            day = MAR1
+            while day < END:
+                lo = max(ms(sp.start), ms(day), ms(START))
+                hi = min(ms(sp.end), ms(day + timedelta(days=1)), ms(END))
+                if "day" not in by:
+                    lo, hi = max(ms(sp.start), ms(START)), min(ms(sp.end), ms(END))
+                    day = END - timedelta(days=1)
+                if hi > lo:
+                    keys = tuple(reference_key(s, g) for g in by if g != "day")
+                    if "day" in by:
+                        keys += (day.strftime("%Y-%m-%d"),)
+                    if sp.kind == "alone":
+                        field = "alone_ms"
+                    elif sp.value in AGENT_STATES:
+                        field = f"state_{sp.value}_ms"
+                    else:
+                        field = "state_other_ms"
+                    out[keys][field] += hi - lo
+                day += timedelta(days=1)
+    standing = reference(sessions, by, split_days="day" in by)
+    result = {}
+    for keys, (_, duration, _) in standing.items():
+        got = dict(out.get(keys, {}))
+        known = sum(v for k, v in got.items() if k != "alone_ms")
+        got["state_unknown_ms"] = duration - known
+        result[keys] = got
+    return result
+
+
 @pytest.fixture
 def billed_db(db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
     store = Store(db_url)
@@ -173,6 +233,44 @@ def test_usage_by_attribute_and_room_metadata(
     # sessions without the key form their own group, never vanish
     assert sum(v[1] for v in got.values()) == sum(v[1] for v in reference(billed_db, []).values())
     assert any("" in k for k in got)
+
+
+@pytest.mark.parametrize(
+    "by",
+    [["attribute:customer", "day"], ["room-metadata:customer"], []],
+    ids=lambda by: "+".join(by) or "total",
+)
+def test_usage_states_and_alone_per_group(
+    billed_db: list[dict[str, Any]], capsys: pytest.CaptureFixture[str], by: list[str]
+) -> None:
+    capsys.readouterr()
+    args = ["usage", "--from", "2026-03-01", "--to", "2026-03-04", "--now", "2026-03-03T12:00:00Z"]
+    for g in by:
+        args += ["--by", g]
+    assert main([*args, "--states", "--format", "json"]) == 0
+    fields = [f"state_{n}_ms" for n in (*AGENT_STATES, "other", "unknown")] + ["alone_ms"]
+    got = {
+        tuple(str(line[g]) for g in by): {f: line[f] for f in fields if line[f]}
+        for line in json.loads(capsys.readouterr().out)
+    }
+    want = {
+        k: {f: v for f, v in d.items() if v} for k, d in reference_states(billed_db, by).items()
+    }
+    assert got == want
+    assert sum(d.get("state_speaking_ms", 0) for d in got.values()) > 0
+    # the table and CSV carry the same columns
+    assert main([*args, "--states"]) == 0
+    head = capsys.readouterr().out.splitlines()[0].split()
+    assert head[-8:] == [
+        "initializing",
+        "idle",
+        "listening",
+        "thinking",
+        "speaking",
+        "other",
+        "unknown",
+        "alone",
+    ]
 
 
 def test_csv_neutralises_a_formula_in_a_key(

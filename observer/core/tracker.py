@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Literal, assert_never
 
+from observer.core.timeline import Timeline, Timelines
 from observer.core.vocab import (
     COMPANY_KINDS,
     END_RECONCILED,
@@ -261,6 +262,7 @@ class Close:
     uncertainty_ms: int | None
     last_seen_at: datetime
     session: TrackedSession
+    timeline: Timeline | None = None  # what this observer saw of it; None: never watched
 
 
 @dataclass(frozen=True)
@@ -425,6 +427,7 @@ class SessionTracker:
     _present: dict[str, dict[str, str]] = field(default_factory=dict)  # room -> sid -> kind
     _peak: dict[str, tuple[int, int]] = field(default_factory=dict)  # room -> agents, all
     _stuck_count: int = 0
+    _timelines: Timelines = field(default_factory=Timelines)
 
     def seed(self, sessions: Iterable[TrackedSession]) -> None:
         """Continue sessions left open by an earlier run; their rooms are not joined yet."""
@@ -497,11 +500,19 @@ class SessionTracker:
                 )
                 ops += self._joined(ev.room_name, ev.room_sid, ev.participant, ev.at)
                 self._present.setdefault(ev.room_sid, {})[ev.participant.sid] = ev.participant.kind
+                if key in self._open:
+                    p = ev.participant
+                    # from the join itself, when the observer saw it happen
+                    live = timedelta(0) <= ev.at - p.joined_at < timedelta(seconds=2)
+                    since = p.joined_at if live and key not in self._timelines else ev.at
+                    self._timelines.seen(key, since, p.attributes, self._alone(ev.room_sid))
+                self._company_changed(ev.room_sid, ev.at)
                 ops += self._room_seen(ev.room_sid, ev.at)
                 return ops + self._record_seen([key], ev.at)
             case RoomHandedOver():
                 self._forget_room(ev.room_sid)
                 self._rooms.pop(ev.room_sid, None)
+                self._timelines.drop(self._keys_in(ev.room_sid))
                 for key in self._keys_in(ev.room_sid):
                     self._open.pop(key, None)
                     self._suspect.pop(key, None)
@@ -523,12 +534,14 @@ class SessionTracker:
                 if room is None:
                     return []
                 room.state = "reconnecting"
+                self._timelines.pause(self._keys_in(ev.room_sid), ev.at)
                 keys = [k for k in self._keys_in(ev.room_sid) if k not in self._suspect]
                 return self._touch(keys, ev.at)
             case RoomClosed():
                 return self._room_closed(ev)
             case RoomLost():
                 self._forget_room(ev.room_sid)
+                self._timelines.pause(self._keys_in(ev.room_sid), ev.at)
                 room = self._rooms.pop(ev.room_sid, None)
                 if room is not None and room.state == "watching":
                     keys = [k for k in self._keys_in(ev.room_sid) if k not in self._suspect]
@@ -589,6 +602,8 @@ class SessionTracker:
         self._company.get(ev.room_sid, set()).discard(ev.participant_sid)
         self._present.get(ev.room_sid, {}).pop(ev.participant_sid, None)
         key = SessionKey(ev.room_sid, ev.participant_sid)
+        self._timelines.pause([key], ev.at)
+        self._company_changed(ev.room_sid, ev.at)
         if key not in self._open:
             return []
         watching = self._watching(ev.room_sid)
@@ -669,10 +684,14 @@ class SessionTracker:
                 missing = True
             else:
                 missing = True
+            self._timelines.pause([key], at)
         for p in present:
             if p.kind in self.tracked_kinds:
                 ops += self._superseded(room_sid, p.identity, p.sid, p.joined_at, at)
             ops += self._joined(room_name, room_sid, p, at)
+            key = SessionKey(room_sid, p.sid)
+            if key in self._open:
+                self._timelines.seen(key, at, p.attributes, self._alone(room_sid))
         ops += self._record_seen([SessionKey(room_sid, p.sid) for p in present], at)
         if missing:
             ops += self._verify(room_sid, at)
@@ -698,6 +717,9 @@ class SessionTracker:
                     del self._suspect[key]
                     if self._watching(ev.room_sid):
                         ops += self._touch([key], ev.requested_at)
+                        self._timelines.seen(
+                            key, ev.at, self._open[key].attributes, self._alone(ev.room_sid)
+                        )
             else:
                 ops.append(self._reconciled(key, ev.at))
         return ops
@@ -713,6 +735,7 @@ class SessionTracker:
 
     def _attributes(self, ev: AttributesChanged) -> list[Op]:
         key = SessionKey(ev.room_sid, ev.participant_sid)
+        self._timelines.state(key, ev.attributes, ev.at)
         s = self._open.get(key)
         if s is None or dict(s.attributes) == dict(ev.attributes):
             return []
@@ -757,6 +780,7 @@ class SessionTracker:
             uncertainty_ms=uncertainty_ms,
             last_seen_at=left_at if last_seen_at is None else last_seen_at,
             session=s,
+            timeline=self._timelines.finish(key, s.joined_at, max(left_at, s.joined_at)),
         )
 
     def _reconciled(
@@ -854,6 +878,13 @@ class SessionTracker:
     def _room_ended(self, room_sid: str, at: datetime, reason: str) -> list[Op]:
         name = self._room_name(room_sid)
         return [] if name is None else [RoomEnded(room_sid, name, at, reason)]
+
+    def _alone(self, room_sid: str) -> bool:
+        """No company (a person, a phone line, an ingress, ...) in the room."""
+        return not self._company.get(room_sid)
+
+    def _company_changed(self, room_sid: str, at: datetime) -> None:
+        self._timelines.alone(self._keys_in(room_sid), self._alone(room_sid), at)
 
     def _forget_room(self, room_sid: str) -> None:
         self._present.pop(room_sid, None)

@@ -94,6 +94,18 @@ class SessionRow(Base):
     observer_id: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    # What the agent did, set when the session ends by the observer that recorded the end:
+    # from `observed_from` (the join when it saw the join, else when it first saw the
+    # participant) to `left_at`. NULL while open, or when no observer watched it.
+    observed_from: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    state_initializing_ms: Mapped[int | None] = mapped_column(BigInteger)
+    state_idle_ms: Mapped[int | None] = mapped_column(BigInteger)
+    state_listening_ms: Mapped[int | None] = mapped_column(BigInteger)
+    state_thinking_ms: Mapped[int | None] = mapped_column(BigInteger)
+    state_speaking_ms: Mapped[int | None] = mapped_column(BigInteger)
+    state_other_ms: Mapped[int | None] = mapped_column(BigInteger)
+    state_unknown_ms: Mapped[int | None] = mapped_column(BigInteger)
+    alone_ms: Mapped[int | None] = mapped_column(BigInteger)
 
     __table_args__ = (
         UniqueConstraint("room_sid", "participant_sid"),
@@ -147,6 +159,27 @@ class RoomRow(Base):
     __table_args__ = (
         Index("ix_rooms_name", "name"),
         Index("ix_rooms_first_seen_at", "first_seen_at"),
+    )
+
+
+class SessionSpanRow(Base):
+    """A stretch of a finished session: `kind` 'state' (`value` is the `lk.agent.state`)
+    or 'alone' (no company in the room; `value` ''). Written with the session's end, by the
+    observer that recorded it; the reports cut sessions at window and day edges with them."""
+
+    __tablename__ = "session_spans"
+
+    id: Mapped[int] = mapped_column(BigID, primary_key=True, autoincrement=True)
+    room_sid: Mapped[str] = mapped_column(Text)
+    participant_sid: Mapped[str] = mapped_column(Text)
+    kind: Mapped[str] = mapped_column(Text)
+    value: Mapped[str] = mapped_column(Text)
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    ended_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+    __table_args__ = (
+        Index("ix_session_spans_room_sid_participant_sid", "room_sid", "participant_sid"),
+        CheckConstraint("kind IN ('state', 'alone')", name="kind"),
     )
 
 

@@ -14,6 +14,7 @@ from sqlalchemy import (
     Connection,
     Select,
     Text,
+    and_,
     case,
     cast,
     func,
@@ -24,6 +25,7 @@ from sqlalchemy import (
     union_all,
 )
 
+from observer.core.timeline import AGENT_STATES, OTHER_STATE
 from observer.db.schema import Base
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -82,6 +84,17 @@ class UsageSpec:
     open_until: datetime | None = None  # open sessions count up to here; None leaves them out
     round_to_ms: int = 1
     kind: str | None = "agent"
+    states: bool = False  # also sum the time in each agent state and alone (`STATE_SUMS`)
+
+
+# What `UsageSpec.states` sums, in `UsageTotal.states` order: the sessions columns
+# state_<name>_ms, then alone_ms. A session counts with its columns when it lies whole in a
+# bucket, else with its `session_spans` cut at the edges.
+STATE_SUMS = (*AGENT_STATES, OTHER_STATE, "alone")
+
+
+def _state_column(name: str) -> str:
+    return "alone_ms" if name == "alone" else f"state_{name}_ms"
 
 
 class UsageTotal(NamedTuple):  # a tuple: a month by agent and day is 30,000 of them
@@ -90,6 +103,7 @@ class UsageTotal(NamedTuple):  # a tuple: a month by agent and day is 30,000 of 
     sessions: int
     duration_ms: int
     billable_minutes: int
+    states: tuple[int, ...] = ()  # with `UsageSpec.states`: ms per `STATE_SUMS` entry
 
 
 def usage_totals(conn: Connection, spec: UsageSpec) -> list[UsageTotal]:
@@ -110,7 +124,71 @@ def usage_totals(conn: Connection, spec: UsageSpec) -> list[UsageTotal]:
         since = min(since, oldest_open_at)
     rows = conn.execute(_usage_query(spec, conn.dialect.name, since)).all()
     width = len(spec.group_by)
-    return [UsageTotal(tuple(row[:width]), *row[width:]) for row in rows]
+    if not spec.states:
+        return [UsageTotal(tuple(row[:width]), *row[width:]) for row in rows]
+    cut = _cut_states(conn, spec, since)
+    totals = []
+    for row in rows:
+        keys, bucket = tuple(row[:width]), row[width]
+        states = [v or 0 for v in row[width + 4 :]]
+        for i, ms in enumerate(cut.get((keys, bucket), ())):
+            states[i] += ms
+        n, ms_sum, minutes = row[width + 1 : width + 4]
+        totals.append(UsageTotal(keys, bucket, n, ms_sum, minutes, tuple(states)))
+    return totals
+
+
+def _cut_states(
+    conn: Connection, spec: UsageSpec, since: datetime
+) -> dict[tuple[tuple[str | None, ...], int], list[int]]:
+    """State and alone ms of the closed sessions that do not lie whole in one bucket, from
+    their spans cut at the window's and buckets' edges."""
+    dialect = conn.dialect.name
+    t = Base.metadata.tables["sessions"]
+    sp = Base.metadata.tables["session_spans"]
+    rooms = Base.metadata.tables["rooms"]
+    edges = [epoch_ms(e) for e in spec.edges]
+    start, end = spec.edges[0], spec.edges[-1]
+    whole = and_(t.c.joined_at >= start, t.c.left_at <= end)
+    if len(edges) > 2:
+        bucket_of, _ = _bucketing(edges)
+        joined, left = _epoch_ms_sql(t.c.joined_at, dialect), _epoch_ms_sql(t.c.left_at, dialect)
+        whole = and_(whole, bucket_of(joined) == bucket_of(left - 1))
+    keys = [_group_key(g, t, rooms).label(f"k{i}") for i, g in enumerate(spec.group_by)]
+    source: Any = t.join(
+        sp, and_(sp.c.room_sid == t.c.room_sid, sp.c.participant_sid == t.c.participant_sid)
+    )
+    if any(g.startswith(ROOM_METADATA) for g in spec.group_by):
+        source = source.outerjoin(rooms, rooms.c.sid == t.c.room_sid)
+    wanted = [
+        t.c.joined_at >= since,
+        t.c.joined_at < end,
+        t.c.left_at.is_not(None),
+        t.c.left_at > start,
+        ~whole,
+    ]
+    if spec.kind is not None:
+        wanted.append(t.c.participant_kind == spec.kind)
+    query = (
+        select(*keys, sp.c.kind, sp.c.value, sp.c.started_at, sp.c.ended_at)
+        .select_from(source)
+        .where(*wanted)
+    )
+    index = {name: i for i, name in enumerate(STATE_SUMS)}
+    out: dict[tuple[tuple[str | None, ...], int], list[int]] = {}
+    width = len(keys)
+    for row in conn.execute(query):
+        kind, value, s, e = row[width:]
+        if s.tzinfo is None:  # SQLite gives naive UTC
+            s, e = s.replace(tzinfo=UTC), e.replace(tzinfo=UTC)
+        name = "alone" if kind == "alone" else value if value in AGENT_STATES else OTHER_STATE
+        lo, hi = max(epoch_ms(s), edges[0]), min(epoch_ms(e), edges[-1])
+        for b in range(len(edges) - 1):
+            piece = min(hi, edges[b + 1]) - max(lo, edges[b])
+            if piece > 0:
+                sums = out.setdefault((tuple(row[:width]), b), [0] * len(STATE_SUMS))
+                sums[index[name]] += piece
+    return out
 
 
 def _usage_query(spec: UsageSpec, dialect: str, since: datetime) -> Select[Any]:
@@ -152,11 +230,19 @@ def _usage_query(spec: UsageSpec, dialect: str, since: datetime) -> Select[Any]:
     source: Any = t
     if any(g.startswith(ROOM_METADATA) for g in spec.group_by):
         source = t.outerjoin(rooms, rooms.c.sid == t.c.room_sid)
+    # With states: a session's own state columns while it lies whole in the window (the
+    # bucketing below keeps them only when it lies whole in one bucket too); NULL otherwise
+    whole = and_(t.c.left_at.is_not(None), t.c.joined_at >= start, t.c.left_at <= end)
+    state_cols = [
+        case((whole, t.c[_state_column(n)]), else_=None).label(f"st{i}")
+        for i, n in enumerate(STATE_SUMS if spec.states else ())
+    ]
     clipped = (
         select(
             *keys,
             greatest(_epoch_ms_sql(t.c.joined_at, dialect), ms(edges[0])).label("s"),
             least(ended, ms(edges[-1])).label("e"),
+            *state_cols,
         )
         .select_from(source)
         .where(*wanted)
@@ -167,26 +253,43 @@ def _usage_query(spec: UsageSpec, dialect: str, since: datetime) -> Select[Any]:
         clipped = clipped.limit(-1)
     c = clipped.subquery("clipped").c
     ckeys = [c[f"k{i}"] for i in range(len(keys))]
+    names = [f"st{i}" for i in range(len(state_cols))]
+    nothing = cast(literal(None), BigInteger)
 
     # Each part gives (keys..., bucket, ms): one row per piece of a session in a bucket.
     parts: list[Select[Any]]
     if len(edges) == 2:
-        whole = select(*ckeys, literal_column("0").label("bucket"), (c.e - c.s).label("ms"))
-        parts = [whole.where(c.e > c.s)]
+        one = select(
+            *ckeys,
+            literal_column("0").label("bucket"),
+            (c.e - c.s).label("ms"),
+            *(c[n] for n in names),
+        )
+        parts = [one.where(c.e > c.s)]
     else:
         bucket_of, edge = _bucketing(edges)
         first, last = bucket_of(c.s), bucket_of(c.e - 1)
         if dialect == "postgresql":
             series = func.generate_series(first, last).label("bucket")
-            sp = select(*ckeys, c.s, c.e, series).where(c.e > c.s).subquery("spans")
+            in_one = [case((first == last, c[n]), else_=None).label(n) for n in names]
+            sp = select(*ckeys, c.s, c.e, series, *in_one).where(c.e > c.s).subquery("spans")
             piece = least(sp.c.e, edge(sp.c.bucket + 1)) - greatest(sp.c.s, edge(sp.c.bucket))
-            parts = [select(*[sp.c[k.name] for k in ckeys], sp.c.bucket, piece.label("ms"))]
+            parts = [
+                select(
+                    *[sp.c[k.name] for k in ckeys],
+                    sp.c.bucket,
+                    piece.label("ms"),
+                    *(sp.c[n] for n in names),
+                )
+            ]
         else:
             # No generate_series in SQLite: the piece in the bucket where each session
             # starts, then the later pieces of the few that cross an edge, from a series of
             # offsets.
             src = (
-                select(*ckeys, c.s, c.e, first.label("b0"), last.label("b1"))
+                select(
+                    *ckeys, c.s, c.e, first.label("b0"), last.label("b1"), *(c[n] for n in names)
+                )
                 .where(c.e > c.s)
                 .cte("starts")
             )
@@ -199,9 +302,13 @@ def _usage_query(spec: UsageSpec, dialect: str, since: datetime) -> Select[Any]:
                     *skeys,
                     src.c.b0.label("bucket"),
                     (least(src.c.e, edge(src.c.b0 + 1)) - src.c.s).label("ms"),
+                    *(case((src.c.b1 == src.c.b0, src.c[n]), else_=None).label(n) for n in names),
                 ),
                 select(
-                    *skeys, b.label("bucket"), (least(src.c.e, edge(b + 1)) - edge(b)).label("ms")
+                    *skeys,
+                    b.label("bucket"),
+                    (least(src.c.e, edge(b + 1)) - edge(b)).label("ms"),
+                    *(nothing.label(n) for n in names),
                 )
                 .select_from(src.join(n, n.c.i <= src.c.b1 - src.c.b0))
                 .where(src.c.b1 > src.c.b0),
@@ -220,6 +327,7 @@ def _usage_query(spec: UsageSpec, dialect: str, since: datetime) -> Select[Any]:
             func.count().label("sessions"),
             cast(func.sum(rounded), BigInteger).label("ms"),
             cast(func.sum(minutes), BigInteger).label("minutes"),
+            *(cast(func.sum(p.c[n]), BigInteger).label(n) for n in names),
         ).group_by(*pkeys, p.c.bucket)
 
     if len(parts) == 1:
@@ -227,7 +335,7 @@ def _usage_query(spec: UsageSpec, dialect: str, since: datetime) -> Select[Any]:
     # Summing each part first and then the sums is faster in SQLite than one sum over both.
     both = union_all(*(summed(part) for part in parts)).subquery("parts")
     bkeys = [both.c[k.name] for k in ckeys]
-    sums = (func.sum(both.c[x]) for x in ("sessions", "ms", "minutes"))
+    sums = (func.sum(both.c[x]) for x in ("sessions", "ms", "minutes", *names))
     return select(*bkeys, both.c.bucket, *sums).group_by(*bkeys, both.c.bucket)
 
 

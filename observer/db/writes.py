@@ -12,11 +12,13 @@ from sqlalchemy import (
     Engine,
     bindparam,
     func,
+    insert,
     select,
     update,
 )
 from sqlalchemy.orm import Session
 
+from observer.core.timeline import Timeline
 from observer.core.tracker import (
     Close,
     Open,
@@ -33,6 +35,7 @@ from observer.db.schema import (
     Base,
     RoomRow,
     SessionRow,
+    SessionSpanRow,
     SessionWitnessRow,
     WebhookEventRow,
     dialect_insert,
@@ -231,7 +234,7 @@ def _close(db: Session, op: Close, now: datetime) -> None:
         return
     left_at = max(op.left_at, row.joined_at)
     duration_ms = round((left_at - row.joined_at).total_seconds() * 1000)
-    db.execute(
+    closed = db.execute(
         update(SessionRow)
         .where(SessionRow.id == row.id, SessionRow.left_at.is_(None))
         .values(
@@ -242,8 +245,38 @@ def _close(db: Session, op: Close, now: datetime) -> None:
             end_uncertainty_ms=op.uncertainty_ms,
             last_seen_at=max(op.last_seen_at, row.joined_at),
             updated_at=now,
+            **_timeline_columns(op.timeline, duration_ms),
         )
     )
+    if op.timeline is not None and op.timeline.spans and closed.rowcount == 1:  # type: ignore[attr-defined]
+        # only the observer whose end counted writes what it saw: one timeline per session
+        db.execute(
+            insert(SessionSpanRow),
+            [
+                dict(
+                    room_sid=op.key.room_sid,
+                    participant_sid=op.key.participant_sid,
+                    kind=sp.kind,
+                    value=sp.value,
+                    started_at=sp.start,
+                    ended_at=sp.end,
+                )
+                for sp in op.timeline.spans
+            ],
+        )
+
+
+def _timeline_columns(timeline: Timeline | None, duration_ms: int) -> dict[str, Any]:
+    if timeline is None:
+        return {}
+    states = timeline.state_ms()
+    values: dict[str, Any] = {f"state_{name}_ms": ms for name, ms in states.items()}
+    values.update(
+        observed_from=timeline.observed_from,
+        state_unknown_ms=max(0, duration_ms - sum(states.values())),
+        alone_ms=timeline.alone_ms(),
+    )
+    return values
 
 
 def _touch(db: Session, keys: Iterable[SessionKey], at: datetime, now: datetime) -> None:
