@@ -59,7 +59,39 @@ COLUMNS = (
     "observer_id",
     "created_at",
     "updated_at",
+    "observed_from",
+    "state_initializing_ms",
+    "state_idle_ms",
+    "state_listening_ms",
+    "state_thinking_ms",
+    "state_speaking_ms",
+    "state_other_ms",
+    "state_unknown_ms",
+    "alone_ms",
 )
+SPAN_COLUMNS = ("room_sid", "participant_sid", "kind", "value", "started_at", "ended_at")
+# a closed session's timeline, as fractions of its time: states one after another, and
+# alone for the last fifth
+STATES = (("initializing", 0.05), ("listening", 0.45), ("thinking", 0.1), ("speaking", 0.4))
+
+
+def timeline(
+    joined: datetime, duration_ms: int
+) -> tuple[list[int], list[tuple[str, str, datetime, datetime]]]:
+    """The state and alone columns (in COLUMNS order) and the spans of a closed session."""
+    spans = []
+    at = joined
+    for name, share in STATES:
+        end = at + timedelta(milliseconds=int(duration_ms * share))
+        spans.append(("state", name, at, end))
+        at = end
+    alone_ms = duration_ms // 5
+    left = joined + timedelta(milliseconds=duration_ms)
+    spans.append(("alone", "", left - timedelta(milliseconds=alone_ms), left))
+    ms = {name: int(duration_ms * share) for name, share in STATES}
+    known = sum(ms.values())
+    cols = [ms.get(n, 0) for n in ("initializing", "idle", "listening", "thinking", "speaking")]
+    return [*cols, 0, duration_ms - known, alone_ms], spans
 
 
 def cpu_model() -> str:
@@ -133,6 +165,7 @@ def sessions(n: int, agents: int, rooms: int, seed: int = 7) -> Iterator[tuple[o
             duration_ms = int(min(rnd.lognormvariate(12.0, 0.9), 3_600_000))  # ~3 min median
         left = joined + timedelta(milliseconds=duration_ms, microseconds=rnd.randrange(1000))
         is_open = i >= open_from
+        states = [None] * 8 if is_open else timeline(joined, duration_ms)[0]
         yield (
             room,
             f"RM_{room}",
@@ -152,7 +185,17 @@ def sessions(n: int, agents: int, rooms: int, seed: int = 7) -> Iterator[tuple[o
             "bench",
             joined,
             joined if is_open else left,
+            None if is_open else joined,
+            *states,
         )
+
+
+def span_rows(rows: list[tuple[object, ...]]) -> Iterator[tuple[object, ...]]:
+    """The spans of every closed session."""
+    for r in rows:
+        if r[9] is not None:
+            for kind, value, start, end in timeline(r[8], r[10])[1]:  # type: ignore[arg-type]
+                yield (r[1], r[2], kind, value, start, end)
 
 
 def fill_sqlite(path: str, rows: list[tuple[object, ...]], rooms: list[tuple[object, ...]]) -> None:
@@ -166,6 +209,10 @@ def fill_sqlite(path: str, rows: list[tuple[object, ...]], rooms: list[tuple[obj
             conn.executemany(
                 f"INSERT INTO sessions ({', '.join(COLUMNS)}) VALUES ({marks})",
                 ([text(v) for v in row] for row in rows),
+            )
+            conn.executemany(
+                f"INSERT INTO session_spans ({', '.join(SPAN_COLUMNS)}) VALUES (?, ?, ?, ?, ?, ?)",
+                ([text(v) for v in span] for span in span_rows(rows)),
             )
             conn.executemany(
                 f"INSERT INTO rooms ({', '.join(ROOM_COLUMNS)})"
@@ -194,8 +241,15 @@ def fill_postgres(
         ):
             for room in rooms:
                 cp.write_row(room)
+        with (
+            conn.cursor() as cur,
+            cur.copy(f"COPY session_spans ({', '.join(SPAN_COLUMNS)}) FROM STDIN") as cp,
+        ):
+            for span in span_rows(rows):
+                cp.write_row(span)
         conn.commit()
         conn.autocommit = True
+        conn.execute("VACUUM ANALYZE session_spans")
         conn.execute("VACUUM ANALYZE sessions")
         conn.execute("VACUUM ANALYZE rooms")
 
@@ -234,9 +288,13 @@ def bench(
         # what `observer usage` does after start-up: the query, then the rows as CSV
         usage_runs = timed(lambda: usage.render(q, usage.compute(store, q), "csv"), runs)
         keyed = {}
-        for by in ("attribute:customer", "room-metadata:customer"):
-            kq = replace(q, by=(by, "day"))
-            keyed[by] = (
+        for by, states in (
+            ("attribute:customer", False),
+            ("attribute:customer", True),
+            ("room-metadata:customer", False),
+        ):
+            kq = replace(q, by=(by, "day"), states=states)
+            keyed[by + (" --states" if states else "")] = (
                 len(usage.compute(store, kq)),
                 timed(lambda kq=kq: usage.render(kq, usage.compute(store, kq), "csv"), runs),
             )
@@ -254,7 +312,8 @@ def bench(
         f"{name}: filled in {fill_s:.0f} s\n"
         f"  usage --by agent --by day, month ({groups:,} groups): {summary(usage_runs)}\n"
         + "".join(
-            f"  usage --by {by} --by day, month ({n:,} groups): {summary(t)}\n"
+            f"  usage --by {by.replace(' ', ' --by day ')}{'' if ' ' in by else ' --by day'},"
+            f" month ({n:,} groups): {summary(t)}\n"
             for by, (n, t) in keyed.items()
         )
         + f"  reconcile month, first run (writes the rollups): {first:.2f} s\n"

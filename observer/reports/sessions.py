@@ -28,6 +28,15 @@ COLUMNS = (
     "end_uncertainty_ms",
     "last_seen_at",
     "observer_id",
+    "observed_from",
+    "state_initializing_ms",
+    "state_idle_ms",
+    "state_listening_ms",
+    "state_thinking_ms",
+    "state_speaking_ms",
+    "state_other_ms",
+    "state_unknown_ms",
+    "alone_ms",
 )
 
 
@@ -37,7 +46,7 @@ def _iso(v: datetime | None) -> str | None:
 
 def row_dict(r: SessionRow) -> dict[str, Any]:
     d: dict[str, Any] = {c: getattr(r, c) for c in COLUMNS}
-    for c in ("joined_at", "left_at", "last_seen_at"):
+    for c in ("joined_at", "left_at", "last_seen_at", "observed_from"):
         d[c] = _iso(d[c])
     d["attributes"] = dict(r.attributes or {})
     return d
