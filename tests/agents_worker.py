@@ -10,6 +10,14 @@ connects, publishes one silent audio track (as voice agents do; a publisher's jo
 leave reach other participants at once instead of being batched) and stays until the test
 calls ``DispatchedJob.leave()``; then it shuts its job down and the framework disconnects
 it from the room.
+
+``AgentWorker(server, name, voice=True)`` runs a voice agent instead: a real
+``AgentSession`` in the job's room, with the local models of ``fake_models`` (an LLM that
+answers after a pause, a TTS that speaks silence) and no audio input. The framework
+publishes the agent's audio and sets its ``lk.agent.state`` attribute as it goes from
+listening to thinking to speaking; the test drives it with ``await job.say(text)`` and
+``await job.reply(prompt)``, and reads the states the session went through, with the
+agent's own wall-clock times, in ``job.agent_states()``.
 """
 
 from __future__ import annotations
@@ -20,13 +28,28 @@ import contextlib
 import os
 import threading
 import time
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
+from fake_models import FakeLLM, FakeTTS
 from livekit import rtc
-from livekit.agents import AgentServer, AutoSubscribe, JobContext, JobExecutorType
+from livekit.agents import (
+    Agent,
+    AgentServer,
+    AgentSession,
+    AgentStateChangedEvent,
+    AutoSubscribe,
+    JobContext,
+    JobExecutorType,
+    room_io,
+)
+from livekit.agents.llm import ChatMessage
+from livekit.agents.voice import SpeechHandle
 from livekit_server import LiveKitServer
+
+T = TypeVar("T")
 
 #: Environment variables the worker sets or reads: restored when the worker stops.
 _ENV_KEYS = (
@@ -40,6 +63,27 @@ _ENV_KEYS = (
 #: Threads livekit-agents may start in this process: the THREAD executor's job threads
 #: (livekit.agents.ipc) and the default load function's CPU monitor (livekit.agents.worker).
 FRAMEWORK_THREAD_NAMES = ("job_thread_runner", "worker_cpu_load_monitor")
+
+#: The participant attribute livekit-agents keeps the agent's state in.
+AGENT_STATE_ATTRIBUTE = "lk.agent.state"
+
+
+@dataclass(frozen=True)
+class StateChange:
+    """The voice agent's session entered ``state`` at ``at`` (its time.time())."""
+
+    at: float
+    state: str
+
+
+@dataclass(frozen=True)
+class Speech:
+    """One ``say`` or ``reply``: asked at ``asked``, played out and back to listening at
+    ``done`` (the agent's time.time())."""
+
+    asked: float
+    done: float
+    text: str  # what the agent said
 
 
 @dataclass
@@ -61,6 +105,11 @@ class DispatchedJob:
     _leave: asyncio.Event = field(repr=False)
     _ended: concurrent.futures.Future[float] = field(repr=False)
     leave_requested: float | None = None
+    # voice mode only: the agent's session, its models and the states it went through
+    _session: AgentSession[None] | None = field(default=None, repr=False)
+    llm: FakeLLM | None = field(default=None, repr=False)
+    tts: FakeTTS | None = field(default=None, repr=False)
+    _states: list[StateChange] = field(default_factory=list, repr=False)
 
     async def leave(self, timeout: float = 15.0) -> float:
         """Ask the agent to end its job; returns once it is disconnected (its time.time())."""
@@ -77,12 +126,69 @@ class DispatchedJob:
         """time.time() right after the framework disconnected the agent's room."""
         return self._ended.result() if self._ended.done() else None
 
+    # -- voice mode --------------------------------------------------------------
+
+    async def say(self, text: str, timeout: float = 15.0) -> Speech:
+        """Voice mode: the agent says ``text`` (speaking); returns once it has played out
+        and the agent is listening again."""
+        return await self._on_job_loop(self._speak(lambda s: s.say(text)), timeout)
+
+    async def reply(self, prompt: str, timeout: float = 15.0) -> Speech:
+        """Voice mode: the agent answers ``prompt`` through its LLM (thinking, then
+        speaking); returns once the answer has played out and the agent is listening."""
+        return await self._on_job_loop(
+            self._speak(lambda s: s.generate_reply(user_input=prompt)), timeout
+        )
+
+    def agent_states(self) -> list[StateChange]:
+        """Voice mode: the states the agent's session went through, first "initializing"
+        from when the session was made."""
+        return list(self._states)
+
+    def seconds_in_states(self, until: float) -> dict[str, float]:
+        """Voice mode: seconds the agent spent in each state, by its own clock, up to
+        ``until`` (a time.time())."""
+        out: dict[str, float] = {}
+        changes = self.agent_states()
+        for change, after in zip(changes, [*changes[1:], None], strict=True):
+            end = min(until, after.at) if after is not None else until
+            if end > change.at:
+                out[change.state] = out.get(change.state, 0.0) + end - change.at
+        return out
+
+    async def _speak(self, start: Callable[[AgentSession[None]], SpeechHandle]) -> Speech:
+        """Runs on the job's loop."""
+        session = self._session
+        if session is None:
+            raise RuntimeError("not a voice agent: start the worker with voice=True")
+        asked = time.time()
+        handle = await start(session)
+        if (error := handle.exception()) is not None:
+            raise error
+        deadline = time.monotonic() + 5
+        while session.agent_state != "listening":
+            if time.monotonic() > deadline:
+                raise AssertionError(f"agent still {session.agent_state} after its speech")
+            await asyncio.sleep(0.01)
+        said = [m.text_content or "" for m in handle.chat_items if isinstance(m, ChatMessage)]
+        text = "".join(said)
+        return Speech(asked=asked, done=time.time(), text=text)
+
+    async def _on_job_loop(self, coro: Coroutine[Any, Any, T], timeout: float) -> T:
+        try:
+            fut = asyncio.run_coroutine_threadsafe(coro, self._job_loop)
+        except RuntimeError:  # the job's loop is closed: the agent has left
+            coro.close()
+            raise
+        return await asyncio.wait_for(asyncio.wrap_future(fut), timeout)
+
 
 class AgentWorker:
     """``async with AgentWorker(server, "agent-name") as worker: ...``; stopped on exit."""
 
-    def __init__(self, server: LiveKitServer, agent_name: str) -> None:
+    def __init__(self, server: LiveKitServer, agent_name: str, *, voice: bool = False) -> None:
         self.agent_name = agent_name
+        self.voice = voice
         self._server = server
         self._main_loop: asyncio.AbstractEventLoop | None = None
         self._jobs: asyncio.Queue[DispatchedJob] = asyncio.Queue()
@@ -130,9 +236,8 @@ class AgentWorker:
 
         self.agent_server.on("worker_registered", on_registered)
         self._run_task = asyncio.create_task(self.agent_server.run(devmode=False))
-        done, _ = await asyncio.wait(
-            {registered, self._run_task}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
-        )
+        waiters: set[asyncio.Future[Any]] = {registered, self._run_task}
+        done, _ = await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
         if registered not in done:
             await self.stop()
             raise AssertionError(f"agent worker did not register within {timeout}s")
@@ -182,8 +287,6 @@ class AgentWorker:
 
     async def _entrypoint(self, ctx: JobContext) -> None:
         """Runs on a job thread, in that thread's event loop."""
-        main_loop = self._main_loop
-        assert main_loop is not None
         ended: concurrent.futures.Future[float] = concurrent.futures.Future()
 
         async def on_shutdown(_reason: str) -> None:
@@ -197,40 +300,115 @@ class AgentWorker:
         await ctx.connect(auto_subscribe=AutoSubscribe.SUBSCRIBE_NONE)
         connected = time.time()
 
+        if self.voice:
+            await self._run_voice_agent(ctx, ended, connect_started, connected)
+            return
+
         source = rtc.AudioSource(48000, 1)
         try:
             track = rtc.LocalAudioTrack.create_audio_track("agent-voice", source)
             opts = rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_MICROPHONE)
             await ctx.room.local_participant.publish_track(track, opts)
             await source.capture_frame(rtc.AudioFrame.create(48000, 1, 480))
-
-            me = ctx.room.local_participant
-            leave = asyncio.Event()
-            job = DispatchedJob(
-                job_id=ctx.job.id,
-                dispatch_id=ctx.job.dispatch_id,
-                job_agent_name=ctx.job.agent_name,
-                room_name=ctx.room.name,
-                room_sid=await ctx.room.sid,
-                identity=me.identity,
-                sid=me.sid,
-                kind=me.kind,
-                attributes=dict(me.attributes),
-                connect_started=connect_started,
-                connected=connected,
-                _job_loop=asyncio.get_running_loop(),
-                _leave=leave,
-                _ended=ended,
-            )
-            with self._lock:
-                self._live_jobs.append(job)
-                if self._closing:
-                    leave.set()
-            main_loop.call_soon_threadsafe(self._jobs.put_nowait, job)
-            await leave.wait()
+            job = await self._dispatched(ctx, ended, connect_started, connected)
+            await job._leave.wait()
         finally:
             await source.aclose()
         ctx.shutdown("asked to leave")
+
+    async def _run_voice_agent(
+        self,
+        ctx: JobContext,
+        ended: concurrent.futures.Future[float],
+        connect_started: float,
+        connected: float,
+    ) -> None:
+        """The voice agent's job: an ``AgentSession`` with local models, no audio input."""
+        fake_llm, fake_tts = FakeLLM(), FakeTTS()
+        session: AgentSession[None] = AgentSession(
+            llm=fake_llm,
+            tts=fake_tts,
+            vad=None,
+            turn_handling={"turn_detection": "manual", "interruption": {"enabled": False}},
+            user_away_timeout=None,
+        )
+        states = [StateChange(time.time(), session.agent_state)]  # "initializing"
+
+        def on_state(ev: AgentStateChangedEvent) -> None:
+            states.append(StateChange(ev.created_at, ev.new_state))
+
+        session.on("agent_state_changed", on_state)
+        try:
+            await session.start(
+                Agent(instructions="You are a helpful voice assistant."),
+                room=ctx.room,
+                room_options=room_io.RoomOptions(
+                    audio_input=False,
+                    text_input=False,
+                    # the test's caller may leave; the agent stays until asked to go
+                    close_on_disconnect=False,
+                ),
+                record=False,
+                session_host=False,
+            )
+            # linked to a participant, its audio track published, "listening" set
+            await asyncio.wait_for(session.room_io.wait_for_ready(), 15)
+            me = ctx.room.local_participant
+            deadline = time.monotonic() + 5
+            while me.attributes.get(AGENT_STATE_ATTRIBUTE) != session.agent_state:
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"{AGENT_STATE_ATTRIBUTE} not set: {me.attributes}")
+                await asyncio.sleep(0.01)
+            job = await self._dispatched(
+                ctx,
+                ended,
+                connect_started,
+                connected,
+                _session=session,
+                llm=fake_llm,
+                tts=fake_tts,
+                _states=states,
+            )
+            await job._leave.wait()
+        finally:
+            session.off("agent_state_changed", on_state)
+            await session.aclose()
+        ctx.shutdown("asked to leave")
+
+    async def _dispatched(
+        self,
+        ctx: JobContext,
+        ended: concurrent.futures.Future[float],
+        connect_started: float,
+        connected: float,
+        **voice: Any,
+    ) -> DispatchedJob:
+        """The job, handed to the test: the agent is in the room and ready."""
+        assert self._main_loop is not None
+        me = ctx.room.local_participant
+        job = DispatchedJob(
+            job_id=ctx.job.id,
+            dispatch_id=ctx.job.dispatch_id,
+            job_agent_name=ctx.job.agent_name,
+            room_name=ctx.room.name,
+            room_sid=await ctx.room.sid,
+            identity=me.identity,
+            sid=me.sid,
+            kind=me.kind,
+            attributes=dict(me.attributes),
+            connect_started=connect_started,
+            connected=connected,
+            _job_loop=asyncio.get_running_loop(),
+            _leave=asyncio.Event(),
+            _ended=ended,
+            **voice,
+        )
+        with self._lock:
+            self._live_jobs.append(job)
+            if self._closing:
+                job._leave.set()
+        self._main_loop.call_soon_threadsafe(self._jobs.put_nowait, job)
+        return job
 
 
 def framework_threads() -> list[threading.Thread]:

@@ -97,7 +97,7 @@ class Clients:
         room: str,
         identity: str,
         *,
-        kind: str | None = None,
+        kind: api.AccessToken.ParticipantKind | None = None,
         agent_name: str | None = None,
         audio: bool = False,
     ) -> rtc.Room:

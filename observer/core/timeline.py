@@ -94,13 +94,27 @@ class Timelines:
     def __contains__(self, key: object) -> bool:
         return key in self._watch
 
-    def seen(self, key: object, at: datetime, attributes: Mapping[str, str], alone: bool) -> None:
+    def seen(
+        self,
+        key: object,
+        at: datetime,
+        attributes: Mapping[str, str],
+        alone: bool,
+        *,
+        joined_at: datetime | None = None,
+    ) -> None:
         """The participant is in view at `at`: starts its timeline, or resumes a paused
-        one, with its state and company as seen now."""
+        one, with its state and company as seen now. `joined_at`: the observer saw the join
+        happen, so the timeline starts there, with the company it knew then; the state
+        the join brought counts from `at`, when it was heard."""
         w = self._watch.get(key)
         if w is None:
-            w = self._watch[key] = _Watch(observed_from=at)
-        elif not w.paused:
+            start = at if joined_at is None else min(joined_at, at)
+            w = self._watch[key] = _Watch(observed_from=start)
+            w.state, w.state_since = state_of(attributes), at
+            w.alone_since = start if alone else None
+            return
+        if not w.paused:
             self.state(key, attributes, at)
             self.alone([key], alone, at)
             return

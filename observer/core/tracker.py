@@ -504,8 +504,13 @@ class SessionTracker:
                     p = ev.participant
                     # from the join itself, when the observer saw it happen
                     live = timedelta(0) <= ev.at - p.joined_at < timedelta(seconds=2)
-                    since = p.joined_at if live and key not in self._timelines else ev.at
-                    self._timelines.seen(key, since, p.attributes, self._alone(ev.room_sid))
+                    self._timelines.seen(
+                        key,
+                        ev.at,
+                        p.attributes,
+                        self._alone(ev.room_sid),
+                        joined_at=p.joined_at if live else None,
+                    )
                 self._company_changed(ev.room_sid, ev.at)
                 ops += self._room_seen(ev.room_sid, ev.at)
                 return ops + self._record_seen([key], ev.at)
