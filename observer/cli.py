@@ -18,6 +18,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 if TYPE_CHECKING:
     from observer.db.store import Store
+    from observer.reports.prices import PriceBook
 
 from observer import __version__, logs
 from observer.config import ConfigError, Settings
@@ -106,6 +107,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="add time in each agent state (lk.agent.state) and alone, per group",
     )
+    u.add_argument(
+        "--tokens",
+        action="store_true",
+        help="add model usage (tokens, characters, audio) reported by agents, per group",
+    )
+    u.add_argument("--prices", metavar="FILE", help="prices file (TOML): add costs per group")
     u.add_argument("--kind", default="agent", help="participant kind counted, or 'all'")
     u.add_argument("--now", help="count open sessions up to this time instead of now")
     u.add_argument("--format", choices=("table", "json", "csv"), default="table")
@@ -445,6 +452,15 @@ def cmd_rooms(settings: Settings, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _prices(path: str) -> PriceBook:
+    from observer.reports.prices import PricesError, load
+
+    try:
+        return load(path)
+    except PricesError as exc:
+        raise UsageError(str(exc)) from None
+
+
 def _grouping_name(raw: str) -> str:
     """A --by value as written, its name part in lower case (a KEY keeps its case)."""
     name, colon, key = raw.strip().partition(":")
@@ -484,10 +500,12 @@ def cmd_usage(settings: Settings, args: argparse.Namespace) -> int:
         include_open=not args.exclude_open,
         kind=None if args.kind == "all" else args.kind,
         states=args.states,
+        tokens=args.tokens,
+        prices=_prices(args.prices) if args.prices is not None else None,
     )
     store = Store(settings.database_url)
     try:
-        lines = usage.compute(store, q)
+        lines = usage.compute(store, q, warn=lambda m: print(f"warning: {m}", file=sys.stderr))
     finally:
         store.close()
     sys.stdout.write(usage.render(q, lines, args.format))

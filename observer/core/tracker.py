@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Literal, assert_never
 
+from observer.core.agent_usage import UsageReport
 from observer.core.timeline import Timeline, Timelines
 from observer.core.vocab import (
     COMPANY_KINDS,
@@ -225,6 +226,22 @@ class WebhookRoomFinished:
     at: datetime
 
 
+@dataclass(frozen=True)
+class UsageReported:
+    """An agent session's model usage totals, from the room or posted to the observer."""
+
+    report: UsageReport
+
+
+@dataclass(frozen=True)
+class UsageUndecodable:
+    """A message on the agents framework's session topic that could not be read."""
+
+    room_sid: str
+    identity: str
+    at: datetime
+
+
 Event = (
     RoomJoined
     | RoomMetadataChanged
@@ -243,6 +260,8 @@ Event = (
     | WebhookJoined
     | WebhookLeft
     | WebhookRoomFinished
+    | UsageReported
+    | UsageUndecodable
 )
 
 # ---- operations ---------------------------------------------------------------------------
@@ -284,6 +303,13 @@ class Witnessed:
 
     keys: tuple[SessionKey, ...]
     at: datetime
+
+
+@dataclass(frozen=True)
+class RecordUsage:
+    """Keep these totals, unless newer ones are kept already."""
+
+    report: UsageReport
 
 
 @dataclass(frozen=True)
@@ -330,10 +356,18 @@ class Verify:
     room_name: str
 
 
+@dataclass(frozen=True)
+class UsageDropped:
+    """A usage message that could not be read; not a database write."""
+
+    room_sid: str
+    identity: str
+
+
 RowWrite = (
-    Open | Close | Touch | UpdateAttributes | Witnessed | RoomSeen | RoomEnded
+    Open | Close | Touch | UpdateAttributes | Witnessed | RoomSeen | RoomEnded | RecordUsage
 )  # changes to the rows
-Notice = StuckAgents | Verify  # for the daemon to act on; never written
+Notice = StuckAgents | Verify | UsageDropped  # for the daemon to act on; never written
 Op = RowWrite | Notice
 
 
@@ -358,9 +392,10 @@ class Outcome:
                     | Witnessed()
                     | RoomSeen()
                     | RoomEnded()
+                    | RecordUsage()
                 ):
                     writes.append(op)
-                case StuckAgents() | Verify():
+                case StuckAgents() | Verify() | UsageDropped():
                     notices.append(op)
                 case _:
                     assert_never(op)
@@ -562,6 +597,11 @@ class SessionTracker:
                 return self._joined(ev.room_name, ev.room_sid, ev.participant, ev.at)
             case WebhookLeft():
                 return self._webhook_left(ev)
+            case UsageReported():
+                # kept whether or not the session is known yet: the row links them by key
+                return [RecordUsage(ev.report)]
+            case UsageUndecodable():
+                return [UsageDropped(ev.room_sid, ev.identity)]
             case WebhookRoomFinished():
                 room = self._rooms.get(ev.room_sid)
                 if room is not None and room.state == "watching":

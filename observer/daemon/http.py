@@ -1,7 +1,8 @@
-"""The daemon's HTTP server: /webhook, /metrics, /healthz, /readyz (aiohttp).
+"""The daemon's HTTP server: /webhook, /usage, /metrics, /healthz, /readyz (aiohttp).
 
-/webhook is authenticated by LiveKit's signature and /healthz says only that the process
-lives; every other path requires the bearer token when one is set (OBSERVER_HTTP_TOKEN)."""
+/webhook and /usage are authenticated by a signature as LiveKit signs webhooks, and
+/healthz says only that the process lives; every other path requires the bearer token when
+one is set (OBSERVER_HTTP_TOKEN)."""
 
 from __future__ import annotations
 
@@ -13,12 +14,14 @@ from aiohttp import web
 from livekit import api
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from observer.core.agent_usage import UsageReport
+from observer.core.times import utcnow
 from observer.daemon.telemetry import Metrics
-from observer.daemon.webhooks import Rejected, verify
+from observer.daemon.webhooks import Rejected, authenticate, usage_report, verify
 
 log = logging.getLogger(__name__)
 
-OPEN_PATHS = frozenset({"/webhook", "/healthz"})  # signed by LiveKit; says only "alive"
+OPEN_PATHS = frozenset({"/webhook", "/usage", "/healthz"})  # signed; says only "alive"
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -30,6 +33,7 @@ class WebServer:
         metrics: Metrics,
         max_body_bytes: int,
         on_webhook: Callable[[api.WebhookEvent, str], Awaitable[str]],
+        on_usage: Callable[[UsageReport], None] = lambda _r: None,
         readiness: Callable[[], Awaitable[list[str]]],
         token: str | None = None,
     ) -> None:
@@ -37,6 +41,7 @@ class WebServer:
         self._metrics = metrics
         self._max = max_body_bytes
         self._on_webhook = on_webhook
+        self._on_usage = on_usage
         self._readiness = readiness
         self._token = token
         self._runner: web.AppRunner | None = None
@@ -44,6 +49,7 @@ class WebServer:
     def app(self) -> web.Application:
         app = web.Application(client_max_size=self._max, middlewares=[self._require_token])
         app.router.add_post("/webhook", self._webhook)
+        app.router.add_post("/usage", self._usage)
         app.router.add_get("/metrics", self._metrics_page)
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/readyz", self._readyz)
@@ -74,14 +80,34 @@ class WebServer:
             await self._runner.cleanup()
             self._runner = None
 
+    async def _body(self, request: web.Request) -> bytes:
+        if request.content_length is not None and request.content_length > self._max:
+            raise Rejected(413, "too_large", "body too large")
+        try:
+            return await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            raise Rejected(413, "too_large", "body too large") from None
+
+    async def _usage(self, request: web.Request) -> web.Response:
+        """Usage totals posted by an agent that does not send them into its room."""
+        try:
+            body = await self._body(request)
+            text = authenticate(self._receiver, body, request.headers.get("Authorization"))
+            report = usage_report(text, utcnow())
+        except Rejected as exc:
+            outcome = "rejected" if exc.outcome == "malformed" else exc.outcome
+            self._metrics.usage_reports.labels(source="http", outcome=outcome).inc()
+            log.warning(
+                "usage report rejected",
+                extra={"status": exc.status, "why": str(exc), "remote": request.remote},
+            )
+            return web.Response(status=exc.status, text=str(exc) + "\n")
+        self._on_usage(report)
+        return web.Response(text="accepted\n")
+
     async def _webhook(self, request: web.Request) -> web.Response:
         try:
-            if request.content_length is not None and request.content_length > self._max:
-                raise Rejected(413, "too_large", "body too large")
-            try:
-                body = await request.read()
-            except web.HTTPRequestEntityTooLarge:
-                raise Rejected(413, "too_large", "body too large") from None
+            body = await self._body(request)
             event = verify(self._receiver, body, request.headers.get("Authorization"))
         except Rejected as exc:
             self._metrics.webhooks.labels(outcome=exc.outcome).inc()

@@ -23,6 +23,7 @@ from observer.core.tracker import (
     SessionTracker,
     StuckAgents,
     Tick,
+    UsageReported,
     Verify,
 )
 from observer.daemon import telemetry, webhooks
@@ -79,6 +80,7 @@ class Observer:
             on_error=lambda _exc: self.metrics.db_errors.inc(),
             on_retry=self.metrics.db_retries.inc,
             on_written=lambda writes: telemetry.record_written(self.metrics, writes),
+            on_backwards=lambda notes: telemetry.record_backwards(self.metrics, notes),
         )
         self.metrics.read_gauges(
             sessions_open=lambda: len(self.tracker.open_sessions),
@@ -211,6 +213,7 @@ class Observer:
             metrics=self.metrics,
             max_body_bytes=self.settings.webhook_max_bytes,
             on_webhook=self._on_webhook,
+            on_usage=lambda report: self._emit(UsageReported(report)),
             readiness=self.readiness,
             token=self.settings.http_token,
         )

@@ -17,12 +17,14 @@ from observer.core.tracker import (
     Close,
     Notice,
     Open,
+    RecordUsage,
     RoomEnded,
     RoomSeen,
     RowWrite,
     StuckAgents,
     Touch,
     UpdateAttributes,
+    UsageDropped,
     Verify,
     Witnessed,
 )
@@ -116,6 +118,19 @@ class Metrics:
             "Observers found dead or stopped, whose rooms the others took over",
             registry=r,
         )
+        self.usage_reports = Counter(
+            "observer_usage_reports_total",
+            "Agent usage reports received, by source (room, http) and outcome"
+            " (accepted, undecodable, rejected)",
+            ["source", "outcome"],
+            registry=r,
+        )
+        self.usage_flags = Counter(
+            "observer_usage_flags_total",
+            "Suspicious usage: went_backwards (totals lower than kept ones)",
+            ["flag"],
+            registry=r,
+        )
         self.sessions_seen_by_several = Gauge(
             "observer_fleet_sessions_seen_by_several",
             "Open sessions that more than one observer saw in the room itself",
@@ -179,10 +194,19 @@ def record_writes(m: Metrics, writes: Sequence[RowWrite]) -> None:
                         "duration_ms": round(duration_s * 1000),
                     },
                 )
+            case RecordUsage():
+                m.usage_reports.labels(source=w.report.source, outcome="accepted").inc()
             case Touch() | UpdateAttributes() | Witnessed() | RoomSeen() | RoomEnded():
                 pass
             case _:
                 assert_never(w)
+
+
+def record_backwards(m: Metrics, notes: Sequence[str]) -> None:
+    """Usage totals lower than the ones kept (see `observer.db.writes.record_usage`)."""
+    m.usage_flags.labels(flag="went_backwards").inc(len(notes))
+    for note in notes:
+        log.warning("usage totals went backwards; kept the larger", extra={"usage": note})
 
 
 def record_notice(m: Metrics, notice: Notice, *, stuck_limit_s: float) -> None:
@@ -198,6 +222,12 @@ def record_notice(m: Metrics, notice: Notice, *, stuck_limit_s: float) -> None:
                     "alone_since": notice.alone_since,
                     "limit_s": stuck_limit_s,
                 },
+            )
+        case UsageDropped():
+            m.usage_reports.labels(source="room", outcome="undecodable").inc()
+            log.warning(
+                "unreadable agent session message",
+                extra={"room_sid": notice.room_sid, "identity": notice.identity},
             )
         case Verify():
             pass

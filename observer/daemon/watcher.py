@@ -7,6 +7,7 @@ they never await and never touch the database.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -14,6 +15,7 @@ from typing import Any
 
 from livekit import api, rtc
 
+from observer.core.agent_usage import UsageReport
 from observer.core.tracker import (
     AttributesChanged,
     Event,
@@ -26,8 +28,11 @@ from observer.core.tracker import (
     RoomLost,
     RoomMetadataChanged,
     Seen,
+    UsageReported,
+    UsageUndecodable,
 )
 from observer.core.vocab import kind_named
+from observer.daemon import session_messages
 
 log = logging.getLogger(__name__)
 
@@ -263,6 +268,7 @@ class RoomWatcher:
             "disconnected": self._on_room_disconnected,
         }
         self._active = False
+        self._reads: set[asyncio.Task[None]] = set()
 
     @property
     def room(self) -> rtc.Room:
@@ -301,6 +307,7 @@ class RoomWatcher:
         """Connect, check the room is the one listed, then report who is present."""
         for event, handler in self._handlers.items():
             self._room.on(event, handler)
+        self._room.register_byte_stream_handler(session_messages.TOPIC, self._on_session_stream)
         try:
             await self._room.connect(ws_url, token, room_options(connect_timeout_s))
         except BaseException:
@@ -342,6 +349,10 @@ class RoomWatcher:
     def _unsubscribe(self) -> None:
         for event, handler in self._handlers.items():
             self._room.off(event, handler)
+        with contextlib.suppress(ValueError, KeyError):
+            self._room.unregister_byte_stream_handler(session_messages.TOPIC)
+        for task in self._reads:
+            task.cancel()
 
     # ---- SDK callbacks: translate and hand over, nothing else ----------------------------
 
@@ -362,6 +373,44 @@ class RoomWatcher:
     def _on_metadata(self, _old: str, new: str) -> None:
         if self._active:
             self._emit(RoomMetadataChanged(self.room_sid, new or "", self._clock()))
+
+    def _on_session_stream(self, reader: rtc.ByteStreamReader, identity: str) -> None:
+        """An agent session's message to the room: only its usage totals are kept."""
+        p = self._room.remote_participants.get(identity)
+        if not self._active or p is None or p.kind != rtc.ParticipantKind.PARTICIPANT_KIND_AGENT:
+            reader.close()
+            return
+        size = reader.info.size
+        if size is not None and size > session_messages.MAX_MESSAGE_BYTES:
+            reader.close()
+            self._emit(UsageUndecodable(self.room_sid, identity, self._clock()))
+            return
+        task = asyncio.get_running_loop().create_task(self._read_usage(reader, p.sid, identity))
+        self._reads.add(task)
+        task.add_done_callback(self._reads.discard)
+
+    async def _read_usage(self, reader: rtc.ByteStreamReader, sid: str, identity: str) -> None:
+        chunks: list[bytes] = []
+        total = 0
+        try:
+            async for chunk in reader:
+                total += len(chunk)
+                if total > session_messages.MAX_MESSAGE_BYTES:
+                    raise session_messages.Undecodable("message too large")
+                chunks.append(chunk)
+            found = session_messages.usage_in(b"".join(chunks))
+        except (session_messages.Undecodable, rtc.StreamError):
+            if self._active:
+                self._emit(UsageUndecodable(self.room_sid, identity, self._clock()))
+            return
+        finally:
+            reader.close()
+        if found is None or not self._active:
+            return
+        now = self._clock()
+        at, models = found
+        report = UsageReport(self.room_sid, sid, identity, at or now, now, "room", models)
+        self._emit(UsageReported(report))
 
     def _on_reconnecting(self) -> None:
         if self._active and self._held is None:

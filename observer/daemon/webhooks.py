@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import binascii
+import json
 from datetime import UTC, datetime
 
 import jwt
 from livekit import api
 from livekit.protocol import models
 
+from observer.core.agent_usage import BadUsage, UsageReport, model_usage
 from observer.core.tracker import Event, Seen, WebhookJoined, WebhookLeft, WebhookRoomFinished
 from observer.core.vocab import kind_named
 from observer.db.writes import WebhookRecord
@@ -41,10 +43,25 @@ class Rejected(Exception):
         self.outcome = outcome
 
 
+def authenticate(receiver: api.WebhookReceiver, body: bytes, authorization: str | None) -> str:
+    """The body as text, once livekit-api has checked its signature and hash (a JWT signed
+    with the API key and secret, carrying the body's sha256), as LiveKit signs webhooks."""
+    return _checked(receiver, body, authorization)[0]
+
+
 def verify(
     receiver: api.WebhookReceiver, body: bytes, authorization: str | None
 ) -> api.WebhookEvent:
     """Check the signature and body hash (livekit-api does both), then parse."""
+    _text, event = _checked(receiver, body, authorization)
+    if not event.id or event.event not in KNOWN_EVENTS:
+        raise Rejected(400, "malformed", "not a LiveKit webhook event")
+    return event
+
+
+def _checked(
+    receiver: api.WebhookReceiver, body: bytes, authorization: str | None
+) -> tuple[str, api.WebhookEvent]:
     from google.protobuf.json_format import ParseError
 
     if not authorization:
@@ -55,6 +72,8 @@ def verify(
     except UnicodeDecodeError:
         raise Rejected(400, "malformed", "body is not UTF-8") from None
     try:
+        # livekit-api checks the token, then the body's hash, then reads the body as a
+        # webhook event (ignoring fields it does not know)
         event = receiver.receive(text, token)
     except ParseError:
         raise Rejected(400, "malformed", "body is not a LiveKit webhook event") from None
@@ -66,9 +85,47 @@ def verify(
         if type(exc) is not Exception:
             raise
         raise Rejected(401, "unauthorized", "signature check failed") from None
-    if not event.id or event.event not in KNOWN_EVENTS:
-        raise Rejected(400, "malformed", "not a LiveKit webhook event")
-    return event
+    return text, event
+
+
+def usage_report(text: str, received_at: datetime) -> UsageReport:
+    """A posted usage report (see README, `POST /usage`), checked field by field."""
+    try:
+        data = json.loads(text)
+    except ValueError:
+        raise Rejected(400, "malformed", "body is not JSON") from None
+    if not isinstance(data, dict):
+        raise Rejected(400, "malformed", "body must be a JSON object")
+    fields = {}
+    for name in ("room_sid", "participant_sid", "participant_identity", "reported_at"):
+        value = data.get(name)
+        if not isinstance(value, str) or not value or len(value) > 200:
+            raise Rejected(400, "malformed", f"{name} must be a non-empty string")
+        fields[name] = value
+    try:
+        reported_at = datetime.fromisoformat(fields["reported_at"].replace("Z", "+00:00"))
+    except ValueError:
+        raise Rejected(400, "malformed", "reported_at must be an ISO 8601 time") from None
+    if reported_at.tzinfo is None:
+        raise Rejected(400, "malformed", "reported_at must carry its UTC offset")
+    entries = data.get("usage")
+    if not isinstance(entries, list) or not entries or len(entries) > 100:
+        raise Rejected(400, "malformed", "usage must be a list of 1 to 100 entries")
+    try:
+        models = tuple(model_usage(e) for e in entries)
+    except BadUsage as exc:
+        raise Rejected(400, "malformed", f"usage: {exc}") from None
+    if len({m.key for m in models}) != len(models):
+        raise Rejected(400, "malformed", "usage: one entry per kind, provider and model")
+    return UsageReport(
+        room_sid=fields["room_sid"],
+        participant_sid=fields["participant_sid"],
+        identity=fields["participant_identity"],
+        reported_at=reported_at.astimezone(UTC),
+        received_at=received_at,
+        source="http",
+        models=models,
+    )
 
 
 def record(ev: api.WebhookEvent, body: str, received_at: datetime) -> WebhookRecord:

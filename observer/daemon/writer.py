@@ -37,6 +37,7 @@ class Writer:
         on_error: Callable[[BaseException], None] = lambda _e: None,
         on_retry: Callable[[], None] = lambda: None,
         on_written: Callable[[Sequence[Write]], None] = lambda _ops: None,
+        on_backwards: Callable[[list[str]], None] = lambda _notes: None,
     ) -> None:
         self._store = store
         self._observer_id = observer_id
@@ -45,6 +46,7 @@ class Writer:
         self._on_error = on_error
         self._on_retry = on_retry
         self._on_written = on_written
+        self._on_backwards = on_backwards
         self._pending: list[Write] = []
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
@@ -76,7 +78,7 @@ class Writer:
             while self._pending:
                 batch = self._pending[:BATCH_MAX]
                 try:
-                    await asyncio.to_thread(self._store.apply, batch, self._observer_id)
+                    backwards = await asyncio.to_thread(self._store.apply, batch, self._observer_id)
                 except SQLAlchemyError as exc:
                     attempt += 1
                     self._on_error(exc)
@@ -109,4 +111,6 @@ class Writer:
                     self.failing_since = None
                 attempt = 0
                 self._on_written(batch)
+                if backwards:
+                    self._on_backwards(backwards)
             self._idle.set()

@@ -183,6 +183,41 @@ class SessionSpanRow(Base):
     )
 
 
+class AgentUsageRow(Base):
+    """An agent session's latest cumulative usage of one model: one row per (session,
+    kind, provider, model). Linked to `sessions` by (`room_sid`, `participant_sid`); it may
+    arrive before the session's row does, or for a session never recorded."""
+
+    __tablename__ = "agent_usage"
+
+    room_sid: Mapped[str] = mapped_column(Text, primary_key=True)
+    participant_sid: Mapped[str] = mapped_column(Text, primary_key=True)
+    kind: Mapped[str] = mapped_column(Text, primary_key=True)
+    provider: Mapped[str] = mapped_column(Text, primary_key=True)
+    model: Mapped[str] = mapped_column(Text, primary_key=True)
+    participant_identity: Mapped[str] = mapped_column(Text)
+    input_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    input_cached_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    input_audio_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    input_text_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    output_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    output_audio_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    output_text_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    characters: Mapped[int] = mapped_column(BigInteger, default=0)
+    audio_ms: Mapped[int] = mapped_column(BigInteger, default=0)
+    session_ms: Mapped[int] = mapped_column(BigInteger, default=0)
+    reported_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    first_reported_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    source: Mapped[str] = mapped_column(Text)
+    went_backwards: Mapped[bool] = mapped_column(Boolean, default=False)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+    __table_args__ = (
+        Index("ix_agent_usage_reported_at", "reported_at"),
+        CheckConstraint("kind IN ('llm', 'tts', 'stt')", name="kind"),
+    )
+
+
 class SessionWitnessRow(Base):
     """An observer that saw a session's participant in the room itself (not only through a
     webhook): one row per (session, observer)."""

@@ -27,7 +27,13 @@ from observer.db.reads import (
 )
 from observer.db.rollups import RollupTx
 from observer.db.schema import RoomRow, SessionRow, WebhookEventRow, make_engine
-from observer.db.usage_sql import UsageSpec, UsageTotal, usage_totals
+from observer.db.usage_sql import (
+    TokenTotal,
+    UsageSpec,
+    UsageTotal,
+    token_totals,
+    usage_totals,
+)
 from observer.db.writes import WebhookRecord, Write, apply_ops, insert_webhook, open_sessions
 
 log = logging.getLogger(__name__)
@@ -51,13 +57,14 @@ class Store:
 
         return is_current(self.engine)
 
-    def apply(self, ops: Sequence[Write], observer_id: str) -> None:
-        """Apply a batch of tracker operations in one transaction.
+    def apply(self, ops: Sequence[Write], observer_id: str) -> list[str]:
+        """Apply a batch of tracker operations in one transaction; returns the usage totals
+        that went backwards.
 
         Every operation is idempotent, so a batch that failed half-way can be retried whole.
         """
         with Session(self.engine) as db, db.begin():
-            apply_ops(db, ops, observer_id, utcnow())
+            return apply_ops(db, ops, observer_id, utcnow())
 
     def record_webhook(self, rec: WebhookRecord) -> bool:
         """Store a webhook event unless it is already stored; True if it is new."""
@@ -81,6 +88,10 @@ class Store:
     def rooms(self, f: RoomFilter) -> list[RoomRow]:
         """Room rows matching a filter, newest first."""
         return room_rows(self.engine, f)
+
+    def tokens(self, spec: UsageSpec) -> list[TokenTotal]:
+        with self.engine.connect() as conn:
+            return token_totals(conn, spec)
 
     def usage(self, spec: UsageSpec) -> list[UsageTotal]:
         """Standing time per group and bucket, computed in SQL."""

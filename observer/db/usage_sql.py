@@ -25,6 +25,7 @@ from sqlalchemy import (
     union_all,
 )
 
+from observer.core.agent_usage import COUNTERS
 from observer.core.timeline import AGENT_STATES, OTHER_STATE
 from observer.db.schema import Base
 
@@ -386,3 +387,77 @@ def _bucketing(
         return case({n: literal(e, BigInteger) for n, e in enumerate(edges)}, value=i)
 
     return bucket, edge
+
+
+class TokenTotal(NamedTuple):
+    """One model's usage in one group and bucket: the sums of `COUNTERS`, and flags."""
+
+    keys: tuple[str | None, ...]
+    bucket: int
+    kind: str
+    provider: str
+    model: str
+    counters: tuple[int, ...]  # in `COUNTERS` order
+    sessions: int  # agent sessions that reported this model
+    unseen: int  # ... of which no session row exists
+    backwards: int  # ... whose totals went backwards at some point
+    silent_realtime: int  # ... a realtime model (session time) with 0 output audio tokens
+
+
+def token_totals(conn: Connection, spec: UsageSpec) -> list[TokenTotal]:
+    """Model usage per group and bucket. Each agent session's latest totals count in the
+    bucket of `agent_usage.reported_at` (when they were reported)."""
+    dialect = conn.dialect.name
+    u = Base.metadata.tables["agent_usage"]
+    t = Base.metadata.tables["sessions"]
+    rooms = Base.metadata.tables["rooms"]
+    edges = [epoch_ms(e) for e in spec.edges]
+    keys = [_group_key(g, t, rooms).label(f"k{i}") for i, g in enumerate(spec.group_by)]
+    source: Any = u.outerjoin(
+        t, and_(t.c.room_sid == u.c.room_sid, t.c.participant_sid == u.c.participant_sid)
+    )
+    if any(g.startswith(ROOM_METADATA) for g in spec.group_by):
+        source = source.outerjoin(rooms, rooms.c.sid == u.c.room_sid)
+    if len(edges) == 2:
+        bucket: ColumnElement[int] = literal_column("0")
+    else:
+        bucket_of, _ = _bucketing(edges)
+        bucket = bucket_of(_epoch_ms_sql(u.c.reported_at, dialect))
+    wanted = [u.c.reported_at >= spec.edges[0], u.c.reported_at < spec.edges[-1]]
+    if spec.kind is not None:
+        wanted.append(or_(t.c.participant_kind == spec.kind, t.c.id.is_(None)))
+    silent = and_(
+        u.c.kind == "llm",
+        u.c.session_ms > 0,
+        u.c.output_audio_tokens == 0,
+        or_(t.c.state_speaking_ms.is_(None), t.c.state_speaking_ms > 0),
+    )
+
+    def count(cond: ColumnElement[bool]) -> ColumnElement[int]:
+        return cast(func.sum(case((cond, 1), else_=0)), BigInteger)
+
+    group = [*keys, bucket.label("bucket"), u.c.kind, u.c.provider, u.c.model]
+    query = (
+        select(
+            *group,
+            *(cast(func.sum(u.c[name]), BigInteger) for name in COUNTERS),
+            func.count(),
+            count(t.c.id.is_(None)),
+            count(u.c.went_backwards),
+            count(silent),
+        )
+        .select_from(source)
+        .where(*wanted)
+        .group_by(*keys, *([bucket] if len(edges) > 2 else []), u.c.kind, u.c.provider, u.c.model)
+    )
+    width = len(keys)
+    n = len(COUNTERS)
+    out = []
+    for row in conn.execute(query):
+        kind, provider, model = row[width + 1 : width + 4]
+        counters = tuple(row[width + 4 : width + 4 + n])
+        flags = row[width + 4 + n :]
+        out.append(
+            TokenTotal(tuple(row[:width]), row[width], kind, provider, model, counters, *flags)
+        )
+    return out

@@ -18,10 +18,12 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Session
 
+from observer.core.agent_usage import COUNTERS, UsageReport
 from observer.core.timeline import Timeline
 from observer.core.tracker import (
     Close,
     Open,
+    RecordUsage,
     RoomEnded,
     RoomSeen,
     RowWrite,
@@ -32,6 +34,7 @@ from observer.core.tracker import (
     Witnessed,
 )
 from observer.db.schema import (
+    AgentUsageRow,
     Base,
     RoomRow,
     SessionRow,
@@ -79,11 +82,13 @@ def tracked(r: SessionRow) -> TrackedSession:
     )
 
 
-def apply_ops(db: Session, ops: Sequence[Write], observer_id: str, now: datetime) -> None:
+def apply_ops(db: Session, ops: Sequence[Write], observer_id: str, now: datetime) -> list[str]:
     """Apply a batch of tracker writes and webhook records inside the caller's transaction.
 
     Every write is idempotent, so a batch that failed half-way can be retried whole.
+    Returns the usage totals that went backwards (see `record_usage`).
     """
+    backwards: list[str] = []
     for op in ops:
         match op:
             case Open():
@@ -106,10 +111,13 @@ def apply_ops(db: Session, ops: Sequence[Write], observer_id: str, now: datetime
                 _room_seen(db, op, now)
             case RoomEnded():
                 _room_ended(db, op, now)
+            case RecordUsage():
+                backwards += record_usage(db, op.report, now)
             case WebhookRecord():
                 insert_webhook(db, op)
             case _:
                 assert_never(op)
+    return backwards
 
 
 def metadata_object(metadata: str | None) -> dict[str, Any] | None:
@@ -180,6 +188,68 @@ def _room_ended(db: Session, op: RoomEnded, now: datetime) -> None:
             ),
         )
     )
+
+
+def record_usage(db: Session, report: UsageReport, now: datetime) -> list[str]:
+    """Keep an agent session's totals, model by model. Totals reported earlier than the
+    ones kept change nothing (a repeat, or another observer's copy arriving late); newer
+    totals replace them. Newer totals lower than the kept ones are kept as the larger of
+    each counter and flagged `went_backwards`. Returns what went backwards (kind/model)."""
+    backwards = []
+    dialect = db.get_bind().dialect.name
+    for m in report.models:
+        key = dict(
+            room_sid=report.room_sid,
+            participant_sid=report.participant_sid,
+            kind=m.kind,
+            provider=m.provider,
+            model=m.model,
+        )
+        new = m.counters()
+        inserted = db.execute(
+            dialect_insert(dialect, AgentUsageRow)
+            .values(
+                **key,
+                **new,
+                participant_identity=report.identity,
+                reported_at=report.reported_at,
+                first_reported_at=report.reported_at,
+                source=report.source,
+                went_backwards=False,
+                updated_at=now,
+            )
+            .on_conflict_do_nothing()
+            .returning(AgentUsageRow.kind)
+        ).first()
+        if inserted is not None:
+            continue
+        query = select(AgentUsageRow).filter_by(**key)
+        if dialect == "postgresql":
+            query = query.with_for_update()
+        row = db.execute(query).scalar_one()
+        if report.reported_at <= row.reported_at:
+            continue
+        old = {name: getattr(row, name) for name in COUNTERS}
+        if new == old:
+            continue
+        went_back = any(new[name] < old[name] for name in COUNTERS)
+        if went_back:
+            backwards.append(
+                f"{report.room_sid}/{report.participant_sid}: {m.kind} {m.provider}/{m.model}"
+            )
+            new = {name: max(new[name], old[name]) for name in COUNTERS}
+        db.execute(
+            update(AgentUsageRow)
+            .filter_by(**key)
+            .values(
+                **new,
+                reported_at=report.reported_at,
+                source=report.source,
+                went_backwards=row.went_backwards or went_back,
+                updated_at=now,
+            )
+        )
+    return backwards
 
 
 def insert_webhook(db: Session, rec: WebhookRecord) -> bool:

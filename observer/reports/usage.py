@@ -8,14 +8,18 @@ module plans the buckets, names them and renders the result.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
-from dataclasses import dataclass
+from bisect import bisect_right
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from typing import Any, NamedTuple
 
+from observer.core.agent_usage import COUNTERS, USAGE_KINDS
 from observer.core.times import iso, next_month
 from observer.db.store import Store
 from observer.db.usage_sql import STATE_SUMS, USAGE_GROUP_COLUMNS, UsageSpec, is_group_name
+from observer.reports.prices import PriceBook, model_cost
 from observer.reports.render import csv_text, table
 from observer.reports.sessions import human_duration
 
@@ -45,6 +49,8 @@ class UsageQuery:
     include_open: bool = True
     kind: str | None = "agent"  # participant kind counted; None counts every kind
     states: bool = False  # add `STATE_FIELDS` per group
+    tokens: bool = False  # add `TOKEN_FIELDS` per group
+    prices: PriceBook | None = None  # add `COST_FIELDS` per group
 
     @property
     def time_grouping(self) -> str | None:
@@ -59,6 +65,8 @@ class UsageLine(NamedTuple):
     duration_ms: int  # after rounding each session piece
     billable_minutes: int  # each session piece rounded up to a whole minute, then summed
     states: tuple[int, ...] = ()  # with `UsageQuery.states`: ms per `STATE_FIELDS` entry
+    tokens: tuple[int, ...] = ()  # with `UsageQuery.tokens`: per `TOKEN_FIELDS` entry
+    costs: tuple[Decimal | None, ...] = ()  # with prices: per `COST_FIELDS`; None: unknown
 
 
 # With --states: ms in each agent state, in no known state (never set, before the observer
@@ -68,6 +76,17 @@ STATE_FIELDS = (
     "state_unknown_ms",
     "alone_ms",
 )
+# With --tokens: model usage reported in the window, and the flags on it
+TOKEN_FIELDS = (
+    "usage_sessions",
+    *COUNTERS,
+    "usage_unseen_sessions",
+    "usage_went_backwards",
+    "usage_silent_realtime",
+)
+# With --prices: cost per kind and in all
+COST_KINDS = ("agent_minutes", *USAGE_KINDS)
+COST_FIELDS = (*(f"cost_{k}" for k in COST_KINDS), "cost")
 
 
 def _with_unknown(duration_ms: int, sums: tuple[int, ...]) -> tuple[int, ...]:
@@ -92,10 +111,32 @@ def bucket_edges(start: datetime, end: datetime, unit: str | None) -> tuple[date
     return tuple(edges)
 
 
-def compute(store: Store, q: UsageQuery) -> list[UsageLine]:
-    """Standing time per group of `q.by`, sorted by group."""
+@dataclass
+class _Group:
+    sessions: int = 0
+    duration_ms: int = 0
+    billable_minutes: int = 0
+    states: list[int] = field(default_factory=lambda: [0] * len(STATE_SUMS))
+    tokens: list[int] = field(default_factory=lambda: [0] * len(TOKEN_FIELDS))
+    costs: dict[str, Decimal | None] = field(
+        default_factory=lambda: dict.fromkeys(COST_KINDS, Decimal(0))
+    )
+
+    def add_cost(self, kind: str, amount: Decimal | None) -> None:
+        before = self.costs[kind]
+        self.costs[kind] = None if before is None or amount is None else before + amount
+
+
+def compute(
+    store: Store, q: UsageQuery, warn: Callable[[str], None] = lambda _m: None
+) -> list[UsageLine]:
+    """Standing time (and what `q` adds) per group of `q.by`, sorted by group. `warn` hears
+    once of each thing that has no price."""
     unit = q.time_grouping
-    edges = bucket_edges(q.start, q.end, unit)
+    label_edges = bucket_edges(q.start, q.end, unit)
+    edges = label_edges
+    if q.prices is not None:  # one piece per price in effect
+        edges = tuple(sorted({*label_edges, *q.prices.changes(q.start, q.end)}))
     columns = tuple(g for g in q.by if g not in TIME_GROUPINGS)
     spec = UsageSpec(
         edges=edges,
@@ -105,39 +146,116 @@ def compute(store: Store, q: UsageQuery) -> list[UsageLine]:
         kind=q.kind,
         states=q.states,
     )
-    labels = [e.strftime("%Y-%m-%d" if unit == "day" else "%Y-%m") for e in edges[:-1]]
+    labels = [
+        label_edges[bisect_right(label_edges, e) - 1].strftime(
+            "%Y-%m-%d" if unit == "day" else "%Y-%m"
+        )
+        for e in edges[:-1]
+    ]
     # where each group of q.by comes from: a column of the store's keys, or the bucket (-1)
     where = [columns.index(g) if g in columns else -1 for g in q.by]
-    lines = [
-        UsageLine(
-            tuple(t.keys[i] if i >= 0 else labels[t.bucket] for i in where),
-            t.sessions,
-            t.duration_ms,
-            t.billable_minutes,
-            _with_unknown(t.duration_ms, t.states) if q.states else (),
+    warned: set[str] = set()
+
+    def unpriced(what: str) -> None:
+        if what not in warned:
+            warned.add(what)
+            warn(f"no price for {what}: its cost is left empty")
+
+    groups: dict[tuple[str | None, ...], _Group] = {}
+    for t in store.usage(spec):
+        g = groups.setdefault(
+            tuple(t.keys[i] if i >= 0 else labels[t.bucket] for i in where), _Group()
         )
-        for t in store.usage(spec)
-    ]
-    if not q.by and not lines:
-        lines.append(UsageLine((), 0, 0, 0, (0,) * len(STATE_FIELDS) if q.states else ()))
+        g.sessions += t.sessions
+        g.duration_ms += t.duration_ms
+        g.billable_minutes += t.billable_minutes
+        for i, ms in enumerate(t.states):
+            g.states[i] += ms
+        if q.prices is not None:
+            price = q.prices.minute_price(edges[t.bucket])
+            if price is None:
+                unpriced(f"agent minutes from {iso(edges[t.bucket])}")
+            g.add_cost("agent_minutes", None if price is None else price * t.billable_minutes)
+    if q.tokens or q.prices is not None:
+        for tt in store.tokens(spec):
+            key = tuple(tt.keys[i] if i >= 0 else labels[tt.bucket] for i in where)
+            g = groups.setdefault(key, _Group())
+            flags = (tt.unseen, tt.backwards, tt.silent_realtime)
+            for i, n in enumerate((tt.sessions, *tt.counters, *flags)):
+                g.tokens[i] += n
+            if q.prices is not None:
+                prices = q.prices.model_prices(tt.kind, tt.provider, tt.model, edges[tt.bucket])
+                if prices is None:
+                    unpriced(f"{tt.kind} model {tt.provider}/{tt.model}")
+                    g.add_cost(tt.kind, None)
+                else:
+                    g.add_cost(
+                        tt.kind, model_cost(prices, dict(zip(COUNTERS, tt.counters, strict=True)))
+                    )
+    if not q.by and not groups:
+        groups[()] = _Group()
+    lines = []
+    for key, g in groups.items():
+        costs: tuple[Decimal | None, ...] = ()
+        if q.prices is not None:
+            parts = [g.costs[k] for k in COST_KINDS]
+            total = None if None in parts else sum((p for p in parts if p is not None), Decimal(0))
+            costs = (*parts, total)
+        lines.append(
+            UsageLine(
+                key,
+                g.sessions,
+                g.duration_ms,
+                g.billable_minutes,
+                _with_unknown(g.duration_ms, tuple(g.states)) if q.states else (),
+                tuple(g.tokens) if q.tokens else (),
+                costs,
+            )
+        )
     # Only agent names can be missing (None); they sort first, like "".
     return sorted(lines, key=lambda u: tuple(v or "" for v in u.groups))
 
 
+def _money(v: Decimal | None) -> str:
+    return "" if v is None else str(v)
+
+
 def render(q: UsageQuery, lines: Sequence[UsageLine], fmt: str) -> str:
-    """The lines as a table (human durations), CSV or JSON (durations in ms)."""
+    """The lines as a table (human durations), CSV or JSON (durations in ms, money as
+    exact decimal text; an unknown cost is empty, or null in JSON)."""
     state_fields = STATE_FIELDS if q.states else ()
-    fields = (*q.by, "sessions", "duration_ms", "billable_minutes", *state_fields)
+    token_fields = TOKEN_FIELDS if q.tokens else ()
+    cost_fields = COST_FIELDS if q.prices is not None else ()
+    fields = (
+        *q.by,
+        "sessions",
+        "duration_ms",
+        "billable_minutes",
+        *state_fields,
+        *token_fields,
+        *cost_fields,
+    )
     if fmt == "json":
         return json.dumps([_line_dict(q, u) for u in lines], indent=2) + "\n"
     if fmt == "csv":
         return csv_text(
             fields,
-            ((*u.groups, u.sessions, u.duration_ms, u.billable_minutes, *u.states) for u in lines),
+            (
+                (
+                    *u.groups,
+                    u.sessions,
+                    u.duration_ms,
+                    u.billable_minutes,
+                    *u.states,
+                    *u.tokens,
+                    *(_money(c) for c in u.costs),
+                )
+                for u in lines
+            ),
         )
     # the table names a state by its name alone: listening, ..., unknown, alone
     state_heads = tuple(f.removeprefix("state_").removesuffix("_ms") for f in state_fields)
-    header = (*q.by, "sessions", "time", "billable_min", *state_heads)
+    header = (*q.by, "sessions", "time", "billable_min", *state_heads, *token_fields, *cost_fields)
     rows = [header] + [
         (
             *("-" if v is None else v for v in u.groups),
@@ -145,10 +263,13 @@ def render(q: UsageQuery, lines: Sequence[UsageLine], fmt: str) -> str:
             human_duration(u.duration_ms),
             str(u.billable_minutes),
             *(human_duration(ms) for ms in u.states),
+            *(str(n) for n in u.tokens),
+            *(_money(c) for c in u.costs),
         )
         for u in lines
     ]
     if q.by:
+        costs = [[u.costs[i] for u in lines] for i in range(len(cost_fields))]
         total = (
             "total",
             *[""] * (len(q.by) - 1),
@@ -156,13 +277,19 @@ def render(q: UsageQuery, lines: Sequence[UsageLine], fmt: str) -> str:
             human_duration(sum(u.duration_ms for u in lines)),
             str(sum(u.billable_minutes for u in lines)),
             *(human_duration(sum(u.states[i] for u in lines)) for i in range(len(state_fields))),
+            *(str(sum(u.tokens[i] for u in lines)) for i in range(len(token_fields))),
+            *(
+                "" if None in column else str(sum((c for c in column if c), Decimal(0)))
+                for column in costs
+            ),
         )
         rows.append(total)
     out = table(rows)
     open_rule = f"open sessions up to {iso(min(q.now, q.end))}" if q.include_open else "closed only"
+    currency = f", costs in {q.prices.currency}" if q.prices and q.prices.currency else ""
     out.append(
         f"([{iso(q.start)}, {iso(q.end)}), rounding {q.rounding}, {open_rule},"
-        f" kind {q.kind or 'any'})"
+        f" kind {q.kind or 'any'}{currency})"
     )
     return "\n".join(out) + "\n"
 
@@ -172,4 +299,8 @@ def _line_dict(q: UsageQuery, u: UsageLine) -> dict[str, Any]:
     d.update(sessions=u.sessions, duration_ms=u.duration_ms, billable_minutes=u.billable_minutes)
     if q.states:
         d.update(zip(STATE_FIELDS, u.states, strict=True))
+    if q.tokens:
+        d.update(zip(TOKEN_FIELDS, u.tokens, strict=True))
+    if q.prices is not None:
+        d.update(zip(COST_FIELDS, (None if c is None else str(c) for c in u.costs), strict=True))
     return d
