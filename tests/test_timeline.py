@@ -136,3 +136,22 @@ def test_a_session_known_only_from_a_webhook_has_no_timeline() -> None:
         [WebhookLeft("r", "RM", agent("A", 0.0), "CLIENT_INITIATED", t(3.0))],
     )
     assert tl is None
+
+
+def test_usage_is_recorded_and_flagged_once_per_session() -> None:
+    from observer.core.agent_usage import ModelUsage, UsageReport
+    from observer.core.tracker import RecordUsage, UsageFlagged, UsageReported
+
+    tr = SessionTracker(frozenset({"agent"}), heartbeat_s=10)
+    tr.handle(RoomJoined("r", "RM", (user("U1"), agent("A", 0.0)), t(0)))
+    realtime = ModelUsage("llm", "openai", "gpt-realtime", input_tokens=5, session_ms=4000)
+
+    def report(sid: str, s: float) -> UsageReported:
+        return UsageReported(UsageReport("RM", sid, f"id-{sid}", t(s), t(s), "room", (realtime,)))
+
+    out = tr.handle(report("A", 1.0))
+    assert [type(w) for w in out.writes] == [RecordUsage]
+    assert [(n.participant_sid, n.flag) for n in out.notices] == [("A", "silent_realtime")]  # type: ignore[union-attr]
+    assert tr.handle(report("A", 2.0)).notices == ()  # once per session
+    flags = {n.flag for n in tr.handle(report("GHOST", 2.0)).notices if isinstance(n, UsageFlagged)}
+    assert flags == {"unseen_session", "silent_realtime"}

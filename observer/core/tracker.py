@@ -364,10 +364,24 @@ class UsageDropped:
     identity: str
 
 
+@dataclass(frozen=True)
+class UsageFlagged:
+    """Usage that is suspicious, once per session and flag: `unseen_session` (usage for a
+    session this observer has not seen), `silent_realtime` (a realtime model reporting 0
+    output audio tokens). Not a database write: reports find the same in the rows."""
+
+    room_sid: str
+    participant_sid: str
+    identity: str
+    flag: str
+
+
 RowWrite = (
     Open | Close | Touch | UpdateAttributes | Witnessed | RoomSeen | RoomEnded | RecordUsage
 )  # changes to the rows
-Notice = StuckAgents | Verify | UsageDropped  # for the daemon to act on; never written
+Notice = (
+    StuckAgents | Verify | UsageDropped | UsageFlagged
+)  # for the daemon to act on; never written
 Op = RowWrite | Notice
 
 
@@ -395,7 +409,7 @@ class Outcome:
                     | RecordUsage()
                 ):
                     writes.append(op)
-                case StuckAgents() | Verify() | UsageDropped():
+                case StuckAgents() | Verify() | UsageDropped() | UsageFlagged():
                     notices.append(op)
                 case _:
                     assert_never(op)
@@ -463,6 +477,7 @@ class SessionTracker:
     _peak: dict[str, tuple[int, int]] = field(default_factory=dict)  # room -> agents, all
     _stuck_count: int = 0
     _timelines: Timelines = field(default_factory=Timelines)
+    _usage_flagged: OrderedDict[tuple[SessionKey, str], None] = field(default_factory=OrderedDict)
 
     def seed(self, sessions: Iterable[TrackedSession]) -> None:
         """Continue sessions left open by an earlier run; their rooms are not joined yet."""
@@ -599,7 +614,7 @@ class SessionTracker:
                 return self._webhook_left(ev)
             case UsageReported():
                 # kept whether or not the session is known yet: the row links them by key
-                return [RecordUsage(ev.report)]
+                return [RecordUsage(ev.report), *self._usage_flags(ev.report)]
             case UsageUndecodable():
                 return [UsageDropped(ev.room_sid, ev.identity)]
             case WebhookRoomFinished():
@@ -996,6 +1011,27 @@ class SessionTracker:
             and s.identity == identity
             and s.joined_at < joined_at
         ]
+
+    def _usage_flags(self, r: UsageReport) -> list[Op]:
+        key = SessionKey(r.room_sid, r.participant_sid)
+        flags = []
+        # (a posted report may reach an observer that does not watch the room: the reports
+        # find those by the missing row)
+        seen = key in self._open or key in self._recently_closed
+        if r.source == "room" and not seen:
+            flags.append("unseen_session")
+        if any(
+            m.kind == "llm" and m.session_ms > 0 and m.output_audio_tokens == 0 for m in r.models
+        ):
+            flags.append("silent_realtime")
+        ops: list[Op] = []
+        for flag in flags:
+            if (key, flag) not in self._usage_flagged:
+                self._usage_flagged[(key, flag)] = None
+                if len(self._usage_flagged) > RECENTLY_CLOSED_MAX:
+                    self._usage_flagged.popitem(last=False)
+                ops.append(UsageFlagged(r.room_sid, r.participant_sid, r.identity, flag))
+        return ops
 
     def _tick(self, at: datetime) -> list[Op]:
         ops: list[Op] = []

@@ -25,6 +25,7 @@ from observer.core.tracker import (
     Touch,
     UpdateAttributes,
     UsageDropped,
+    UsageFlagged,
     Verify,
     Witnessed,
 )
@@ -127,7 +128,9 @@ class Metrics:
         )
         self.usage_flags = Counter(
             "observer_usage_flags_total",
-            "Suspicious usage: went_backwards (totals lower than kept ones)",
+            "Suspicious usage: went_backwards (totals lower than kept ones), unseen_session"
+            " (usage for a session this observer has not seen), silent_realtime (a realtime"
+            " model reporting 0 output audio tokens)",
             ["flag"],
             registry=r,
         )
@@ -221,6 +224,17 @@ def record_notice(m: Metrics, notice: Notice, *, stuck_limit_s: float) -> None:
                     "identities": ",".join(notice.identities),
                     "alone_since": notice.alone_since,
                     "limit_s": stuck_limit_s,
+                },
+            )
+        case UsageFlagged():
+            m.usage_flags.labels(flag=notice.flag).inc()
+            log.warning(
+                "suspicious usage",
+                extra={
+                    "flag": notice.flag,
+                    "room_sid": notice.room_sid,
+                    "participant_sid": notice.participant_sid,
+                    "identity": notice.identity,
                 },
             )
         case UsageDropped():
