@@ -131,6 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="also roll up by attribute:KEY, room-metadata or room-metadata:KEY (repeatable)",
     )
     r.add_argument("--tolerance-minutes", default="0", help="differences up to this are fine")
+    r.add_argument("--prices", metavar="FILE", help="prices file (TOML): keep each group's cost")
     r.add_argument("--report", help="write the differences to this .csv or .json file")
     r.add_argument("--report-format", choices=("csv", "json"))
     r.add_argument(
@@ -566,6 +567,8 @@ def cmd_reconcile(settings: Settings, args: argparse.Namespace) -> int:
             report=Path(args.report) if args.report else None,
             report_format=args.report_format,
             by=tuple(dict.fromkeys(keyed_rollups(args.by))),
+            prices=_prices(args.prices) if args.prices is not None else None,
+            warn=lambda m: print(f"warning: {m}", file=sys.stderr),
         )
         store = Store(settings.database_url)
         try:

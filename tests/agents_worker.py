@@ -18,6 +18,11 @@ publishes the agent's audio and sets its ``lk.agent.state`` attribute as it goes
 listening to thinking to speaking; the test drives it with ``await job.say(text)`` and
 ``await job.reply(prompt)``, and reads the states the session went through, with the
 agent's own wall-clock times, in ``job.agent_states()``.
+
+Its session runs without the framework's session host unless the worker is made with
+``session_host=True``. The host (on by default in a real agent) sends the session's events
+to the room as ``lk.agent.session`` byte streams, to every participant: among them its
+model usage totals, again after every LLM answer and every TTS synthesis.
 """
 
 from __future__ import annotations
@@ -186,9 +191,17 @@ class DispatchedJob:
 class AgentWorker:
     """``async with AgentWorker(server, "agent-name") as worker: ...``; stopped on exit."""
 
-    def __init__(self, server: LiveKitServer, agent_name: str, *, voice: bool = False) -> None:
+    def __init__(
+        self,
+        server: LiveKitServer,
+        agent_name: str,
+        *,
+        voice: bool = False,
+        session_host: bool = False,
+    ) -> None:
         self.agent_name = agent_name
         self.voice = voice
+        self.session_host = session_host
         self._server = server
         self._main_loop: asyncio.AbstractEventLoop | None = None
         self._jobs: asyncio.Queue[DispatchedJob] = asyncio.Queue()
@@ -349,7 +362,7 @@ class AgentWorker:
                     close_on_disconnect=False,
                 ),
                 record=False,
-                session_host=False,
+                session_host=self.session_host,
             )
             # linked to a participant, its audio track published, "listening" set
             await asyncio.wait_for(session.room_io.wait_for_ready(), 15)

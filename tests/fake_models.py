@@ -8,8 +8,8 @@ milliseconds of it per character (at least ``min_ms``), pushed through the frame
 room in real time, so the agent is "speaking" for about as long as the silence lasts.
 
 Both report usage through the framework's own metrics (``metrics_collected``): the LLM a
-token count per request, the TTS (the framework, from the frames) characters and audio
-duration.
+token count per request (each request's counts kept in ``FakeLLM.usages``), the TTS (the
+framework, from the text and the frames) characters and audio duration.
 """
 
 from __future__ import annotations
@@ -45,6 +45,8 @@ class FakeLLM(llm.LLM[Any]):
         self.first_token_delay = first_token_delay
         self.token_interval = token_interval
         self.requests = 0
+        # the usage reported at the end of each answer, in order
+        self.usages: list[llm.CompletionUsage] = []
 
     @property
     def model(self) -> str:
@@ -86,6 +88,7 @@ class FakeLLMStream(llm.LLMStream):
             prompt_tokens=prompt_tokens,
             total_tokens=prompt_tokens + len(words),
         )
+        fake.usages.append(usage)
         self._event_ch.send_nowait(llm.ChatChunk(id=request_id, usage=usage))
 
 

@@ -328,3 +328,35 @@ def test_usage_before_its_session_row_links_once_the_row_exists(db_url: str) -> 
         assert (after.keys, after.unseen, after.counters[4]) == (("agent-l",), 0, 7)
     finally:
         store.close()
+
+
+def test_reconcile_keeps_each_groups_cost_and_a_run_without_prices_leaves_them(
+    priced_db: Path, capsys: pytest.CaptureFixture[str], db_url: str
+) -> None:
+    from observer.db.rollups import Rollup
+
+    args = ["reconcile", "--period", "2026-03", "--no-settle", "--now", "2026-04-02T12:00:00Z"]
+    capsys.readouterr()
+    assert main([*args, "--prices", str(priced_db)]) == 0
+    out = capsys.readouterr()
+    assert "cost unknown" in out.out and "unpriced-stt" in out.err
+
+    def stored() -> dict[tuple[str, str], str | None]:
+        from observer.db.rollups import RollupTx
+
+        store = Store(db_url)
+        try:
+            with store.rollup_transaction() as tx:
+                assert isinstance(tx, RollupTx)
+                rows: list[Rollup] = tx.rollups(MAR, datetime(2026, 4, 1, tzinfo=UTC))
+                return {(r.group_kind, r.group_key): r.cost for r in rows}
+        finally:
+            store.close()
+
+    costs = stored()
+    assert Decimal(costs[("agent", "agent-a")] or "nan") == Decimal("0.0319")
+    assert Decimal(costs[("agent", "agent-c")] or "nan") == Decimal("0.03")
+    assert costs[("agent", "agent-b")] is None and costs[("total", "")] is None
+    # finalized now; run again without prices: nothing drifts, the costs stay
+    assert main(args) == 0
+    assert stored() == costs

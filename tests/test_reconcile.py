@@ -144,7 +144,8 @@ def test_migration_up_and_down_keeps_sessions(empty_db_url: str) -> None:
             diffs = [
                 d
                 for d in compare_metadata(ctx, Base.metadata)
-                if "period_rollups" in str(d) or any(i in str(d) for i in USAGE_INDEXES)
+                if ("period_rollups" in str(d) or any(i in str(d) for i in USAGE_INDEXES))
+                and "Column('cost'" not in str(d)  # added by a later revision
             ]
             assert diffs == []
         migrate.upgrade(empty_db_url)

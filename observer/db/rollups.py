@@ -22,7 +22,7 @@ from observer.core.vocab import (
 )
 from observer.db.reads import StaleSession
 from observer.db.schema import Base, SessionRow, dialect_insert
-from observer.db.usage_sql import UsageSpec, UsageTotal, usage_totals
+from observer.db.usage_sql import TokenTotal, UsageSpec, UsageTotal, token_totals, usage_totals
 
 
 @dataclass(frozen=True)
@@ -36,6 +36,7 @@ class Rollup:
     billable_minutes: int
     finalized_at: datetime | None = None
     computed_at: datetime | None = None
+    cost: str | None = None  # exact decimal text; None: not priced, or unknown
 
 
 # The advisory lock key of `observer reconcile` (any constant unique to this program).
@@ -93,6 +94,10 @@ class RollupTx:
         """As `Store.usage`, inside this transaction (after its settling)."""
         return usage_totals(self.db.connection(), spec)
 
+    def tokens(self, spec: UsageSpec) -> list[TokenTotal]:
+        """As `Store.tokens`, inside this transaction."""
+        return token_totals(self.db.connection(), spec)
+
     def rollups(self, start: datetime, end: datetime) -> list[Rollup]:
         """The stored rows of one period, by group."""
         t = Base.metadata.tables["period_rollups"]
@@ -124,7 +129,14 @@ class RollupTx:
         if not rows:
             return
         insert = dialect_insert(conn.dialect.name, table)
-        numbers = ("sessions", "duration_ms", "billable_minutes", "finalized_at", "computed_at")
+        numbers = (
+            "sessions",
+            "duration_ms",
+            "billable_minutes",
+            "finalized_at",
+            "computed_at",
+            "cost",
+        )
         upsert = insert.on_conflict_do_update(
             index_elements=["period_start", "period_end", "group_kind", "group_key"],
             set_={c: insert.excluded[c] for c in numbers},

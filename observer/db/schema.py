@@ -259,6 +259,9 @@ class PeriodRollupRow(Base):
     billable_minutes: Mapped[int] = mapped_column(BigInteger)
     finalized_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     computed_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    # with `observer reconcile --prices`: the group's cost as exact decimal text; NULL when
+    # not priced, or when something in it had no price
+    cost: Mapped[str | None] = mapped_column(Text)
 
     __table_args__ = (
         UniqueConstraint("period_start", "period_end", "group_kind", "group_key"),

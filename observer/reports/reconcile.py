@@ -22,7 +22,7 @@ import json
 import os
 import re
 import tempfile
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
@@ -36,6 +36,8 @@ from observer.db.reads import StaleSession
 from observer.db.rollups import Rollup, RollupTx
 from observer.db.store import Store
 from observer.db.usage_sql import UsageSpec, is_group_name
+from observer.reports import usage
+from observer.reports.prices import PriceBook
 from observer.reports.render import csv_text
 
 STATEMENT_COLUMNS = ("group_kind", "group_key", "minutes")
@@ -153,7 +155,12 @@ class SettleSummary:
 
 
 def compute_rollups(
-    tx: RollupTx, period: Period, now: datetime, keyed: Sequence[str] = ()
+    tx: RollupTx,
+    period: Period,
+    now: datetime,
+    keyed: Sequence[str] = (),
+    prices: PriceBook | None = None,
+    warn: Callable[[str], None] = lambda _m: None,
 ) -> list[Rollup]:
     """Agent standing time in the period per agent name, per room, per value of each
     keyed grouping (attribute:KEY, room-metadata[:KEY]) and in total.
@@ -175,7 +182,38 @@ def compute_rollups(
                 acc[0] += t.sessions
                 acc[1] += t.duration_ms
                 acc[2] += t.billable_minutes
-    return [Rollup(kind, key, acc[0], acc[1], acc[2]) for (kind, key), acc in sorted(sums.items())]
+    costs: dict[tuple[str, str], str | None] = {}
+    if prices is not None:
+        costs = _costs(tx, period, now, by, prices, warn)
+    return [
+        Rollup(kind, key, acc[0], acc[1], acc[2], cost=costs.get((kind, key)))
+        for (kind, key), acc in sorted(sums.items())
+    ]
+
+
+def _costs(
+    tx: RollupTx,
+    period: Period,
+    now: datetime,
+    by: Sequence[str],
+    prices: PriceBook,
+    warn: Callable[[str], None],
+) -> dict[tuple[str, str], str | None]:
+    """Each group's cost as `observer usage --prices` gives it; the total is the sum of the
+    agents' (empty if one is)."""
+    out: dict[tuple[str, str], str | None] = {}
+    total: Decimal | None = Decimal(0)
+    for kind in by:
+        q = usage.UsageQuery(period.start, period.end, now, by=(kind,), prices=prices)
+        for line in usage.compute(tx, q, warn):
+            cost = line.costs[-1]
+            key = (kind, line.groups[0] or "")
+            previous = out.get(key, "0")
+            out[key] = None if cost is None or previous is None else str(Decimal(previous) + cost)
+            if kind == "agent":
+                total = None if total is None or cost is None else total + cost
+    out[("total", "")] = None if total is None else str(total)
+    return out
 
 
 @dataclass(frozen=True)
@@ -195,8 +233,8 @@ class RollupPlan:
     changes: tuple[Change, ...]  # groups whose stored numbers differ from the fresh ones
 
 
-def _numbers(r: Rollup | None) -> tuple[int, int, int] | None:
-    return None if r is None else (r.sessions, r.duration_ms, r.billable_minutes)
+def _numbers(r: Rollup | None) -> tuple[int, int, int, str | None] | None:
+    return None if r is None else (r.sessions, r.duration_ms, r.billable_minutes, r.cost)
 
 
 def plan_rollups(
@@ -455,6 +493,8 @@ class Job:
     report: Path | None = None
     report_format: str | None = None
     by: tuple[str, ...] = ()  # keyed groupings rolled up as well (attribute:KEY, ...)
+    prices: PriceBook | None = None  # cost per group as well; without, stored costs stay
+    warn: Callable[[str], None] = lambda _m: None  # told of each thing without a price
 
     @property
     def finalize_after(self) -> datetime:
@@ -506,7 +546,10 @@ def run(store: Store, lk: LiveKitSettings | None, job: Job) -> Outcome:
         closed = tx.settle(to_close, settled_at)
         existing = tx.rollups(p.start, p.end)
         keyed = tuple(dict.fromkeys((*job.by, *(keyed_groupings(statement or {})))))
-        fresh = compute_rollups(tx, p, job.now, keyed)
+        fresh = compute_rollups(tx, p, job.now, keyed, job.prices, job.warn)
+        if job.prices is None:  # a run without prices leaves the stored costs as they are
+            stored = {(r.group_kind, r.group_key): r.cost for r in existing}
+            fresh = [replace(r, cost=stored.get((r.group_kind, r.group_key))) for r in fresh]
         plan = plan_rollups(
             existing, fresh, finalize=job.now >= job.finalize_after, force=job.force, now=job.now
         )
@@ -540,6 +583,8 @@ def render(o: Outcome) -> str:
         f"{agents} agent(s), {rooms} room(s), {total.sessions if total else 0} session(s),"
         f" {total.billable_minutes if total else 0} billable minute(s)"
     )
+    if total is not None and job.prices is not None:
+        numbers += f", cost {total.cost if total.cost is not None else 'unknown (see warnings)'}"
     if plan.state == "provisional":
         out.append(f"rollup: provisional until {iso(job.finalize_after)}; {numbers}")
     elif plan.state == "finalized":

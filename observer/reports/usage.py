@@ -13,12 +13,18 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 from observer.core.agent_usage import COUNTERS, USAGE_KINDS
 from observer.core.times import iso, next_month
-from observer.db.store import Store
-from observer.db.usage_sql import STATE_SUMS, USAGE_GROUP_COLUMNS, UsageSpec, is_group_name
+from observer.db.usage_sql import (
+    STATE_SUMS,
+    USAGE_GROUP_COLUMNS,
+    TokenTotal,
+    UsageSpec,
+    UsageTotal,
+    is_group_name,
+)
 from observer.reports.prices import PriceBook, model_cost
 from observer.reports.render import csv_text, table
 from observer.reports.sessions import human_duration
@@ -127,8 +133,16 @@ class _Group:
         self.costs[kind] = None if before is None or amount is None else before + amount
 
 
+class UsageSource(Protocol):
+    """Where the sums come from: the store, or a reconcile run's transaction."""
+
+    def usage(self, spec: UsageSpec) -> list[UsageTotal]: ...
+
+    def tokens(self, spec: UsageSpec) -> list[TokenTotal]: ...
+
+
 def compute(
-    store: Store, q: UsageQuery, warn: Callable[[str], None] = lambda _m: None
+    store: UsageSource, q: UsageQuery, warn: Callable[[str], None] = lambda _m: None
 ) -> list[UsageLine]:
     """Standing time (and what `q` adds) per group of `q.by`, sorted by group. `warn` hears
     once of each thing that has no price."""
