@@ -29,6 +29,7 @@ from observer.core.tracker import (
     RoomJoined,
     RoomLost,
     RoomMetadataChanged,
+    RoomPresence,
     RoomSeen,
     Seeded,
     Seen,
@@ -65,7 +66,7 @@ def step(tr: SessionTracker, ev: Event) -> list[Op]:
     """One event's session writes, then its notices (witness records and room rows are
     tested on their own)."""
     out = tr.handle(ev)
-    aside = (Witnessed, RoomSeen, RoomEnded)
+    aside = (Witnessed, RoomSeen, RoomPresence, RoomEnded)
     return [*(w for w in out.writes if not isinstance(w, aside)), *out.notices]
 
 

@@ -327,6 +327,19 @@ class RoomSeen:
 
 
 @dataclass(frozen=True)
+class RoomPresence:
+    """Who is in the room now, as the observer sees it: agents and company (people, phone
+    lines, ...), and since when its agents have been alone (None: not alone)."""
+
+    room_sid: str
+    room_name: str
+    agents: int
+    company: int
+    alone_since: datetime | None
+    at: datetime
+
+
+@dataclass(frozen=True)
 class RoomEnded:
     """The room ended at `at`: `reason` is the server's (ROOM_DELETED, ...), or GONE when
     the observer found it gone from the server's listing."""
@@ -377,7 +390,15 @@ class UsageFlagged:
 
 
 RowWrite = (
-    Open | Close | Touch | UpdateAttributes | Witnessed | RoomSeen | RoomEnded | RecordUsage
+    Open
+    | Close
+    | Touch
+    | UpdateAttributes
+    | Witnessed
+    | RoomSeen
+    | RoomPresence
+    | RoomEnded
+    | RecordUsage
 )  # changes to the rows
 Notice = (
     StuckAgents | Verify | UsageDropped | UsageFlagged
@@ -405,6 +426,7 @@ class Outcome:
                     | UpdateAttributes()
                     | Witnessed()
                     | RoomSeen()
+                    | RoomPresence()
                     | RoomEnded()
                     | RecordUsage()
                 ):
@@ -477,6 +499,8 @@ class SessionTracker:
     _peak: dict[str, tuple[int, int]] = field(default_factory=dict)  # room -> agents, all
     _stuck_count: int = 0
     _timelines: Timelines = field(default_factory=Timelines)
+    # room -> (agents, company, alone since) as last written
+    _presence_shown: dict[str, tuple[int, int, datetime | None]] = field(default_factory=dict)
     _usage_flagged: OrderedDict[tuple[SessionKey, str], None] = field(default_factory=OrderedDict)
 
     def seed(self, sessions: Iterable[TrackedSession]) -> None:
@@ -523,7 +547,7 @@ class SessionTracker:
                 self._rooms[ev.room_sid] = _Room(ev.room_name, "watching")
                 ops = self._snapshot(ev.room_sid, ev.room_name, ev.present, ev.at, fresh=True)
                 seen = self._room_seen(ev.room_sid, ev.at, ev.metadata, ev.created_at, force=True)
-                return seen + ops
+                return seen + ops + self._presence(ev.room_sid, ev.at)
             case RoomMetadataChanged():
                 return self._room_seen(ev.room_sid, ev.at, ev.metadata, None, force=True)
             case Reconnected():
@@ -532,7 +556,9 @@ class SessionTracker:
                     return []
                 room.state = "watching"
                 ops = self._snapshot(ev.room_sid, room.name, ev.present, ev.at)
-                return ops + self._room_seen(ev.room_sid, ev.at)
+                return (
+                    ops + self._room_seen(ev.room_sid, ev.at) + self._presence(ev.room_sid, ev.at)
+                )
             case ParticipantJoined():
                 key = SessionKey(ev.room_sid, ev.participant.sid)
                 self._suspect.pop(key, None)
@@ -562,7 +588,7 @@ class SessionTracker:
                         joined_at=p.joined_at if live else None,
                     )
                 self._company_changed(ev.room_sid, ev.at)
-                ops += self._room_seen(ev.room_sid, ev.at)
+                ops += self._room_seen(ev.room_sid, ev.at) + self._presence(ev.room_sid, ev.at)
                 return ops + self._record_seen([key], ev.at)
             case RoomHandedOver():
                 self._forget_room(ev.room_sid)
@@ -664,6 +690,9 @@ class SessionTracker:
         key = SessionKey(ev.room_sid, ev.participant_sid)
         self._timelines.pause([key], ev.at)
         self._company_changed(ev.room_sid, ev.at)
+        return self._presence(ev.room_sid, ev.at) + self._left_session(ev, key)
+
+    def _left_session(self, ev: ParticipantLeft, key: SessionKey) -> list[Op]:
         if key not in self._open:
             return []
         watching = self._watching(ev.room_sid)
@@ -935,6 +964,23 @@ class SessionTracker:
         self._peak[room_sid] = (max(now[0], peak[0]), max(now[1], peak[1]))
         return [RoomSeen(room_sid, name, metadata, created_at, at, *now)]
 
+    def _presence(self, room_sid: str, at: datetime) -> list[Op]:
+        """A `RoomPresence` when the numbers of agents or company in the room change."""
+        name = self._room_name(room_sid)
+        present = self._present.get(room_sid)
+        if name is None or present is None:
+            return []
+        agents = sum(1 for kind in present.values() if kind == "agent")
+        company = sum(1 for kind in present.values() if kind in COMPANY_KINDS)
+        last = self._presence_shown.get(room_sid)
+        if last is not None and (last[0], last[1]) == (agents, company):
+            return []
+        alone_since = None
+        if agents and not company:
+            alone_since = last[2] if last is not None and last[2] is not None else at
+        self._presence_shown[room_sid] = (agents, company, alone_since)
+        return [RoomPresence(room_sid, name, agents, company, alone_since, at)]
+
     def _room_ended(self, room_sid: str, at: datetime, reason: str) -> list[Op]:
         name = self._room_name(room_sid)
         return [] if name is None else [RoomEnded(room_sid, name, at, reason)]
@@ -948,6 +994,7 @@ class SessionTracker:
 
     def _forget_room(self, room_sid: str) -> None:
         self._present.pop(room_sid, None)
+        self._presence_shown.pop(room_sid, None)
         self._peak.pop(room_sid, None)
         self._in_view = {k for k in self._in_view if k.room_sid != room_sid}
         self._witnessed = {k for k in self._witnessed if k.room_sid != room_sid}

@@ -19,6 +19,7 @@ from observer.core.tracker import (
     Open,
     RecordUsage,
     RoomEnded,
+    RoomPresence,
     RoomSeen,
     RowWrite,
     StuckAgents,
@@ -199,7 +200,14 @@ def record_writes(m: Metrics, writes: Sequence[RowWrite]) -> None:
                 )
             case RecordUsage():
                 m.usage_reports.labels(source=w.report.source, outcome="accepted").inc()
-            case Touch() | UpdateAttributes() | Witnessed() | RoomSeen() | RoomEnded():
+            case (
+                Touch()
+                | UpdateAttributes()
+                | Witnessed()
+                | RoomSeen()
+                | RoomPresence()
+                | RoomEnded()
+            ):
                 pass
             case _:
                 assert_never(w)

@@ -108,6 +108,13 @@ class RollupTx:
         )
         return [Rollup(*row) for row in self.db.execute(q).all()]
 
+    def write_comparison(self, start: datetime, end: datetime, **values: object) -> None:
+        """Keep this comparison as the period's last (see `reconcile_comparisons`)."""
+        table = Base.metadata.tables["reconcile_comparisons"]
+        conn = self.db.connection()
+        conn.execute(delete(table).where(table.c.period_start == start, table.c.period_end == end))
+        conn.execute(table.insert().values(period_start=start, period_end=end, **values))
+
     def write_rollups(
         self,
         start: datetime,

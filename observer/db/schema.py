@@ -155,6 +155,11 @@ class RoomRow(Base):
     max_agents: Mapped[int] = mapped_column(Integer, default=0)
     max_participants: Mapped[int] = mapped_column(Integer, default=0)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    # who is in it now, as an observer inside last saw (0 once it ended); `alone_since`:
+    # since when its agents have had no company, NULL when they have or there are none
+    agents_now: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    company_now: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    alone_since: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
     __table_args__ = (
         Index("ix_rooms_name", "name"),
@@ -272,6 +277,22 @@ class PeriodRollupRow(Base):
             name="group_kind",
         ),
     )
+
+
+class ReconcileComparisonRow(Base):
+    """The last comparison of a period with a provider's statement (`observer reconcile
+    --statement`): one row per period, replaced by the next comparison."""
+
+    __tablename__ = "reconcile_comparisons"
+
+    period_start: Mapped[datetime] = mapped_column(UTCDateTime, primary_key=True)
+    period_end: Mapped[datetime] = mapped_column(UTCDateTime, primary_key=True)
+    compared_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    statement: Mapped[str] = mapped_column(Text)  # the statement file's name
+    tolerance_minutes: Mapped[str] = mapped_column(Text)
+    groups_compared: Mapped[int] = mapped_column(Integer)
+    # [{group_kind, group_key, observer_minutes, statement_minutes, status}, ...]
+    differences: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
 
 
 class WebhookEventRow(Base):

@@ -25,6 +25,7 @@ from observer.core.tracker import (
     Open,
     RecordUsage,
     RoomEnded,
+    RoomPresence,
     RoomSeen,
     RowWrite,
     SessionKey,
@@ -109,6 +110,8 @@ def apply_ops(db: Session, ops: Sequence[Write], observer_id: str, now: datetime
                 _witnessed(db, op, observer_id)
             case RoomSeen():
                 _room_seen(db, op, now)
+            case RoomPresence():
+                _room_presence(db, op, now)
             case RoomEnded():
                 _room_ended(db, op, now)
             case RecordUsage():
@@ -163,6 +166,20 @@ def _room_seen(db: Session, op: RoomSeen, now: datetime) -> None:
     db.execute(stmt.on_conflict_do_update(index_elements=[t.c.sid], set_=changes))
 
 
+def _room_presence(db: Session, op: RoomPresence, now: datetime) -> None:
+    """The room's company now; a room already ended keeps its zeros."""
+    db.execute(
+        update(RoomRow)
+        .where(RoomRow.sid == op.room_sid, RoomRow.ended_at.is_(None))
+        .values(
+            agents_now=op.agents,
+            company_now=op.company,
+            alone_since=op.alone_since,
+            updated_at=now,
+        )
+    )
+
+
 def _room_ended(db: Session, op: RoomEnded, now: datetime) -> None:
     dialect = db.get_bind().dialect.name
     t = RoomRow.__table__
@@ -184,6 +201,9 @@ def _room_ended(db: Session, op: RoomEnded, now: datetime) -> None:
             set_=dict(
                 ended_at=func.coalesce(t.c.ended_at, new.ended_at),
                 end_reason=func.coalesce(t.c.end_reason, new.end_reason),
+                agents_now=0,
+                company_now=0,
+                alone_since=None,
                 updated_at=new.updated_at,
             ),
         )

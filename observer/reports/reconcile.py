@@ -554,14 +554,34 @@ def run(store: Store, lk: LiveKitSettings | None, job: Job) -> Outcome:
             existing, fresh, finalize=job.now >= job.finalize_after, force=job.force, now=job.now
         )
         tx.write_rollups(p.start, p.end, plan.write, plan.drop)
+        if statement is not None and job.statement is not None:
+            compared, diffs = compare(plan.rows, statement, job.tolerance_minutes)
+            tx.write_comparison(
+                p.start,
+                p.end,
+                compared_at=settled_at,
+                statement=job.statement.name,
+                tolerance_minutes=str(job.tolerance_minutes),
+                groups_compared=compared,
+                differences=[_difference_dict(d) for d in diffs],
+            )
     summary = replace(summary, closed=closed)
 
     if statement is None:
         return Outcome(job, summary, plan)
-    compared, diffs = compare(plan.rows, statement, job.tolerance_minutes)
     if job.report and fmt:
         write_report(job.report, fmt, p, job.tolerance_minutes, diffs)
     return Outcome(job, summary, plan, compared, tuple(diffs))
+
+
+def _difference_dict(d: Difference) -> dict[str, object]:
+    return {
+        "group_kind": d.group_kind,
+        "group_key": d.group_key,
+        "observer_minutes": d.observer_minutes,
+        "statement_minutes": None if d.statement_minutes is None else str(d.statement_minutes),
+        "status": d.status,
+    }
 
 
 def render(o: Outcome) -> str:
