@@ -1,4 +1,4 @@
-"""Command line: `observer migrate|check|run|sessions|rooms|usage|reconcile|simulate`."""
+"""Command line: `observer migrate|check|run|sessions|rooms|usage|reconcile|web|simulate`."""
 
 from __future__ import annotations
 
@@ -138,6 +138,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--now", help="roll up as if it were this time (settling always uses the real time)"
     )
 
+    w = sub.add_parser("web", help="serve the read-only page from the database alone")
+    w.add_argument(
+        "--addr",
+        default="127.0.0.1:9466",
+        help="host:port to listen on (default 127.0.0.1:9466; the daemon's port is 9465)",
+    )
+
     sim = sub.add_parser("simulate", help="send simulated agents into rooms")
     sim.add_argument("--rooms", type=int, default=2)
     sim.add_argument("--agents", type=int, default=1, help="agents per room")
@@ -192,6 +199,8 @@ def dispatch(args: argparse.Namespace, settings: Settings) -> int:
         return cmd_usage(settings, args)
     if args.command == "reconcile":
         return cmd_reconcile(settings, args)
+    if args.command == "web":
+        return cmd_web(settings, args)
     if args.command == "simulate":
         from observer import simulate
 
@@ -450,6 +459,56 @@ def cmd_rooms(settings: Settings, args: argparse.Namespace) -> int:
     finally:
         store.close()
     sys.stdout.write(report.render_rooms(rows, args.format))
+    return EXIT_OK
+
+
+def cmd_web(settings: Settings, args: argparse.Namespace) -> int:
+    import logging
+
+    from aiohttp import web
+
+    from observer.config import is_loopback
+    from observer.db.store import Store
+    from observer.web.app import WebPage, access_middleware
+
+    host, sep, port = args.addr.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) <= 65535:
+        raise UsageError(f"--addr must be host:port, got {args.addr!r}")
+    host = host.strip("[]")
+    store = Store(settings.database_url)
+    if not store.schema_is_current():
+        store.close()
+        raise UsageError("the database schema is not current; run `observer migrate`")
+    log = logging.getLogger("observer.web")
+    if not is_loopback(host):
+        log.warning(
+            "the page listens beyond this host"
+            + (
+                "; it requires the token"
+                if settings.http_token
+                else "; anyone can read it: set OBSERVER_HTTP_TOKEN, or listen on 127.0.0.1"
+            ),
+            extra={"host": host, "port": int(port)},
+        )
+    app = web.Application(
+        middlewares=[access_middleware(settings.http_token, frozenset({"/healthz"}))]
+    )
+    WebPage(
+        store,
+        stuck_after_s=settings.stuck_agent_s,
+        dead_after_s=settings.failover_s,
+        token=settings.http_token,
+    ).add_routes(app)
+
+    async def healthz(_request: web.Request) -> web.Response:
+        return web.Response(text="ok\n")
+
+    app.router.add_get("/healthz", healthz)
+    log.info("page listening", extra={"host": host, "port": int(port)})
+    try:
+        web.run_app(app, host=host, port=int(port), print=None, access_log=None)
+    finally:
+        store.close()
     return EXIT_OK
 
 

@@ -293,6 +293,11 @@ def _http_addr(r: _Reader) -> tuple[str | None, int]:
     return host.strip("[]"), int(port)
 
 
+def is_loopback(host: str) -> bool:
+    """Whether `host` is reachable from this machine only."""
+    return _is_loopback(host)
+
+
 def _is_loopback(host: str) -> bool:
     if host == "localhost":
         return True

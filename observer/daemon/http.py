@@ -6,7 +6,6 @@ one is set (OBSERVER_HTTP_TOKEN)."""
 
 from __future__ import annotations
 
-import hmac
 import logging
 from collections.abc import Awaitable, Callable
 
@@ -18,11 +17,11 @@ from observer.core.agent_usage import UsageReport
 from observer.core.times import utcnow
 from observer.daemon.telemetry import Metrics
 from observer.daemon.webhooks import Rejected, authenticate, usage_report, verify
+from observer.web.app import access_middleware
 
 log = logging.getLogger(__name__)
 
 OPEN_PATHS = frozenset({"/webhook", "/usage", "/healthz"})  # signed; says only "alive"
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 class WebServer:
@@ -36,6 +35,7 @@ class WebServer:
         on_usage: Callable[[UsageReport], None] = lambda _r: None,
         readiness: Callable[[], Awaitable[list[str]]],
         token: str | None = None,
+        page: Callable[[web.Application], None] | None = None,
     ) -> None:
         self._receiver = receiver
         self._metrics = metrics
@@ -44,29 +44,21 @@ class WebServer:
         self._on_usage = on_usage
         self._readiness = readiness
         self._token = token
+        self._page = page
         self._runner: web.AppRunner | None = None
 
     def app(self) -> web.Application:
-        app = web.Application(client_max_size=self._max, middlewares=[self._require_token])
+        app = web.Application(
+            client_max_size=self._max, middlewares=[access_middleware(self._token, OPEN_PATHS)]
+        )
         app.router.add_post("/webhook", self._webhook)
         app.router.add_post("/usage", self._usage)
         app.router.add_get("/metrics", self._metrics_page)
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/readyz", self._readyz)
+        if self._page is not None:
+            self._page(app)
         return app
-
-    @web.middleware
-    async def _require_token(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        if self._token is None or request.path in OPEN_PATHS:
-            return await handler(request)
-        scheme, _, given = request.headers.get("Authorization", "").partition(" ")
-        if scheme.lower() == "bearer" and hmac.compare_digest(
-            given.strip().encode(), self._token.encode()
-        ):
-            return await handler(request)
-        return web.Response(
-            status=401, text="bearer token required\n", headers={"WWW-Authenticate": "Bearer"}
-        )
 
     async def start(self, host: str, port: int) -> None:
         self._runner = web.AppRunner(self.app(), access_log=None)

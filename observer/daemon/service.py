@@ -37,6 +37,7 @@ from observer.db import fleet as fleet_db
 from observer.db.migrate import upgrade
 from observer.db.store import Store
 from observer.db.writes import WebhookRecord, Write
+from observer.web.app import WebPage
 
 log = logging.getLogger(__name__)
 
@@ -216,6 +217,13 @@ class Observer:
             on_usage=lambda report: self._emit(UsageReported(report)),
             readiness=self.readiness,
             token=self.settings.http_token,
+            page=WebPage(
+                self.store,
+                stuck_after_s=self.settings.stuck_agent_s,
+                dead_after_s=self.settings.failover_s,
+                token=self.settings.http_token,
+                readiness=self.readiness,
+            ).add_routes,
         )
         await self.web.start(self.settings.http_host, self.settings.http_port)
         if not self.settings.http_is_loopback:

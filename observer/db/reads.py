@@ -114,3 +114,85 @@ def stale_sessions(engine: Engine, seen_before: datetime) -> list[StaleSession]:
     )
     with Session(engine) as db:
         return [StaleSession(*row) for row in db.execute(q)]
+
+
+@dataclass(frozen=True)
+class LiveAgent:
+    """An open agent session, with its room's company as last seen."""
+
+    room_name: str
+    room_sid: str
+    participant_sid: str
+    identity: str
+    agent_name: str | None
+    joined_at: datetime
+    last_seen_at: datetime
+    company_now: int | None  # None: the room is not known to any observer's row yet
+    alone_since: datetime | None
+
+
+def live_agents(engine: Engine, kind: str = "agent") -> list[LiveAgent]:
+    """Open sessions of `kind`, by room name and join time."""
+    q = (
+        select(
+            SessionRow.room_name,
+            SessionRow.room_sid,
+            SessionRow.participant_sid,
+            SessionRow.participant_identity,
+            SessionRow.agent_name,
+            SessionRow.joined_at,
+            SessionRow.last_seen_at,
+            RoomRow.company_now,
+            RoomRow.alone_since,
+        )
+        .outerjoin(RoomRow, RoomRow.sid == SessionRow.room_sid)
+        .where(SessionRow.left_at.is_(None), SessionRow.participant_kind == kind)
+        .order_by(SessionRow.room_name, SessionRow.joined_at)
+    )
+    with Session(engine) as db:
+        return [LiveAgent(*row) for row in db.execute(q)]
+
+
+@dataclass(frozen=True)
+class PeriodSummary:
+    """One rolled-up period: its state and totals, and its last comparison if any."""
+
+    start: datetime
+    end: datetime
+    finalized_at: datetime | None
+    computed_at: datetime
+    sessions: int
+    billable_minutes: int
+    cost: str | None
+    compared_at: datetime | None
+    statement: str | None
+    groups_compared: int | None
+    differences: list[dict[str, object]]
+
+
+def period_summaries(engine: Engine, limit: int = 12) -> list[PeriodSummary]:
+    """The latest rolled-up periods (by start), newest first."""
+    from observer.db.schema import PeriodRollupRow, ReconcileComparisonRow
+
+    p, c = PeriodRollupRow, ReconcileComparisonRow
+    q = (
+        select(
+            p.period_start,
+            p.period_end,
+            p.finalized_at,
+            p.computed_at,
+            p.sessions,
+            p.billable_minutes,
+            p.cost,
+            c.compared_at,
+            c.statement,
+            c.groups_compared,
+            c.differences,
+        )
+        .outerjoin(c, (c.period_start == p.period_start) & (c.period_end == p.period_end))
+        .where(p.group_kind == "total")
+        .order_by(p.period_start.desc(), p.period_end)
+        .limit(limit)
+    )
+    with Session(engine) as db:
+        return [PeriodSummary(*row[:10], differences=list(row[10] or [])) for row in db.execute(q)]

@@ -18,9 +18,13 @@ from observer.core.tracker import (
     TrackedSession,
 )
 from observer.db.reads import (
+    LiveAgent,
+    PeriodSummary,
     RoomFilter,
     SessionFilter,
     StaleSession,
+    live_agents,
+    period_summaries,
     room_rows,
     session_rows,
     stale_sessions,
@@ -88,6 +92,12 @@ class Store:
     def rooms(self, f: RoomFilter) -> list[RoomRow]:
         """Room rows matching a filter, newest first."""
         return room_rows(self.engine, f)
+
+    def live_agents(self) -> list[LiveAgent]:
+        return live_agents(self.engine)
+
+    def periods(self, limit: int = 12) -> list[PeriodSummary]:
+        return period_summaries(self.engine, limit)
 
     def tokens(self, spec: UsageSpec) -> list[TokenTotal]:
         with self.engine.connect() as conn:

@@ -1,0 +1,279 @@
+"""The read-only page: live agents, minutes, sessions, reconcile and health (aiohttp and
+Jinja2). Served by the daemon on its HTTP port, or alone by `observer web`.
+
+Nothing here writes: every route is a GET except the login form, which only sets a cookie.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode
+
+import jinja2
+from aiohttp import web
+
+from observer.core.times import iso, utcnow
+from observer.core.vocab import KINDS
+from observer.db.reads import SessionFilter
+from observer.db.store import Store
+from observer.reports.sessions import human_duration, render_sessions
+from observer.reports.usage import is_grouping
+from observer.web import views
+
+HERE = Path(__file__).parent
+COOKIE = "observer_web"
+PAGES = ("now", "minutes", "sessions", "reconcile", "health")
+# paths anyone may fetch: the login form and the page's own CSS and script
+PUBLIC_PREFIXES = ("/login", "/static/")
+Readiness = Callable[[], Awaitable[list[str]]]
+
+
+def cookie_value(token: str) -> str:
+    """What the login cookie holds: derived from the token, never the token itself."""
+    return hmac.new(token.encode(), b"observer web login", hashlib.sha256).hexdigest()
+
+
+def allowed(request: web.Request, token: str | None) -> bool:
+    """The bearer token in the header, or the login cookie; anything when no token is set."""
+    if token is None:
+        return True
+    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), token.encode()):
+        return True
+    cookie = request.cookies.get(COOKIE, "")
+    return hmac.compare_digest(cookie.encode(), cookie_value(token).encode())
+
+
+def wants_page(request: web.Request) -> bool:
+    """A browser asking for a page (sent to the login form rather than answered 401)."""
+    return request.method == "GET" and "text/html" in request.headers.get("Accept", "")
+
+
+def _fmt_time(v: datetime | None) -> str:
+    return iso(v, "seconds") if v else ""
+
+
+def _fmt_age(seconds: float | None) -> str:
+    return "" if seconds is None else human_duration(round(seconds * 1000))
+
+
+class WebPage:
+    """The page's routes, on an app of the daemon's or of its own."""
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        stuck_after_s: float,
+        dead_after_s: float,
+        token: str | None,
+        readiness: Readiness | None = None,
+        refresh_s: float = 5.0,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self._store = store
+        self._stuck_after_s = stuck_after_s
+        self._dead_after_s = dead_after_s
+        self._token = token
+        self._readiness = readiness
+        self._refresh_s = refresh_s
+        self._clock = clock
+        self._chart_cache = views.TtlCache(60.0)
+        self._env = jinja2.Environment(
+            loader=jinja2.FileSystemLoader(HERE / "templates"),
+            autoescape=True,
+            undefined=jinja2.StrictUndefined,
+        )
+        self._env.filters["time"] = _fmt_time
+        self._env.filters["age"] = _fmt_age
+        self._env.filters["duration"] = human_duration
+
+    def add_routes(self, app: web.Application) -> None:
+        app.router.add_get("/", self._index)
+        for name in PAGES:
+            app.router.add_get(f"/{name}", getattr(self, f"_{name}"))
+        app.router.add_get("/now/live", self._now_live)
+        app.router.add_get("/sessions.csv", self._sessions_export)
+        app.router.add_get("/sessions.json", self._sessions_export)
+        app.router.add_get("/login", self._login_form)
+        app.router.add_post("/login", self._login)
+        app.router.add_static("/static/", HERE / "static", name="static", append_version=True)
+
+    # ---- helpers ----------------------------------------------------------------------------
+
+    async def _run(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """A database read, off the event loop."""
+        return await asyncio.to_thread(fn, *args)
+
+    def _page(self, template: str, request: web.Request, **values: Any) -> web.Response:
+        html = self._env.get_template(template).render(
+            page=template.removesuffix(".html"),
+            pages=PAGES,
+            now=self._clock(),
+            static=lambda name: str(request.app.router["static"].url_for(filename=name)),
+            **values,
+        )
+        return web.Response(
+            text=html,
+            content_type="text/html",
+            headers={
+                "Cache-Control": "no-store",
+                "Content-Security-Policy": "default-src 'self'; style-src 'self'; img-src 'self'",
+                "X-Frame-Options": "DENY",
+            },
+        )
+
+    # ---- views ------------------------------------------------------------------------------
+
+    async def _index(self, _request: web.Request) -> web.Response:
+        raise web.HTTPFound("/now")
+
+    async def _now(self, request: web.Request) -> web.Response:
+        now = self._clock()
+        rooms = await self._run(views.now_view, self._store, now, self._stuck_after_s)
+        return self._page(
+            "now.html",
+            request,
+            rooms=rooms,
+            stuck_after_s=self._stuck_after_s,
+            refresh_ms=round(self._refresh_s * 1000),
+        )
+
+    async def _now_live(self, request: web.Request) -> web.Response:
+        """The live rooms alone, for the page to swap in every few seconds."""
+        now = self._clock()
+        rooms = await self._run(views.now_view, self._store, now, self._stuck_after_s)
+        html = self._env.get_template("now_rooms.html").render(
+            rooms=rooms, now=now, stuck_after_s=self._stuck_after_s
+        )
+        return web.Response(
+            text=html, content_type="text/html", headers={"Cache-Control": "no-store"}
+        )
+
+    async def _minutes(self, request: web.Request) -> web.Response:
+        by = request.query.get("by", "agent").strip() or "agent"
+        if by in ("day", "month") or not is_grouping(by):
+            raise web.HTTPBadRequest(text=f"unknown grouping {by!r}\n")
+        now = self._clock()
+        chart = await self._run(
+            self._chart_cache.get,
+            (by, now.date()),
+            lambda: views.minutes_chart(self._store, now, by),
+        )
+        table = await self._run(views.month_table, self._store, now, by)
+        return self._page("minutes.html", request, chart=chart, table=table, by=by)
+
+    def _session_filter(self, request: web.Request, limit: int | None) -> SessionFilter:
+        q = request.query
+        kind = q.get("kind", "").strip() or None
+        if kind is not None and kind not in KINDS:
+            raise web.HTTPBadRequest(text=f"unknown kind {kind!r}\n")
+        state = q.get("state", "").strip() or None
+        if state not in (None, "open", "closed"):
+            raise web.HTTPBadRequest(text=f"unknown state {state!r}\n")
+
+        def when(name: str) -> datetime | None:
+            raw = q.get(name, "").strip()
+            if not raw:
+                return None
+            try:
+                t = datetime.fromisoformat(raw.replace("Z", "+00:00"))
+            except ValueError:
+                raise web.HTTPBadRequest(text=f"{name}: not an ISO 8601 time: {raw!r}\n") from None
+            return t if t.tzinfo else t.replace(tzinfo=UTC)
+
+        return SessionFilter(
+            room=q.get("room", "").strip() or None,
+            identity=q.get("identity", "").strip() or None,
+            agent_name=q.get("agent", "").strip() or None,
+            kind=kind,
+            since=when("since"),
+            until=when("until"),
+            state=state,  # type: ignore[arg-type]
+            limit=limit,
+        )
+
+    async def _sessions(self, request: web.Request) -> web.Response:
+        f = self._session_filter(request, views.SESSIONS_SHOWN)
+        rows = await self._run(views.sessions_view, self._store, f)
+        query = {k: v for k, v in request.query.items() if v}
+        return self._page(
+            "sessions.html",
+            request,
+            rows=rows,
+            f=request.query,
+            kinds=KINDS,
+            shown=views.SESSIONS_SHOWN,
+            export=urlencode(query),
+        )
+
+    async def _sessions_export(self, request: web.Request) -> web.Response:
+        fmt = "csv" if request.path.endswith(".csv") else "json"
+        rows = await self._run(
+            views.sessions_view, self._store, self._session_filter(request, None)
+        )
+        body = render_sessions(rows, fmt)
+        ctype = "text/csv" if fmt == "csv" else "application/json"
+        return web.Response(
+            text=body,
+            content_type=ctype,
+            headers={"Content-Disposition": f'attachment; filename="sessions.{fmt}"'},
+        )
+
+    async def _reconcile(self, request: web.Request) -> web.Response:
+        periods = await self._run(views.reconcile_view, self._store)
+        return self._page("reconcile.html", request, periods=periods)
+
+    async def _health(self, request: web.Request) -> web.Response:
+        readiness = await self._readiness() if self._readiness is not None else None
+        health = await self._run(
+            views.health_view, self._store, self._clock(), self._dead_after_s, readiness
+        )
+        return self._page("health.html", request, health=health)
+
+    # ---- login ------------------------------------------------------------------------------
+
+    async def _login_form(self, request: web.Request) -> web.Response:
+        return self._page("login.html", request, failed=False, needed=self._token is not None)
+
+    async def _login(self, request: web.Request) -> web.Response:
+        form = await request.post()
+        given = str(form.get("token", ""))
+        if self._token is None or not hmac.compare_digest(given.encode(), self._token.encode()):
+            response = self._page("login.html", request, failed=True, needed=True)
+            response.set_status(401)
+            return response
+        response = web.HTTPSeeOther("/now")
+        response.set_cookie(
+            COOKIE,
+            cookie_value(self._token),
+            httponly=True,
+            samesite="Strict",
+            secure=request.secure,
+            max_age=7 * 86400,
+        )
+        raise response
+
+
+def access_middleware(token: str | None, open_paths: frozenset[str]) -> Any:
+    """Requests need the bearer token or the login cookie (when a token is set), except
+    `open_paths` and the login form and static files; a browser is sent to the form."""
+
+    @web.middleware
+    async def check(request: web.Request, handler: Any) -> web.StreamResponse:
+        path = request.path
+        if path in open_paths or path.startswith(PUBLIC_PREFIXES) or allowed(request, token):
+            return await handler(request)  # type: ignore[no-any-return]
+        if wants_page(request):
+            raise web.HTTPSeeOther("/login")
+        return web.Response(
+            status=401, text="bearer token required\n", headers={"WWW-Authenticate": "Bearer"}
+        )
+
+    return check

@@ -1,0 +1,255 @@
+"""What each view of the page shows, read through the same functions as the command line
+(`observer usage`, `observer sessions`), so the numbers cannot drift apart."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from observer.core.times import next_month
+from observer.db import fleet as fleet_db
+from observer.db.reads import PeriodSummary, SessionFilter
+from observer.db.schema import SessionRow
+from observer.db.store import Store
+from observer.reports import usage
+
+DAYS = 30
+TOP_SERIES = 8  # the chart shows this many groups, the rest as "other"
+PALETTE = (
+    "#4e79a7",
+    "#f28e2b",
+    "#59a14f",
+    "#e15759",
+    "#76b7b2",
+    "#edc948",
+    "#b07aa1",
+    "#ff9da7",
+    "#9c755f",
+)
+
+
+# ---- now ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class NowAgent:
+    identity: str
+    agent_name: str
+    joined_at: datetime
+    standing_s: float
+    alone_s: float | None  # None: not alone (or not known)
+    stuck: bool
+
+
+@dataclass(frozen=True)
+class NowRoom:
+    name: str
+    sid: str
+    agents: list[NowAgent]
+    company: int | None
+    alone_s: float | None
+    stuck: bool
+
+
+def now_view(store: Store, now: datetime, stuck_after_s: float) -> list[NowRoom]:
+    """Live rooms with their agents; agents alone past `stuck_after_s` are stuck."""
+    rooms: dict[str, NowRoom] = {}
+    for a in store.live_agents():
+        alone_s = None if a.alone_since is None else (now - a.alone_since).total_seconds()
+        stuck = alone_s is not None and alone_s >= stuck_after_s
+        room = rooms.get(a.room_sid)
+        if room is None:
+            room = rooms[a.room_sid] = NowRoom(
+                a.room_name, a.room_sid, [], a.company_now, alone_s, stuck
+            )
+        room.agents.append(
+            NowAgent(
+                a.identity,
+                a.agent_name or "",
+                a.joined_at,
+                max(0.0, (now - a.joined_at).total_seconds()),
+                alone_s,
+                stuck,
+            )
+        )
+    # stuck rooms first, then by name
+    return sorted(rooms.values(), key=lambda r: (not r.stuck, r.name))
+
+
+# ---- minutes --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Bar:
+    x: float
+    y: float
+    width: float
+    height: float
+    color: str
+    title: str
+
+
+@dataclass
+class MinutesChart:
+    by: str
+    days: list[str]
+    keys: list[str]  # the series shown, "other" last when there is one
+    colors: dict[str, str]
+    minutes: dict[str, list[int]]  # series -> billable minutes per day
+    day_totals: list[int]
+    bars: list[Bar] = field(default_factory=list)
+    max_total: int = 0
+
+
+def minutes_chart(
+    store: Store, now: datetime, by: str = "agent", width: float = 900, height: float = 260
+) -> MinutesChart:
+    """Billable agent minutes per UTC day, the last `DAYS` days up to today, per `by`."""
+    today = now.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    start = today - timedelta(days=DAYS - 1)
+    q = usage.UsageQuery(start=start, end=today + timedelta(days=1), now=now, by=("day", by))
+    days = [(start + timedelta(days=i)).strftime("%Y-%m-%d") for i in range(DAYS)]
+    per: dict[str, list[int]] = {}
+    for line in usage.compute(store, q):
+        day, key = line.groups[0] or "", line.groups[1] or ""
+        per.setdefault(key, [0] * DAYS)[days.index(day)] += line.billable_minutes
+    ranked = sorted(per, key=lambda k: (-sum(per[k]), k))
+    shown = ranked[:TOP_SERIES]
+    minutes = {k: per[k] for k in shown}
+    rest = ranked[TOP_SERIES:]
+    if rest:
+        minutes["other"] = [sum(per[k][i] for k in rest) for i in range(DAYS)]
+    keys = list(minutes)
+    colors = {k: PALETTE[i % len(PALETTE)] for i, k in enumerate(keys)}
+    if rest:
+        colors["other"] = "#bab0ac"
+    day_totals = [sum(m[i] for m in minutes.values()) for i in range(DAYS)]
+    chart = MinutesChart(by, days, keys, colors, minutes, day_totals)
+    chart.max_total = max(day_totals, default=0)
+    scale = (height - 20) / chart.max_total if chart.max_total else 0
+    step = width / DAYS
+    for i, day in enumerate(days):
+        y = height
+        for k in keys:
+            n = minutes[k][i]
+            if not n:
+                continue
+            h = n * scale
+            y -= h
+            label = k or "(none)"
+            chart.bars.append(
+                Bar(i * step + 2, y, step - 4, h, colors[k], f"{day} {label}: {n} min")
+            )
+    return chart
+
+
+@dataclass(frozen=True)
+class MonthRow:
+    key: str
+    this_month: usage.UsageLine | None
+    last_month: usage.UsageLine | None
+
+
+@dataclass
+class MonthTable:
+    this_start: datetime
+    last_start: datetime
+    now: datetime
+    rows: list[MonthRow]
+    this_total: tuple[int, int, int]  # sessions, duration_ms, billable minutes
+    last_total: tuple[int, int, int]
+
+
+def month_table(store: Store, now: datetime, by: str = "agent") -> MonthTable:
+    """The current month (to now) and the last one per `by`, as `observer usage` gives
+    them for the same windows."""
+    this_start = now.astimezone(UTC).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    last_start = (this_start - timedelta(days=1)).replace(day=1)
+    this = usage.compute(store, usage.UsageQuery(this_start, now, now, by=(by,)))
+    last = usage.compute(store, usage.UsageQuery(last_start, this_start, now, by=(by,)))
+    this_by = {line.groups[0] or "": line for line in this}
+    last_by = {line.groups[0] or "": line for line in last}
+    rows = [MonthRow(k, this_by.get(k), last_by.get(k)) for k in sorted(this_by | last_by)]
+
+    def total(lines: list[usage.UsageLine]) -> tuple[int, int, int]:
+        return (
+            sum(x.sessions for x in lines),
+            sum(x.duration_ms for x in lines),
+            sum(x.billable_minutes for x in lines),
+        )
+
+    assert next_month(last_start) == this_start
+    return MonthTable(this_start, last_start, now, rows, total(this), total(last))
+
+
+# ---- sessions -------------------------------------------------------------------------------
+
+SESSIONS_SHOWN = 100
+
+
+def sessions_view(store: Store, f: SessionFilter) -> list[SessionRow]:
+    """Recent sessions matching the filter, as `observer sessions` lists them."""
+    return store.sessions(f)
+
+
+# ---- reconcile ------------------------------------------------------------------------------
+
+
+def reconcile_view(store: Store) -> list[PeriodSummary]:
+    return store.periods()
+
+
+# ---- health ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Health:
+    readiness: list[str] | None  # problems /readyz reports; None when not a daemon
+    database: str  # "ok" or the error
+    livekit: str  # "ok", the error, or "not checked"
+    observers: list[fleet_db.Member]
+
+
+def health_view(
+    store: Store, now: datetime, dead_after_s: float, readiness: list[str] | None
+) -> Health:
+    try:
+        store.ping()
+        database = "ok"
+        observers = fleet_db.members(store.engine, now, dead_after_s)
+    except Exception as exc:  # the page says what failed, whatever it was
+        database = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        observers = []
+    if readiness is None:
+        livekit = "not checked (this process does not connect to LiveKit)"
+    else:
+        lk = [p for p in readiness if "livekit" in p.lower()]
+        livekit = "; ".join(lk) if lk else "ok"
+    return Health(readiness, database, livekit, observers)
+
+
+# ---- a small cache for the expensive views ---------------------------------------------------
+
+
+class TtlCache:
+    """Values kept for `ttl_s` seconds, so reloading a heavy view does not query again."""
+
+    def __init__(self, ttl_s: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self._ttl = ttl_s
+        self._clock = clock
+        self._values: dict[Any, tuple[float, Any]] = {}
+
+    def get(self, key: Any, make: Callable[[], Any]) -> Any:
+        hit = self._values.get(key)
+        now = self._clock()
+        if hit is not None and now - hit[0] < self._ttl:
+            return hit[1]
+        value = make()
+        self._values[key] = (now, value)
+        if len(self._values) > 64:
+            oldest = min(self._values, key=lambda k: self._values[k][0])
+            del self._values[oldest]
+        return value
