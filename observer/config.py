@@ -48,11 +48,12 @@ SETTINGS_DOC: dict[str, tuple[str, str]] = {
     "OBSERVER_DB_RETRY_MAX_S": ("10", "Longest wait between database retries, seconds"),
     "OBSERVER_HTTP_ADDR": (
         "127.0.0.1:9465",
-        "host:port for /webhook, /metrics, /healthz, /readyz; 'off' disables",
+        "host:port for the page (/), /webhook, /usage, /metrics, /healthz, /readyz; 'off' disables",
     ),
     "OBSERVER_HTTP_TOKEN": (
         "",
-        "Bearer token every HTTP path but /webhook and /healthz requires; empty: none",
+        "Bearer token (or the page's login) every HTTP path but /webhook, /usage and /healthz"
+        " requires; empty: none",
     ),
     "OBSERVER_WEBHOOK_MAX_BYTES": ("1048576", "Largest webhook body accepted (larger: 413)"),
     "OBSERVER_ROOM_PROCESSES": (

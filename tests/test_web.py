@@ -1,0 +1,294 @@
+"""The read-only page in a real headless browser (Debian's chromium, driven by Playwright)
+against a real daemon, with real agents in real rooms; its totals against `observer usage`;
+who may read it. Screenshots of every view go to test-artifacts/."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import shutil
+import time
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from daemon_helpers import Clients, create_room
+from livekit_server import LiveKitServer, free_tcp_port
+
+from observer.cli import main
+from observer.core.tracker import END_RTC, Close, Open, RoomPresence, RoomSeen, TrackedSession
+from observer.db.store import Store
+from observer.web.app import PAGES
+
+ROOT = Path(__file__).resolve().parent.parent
+ARTIFACTS = ROOT / "test-artifacts"
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+# Chromium as root on a machine without network: no sandbox, no background connections.
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+SIZES = {"desktop": (1280, 800), "phone": (390, 844)}
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[Any]:
+    from playwright.async_api import async_playwright
+
+    async with async_playwright() as pw:
+        b = await pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            yield b
+        finally:
+            await b.close()
+
+
+async def shoot(page: Any, name: str) -> None:
+    ARTIFACTS.mkdir(exist_ok=True)
+    await page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=False)
+
+
+async def wait_for(pred: Any, timeout: float, what: str) -> float:
+    """Until `await pred()` holds; returns the seconds it took."""
+    start = time.monotonic()
+    while not await pred():
+        assert time.monotonic() - start < timeout, what
+        await asyncio.sleep(0.2)
+    return time.monotonic() - start
+
+
+async def test_live_agents_stuck_agents_and_ended_sessions_in_the_browser(
+    livekit_server: LiveKitServer, db_url: str, start_observer: Any, clients: Clients, browser: Any
+) -> None:
+    port = free_tcp_port()
+    await create_room(livekit_server, "with-caller")
+    await create_room(livekit_server, "alone-room", empty_timeout=300, departure_timeout=300)
+    await clients.join("with-caller", "caller-1", audio=True)
+    obs = await start_observer(
+        livekit_server,
+        db_url,
+        OBSERVER_HTTP_ADDR=f"127.0.0.1:{port}",
+        OBSERVER_STUCK_AGENT_S="3",
+    )
+    await obs.wait_watching("with-caller")
+    page = await browser.new_page(viewport={"width": 1280, "height": 800})
+    base = f"http://127.0.0.1:{port}"
+    await page.goto(f"{base}/now")
+    assert await page.locator("#no-agents").count() == 1
+
+    # a live agent appears without reloading (the page updates itself every 5 s)
+    await clients.agent("with-caller", "helper-agent", agent_name="support-bot")
+    row = page.locator('tr[data-identity="helper-agent"]')
+    took = await wait_for(lambda: row.count(), 15, "the live agent did not appear")
+    assert took < 12
+    assert await row.get_attribute("data-stuck") == "0"
+    assert "support-bot" in await row.inner_text()
+
+    # an agent alone in its room is marked, then stuck after OBSERVER_STUCK_AGENT_S
+    await clients.agent("alone-room", "lonely-agent", agent_name="night-shift")
+    lonely = page.locator('tr[data-identity="lonely-agent"]')
+
+    async def stuck() -> bool:
+        return await lonely.count() == 1 and await lonely.get_attribute("data-stuck") == "1"
+
+    await wait_for(stuck, 20, "the lonely agent was not marked stuck")
+    assert "STUCK" in await lonely.inner_text()
+    await shoot(page, "now-desktop")
+    await page.set_viewport_size({"width": 390, "height": 844})
+    await shoot(page, "now-phone")
+    await page.set_viewport_size({"width": 1280, "height": 800})
+
+    # a session that ends appears in the sessions list within 5 s
+    leaver = await clients.agent("with-caller", "leaving-agent")
+    await obs.wait_rows(lambda rows: any(r.participant_identity == "leaving-agent" for r in rows))
+    await leaver.disconnect()
+    left = time.monotonic()
+    ended = page.locator('tr[data-identity="leaving-agent"][data-open="0"]')
+
+    async def listed() -> bool:
+        await page.goto(f"{base}/sessions")
+        return await ended.count() == 1
+
+    await wait_for(listed, 5, "the ended session was not listed within 5 s")
+    assert time.monotonic() - left < 5
+    assert "CLIENT_INITIATED" in await ended.inner_text()
+    # the exports of the same filter
+    href = await page.locator("#export-csv").get_attribute("href")
+    assert href is not None and href.startswith("/sessions.csv")
+
+    for name in PAGES:
+        for size, (w, h) in SIZES.items():
+            await page.set_viewport_size({"width": w, "height": h})
+            response = await page.goto(f"{base}/{name}")
+            assert response is not None and response.status == 200, name
+            await shoot(page, f"{name}-{size}")
+    health = await page.goto(f"{base}/health")
+    assert health is not None
+    assert "ready" in await page.locator("#health").inner_text()
+
+
+# ---- the numbers: the page against `observer usage` ------------------------------------------
+
+
+def fill(db_url: str, now: datetime) -> None:
+    """Sessions over this month and the last, some across midnight and month ends, some open;
+    an agent alone in a live room."""
+    store = Store(db_url)
+    try:
+        ops: list[Any] = []
+        start = now.replace(day=1, hour=0, minute=0, second=0, microsecond=0) - timedelta(days=40)
+        for n in range(300):
+            joined = start + timedelta(minutes=n * 211, seconds=n % 50, microseconds=n * 997)
+            if joined >= now:
+                break
+            s = TrackedSession(
+                f"room-{n % 7}",
+                f"RM_{n % 7}",
+                f"PA_{n}",
+                f"id-{n}",
+                "",
+                "agent",
+                f"agent-{n % 4}" if n % 9 else None,
+                {"customer": f"c{n % 3}"},
+                joined,
+                joined,
+            )
+            ops.append(Open(s))
+            left = joined + timedelta(seconds=37 + (n * 613) % 7200)
+            if left < now and n % 17:
+                ops.append(Close(s.key, left, "CLIENT_INITIATED", END_RTC, None, left, s))
+        ops.append(RoomSeen("RM_live", "live", "", now, now, 1, 1))
+        s = TrackedSession(
+            "live", "RM_live", "PA_live", "id-live", "", "agent", "agent-9", {}, now, now
+        )
+        ops += [Open(s), RoomPresence("RM_live", "live", 1, 0, now - timedelta(minutes=9), now)]
+        store.apply(ops, "obs")
+    finally:
+        store.close()
+
+
+@pytest.fixture
+async def page_server(db_url: str) -> AsyncIterator[str]:
+    """The page alone on a port of its own, as `observer web` serves it."""
+    from aiohttp import web
+
+    from observer.web.app import WebPage, access_middleware
+
+    store = Store(db_url)
+    app = web.Application(middlewares=[access_middleware(None, frozenset())])
+    WebPage(store, stuck_after_s=300, dead_after_s=10, token=None).add_routes(app)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_tcp_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        await runner.cleanup()
+        store.close()
+
+
+async def get(url: str, **kw: Any) -> tuple[int, str]:
+    async with aiohttp.ClientSession() as http, http.get(url, **kw) as r:
+        return r.status, await r.text()
+
+
+def usage_total(
+    capsys: pytest.CaptureFixture[str], db_url: str, start: str, end: str, now: str, by: str
+) -> tuple[int, int]:
+    import os
+
+    os.environ["OBSERVER_DATABASE_URL"] = db_url
+    try:
+        capsys.readouterr()
+        args = ["usage", "--from", start, "--to", end, "--now", now, "--by", by, "--format", "json"]
+        assert main(args) == 0
+        lines = json.loads(capsys.readouterr().out)
+    finally:
+        del os.environ["OBSERVER_DATABASE_URL"]
+    return sum(x["billable_minutes"] for x in lines), sum(x["duration_ms"] for x in lines)
+
+
+@pytest.mark.parametrize("by", ["agent", "attribute:customer"])
+async def test_the_month_totals_are_observer_usage(
+    db_url: str, page_server: str, capsys: pytest.CaptureFixture[str], by: str
+) -> None:
+    fill(db_url, datetime.now(UTC))
+    status, html = await get(f"{page_server}/minutes?by={by}")
+    assert status == 200
+    window = re.search(
+        r'id="month-window" data-this-from="([^"]+)" data-this-to="([^"]+)"'
+        r' data-last-from="([^"]+)" data-last-to="([^"]+)"',
+        html,
+    )
+    assert window is not None
+    this_from, this_to, last_from, last_to = window.groups()
+    this = re.search(r'id="this-total-minutes" data-ms="(\d+)">(\d+)<', html)
+    last = re.search(r'id="last-total-minutes" data-ms="(\d+)">(\d+)<', html)
+    assert this is not None and last is not None
+    assert (int(this[2]), int(this[1])) == usage_total(
+        capsys, db_url, this_from, this_to, this_to, by
+    )
+    assert (int(last[2]), int(last[1])) == usage_total(
+        capsys, db_url, last_from, last_to, this_to, by
+    )
+    assert int(last[2]) > 0
+    # each row too: the minutes per group add up to the total
+    rows = re.findall(r'class="num this-minutes">(\d+)<', html)
+    assert sum(int(n) for n in rows) == int(this[2])
+
+
+async def test_every_view_answers_and_bad_input_is_one_line(db_url: str, page_server: str) -> None:
+    fill(db_url, datetime.now(UTC))
+    for name in PAGES:
+        status, html = await get(f"{page_server}/{name}")
+        assert status == 200, name
+    status, html = await get(f"{page_server}/now")
+    assert 'data-identity="id-live"' in html and 'data-stuck="1"' in html
+    status, text = await get(f"{page_server}/sessions.csv?agent=agent-1")
+    assert status == 200 and text.startswith("id,room_name")
+    status, text = await get(f"{page_server}/sessions.json?state=open")
+    assert status == 200 and all(r["left_at"] is None for r in json.loads(text))
+    for bad in ("/minutes?by=planet", "/sessions?kind=robot", "/sessions?since=yesterday"):
+        status, text = await get(page_server + bad)
+        assert status == 400 and text.count("\n") == 1, bad
+
+
+async def test_with_a_token_the_page_needs_it_or_the_login_cookie(
+    livekit_server: LiveKitServer, db_url: str, start_observer: Any
+) -> None:
+    port = free_tcp_port()
+    await start_observer(
+        livekit_server, db_url, OBSERVER_HTTP_ADDR=f"127.0.0.1:{port}", OBSERVER_HTTP_TOKEN="s3cret"
+    )
+    base = f"http://127.0.0.1:{port}"
+    await asyncio.sleep(0.5)
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"{base}/now", allow_redirects=False) as r:
+            assert r.status == 401  # not a browser: no redirect
+        html = {"Accept": "text/html"}
+        async with http.get(f"{base}/now", headers=html, allow_redirects=False) as r:
+            assert r.status == 303 and r.headers["Location"] == "/login"
+        async with http.get(f"{base}/login") as r:
+            assert r.status == 200 and 'name="token"' in await r.text()
+        async with http.post(f"{base}/login", data={"token": "wrong"}) as r:
+            assert r.status == 401
+        async with http.get(f"{base}/now", headers={"Authorization": "Bearer s3cret"}) as r:
+            assert r.status == 200
+        async with http.post(f"{base}/login", data={"token": "s3cret"}, allow_redirects=False) as r:
+            assert r.status == 303
+            cookie = r.cookies["observer_web"]
+            assert cookie["httponly"] and cookie.value != "s3cret"
+        async with http.get(f"{base}/now") as r:  # the session's cookie jar has it now
+            assert r.status == 200 and "Live agents" in await r.text()
+        async with http.get(f"{base}/sessions.csv") as r:
+            assert r.status == 200
