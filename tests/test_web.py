@@ -178,7 +178,10 @@ def fill(db_url: str, now: datetime) -> None:
 
 @pytest.fixture
 async def page_server(db_url: str) -> AsyncIterator[str]:
-    """The page alone on a port of its own, as `observer web` serves it."""
+    """The page alone on a port of its own, as `observer web` serves it, over `fill`'s
+    sessions (there before it starts: it computes its heavy view at once, and keeps it for
+    a minute)."""
+    fill(db_url, datetime.now(UTC))
     from aiohttp import web
 
     from observer.web.app import WebPage, access_middleware
@@ -222,7 +225,6 @@ def usage_total(
 async def test_the_month_totals_are_observer_usage(
     db_url: str, page_server: str, capsys: pytest.CaptureFixture[str], by: str
 ) -> None:
-    fill(db_url, datetime.now(UTC))
     status, html = await get(f"{page_server}/minutes?by={by}")
     assert status == 200
     window = re.search(
@@ -248,7 +250,6 @@ async def test_the_month_totals_are_observer_usage(
 
 
 async def test_every_view_answers_and_bad_input_is_one_line(db_url: str, page_server: str) -> None:
-    fill(db_url, datetime.now(UTC))
     for name in PAGES:
         status, html = await get(f"{page_server}/{name}")
         assert status == 200, name

@@ -84,7 +84,7 @@ class WebPage:
         self._readiness = readiness
         self._refresh_s = refresh_s
         self._clock = clock
-        self._chart_cache = views.TtlCache(60.0)
+        self._cache = views.TtlCache(60.0)
         self._env = jinja2.Environment(
             loader=jinja2.FileSystemLoader(HERE / "templates"),
             autoescape=True,
@@ -104,6 +104,7 @@ class WebPage:
         app.router.add_get("/login", self._login_form)
         app.router.add_post("/login", self._login)
         app.router.add_static("/static/", HERE / "static", name="static", append_version=True)
+        app.on_startup.append(self._warm)
 
     # ---- helpers ----------------------------------------------------------------------------
 
@@ -161,13 +162,26 @@ class WebPage:
         if by in ("day", "month") or not is_grouping(by):
             raise web.HTTPBadRequest(text=f"unknown grouping {by!r}\n")
         now = self._clock()
-        chart = await self._run(
-            self._chart_cache.get,
-            (by, now.date()),
-            lambda: views.minutes_chart(self._store, now, by),
-        )
-        table = await self._run(views.month_table, self._store, now, by)
+        chart, table = await self._run(self._minutes_data, by, now)
         return self._page("minutes.html", request, chart=chart, table=table, by=by)
+
+    def _minutes_data(self, by: str, now: datetime) -> tuple[Any, Any]:
+        """The chart and the month table, from the cache (see `views.TtlCache`)."""
+        data: tuple[Any, Any] = self._cache.get(
+            ("minutes", by, now.date()),
+            lambda: (
+                views.minutes_chart(self._store, self._clock(), by),
+                views.month_table(self._store, self._clock(), by),
+            ),
+        )
+        return data
+
+    async def _warm(self, _app: web.Application) -> None:
+        """Start computing the default minutes view, so that the first visit finds it."""
+        task = asyncio.get_running_loop().run_in_executor(
+            None, self._minutes_data, "agent", self._clock()
+        )
+        task.add_done_callback(lambda t: t.exception())  # a failure shows at the visit
 
     def _session_filter(self, request: web.Request, limit: int | None) -> SessionFilter:
         q = request.query

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import logging
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -15,6 +17,8 @@ from observer.db.reads import PeriodSummary, SessionFilter
 from observer.db.schema import SessionRow
 from observer.db.store import Store
 from observer.reports import usage
+
+log = logging.getLogger(__name__)
 
 DAYS = 30
 TOP_SERIES = 8  # the chart shows this many groups, the rest as "other"
@@ -235,21 +239,45 @@ def health_view(
 
 
 class TtlCache:
-    """Values kept for `ttl_s` seconds, so reloading a heavy view does not query again."""
+    """Values of the heavy views, answered at once. A value older than `ttl_s` is still
+    answered, while a thread computes the next one; only a key never seen is computed
+    while the caller waits. Thread-safe."""
 
     def __init__(self, ttl_s: float, clock: Callable[[], float] = time.monotonic) -> None:
         self._ttl = ttl_s
         self._clock = clock
         self._values: dict[Any, tuple[float, Any]] = {}
+        self._refreshing: set[Any] = set()
+        self._lock = threading.Lock()
 
     def get(self, key: Any, make: Callable[[], Any]) -> Any:
-        hit = self._values.get(key)
-        now = self._clock()
-        if hit is not None and now - hit[0] < self._ttl:
-            return hit[1]
+        with self._lock:
+            hit = self._values.get(key)
+            stale = hit is not None and self._clock() - hit[0] >= self._ttl
+            refresh = stale and key not in self._refreshing
+            if refresh:
+                self._refreshing.add(key)
+        if hit is None:
+            return self._store(key, make)
+        if refresh:
+            threading.Thread(target=self._refresh, args=(key, make), daemon=True).start()
+        return hit[1]
+
+    def _refresh(self, key: Any, make: Callable[[], Any]) -> None:
+        try:
+            self._store(key, make)
+        except Exception:  # the old value stays; the next request tries again
+            log.warning("refreshing a view failed", exc_info=True)
+        finally:
+            with self._lock:
+                self._refreshing.discard(key)
+
+    def _store(self, key: Any, make: Callable[[], Any]) -> Any:
+        at = self._clock()
         value = make()
-        self._values[key] = (now, value)
-        if len(self._values) > 64:
-            oldest = min(self._values, key=lambda k: self._values[k][0])
-            del self._values[oldest]
+        with self._lock:
+            self._values[key] = (at, value)
+            if len(self._values) > 64:
+                oldest = min(self._values, key=lambda k: self._values[k][0])
+                del self._values[oldest]
         return value

@@ -1,0 +1,152 @@
+"""Benchmark: each view of the page over the 1,000,000-session data set of
+bench/bench_usage.py (1,000 of them open, in 1,000 live rooms), on SQLite and PostgreSQL.
+
+Times a GET of each view from the page served in-process (as `observer web` serves it),
+medians of several runs; the 30-day chart both cold and from its 60 s cache. Then the live
+view's refresh (`/now/live`, every 5 s with one browser open) as a share of one core.
+
+    .venv/bin/python bench/bench_web.py                 # starts a private PostgreSQL
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import sys
+import tempfile
+import time
+from datetime import datetime, timedelta
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "bench"))
+
+import aiohttp
+import bench_usage
+from aiohttp import web
+from sqlalchemy.engine import make_url
+
+from observer.core.tracker import RoomPresence, RoomSeen
+from observer.db import migrate
+from observer.db.store import Store
+from observer.web.app import WebPage, access_middleware
+
+VIEWS = (
+    "/now",
+    "/minutes",
+    "/minutes?by=attribute:customer",
+    "/sessions",
+    "/sessions?agent=agent-0007",
+    "/reconcile",
+    "/health",
+)
+
+
+def mark_live_rooms(url: str, rows: list[tuple[object, ...]], now: datetime) -> int:
+    """The rooms of the open sessions as live, a tenth of them with agents alone."""
+    live = sorted({(str(r[1]), str(r[0])) for r in rows if r[9] is None})
+    store = Store(url)
+    try:
+        ops: list[object] = []
+        for i, (sid, name) in enumerate(live):
+            ops.append(RoomSeen(sid, name, None, now, now, 1, 2))
+            alone = now - timedelta(minutes=10) if i % 10 == 0 else None
+            ops.append(RoomPresence(sid, name, 1, 0 if alone else 1, alone, now))
+        store.apply(ops, "bench")  # type: ignore[arg-type]
+    finally:
+        store.close()
+    return len(live)
+
+
+async def bench(name: str, url: str, rows: list[tuple[object, ...]], runs: int) -> None:
+    migrate.upgrade(url)
+    t0 = time.perf_counter()
+    rooms = bench_usage.room_rows(50_000)
+    if url.startswith("sqlite"):
+        bench_usage.fill_sqlite(make_url(url).database or "", rows, rooms)
+    else:
+        bench_usage.fill_postgres(url, rows, rooms)
+    # "now" is two hours after the data set's month, as in bench_usage
+    now = bench_usage.MONTH_START + timedelta(days=bench_usage.DAYS, hours=2)
+    live = mark_live_rooms(url, rows, now)
+    print(f"{name}: filled in {time.perf_counter() - t0:.0f} s; {live} live rooms", flush=True)
+
+    store = Store(url)
+    page = WebPage(store, stuck_after_s=300, dead_after_s=10, token=None, clock=lambda: now)
+    app = web.Application(middlewares=[access_middleware(None, frozenset())])
+    page.add_routes(app)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    base = f"http://127.0.0.1:{port}"
+    try:
+        async with aiohttp.ClientSession() as http:
+
+            async def get(path: str) -> float:
+                t = time.perf_counter()
+                async with http.get(base + path) as r:
+                    await r.read()
+                    assert r.status == 200, (path, r.status)
+                return time.perf_counter() - t
+
+            for path in VIEWS:
+                if path.startswith("/minutes"):
+                    cold = []
+                    for _ in range(runs):
+                        page._cache = type(page._cache)(60.0)
+                        cold.append(await get(path))
+                    warm = [await get(path) for _ in range(runs)]
+                    print(
+                        f"  {path}: first visit median {statistics.median(cold):.3f} s,"
+                        f" later visits median {statistics.median(warm):.3f} s",
+                        flush=True,
+                    )
+                else:
+                    times = [await get(path) for _ in range(runs)]
+                    print(f"  {path}: median {statistics.median(times):.3f} s", flush=True)
+            # the live view: one refresh every 5 s; the process's CPU time per refresh
+            cpu0, n = time.process_time(), 20
+            for _ in range(n):
+                await get("/now/live")
+            per = (time.process_time() - cpu0) / n
+            print(
+                f"  /now/live with {live} live rooms: {per * 1000:.1f} ms of CPU per refresh,"
+                f" {per / 5 * 100:.2f} % of one core at one refresh per 5 s",
+                flush=True,
+            )
+    finally:
+        await runner.cleanup()
+        store.close()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    ap.add_argument("--sessions", type=int, default=1_000_000)
+    ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--skip-sqlite", action="store_true")
+    ap.add_argument("--skip-postgres", action="store_true")
+    args = ap.parse_args()
+    print(
+        f"machine: {os.cpu_count()} CPUs, {bench_usage.cpu_model()};"
+        f" load average {os.getloadavg()[0]:.2f}"
+    )
+    rows = list(bench_usage.sessions(args.sessions, 1_000, 50_000))
+    if not args.skip_sqlite:
+        with tempfile.TemporaryDirectory() as tmp:
+            asyncio.run(bench("sqlite", f"sqlite:///{tmp}/bench.db", rows, args.runs))
+    if args.skip_postgres:
+        return
+    import postgres_server
+
+    postgres_server.SERVER_SETTINGS["shared_buffers"] = "128MB"
+    with postgres_server.PostgresServer() as pg:
+        asyncio.run(bench("postgresql", pg.create_database("bench"), rows, args.runs))
+
+
+if __name__ == "__main__":
+    main()
