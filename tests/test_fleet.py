@@ -165,29 +165,37 @@ async def test_three_observers_one_killed_mid_churn(
             120,
             lambda: f"watchers per room: {watchers_per_room(store, rooms, failover_s=failover_s)}",
         )
-        # churn in every room: agents join and leave, and observer a is killed meanwhile
+        # churn in every room: agents join and leave, and observer a is killed meanwhile.
+        # livekit-server tells others of a join that publishes nothing on a 3 s ticker, and
+        # drops it when the leave comes first: every agent here stays longer than that
+        # (shorter stays are for webhooks to report: tests/test_webhooks.py).
+        joined_at: dict[int, float] = {}
+
+        async def leave(agent: rtc.Room) -> None:
+            stayed = time.monotonic() - joined_at[id(agent)]
+            await asyncio.sleep(max(0.0, 3.5 - stayed))
+            if agent.isconnected():
+                await agent.disconnect()
+
         churners: list[rtc.Room] = []
         for i, r in enumerate(rooms):
             churners.append(await clients.agent(r, f"churn-{i}", audio=False))
+            joined_at[id(churners[-1])] = time.monotonic()
             if i % 2 and i > 20:
-                await churners[i - 21].disconnect()  # leaves while others still join
-        await asyncio.sleep(1.0)
-        for room in churners[:40:2]:
-            if room.isconnected():
-                await room.disconnect()
+                await leave(churners[i - 21])  # leaves while others still join
+        for agent in churners[:40:2]:
+            await leave(agent)
         procs["a"].send_signal(signal.SIGKILL)
         await asyncio.to_thread(procs["a"].wait, 10)
         killed_at = time.monotonic()
-        for room in churners:
-            if room.isconnected():
-                await room.disconnect()
-        late = [await clients.agent(r, f"late-{i}", audio=False) for i, r in enumerate(rooms[::6])]
-        # livekit-server tells others of a join that publishes nothing on a 3 s ticker, and
-        # drops it when the leave comes first: shorter stays are for webhooks to report
-        # (tests/test_webhooks.py).
-        await asyncio.sleep(3.5)
-        for room in late:
-            await room.disconnect()
+        for agent in churners:
+            await leave(agent)
+        late = []
+        for i, r in enumerate(rooms[::6]):
+            late.append(await clients.agent(r, f"late-{i}", audio=False))
+            joined_at[id(late[-1])] = time.monotonic()
+        for agent in late:
+            await leave(agent)
         await wait_for(
             lambda: all(
                 n == 2 for n in watchers_per_room(store, rooms, "obs-a", failover_s).values()
