@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Run the whole test suite on a fresh machine: installs what is missing (virtualenv and
-# packages, livekit-server, PostgreSQL), then lints, type-checks and runs pytest.
+# packages, livekit-server, PostgreSQL, redis-server, chromium), then lints, type-checks
+# and runs pytest.
 # Extra arguments go to pytest, e.g. scripts/test.sh -k tracker
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 scripts/ensure-postgres.sh
 scripts/ensure-redis.sh
+scripts/ensure-chromium.sh
 scripts/bootstrap.sh
 export LIVEKIT_SERVER_BIN="${LIVEKIT_SERVER_BIN:-$(scripts/install-livekit-server.sh | tail -n 1)}"
 
