@@ -155,3 +155,26 @@ def test_usage_is_recorded_and_flagged_once_per_session() -> None:
     assert tr.handle(report("A", 2.0)).notices == ()  # once per session
     flags = {n.flag for n in tr.handle(report("GHOST", 2.0)).notices if isinstance(n, UsageFlagged)}
     assert flags == {"unseen_session", "silent_realtime"}
+
+
+def test_unchanged_usage_totals_are_not_written_again() -> None:
+    from observer.core.agent_usage import ModelUsage, UsageReport
+    from observer.core.tracker import RecordUsage, UsageReported
+
+    tr = SessionTracker(frozenset({"agent"}), heartbeat_s=10)
+    tr.handle(RoomJoined("r", "RM", (user("U1"), agent("A", 0.0)), t(0)))
+    llm = ModelUsage("llm", "openai", "gpt-x", input_tokens=5)
+    tts = ModelUsage("tts", "acme", "voice", characters=3)
+
+    def writes(s: float, *models: ModelUsage) -> list[tuple[str, ...]]:
+        report = UsageReport("RM", "A", "id-A", t(s), t(s), "room", models)
+        return [
+            tuple(m.model for m in w.report.models)
+            for w in tr.handle(UsageReported(report)).writes
+            if isinstance(w, RecordUsage)
+        ]
+
+    assert writes(1, llm, tts) == [("gpt-x", "voice")]
+    assert writes(2, llm, tts) == []  # the same totals again: nothing to write
+    more = ModelUsage("tts", "acme", "voice", characters=9)
+    assert writes(3, llm, more) == [("voice",)]

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Literal, assert_never
 
-from observer.core.agent_usage import UsageReport
+from observer.core.agent_usage import ModelUsage, UsageReport
 from observer.core.timeline import Timeline, Timelines
 from observer.core.vocab import (
     COMPANY_KINDS,
@@ -502,6 +502,9 @@ class SessionTracker:
     # room -> (agents, company, alone since) as last written
     _presence_shown: dict[str, tuple[int, int, datetime | None]] = field(default_factory=dict)
     _usage_flagged: OrderedDict[tuple[SessionKey, str], None] = field(default_factory=OrderedDict)
+    _usage_written: OrderedDict[tuple[SessionKey, tuple[str, str, str]], ModelUsage] = field(
+        default_factory=OrderedDict
+    )
 
     def seed(self, sessions: Iterable[TrackedSession]) -> None:
         """Continue sessions left open by an earlier run; their rooms are not joined yet."""
@@ -640,7 +643,7 @@ class SessionTracker:
                 return self._webhook_left(ev)
             case UsageReported():
                 # kept whether or not the session is known yet: the row links them by key
-                return [RecordUsage(ev.report), *self._usage_flags(ev.report)]
+                return self._usage(ev.report) + self._usage_flags(ev.report)
             case UsageUndecodable():
                 return [UsageDropped(ev.room_sid, ev.identity)]
             case WebhookRoomFinished():
@@ -1058,6 +1061,21 @@ class SessionTracker:
             and s.identity == identity
             and s.joined_at < joined_at
         ]
+
+    def _usage(self, r: UsageReport) -> list[Op]:
+        """The report's models whose totals changed since this observer last wrote them: an
+        agent sends its totals after every metrics event, mostly unchanged."""
+        key = SessionKey(r.room_sid, r.participant_sid)
+        changed = []
+        for m in r.models:
+            seen = (key, m.key)
+            if self._usage_written.get(seen) != m:
+                changed.append(m)
+                self._usage_written[seen] = m
+                self._usage_written.move_to_end(seen)
+        while len(self._usage_written) > RECENTLY_CLOSED_MAX:
+            self._usage_written.popitem(last=False)
+        return [RecordUsage(replace(r, models=tuple(changed)))] if changed else []
 
     def _usage_flags(self, r: UsageReport) -> list[Op]:
         key = SessionKey(r.room_sid, r.participant_sid)
