@@ -95,6 +95,7 @@ class WebServer:
             )
             return web.Response(status=exc.status, text=str(exc) + "\n")
         self._on_usage(report)
+        self._metrics.usage_reports.labels(source="http", outcome="accepted").inc()
         return web.Response(text="accepted\n")
 
     async def _webhook(self, request: web.Request) -> web.Response:

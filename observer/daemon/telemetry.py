@@ -199,7 +199,8 @@ def record_writes(m: Metrics, writes: Sequence[RowWrite]) -> None:
                     },
                 )
             case RecordUsage():
-                m.usage_reports.labels(source=w.report.source, outcome="accepted").inc()
+                if w.report.source == "room":  # posted reports are counted as they arrive
+                    m.usage_reports.labels(source="room", outcome="accepted").inc()
             case (
                 Touch()
                 | UpdateAttributes()
