@@ -34,6 +34,7 @@ import psycopg
 from sqlalchemy.engine import make_url
 
 from observer.config import normalize_database_url
+from observer.core.times import crosses_day
 from observer.db import migrate
 from observer.db.store import Store
 from observer.reports import reconcile, usage
@@ -68,6 +69,7 @@ COLUMNS = (
     "state_other_ms",
     "state_unknown_ms",
     "alone_ms",
+    "crosses_day",
 )
 SPAN_COLUMNS = ("room_sid", "participant_sid", "kind", "value", "started_at", "ended_at")
 # a closed session's timeline, as fractions of its time: states one after another, and
@@ -187,6 +189,7 @@ def sessions(n: int, agents: int, rooms: int, seed: int = 7) -> Iterator[tuple[o
             joined if is_open else left,
             None if is_open else joined,
             *states,
+            not is_open and crosses_day(joined, left),
         )
 
 

@@ -360,3 +360,48 @@ def test_reconcile_keeps_each_groups_cost_and_a_run_without_prices_leaves_them(
     # finalized now; run again without prices: nothing drifts, the costs stay
     assert main(args) == 0
     assert stored() == costs
+
+
+def test_the_migration_marks_closed_sessions_that_hold_a_midnight(empty_db_url: str) -> None:
+    from sqlalchemy import select
+
+    from observer.core.times import crosses_day
+    from observer.db import migrate
+    from observer.db.schema import Base
+
+    migrate.upgrade(empty_db_url, "0009")
+    cases = [
+        (at(1, 10), at(1, 11)),
+        (at(1, 23, 59), at(2, 0, 1)),
+        (at(1, 10), at(2)),  # ends exactly at midnight: holds none
+        (at(1, 10), at(3)),
+        (at(1, 10), None),  # open
+    ]
+    t = Base.metadata.tables["sessions"]
+    store = Store(empty_db_url)
+    try:
+        with store.engine.begin() as conn:
+            for n, (joined, left) in enumerate(cases):
+                conn.execute(
+                    t.insert().values(
+                        room_name="r",
+                        room_sid="RM",
+                        participant_sid=f"PA_{n}",
+                        participant_identity=f"id-{n}",
+                        participant_kind="agent",
+                        attributes={},
+                        joined_at=joined,
+                        left_at=left,
+                        last_seen_at=joined,
+                        observer_id="obs",
+                        created_at=joined,
+                        updated_at=joined,
+                    )
+                )
+        migrate.upgrade(empty_db_url)
+        with store.engine.connect() as conn:
+            got = [bool(v) for (v,) in conn.execute(select(t.c.crosses_day).order_by(t.c.id))]
+        assert got == [False, True, False, True, False]
+        assert got == [left is not None and crosses_day(joined, left) for joined, left in cases]
+    finally:
+        store.close()

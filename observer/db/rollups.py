@@ -15,6 +15,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Session
 
+from observer.core.times import crosses_day
 from observer.core.tracker import missed_leave
 from observer.core.vocab import (
     END_RECONCILED,
@@ -81,6 +82,7 @@ class RollupTx:
                 .values(
                     left_at=left_at,
                     duration_ms=round((left_at - s.joined_at).total_seconds() * 1000),
+                    **({"crosses_day": True} if crosses_day(s.joined_at, left_at) else {}),
                     disconnect_reason=None,
                     end_source=END_RECONCILED,
                     end_uncertainty_ms=uncertainty_ms,

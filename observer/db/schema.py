@@ -106,9 +106,17 @@ class SessionRow(Base):
     state_other_ms: Mapped[int | None] = mapped_column(BigInteger)
     state_unknown_ms: Mapped[int | None] = mapped_column(BigInteger)
     alone_ms: Mapped[int | None] = mapped_column(BigInteger)
+    # a closed session that holds a UTC midnight: the few `observer usage --states` cuts
+    crosses_day: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))
 
     __table_args__ = (
         UniqueConstraint("room_sid", "participant_sid"),
+        Index(
+            "ix_sessions_crosses_day_joined_at",
+            "joined_at",
+            sqlite_where=text("crosses_day"),
+            postgresql_where=text("crosses_day"),
+        ),
         Index("ix_sessions_agent_name_joined_at", "agent_name", "joined_at"),
         Index("ix_sessions_room_name_joined_at", "room_name", "joined_at"),
         Index("ix_sessions_participant_identity_joined_at", "participant_identity", "joined_at"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -143,48 +144,63 @@ def _cut_states(
     conn: Connection, spec: UsageSpec, since: datetime
 ) -> dict[tuple[tuple[str | None, ...], int], list[int]]:
     """State and alone ms of the closed sessions that do not lie whole in one bucket, from
-    their spans cut at the window's and buckets' edges."""
-    dialect = conn.dialect.name
+    their spans cut at the window's and buckets' edges.
+
+    Those are the few that hold the window's start or end, or (when every inner edge is a
+    UTC midnight, as with days and months) hold a midnight: each found through an index."""
     t = Base.metadata.tables["sessions"]
     sp = Base.metadata.tables["session_spans"]
     rooms = Base.metadata.tables["rooms"]
     edges = [epoch_ms(e) for e in spec.edges]
     start, end = spec.edges[0], spec.edges[-1]
-    whole = and_(t.c.joined_at >= start, t.c.left_at <= end)
-    if len(edges) > 2:
-        bucket_of, _ = _bucketing(edges)
-        joined, left = _epoch_ms_sql(t.c.joined_at, dialect), _epoch_ms_sql(t.c.left_at, dialect)
-        whole = and_(whole, bucket_of(joined) == bucket_of(left - 1))
+    reach = start - since  # how far before an edge a session holding it can have started
     keys = [_group_key(g, t, rooms).label(f"k{i}") for i, g in enumerate(spec.group_by)]
     source: Any = t.join(
         sp, and_(sp.c.room_sid == t.c.room_sid, sp.c.participant_sid == t.c.participant_sid)
     )
     if any(g.startswith(ROOM_METADATA) for g in spec.group_by):
         source = source.outerjoin(rooms, rooms.c.sid == t.c.room_sid)
-    wanted = [
-        t.c.joined_at >= since,
-        t.c.joined_at < end,
-        t.c.left_at.is_not(None),
-        t.c.left_at > start,
-        ~whole,
-    ]
+    common: list[ColumnElement[bool]] = [t.c.left_at.is_not(None)]
     if spec.kind is not None:
-        wanted.append(t.c.participant_kind == spec.kind)
-    query = (
-        select(*keys, sp.c.kind, sp.c.value, sp.c.started_at, sp.c.ended_at)
-        .select_from(source)
-        .where(*wanted)
-    )
+        common.append(t.c.participant_kind == spec.kind)
+    holding = [
+        (t.c.joined_at >= since, t.c.joined_at < start, t.c.left_at > start),
+        (t.c.joined_at >= end - reach, t.c.joined_at < end, t.c.left_at > end),
+    ]
+    inner = spec.edges[1:-1]
+    if not inner:
+        pass  # one bucket: only the window's edges cut
+    elif all(e.astimezone(UTC).time() == datetime.min.time() for e in inner):
+        holding.append((t.c.crosses_day.is_(True), t.c.joined_at >= since, t.c.joined_at < end))
+    else:
+        holding.append((t.c.joined_at >= since, t.c.joined_at < end, t.c.left_at > start))
+    columns = [*keys, t.c.joined_at, t.c.left_at, sp.c.id, sp.c.kind, sp.c.value]
+    columns += [sp.c.started_at, sp.c.ended_at]
+    query = union_all(*(select(*columns).select_from(source).where(*common, *h) for h in holding))
     index = {name: i for i, name in enumerate(STATE_SUMS)}
     out: dict[tuple[tuple[str | None, ...], int], list[int]] = {}
     width = len(keys)
+    done: set[int] = set()
+
+    def utc(v: datetime) -> datetime:
+        return v.replace(tzinfo=UTC) if v.tzinfo is None else v  # SQLite gives naive UTC
+
     for row in conn.execute(query):
-        kind, value, s, e = row[width:]
-        if s.tzinfo is None:  # SQLite gives naive UTC
-            s, e = s.replace(tzinfo=UTC), e.replace(tzinfo=UTC)
+        joined, left, span_id, kind, value, s, e = row[width:]
+        if span_id in done:
+            continue
+        done.add(span_id)
+        joined, left = utc(joined), utc(left)
+        if joined >= start and left <= end:
+            # counted by its own columns if it lies in one bucket (as `_usage_query` decides)
+            first = bisect_right(edges, epoch_ms(joined)) - 1
+            if first == bisect_right(edges, epoch_ms(left) - 1) - 1:
+                continue
         name = "alone" if kind == "alone" else value if value in AGENT_STATES else OTHER_STATE
-        lo, hi = max(epoch_ms(s), edges[0]), min(epoch_ms(e), edges[-1])
-        for b in range(len(edges) - 1):
+        lo, hi = max(epoch_ms(utc(s)), edges[0]), min(epoch_ms(utc(e)), edges[-1])
+        for b in range(max(0, bisect_right(edges, lo) - 1), len(edges) - 1):
+            if edges[b] >= hi:
+                break
             piece = min(hi, edges[b + 1]) - max(lo, edges[b])
             if piece > 0:
                 sums = out.setdefault((tuple(row[:width]), b), [0] * len(STATE_SUMS))

@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session
 
 from observer.core.agent_usage import COUNTERS, UsageReport
 from observer.core.timeline import Timeline
+from observer.core.times import crosses_day
 from observer.core.tracker import (
     Close,
     Open,
@@ -330,6 +331,8 @@ def _close(db: Session, op: Close, now: datetime) -> None:
         .values(
             left_at=left_at,
             duration_ms=duration_ms,
+            # (false by default: set only when true)
+            **({"crosses_day": True} if crosses_day(row.joined_at, left_at) else {}),
             disconnect_reason=op.reason,
             end_source=op.end_source,
             end_uncertainty_ms=op.uncertainty_ms,
