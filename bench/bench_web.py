@@ -2,8 +2,8 @@
 bench/bench_usage.py (1,000 of them open, in 1,000 live rooms), on SQLite and PostgreSQL.
 
 Times a GET of each view from the page served in-process (as `observer web` serves it),
-medians of several runs; the 30-day chart both cold and from its 60 s cache. Then the live
-view's refresh (`/now/live`, every 5 s with one browser open) as a share of one core.
+medians of several runs; the Minutes view on a first visit and from its cache. (The live
+view's CPU share: bench/bench_live_view.py.)
 
     .venv/bin/python bench/bench_web.py                 # starts a private PostgreSQL
 """
@@ -109,16 +109,6 @@ async def bench(name: str, url: str, rows: list[tuple[object, ...]], runs: int) 
                 else:
                     times = [await get(path) for _ in range(runs)]
                     print(f"  {path}: median {statistics.median(times):.3f} s", flush=True)
-            # the live view: one refresh every 5 s; the process's CPU time per refresh
-            cpu0, n = time.process_time(), 20
-            for _ in range(n):
-                await get("/now/live")
-            per = (time.process_time() - cpu0) / n
-            print(
-                f"  /now/live with {live} live rooms: {per * 1000:.1f} ms of CPU per refresh,"
-                f" {per / 5 * 100:.2f} % of one core at one refresh per 5 s",
-                flush=True,
-            )
     finally:
         await runner.cleanup()
         store.close()

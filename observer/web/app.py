@@ -10,12 +10,14 @@ import asyncio
 import hashlib
 import hmac
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
 import jinja2
+import markupsafe
 from aiohttp import web
 
 from observer.core.times import iso, utcnow
@@ -85,6 +87,7 @@ class WebPage:
         self._refresh_s = refresh_s
         self._clock = clock
         self._cache = views.TtlCache(60.0)
+        self._rows: dict[tuple[Any, ...], str] = {}
         self._env = jinja2.Environment(
             loader=jinja2.FileSystemLoader(HERE / "templates"),
             autoescape=True,
@@ -147,15 +150,51 @@ class WebPage:
         )
 
     async def _now_live(self, request: web.Request) -> web.Response:
-        """The live rooms alone, for the page to swap in every few seconds."""
+        """The live rooms alone, for the page to swap in every few seconds; 304 when only
+        the clock moved (the page counts the seconds itself)."""
         now = self._clock()
         rooms = await self._run(views.now_view, self._store, now, self._stuck_after_s)
+        version = f'"{views.now_version(rooms)}"'
+        headers = {"Cache-Control": "no-store", "ETag": version}
+        if request.headers.get("If-None-Match") == version:
+            return web.Response(status=304, headers=headers)
         html = self._env.get_template("now_rooms.html").render(
-            rooms=rooms, now=now, stuck_after_s=self._stuck_after_s
+            rooms=rooms,
+            now=now,
+            stuck_after_s=self._stuck_after_s,
+            rows=markupsafe.Markup("".join(self._live_rows(rooms))),
         )
-        return web.Response(
-            text=html, content_type="text/html", headers={"Cache-Control": "no-store"}
-        )
+        return web.Response(text=html, content_type="text/html", headers=headers)
+
+    def _live_rows(self, rooms: list[views.NowRoom]) -> list[str]:
+        """Each agent's row, rendered once for as long as it looks the same (the page fills
+        in the seconds): a refresh after a few joins and leaves renders only those."""
+        row = self._env.get_template("now_row.html")
+        rendered: dict[tuple[Any, ...], str] = {}
+        out = []
+        for room in rooms:
+            for a in room.agents:
+                key = (
+                    room.sid,
+                    room.name,
+                    room.company,
+                    a.identity,
+                    a.agent_name,
+                    a.joined_at,
+                    a.alone_since,
+                    a.stuck,
+                )
+                html = self._rows.get(key)
+                if html is None:
+                    html = row.render(
+                        room=room,
+                        a=replace(a, standing_s=0.0, alone_s=None if a.alone_s is None else 0.0),
+                        ages=False,
+                    )
+                rendered[key] = html
+                out.append(html)
+        self._rows = rendered
+        return out
 
     async def _minutes(self, request: web.Request) -> web.Response:
         by = request.query.get("by", "agent").strip() or "agent"

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import threading
 import time
@@ -45,6 +46,7 @@ class NowAgent:
     joined_at: datetime
     standing_s: float
     alone_s: float | None  # None: not alone (or not known)
+    alone_since: datetime | None
     stuck: bool
 
 
@@ -56,6 +58,17 @@ class NowRoom:
     company: int | None
     alone_s: float | None
     stuck: bool
+
+
+def now_version(rooms: list[NowRoom]) -> str:
+    """Changes when what the live view shows changes, other than the clock: who is where,
+    who is alone since when, who is stuck."""
+    h = hashlib.sha256()
+    for r in rooms:
+        h.update(repr((r.sid, r.company, r.stuck)).encode())
+        for a in r.agents:
+            h.update(repr((a.identity, a.agent_name, a.joined_at, a.alone_since, a.stuck)).encode())
+    return h.hexdigest()[:32]
 
 
 def now_view(store: Store, now: datetime, stuck_after_s: float) -> list[NowRoom]:
@@ -76,6 +89,7 @@ def now_view(store: Store, now: datetime, stuck_after_s: float) -> list[NowRoom]
                 a.joined_at,
                 max(0.0, (now - a.joined_at).total_seconds()),
                 alone_s,
+                a.alone_since,
                 stuck,
             )
         )
