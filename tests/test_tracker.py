@@ -655,8 +655,22 @@ def test_seeded_rows_of_a_room_continue_and_are_settled_when_gone() -> None:
     assert tr.handle(Seeded("RM1", rows)) == Outcome()
     ops = step(tr, RoomJoined("r", "RM1", (agent("PA1", -50),), t(0)))
     assert opens(ops) == [] and Verify("RM1", "r") in ops
+    # seen by another observer 10 s ago: its real leave may still reach that observer (a
+    # participant that publishes nothing is announced on the server's 3 s ticker)
     ops = step(tr, Listed("RM1", True, frozenset({"PA1"}), t(0.5), t(0.6)))
-    assert closes(ops) == [("PA2", t(-10), None, END_RECONCILED, 10600)]
+    assert closes(ops) == []
+    assert Verify("RM1", "r") in step(tr, Tick(t(3.6)))
+    ops = step(tr, Listed("RM1", True, frozenset({"PA1"}), t(4.5), t(4.6)))
+    assert closes(ops) == [("PA2", t(-10), None, END_RECONCILED, 14600)]
+
+
+def test_a_row_seen_long_ago_by_another_observer_is_settled_at_once_when_gone() -> None:
+    tr = SessionTracker(frozenset({"agent"}))
+    row = TrackedSession("r", "RM1", "PA2", "id-PA2", "", "agent", None, {}, t(-90), t(-60))
+    tr.handle(Seeded("RM1", (row,)))
+    step(tr, RoomJoined("r", "RM1", (), t(0)))
+    ops = step(tr, Listed("RM1", True, frozenset(), t(0.5), t(0.6)))
+    assert closes(ops) == [("PA2", t(-60), None, END_RECONCILED, 60600)]
 
 
 def test_a_room_handed_over_is_forgotten_without_a_write() -> None:

@@ -481,6 +481,9 @@ class SessionTracker:
     # How long the server's listing may show a participant that a fresh join of the room
     # does not: a cluster node that died leaves its participants listed in Redis for good.
     stale_listing_s: float = 30.0
+    # How long the real leave of a participant that publishes nothing may take to reach
+    # the observers in its room (livekit-server's 3 s ticker, and some)
+    leave_news_s: float = 4.0
     _open: dict[SessionKey, TrackedSession] = field(default_factory=dict)
     _rooms: dict[str, _Room] = field(default_factory=dict)
     _suspect: dict[SessionKey, ParticipantLeft] = field(default_factory=dict)
@@ -495,6 +498,7 @@ class SessionTracker:
     _witnessed: set[SessionKey] = field(default_factory=set)  # recorded as witnessed
     _seen_live: set[SessionKey] = field(default_factory=set)  # ever seen over rtc
     _absent_at_join: dict[SessionKey, datetime] = field(default_factory=dict)
+    _absent_listed: dict[SessionKey, datetime] = field(default_factory=dict)
     _present: dict[str, dict[str, str]] = field(default_factory=dict)  # room -> sid -> kind
     _peak: dict[str, tuple[int, int]] = field(default_factory=dict)  # room -> agents, all
     _stuck_count: int = 0
@@ -812,9 +816,23 @@ class SessionTracker:
                         self._timelines.seen(
                             key, ev.at, self._open[key].attributes, self._alone(ev.room_sid)
                         )
+            elif self._another_may_tell(key, ev.at):
+                continue  # a suspect still: `_tick` lists the room again
             else:
                 ops.append(self._reconciled(key, ev.at))
         return ops
+
+    def _another_may_tell(self, key: SessionKey, at: datetime) -> bool:
+        """A session this observer never saw, that another observer saw moments ago, gone
+        from the server's listing: that observer may yet report the real leave (the server
+        announces the leave of a participant that publishes nothing on a 3 s ticker), so
+        the missed-leave bound waits `leave_news_s` for it."""
+        if key in self._seen_live:
+            return False
+        if at - self._open[key].last_seen_at > timedelta(seconds=self.leave_news_s + 10):
+            return False
+        first = self._absent_listed.setdefault(key, at)
+        return at - first < timedelta(seconds=self.leave_news_s)
 
     def _gone(self, room_sid: str, at: datetime, listed_at: datetime | None) -> list[Op]:
         ops: list[Op] = self._room_ended(room_sid, at, "GONE")
@@ -862,6 +880,7 @@ class SessionTracker:
         self._witnessed.discard(key)
         self._seen_live.discard(key)
         self._absent_at_join.pop(key, None)
+        self._absent_listed.pop(key, None)
         if len(self._recently_closed) > RECENTLY_CLOSED_MAX:
             self._recently_closed.popitem(last=False)
         return Close(
