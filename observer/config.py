@@ -141,7 +141,7 @@ class Settings:
 
     @property
     def http_is_loopback(self) -> bool:
-        return self.http_host is None or _is_loopback(self.http_host)
+        return self.http_host is None or is_loopback(self.http_host)
 
     def require_livekit(self) -> LiveKitSettings:
         if self.livekit is None:
@@ -296,10 +296,6 @@ def _http_addr(r: _Reader) -> tuple[str | None, int]:
 
 def is_loopback(host: str) -> bool:
     """Whether `host` is reachable from this machine only."""
-    return _is_loopback(host)
-
-
-def _is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
     try:
