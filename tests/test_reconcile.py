@@ -319,6 +319,16 @@ def test_statement_clean_and_different(
     assert got["room", "r2"]["status"] == "missing_in_statement"
     assert got["room", "r3"]["observer_minutes"] == 60
     assert ("room", "r1") not in got
+    # the comparison is kept with the period, for the page
+    (kept,) = last_comparisons(march_db)
+    assert (kept.statement, kept.groups_compared, len(kept.differences)) == ("differs.csv", 8, 5)
+    assert {
+        "group_kind": "agent",
+        "group_key": "ghost",
+        "observer_minutes": None,
+        "statement_minutes": "7",
+        "status": "missing_in_observer",
+    } in kept.differences
 
     # within the tolerance: clean; CSV report chosen by --report-format
     report = tmp_path / "report.txt"
@@ -326,6 +336,21 @@ def test_statement_clean_and_different(
     code, out, _ = reconcile(capsys, *args)
     assert code == 0 and "0 difference(s) beyond 60 minute(s)" in out
     assert len(list(csv.reader(io.StringIO(report.read_text())))) == 1
+    (kept,) = last_comparisons(march_db)  # replaced by the latest comparison
+    assert (kept.tolerance_minutes, kept.differences) == ("60", [])
+
+
+def last_comparisons(db_url: str) -> list[Any]:
+    from sqlalchemy.orm import Session
+
+    from observer.db.schema import ReconcileComparisonRow
+
+    store = Store(db_url)
+    try:
+        with Session(store.engine) as db:
+            return list(db.query(ReconcileComparisonRow))
+    finally:
+        store.close()
 
 
 BAD_STATEMENTS = [

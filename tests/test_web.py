@@ -294,3 +294,68 @@ async def test_with_a_token_the_page_needs_it_or_the_login_cookie(
             assert r.status == 200 and "Live agents" in await r.text()
         async with http.get(f"{base}/sessions.csv") as r:
             assert r.status == 200
+
+
+async def test_observer_web_serves_the_page_from_the_database_alone(
+    db_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`observer web` as a process, with no LiveKit settings; bad input is one line."""
+    import os
+    import subprocess
+    import sys
+
+    fill(db_url, datetime.now(UTC))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("LIVEKIT_", "OBSERVER_"))}
+    env["OBSERVER_DATABASE_URL"] = db_url
+    port = free_tcp_port()
+
+    def start() -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
+            [sys.executable, "-m", "observer", "web", "--addr", f"127.0.0.1:{port}"],
+            env=env,
+            cwd=tmp_path,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+
+    web = await asyncio.to_thread(start)
+    try:
+        base = f"http://127.0.0.1:{port}"
+
+        async def up() -> bool:
+            try:
+                return (await get(f"{base}/healthz"))[0] == 200
+            except aiohttp.ClientError:
+                return False
+
+        await wait_for(up, 20, "observer web did not start")
+        status, html = await get(f"{base}/now")
+        assert status == 200 and 'data-identity="id-live"' in html
+        status, html = await get(f"{base}/health")
+        assert status == 200 and "not a daemon" in html
+    finally:
+        web.terminate()
+        assert await asyncio.to_thread(web.wait, 20) == 0
+
+    os.environ["OBSERVER_DATABASE_URL"] = db_url
+    try:
+        for args, words in [
+            (["web", "--addr", "nowhere"], "--addr"),
+            (["web", "--addr", "127.0.0.1:0"], "--addr"),
+        ]:
+            capsys.readouterr()
+            assert main(args) == 2
+            err = capsys.readouterr().err.strip().splitlines()
+            assert len(err) == 1 and words in err[0], err
+    finally:
+        del os.environ["OBSERVER_DATABASE_URL"]
+
+
+def test_observer_web_on_a_database_without_the_schema_is_one_line(
+    empty_db_url: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OBSERVER_DATABASE_URL", empty_db_url)
+    capsys.readouterr()
+    assert main(["web"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "observer migrate" in err[0], err
