@@ -427,3 +427,20 @@ class AgentWorker:
 def framework_threads() -> list[threading.Thread]:
     """Threads started by livekit-agents that are still alive."""
     return [t for t in threading.enumerate() if t.name in FRAMEWORK_THREAD_NAMES]
+
+
+async def dispatch(server: LiveKitServer, worker: AgentWorker, room: str) -> DispatchedJob:
+    """Dispatch the worker's agent into ``room``; returns once the agent is in the room
+    (with ``voice``, once it is listening)."""
+    from livekit import api
+
+    lkapi = server.api_client()
+    try:
+        created = await lkapi.agent_dispatch.create_dispatch(
+            api.CreateAgentDispatchRequest(agent_name=worker.agent_name, room=room)
+        )
+    finally:
+        await lkapi.aclose()
+    job = await worker.next_job(timeout=15)
+    assert job.dispatch_id == created.id
+    return job

@@ -17,9 +17,9 @@ import uuid
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 
-from agents_worker import AgentWorker, DispatchedJob, framework_threads
+from agents_worker import AgentWorker, dispatch, framework_threads
 from daemon_helpers import Clients, RunningObserver, create_room
-from livekit import api, rtc
+from livekit import rtc
 from livekit_server import LiveKitServer
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -37,20 +37,6 @@ STATE_COLUMNS = (
     "state_speaking_ms",
     "state_other_ms",
 )
-
-
-async def dispatch(server: LiveKitServer, worker: AgentWorker, room: str) -> DispatchedJob:
-    """Dispatch the worker's agent into ``room``; returns once the agent is listening."""
-    lkapi = server.api_client()
-    try:
-        created = await lkapi.agent_dispatch.create_dispatch(
-            api.CreateAgentDispatchRequest(agent_name=worker.agent_name, room=room)
-        )
-    finally:
-        await lkapi.aclose()
-    job = await worker.next_job(timeout=15)
-    assert job.dispatch_id == created.id
-    return job
 
 
 async def join_caller(clients: Clients, room: str, identity: str) -> rtc.Room:

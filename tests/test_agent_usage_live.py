@@ -23,12 +23,12 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from agents_worker import AgentWorker, DispatchedJob, framework_threads
+from agents_worker import AgentWorker, DispatchedJob, dispatch, framework_threads
 from daemon_helpers import Clients, RunningObserver, create_room
 from livekit_server import LiveKitServer
 from sqlalchemy import select
 from sqlalchemy.orm import Session
-from test_agent_states import dispatch, join_caller
+from test_agent_states import join_caller
 
 from observer.core.agent_usage import COUNTERS
 from observer.db.schema import AgentUsageRow, SessionRow

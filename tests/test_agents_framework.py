@@ -12,26 +12,12 @@ import asyncio
 import os
 import uuid
 
-from agents_worker import AgentWorker, DispatchedJob, framework_threads
+from agents_worker import AgentWorker, dispatch, framework_threads
 from daemon_helpers import Clients, create_room
-from livekit import api, rtc
+from livekit import rtc
 from livekit_server import LiveKitServer
 
 AGENT_NAME = "front-desk"
-
-
-async def dispatch(server: LiveKitServer, worker: AgentWorker, room: str) -> DispatchedJob:
-    """Dispatch the worker's agent into ``room``; returns once the agent is in the room."""
-    lkapi = server.api_client()
-    try:
-        created = await lkapi.agent_dispatch.create_dispatch(
-            api.CreateAgentDispatchRequest(agent_name=worker.agent_name, room=room)
-        )
-    finally:
-        await lkapi.aclose()
-    job = await worker.next_job(timeout=15)
-    assert job.dispatch_id == created.id
-    return job
 
 
 async def test_dispatched_framework_agent_is_recorded(
