@@ -777,3 +777,19 @@ def test_the_same_participant_seen_again_with_a_finer_join_time_is_not_supersede
     ops = step(tr, ParticipantJoined("r", "RM1", agent("PA1", 10.25, identity="bot"), t(12)))
     assert closes(ops) == []
     assert [k.participant_sid for k in tr.open_sessions] == ["PA1"]
+
+
+def test_a_row_listed_again_waits_afresh_when_it_goes_missing_later() -> None:
+    tr = SessionTracker(frozenset({"agent"}))
+    row = TrackedSession("r", "RM1", "PA2", "id-PA2", "", "agent", None, {}, t(-20), t(-2))
+    tr.handle(Seeded("RM1", (row,)))
+    step(tr, RoomJoined("r", "RM1", (), t(0)))
+    assert closes(step(tr, Listed("RM1", True, frozenset(), t(0.5), t(0.6)))) == []
+    # listed after all (the first listing was wrong, say): no longer a suspect
+    assert closes(step(tr, Listed("RM1", True, frozenset({"PA2"}), t(3.5), t(3.6)))) == []
+    step(tr, Reconnecting("RM1", t(8)))
+    step(tr, Reconnected("RM1", (), t(9)))
+    # absent again: the 4 s wait starts again, rather than from the first absence
+    assert closes(step(tr, Listed("RM1", True, frozenset(), t(9.5), t(9.6)))) == []
+    ops = step(tr, Listed("RM1", True, frozenset(), t(13.5), t(13.7)))
+    assert [c[0] for c in closes(ops)] == ["PA2"]

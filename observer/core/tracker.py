@@ -607,6 +607,7 @@ class SessionTracker:
                     self._witness.pop(key, None)
                     self._seen_live.discard(key)
                     self._absent_at_join.pop(key, None)
+                    self._absent_listed.pop(key, None)
                 return []
             case Seeded():
                 for s in ev.sessions:
@@ -803,6 +804,7 @@ class SessionTracker:
             if key not in self._open:
                 self._suspect.pop(key)
             elif key.participant_sid in ev.present:
+                self._absent_listed.pop(key, None)  # a later absence waits afresh
                 absent_since = self._absent_at_join.get(key)
                 if absent_since is not None and self._watching(ev.room_sid):
                     # listed, yet not in the room its node shows: stale once it lasts
