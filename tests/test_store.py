@@ -173,3 +173,38 @@ def test_naive_datetimes_are_refused(db_url: str) -> None:
             store.apply([Open(session(joined_at=datetime(2026, 1, 1)))], "obs")
     finally:
         store.close()
+
+
+def test_a_stuck_alert_is_claimed_once_per_occurrence(db_url: str) -> None:
+    from observer.core.tracker import RoomEnded, RoomPresence, RoomSeen
+    from observer.db import fleet as fleet_db
+
+    store = Store(db_url)
+
+    def claim(observer: str, since: datetime, room_sid: str = "RM1") -> bool:
+        return fleet_db.claim_stuck_alert(
+            store.engine,
+            room_sid=room_sid,
+            room_name="room",
+            alone_since=since,
+            observer_id=observer,
+            now=since + timedelta(seconds=30),
+        )
+
+    try:
+        store.apply([RoomSeen("RM1", "room", None, T0, T0, 1, 1)], "obs-a")
+        assert claim("obs-a", T0)
+        assert not claim("obs-b", T0 + timedelta(seconds=2))  # the same spell, seen later
+        assert not claim("obs-a", T0)
+        assert claim("obs-b", T0, room_sid="RM2")  # another room
+        # alone again after company: a new occurrence
+        store.apply([RoomPresence("RM1", "room", 1, 1, None, T0 + timedelta(minutes=1))], "obs-b")
+        assert claim("obs-b", T0 + timedelta(minutes=2))
+        store.apply([RoomPresence("RM1", "room", 1, 0, T0, T0 + timedelta(minutes=3))], "obs-a")
+        assert not claim("obs-a", T0 + timedelta(minutes=3))  # still alone: no new occurrence
+        store.apply([RoomEnded("RM1", "room", T0 + timedelta(minutes=4), "ROOM_DELETED")], "obs-a")
+        with store.engine.connect() as conn:
+            left = conn.execute(text("SELECT room_sid, observer_id FROM stuck_alerts")).all()
+        assert [tuple(r) for r in left] == [("RM2", "obs-b")]
+    finally:
+        store.close()

@@ -19,7 +19,7 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection
 
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -57,7 +57,6 @@ class Fleet:
         self.members: tuple[str, ...] = (self.me,)
         self.others: list[fleet_db.Member] = []
         self._healthy_since: float | None = None
-        self._assignment: Mapping[str, tuple[str, ...]] = {}
         self._stopping = False
         self._beats = 0
         metrics.observers_alive.set_function(lambda: len(self.members))
@@ -67,18 +66,12 @@ class Fleet:
     def mine(self, room_names: Collection[str]) -> set[str]:
         """Of these rooms (a whole listing), the ones this observer watches."""
         if not self.shared or self.members == (self.me,):
-            self._assignment = {}
             mine = set(room_names)
         else:
-            self._assignment = assign(room_names, self.members, self.replicas)
-            mine = {room for room, obs in self._assignment.items() if self.me in obs}
+            assignment = assign(room_names, self.members, self.replicas)
+            mine = {room for room, obs in assignment.items() if self.me in obs}
         self._metrics.rooms_owned.set(len(mine))
         return mine
-
-    def is_primary(self, room_name: str) -> bool:
-        """Whether this observer speaks for the room (alerts), of those that watch it."""
-        owners = self._assignment.get(room_name)
-        return owners is None or owners[0] == self.me
 
     # ---- heartbeats -----------------------------------------------------------------------
 

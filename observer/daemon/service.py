@@ -312,8 +312,9 @@ class Observer:
             telemetry.record_writes(self.metrics, out.writes)
             self._submit(out.writes)
             for notice in out.notices:
-                if isinstance(notice, StuckAgents) and not self._speaks_for(notice.room_name):
-                    continue  # another observer of this room raises the alert
+                if isinstance(notice, StuckAgents) and self.fleet is not None and self.fleet.shared:
+                    self._spawn(self._alert_once(notice), "stuck alert")
+                    continue
                 telemetry.record_notice(
                     self.metrics, notice, stuck_limit_s=self.settings.stuck_agent_s
                 )
@@ -330,8 +331,24 @@ class Observer:
             extra={"room": ev.room_name, "room_sid": ev.room_sid, "present": len(ev.present)},
         )
 
-    def _speaks_for(self, room_name: str) -> bool:
-        return self.fleet is None or self.fleet.is_primary(room_name)
+    async def _alert_once(self, notice: StuckAgents) -> None:
+        """With a shared database, the observer that claims the occurrence first raises the
+        alert; the room's other observers stay quiet. If the claim cannot be written, alert."""
+        try:
+            claimed = await asyncio.to_thread(
+                fleet_db.claim_stuck_alert,
+                self.store.engine,
+                room_sid=notice.room_sid,
+                room_name=notice.room_name,
+                alone_since=notice.alone_since,
+                observer_id=self.settings.observer_id,
+                now=utcnow(),
+            )
+        except SQLAlchemyError as exc:
+            log.warning("could not claim a stuck-agent alert", extra={"detail": str(exc)})
+            claimed = True
+        if claimed:
+            telemetry.record_notice(self.metrics, notice, stuck_limit_s=self.settings.stuck_agent_s)
 
     async def _tick(self) -> None:
         while True:

@@ -10,7 +10,13 @@ from sqlalchemy import Engine, delete, func, select
 from sqlalchemy.orm import Session
 
 from observer.core.tracker import TrackedSession
-from observer.db.schema import ObserverRow, SessionRow, SessionWitnessRow, dialect_insert
+from observer.db.schema import (
+    ObserverRow,
+    SessionRow,
+    SessionWitnessRow,
+    StuckAlertRow,
+    dialect_insert,
+)
 from observer.db.writes import tracked
 
 
@@ -83,6 +89,31 @@ def leave(engine: Engine, observer_id: str) -> None:
     """A clean stop: this observer no longer counts."""
     with Session(engine) as db, db.begin():
         db.execute(delete(ObserverRow).where(ObserverRow.observer_id == observer_id))
+
+
+def claim_stuck_alert(
+    engine: Engine,
+    *,
+    room_sid: str,
+    room_name: str,
+    alone_since: datetime,
+    observer_id: str,
+    now: datetime,
+) -> bool:
+    """Whether this observer raises the alert for agents alone in the room: the first to
+    claim it does; the claim lasts until the room has company again (`writes`)."""
+    with Session(engine) as db, db.begin():
+        stmt = dialect_insert(db.get_bind().dialect.name, StuckAlertRow.__table__).values(
+            room_sid=room_sid,
+            room_name=room_name,
+            alone_since=alone_since,
+            alerted_at=now,
+            observer_id=observer_id,
+        )
+        claimed = stmt.on_conflict_do_nothing(index_elements=["room_sid"]).returning(
+            StuckAlertRow.room_sid
+        )
+        return db.execute(claimed).first() is not None
 
 
 def open_in_room(engine: Engine, room_sid: str) -> list[TrackedSession]:

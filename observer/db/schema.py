@@ -257,6 +257,20 @@ class ObserverRow(Base):
     rooms: Mapped[list[str]] = mapped_column(JSON, default=list)  # names of rooms it is in
 
 
+class StuckAlertRow(Base):
+    """A stuck-agent alert raised for a room, by whichever observer claimed it first; gone
+    once the room has company again, its agents left, or it ended. With several observers,
+    one alert per occurrence."""
+
+    __tablename__ = "stuck_alerts"
+
+    room_sid: Mapped[str] = mapped_column(Text, primary_key=True)
+    room_name: Mapped[str] = mapped_column(Text)
+    alone_since: Mapped[datetime] = mapped_column(UTCDateTime)
+    alerted_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    observer_id: Mapped[str] = mapped_column(Text)
+
+
 class PeriodRollupRow(Base):
     """One group's standing time in one period, written by `observer reconcile`."""
 

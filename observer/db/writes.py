@@ -11,6 +11,7 @@ from typing import Any, assert_never
 from sqlalchemy import (
     Engine,
     bindparam,
+    delete,
     func,
     insert,
     select,
@@ -42,6 +43,7 @@ from observer.db.schema import (
     SessionRow,
     SessionSpanRow,
     SessionWitnessRow,
+    StuckAlertRow,
     WebhookEventRow,
     dialect_insert,
 )
@@ -179,6 +181,8 @@ def _room_presence(db: Session, op: RoomPresence, now: datetime) -> None:
             updated_at=now,
         )
     )
+    if op.alone_since is None:  # company again, or no agents: a later alone spell alerts anew
+        db.execute(delete(StuckAlertRow).where(StuckAlertRow.room_sid == op.room_sid))
 
 
 def _room_ended(db: Session, op: RoomEnded, now: datetime) -> None:
@@ -209,6 +213,7 @@ def _room_ended(db: Session, op: RoomEnded, now: datetime) -> None:
             ),
         )
     )
+    db.execute(delete(StuckAlertRow).where(StuckAlertRow.room_sid == op.room_sid))
 
 
 def record_usage(db: Session, report: UsageReport, now: datetime) -> list[str]:
