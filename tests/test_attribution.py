@@ -398,3 +398,26 @@ def test_reconcile_rolls_up_and_compares_by_keyed_groupings(
     # rolled up by room metadata too, on a period now finalized: new rows, not drift
     assert main([*base, "--by", "room-metadata:customer"]) == 0, capsys.readouterr()
     assert main([*base, "--by", "identity"]) == 2
+
+
+def test_usage_states_by_month_count_sessions_holding_a_midnight_once(
+    billed_db: list[dict[str, Any]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Months are cut at a midnight: a session that holds another midnight lies in one
+    month, yet its states come from its spans rather than its own columns."""
+    capsys.readouterr()
+    args = ["usage", "--from", "2026-02-20", "--to", "2026-03-04", "--now", "2026-03-03T12:00:00Z"]
+    args += ["--by", "attribute:customer", "--by", "month", "--states", "--format", "json"]
+    assert main(args) == 0
+    fields = [f"state_{n}_ms" for n in (*AGENT_STATES, "other", "unknown")] + ["alone_ms"]
+    lines = [line for line in json.loads(capsys.readouterr().out) if line["month"] == "2026-03"]
+    got = {(line["attribute:customer"],): {f: line[f] for f in fields if line[f]} for line in lines}
+    want = {
+        k: {f: v for f, v in d.items() if v}
+        for k, d in reference_states(billed_db, ["attribute:customer"]).items()
+    }
+    assert got == want
+    assert any(
+        START <= s["joined"] and s["left"] and s["joined"].date() < s["left"].date() < END.date()
+        for s in billed_db
+    )  # some lie in March and hold a midnight

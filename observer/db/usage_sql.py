@@ -140,6 +140,31 @@ def usage_totals(conn: Connection, spec: UsageSpec) -> list[UsageTotal]:
     return totals
 
 
+def _at_midnights(spec: UsageSpec) -> bool:
+    """Whether the buckets are cut only at UTC midnights (days, months), so that a closed
+    session lies in one bucket when `crosses_day` is false."""
+    inner = spec.edges[1:-1]
+    return bool(inner) and all(e.astimezone(UTC).time() == datetime.min.time() for e in inner)
+
+
+def _columns_unless_crossing(spec: UsageSpec, dialect: str) -> bool:
+    """Whether `_usage_query` takes a session's state columns when it holds no midnight
+    (rather than when its times fall in one bucket). PostgreSQL would compute those times
+    again for each column; SQLite has them at hand."""
+    return dialect == "postgresql" and _at_midnights(spec)
+
+
+def _by_columns(
+    edges: list[int], unless_crossing: bool, crosses: bool, joined: datetime, left: datetime
+) -> bool:
+    """Whether a closed session inside the window counts by its own state columns in
+    `_usage_query`: see `_columns_unless_crossing`."""
+    if unless_crossing:
+        return not crosses
+    first = bisect_right(edges, epoch_ms(joined)) - 1
+    return first == bisect_right(edges, epoch_ms(left) - 1) - 1
+
+
 def _cut_states(
     conn: Connection, spec: UsageSpec, since: datetime
 ) -> dict[tuple[tuple[str | None, ...], int], list[int]]:
@@ -167,14 +192,15 @@ def _cut_states(
         (t.c.joined_at >= since, t.c.joined_at < start, t.c.left_at > start),
         (t.c.joined_at >= end - reach, t.c.joined_at < end, t.c.left_at > end),
     ]
-    inner = spec.edges[1:-1]
-    if not inner:
+    unless_crossing = _columns_unless_crossing(spec, conn.dialect.name)
+    if len(spec.edges) == 2:
         pass  # one bucket: only the window's edges cut
-    elif all(e.astimezone(UTC).time() == datetime.min.time() for e in inner):
+    elif _at_midnights(spec):
         holding.append((t.c.crosses_day.is_(True), t.c.joined_at >= since, t.c.joined_at < end))
     else:
         holding.append((t.c.joined_at >= since, t.c.joined_at < end, t.c.left_at > start))
-    columns = [*keys, t.c.joined_at, t.c.left_at, sp.c.id, sp.c.kind, sp.c.value]
+    columns = [*keys, t.c.joined_at, t.c.left_at, t.c.crosses_day, sp.c.id, sp.c.kind]
+    columns += [sp.c.value]
     columns += [sp.c.started_at, sp.c.ended_at]
     query = union_all(*(select(*columns).select_from(source).where(*common, *h) for h in holding))
     index = {name: i for i, name in enumerate(STATE_SUMS)}
@@ -186,16 +212,17 @@ def _cut_states(
         return v.replace(tzinfo=UTC) if v.tzinfo is None else v  # SQLite gives naive UTC
 
     for row in conn.execute(query):
-        joined, left, span_id, kind, value, s, e = row[width:]
+        joined, left, crosses, span_id, kind, value, s, e = row[width:]
         if span_id in done:
             continue
         done.add(span_id)
         joined, left = utc(joined), utc(left)
-        if joined >= start and left <= end:
-            # counted by its own columns if it lies in one bucket (as `_usage_query` decides)
-            first = bisect_right(edges, epoch_ms(joined)) - 1
-            if first == bisect_right(edges, epoch_ms(left) - 1) - 1:
-                continue
+        if (
+            joined >= start
+            and left <= end
+            and _by_columns(edges, unless_crossing, crosses, joined, left)
+        ):
+            continue  # counted by its own columns (as `_usage_query` decides)
         name = "alone" if kind == "alone" else value if value in AGENT_STATES else OTHER_STATE
         lo, hi = max(epoch_ms(utc(s)), edges[0]), min(epoch_ms(utc(e)), edges[-1])
         for b in range(max(0, bisect_right(edges, lo) - 1), len(edges) - 1):
@@ -248,8 +275,14 @@ def _usage_query(spec: UsageSpec, dialect: str, since: datetime) -> Select[Any]:
     if any(g.startswith(ROOM_METADATA) for g in spec.group_by):
         source = t.outerjoin(rooms, rooms.c.sid == t.c.room_sid)
     # With states: a session's own state columns while it lies whole in the window (the
-    # bucketing below keeps them only when it lies whole in one bucket too); NULL otherwise
+    # bucketing below keeps them only when it lies whole in one bucket too); NULL otherwise,
+    # when `_cut_states` counts it from its spans
     whole = and_(t.c.left_at.is_not(None), t.c.joined_at >= start, t.c.left_at <= end)
+    unless_crossing = _columns_unless_crossing(spec, dialect)
+    if unless_crossing:
+        # ... and holds no midnight: then it lies in one bucket, which the bucketing below
+        # need not check
+        whole = and_(whole, t.c.crosses_day.is_(False))
     state_cols = [
         case((whole, t.c[_state_column(n)]), else_=None).label(f"st{i}")
         for i, n in enumerate(STATE_SUMS if spec.states else ())
@@ -288,7 +321,10 @@ def _usage_query(spec: UsageSpec, dialect: str, since: datetime) -> Select[Any]:
         first, last = bucket_of(c.s), bucket_of(c.e - 1)
         if dialect == "postgresql":
             series = func.generate_series(first, last).label("bucket")
-            in_one = [case((first == last, c[n]), else_=None).label(n) for n in names]
+            in_one = [
+                c[n] if unless_crossing else case((first == last, c[n]), else_=None).label(n)
+                for n in names
+            ]
             sp = select(*ckeys, c.s, c.e, series, *in_one).where(c.e > c.s).subquery("spans")
             piece = least(sp.c.e, edge(sp.c.bucket + 1)) - greatest(sp.c.s, edge(sp.c.bucket))
             parts = [
