@@ -421,3 +421,48 @@ def test_usage_states_by_month_count_sessions_holding_a_midnight_once(
         START <= s["joined"] and s["left"] and s["joined"].date() < s["left"].date() < END.date()
         for s in billed_db
     )  # some lie in March and hold a midnight
+
+
+@pytest.mark.parametrize("states", [False, True], ids=["standing", "states"])
+def test_usage_summed_in_stretches_at_once_equals_one_query(
+    billed_db: list[dict[str, Any]], db_url: str, states: bool
+) -> None:
+    """The window split by join time over several connections gives the sums of one query,
+    whatever the number of stretches, with open sessions and sessions holding the cuts."""
+    from observer.db.usage_sql import UsageSpec, usage_totals
+    from observer.reports.usage import bucket_edges
+
+    window = [
+        (bucket_edges(START, END, "day"), ("attribute:customer",)),
+        ((START - timedelta(hours=5), END), ("agent", "room-metadata:customer")),
+        (bucket_edges(START - timedelta(days=20), END, "month"), ("room-metadata",)),
+    ]
+    store = Store(db_url)
+    try:
+        # sessions that join right on a cut (2 and 3 stretches of the day window cut there)
+        for n, at in enumerate((MAR1 + timedelta(days=1), MAR1 + timedelta(days=1, hours=12))):
+            s = TrackedSession(
+                room_name="room-1",
+                room_sid="RM_room-1",
+                participant_sid=f"PA_cut-{n}",
+                identity=f"id-cut-{n}",
+                name="",
+                kind="agent",
+                agent_name="agent-0",
+                attributes={"customer": "acme"},
+                joined_at=at,
+                last_seen_at=at,
+            )
+            left = at + timedelta(minutes=3)
+            store.apply(
+                [Open(s), Close(s.key, left, "CLIENT_INITIATED", END_RTC, None, left, s)], "obs"
+            )
+        for edges, by in window:
+            spec = UsageSpec(edges=edges, group_by=by, open_until=NOW, states=states)
+            with store.engine.connect() as conn:
+                one = sorted(usage_totals(conn, spec))
+                assert one and sum(t.sessions for t in one) > 20
+                for parts in (2, 3, 7):
+                    assert sorted(usage_totals(conn, spec, parts)) == one, (edges, by, parts)
+    finally:
+        store.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
@@ -11,6 +12,7 @@ from sqlalchemy import (
     select,
     text,
 )
+from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session
 
 from observer.core.times import utcnow
@@ -48,6 +50,10 @@ class Store:
 
     def __init__(self, url: str) -> None:
         self.engine = make_engine(url)
+        # `usage` sums stretches of the window at once on this many connections: one per
+        # core, up to 4 (one for an in-memory SQLite, which each connection sees afresh)
+        memory = url.startswith("sqlite") and make_url(url).database in (None, "", ":memory:")
+        self.usage_parts = 1 if memory else max(1, min(os.cpu_count() or 1, 4))
 
     def close(self) -> None:
         self.engine.dispose()
@@ -106,7 +112,7 @@ class Store:
     def usage(self, spec: UsageSpec) -> list[UsageTotal]:
         """Standing time per group and bucket, computed in SQL."""
         with self.engine.connect() as conn:
-            return usage_totals(conn, spec)
+            return usage_totals(conn, spec, self.usage_parts)
 
     def stale_open_sessions(self, seen_before: datetime) -> list[StaleSession]:
         """Open sessions of every observer, last confirmed present before `seen_before`."""

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from bisect import bisect_right
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from itertools import pairwise
@@ -108,13 +109,15 @@ class UsageTotal(NamedTuple):  # a tuple: a month by agent and day is 30,000 of 
     states: tuple[int, ...] = ()  # with `UsageSpec.states`: ms per `STATE_SUMS` entry
 
 
-def usage_totals(conn: Connection, spec: UsageSpec) -> list[UsageTotal]:
-    if conn.dialect.name == "postgresql":
-        # For this transaction only: the planner's cost estimate is high enough to start JIT
-        # compiling, which takes longer than the query itself; and with the default work_mem
-        # (4MB) it groups a month by agent and day by sorting, about 1.6 times slower.
-        conn.exec_driver_sql("SET LOCAL jit = off")
-        conn.exec_driver_sql("SET LOCAL work_mem = '32MB'")
+def usage_totals(conn: Connection, spec: UsageSpec, parts: int = 1) -> list[UsageTotal]:
+    """Standing time (and states) per group and bucket.
+
+    With `parts` > 1 the sessions are split by when they joined into that many stretches of
+    the window, each summed at the same time on a connection of its own (`conn.engine`), and
+    the sums added up: each session is in one stretch, so every sum is the same as in one
+    query, and a machine with several cores uses them. Without, all is read in `conn`'s
+    transaction (reconcile relies on that)."""
+    _tune(conn)
     # How long before the window a session that reaches into it can have started: by the
     # longest closed session, or when the oldest open one started. Both come from indexes,
     # and the bound lets a window late in a long history read only the end of it.
@@ -124,7 +127,22 @@ def usage_totals(conn: Connection, spec: UsageSpec) -> list[UsageTotal]:
     since = spec.edges[0] - timedelta(milliseconds=(longest_ms or 0) + 1000)  # ms are rounded
     if spec.open_until is not None and oldest_open_at is not None:
         since = min(since, oldest_open_at)
-    rows = conn.execute(_usage_query(spec, conn.dialect.name, since)).all()
+    dialect = conn.dialect.name
+    start, end = spec.edges[0], spec.edges[-1]
+    rows: Sequence[Any]
+    if parts <= 1:
+        rows = conn.execute(_usage_query(spec, dialect, since, end)).all()
+    else:
+        step = (end - start) / parts
+        bounds = [since, *(start + step * i for i in range(1, parts)), end]
+
+        def stretch(lo: datetime, hi: datetime) -> list[Any]:
+            with conn.engine.connect() as own:
+                _tune(own, parallel=False)  # the stretches are the parallelism
+                return list(own.execute(_usage_query(spec, dialect, lo, hi)).all())
+
+        with ThreadPoolExecutor(max_workers=parts) as pool:
+            rows = _added(pool.map(stretch, bounds[:-1], bounds[1:]), len(spec.group_by))
     width = len(spec.group_by)
     if not spec.states:
         return [UsageTotal(tuple(row[:width]), *row[width:]) for row in rows]
@@ -138,6 +156,34 @@ def usage_totals(conn: Connection, spec: UsageSpec) -> list[UsageTotal]:
         n, ms_sum, minutes = row[width + 1 : width + 4]
         totals.append(UsageTotal(keys, bucket, n, ms_sum, minutes, tuple(states)))
     return totals
+
+
+def _tune(conn: Connection, parallel: bool = True) -> None:
+    if conn.dialect.name == "postgresql":
+        # For this transaction only: the planner's cost estimate is high enough to start JIT
+        # compiling, which takes longer than the query itself; and with the default work_mem
+        # (4MB) it groups a month by agent and day by sorting, about 1.6 times slower.
+        conn.exec_driver_sql("SET LOCAL jit = off")
+        conn.exec_driver_sql("SET LOCAL work_mem = '32MB'")
+        if not parallel:
+            conn.exec_driver_sql("SET LOCAL max_parallel_workers_per_gather = 0")
+
+
+def _added(results: Iterable[list[Any]], width: int) -> list[tuple[Any, ...]]:
+    """Rows of (keys..., bucket, sums...) from several stretches, summed per keys and
+    bucket; a sum that is NULL in every stretch stays NULL."""
+    out: dict[tuple[Any, ...], list[Any]] = {}
+    for rows in results:
+        for row in rows:
+            head = tuple(row[: width + 1])
+            sums = out.get(head)
+            if sums is None:
+                out[head] = list(row[width + 1 :])
+                continue
+            for i, v in enumerate(row[width + 1 :]):
+                if v is not None:
+                    sums[i] = v if sums[i] is None else sums[i] + v
+    return [(*head, *sums) for head, sums in out.items()]
 
 
 def _at_midnights(spec: UsageSpec) -> bool:
@@ -155,14 +201,14 @@ def _columns_unless_crossing(spec: UsageSpec, dialect: str) -> bool:
 
 
 def _by_columns(
-    edges: list[int], unless_crossing: bool, crosses: bool, joined: datetime, left: datetime
+    edges: list[int], unless_crossing: bool, crosses: bool, joined_ms: int, left_ms: int
 ) -> bool:
     """Whether a closed session inside the window counts by its own state columns in
     `_usage_query`: see `_columns_unless_crossing`."""
     if unless_crossing:
         return not crosses
-    first = bisect_right(edges, epoch_ms(joined)) - 1
-    return first == bisect_right(edges, epoch_ms(left) - 1) - 1
+    first = bisect_right(edges, joined_ms) - 1
+    return first == bisect_right(edges, left_ms - 1) - 1
 
 
 def _cut_states(
@@ -199,32 +245,25 @@ def _cut_states(
         holding.append((t.c.crosses_day.is_(True), t.c.joined_at >= since, t.c.joined_at < end))
     else:
         holding.append((t.c.joined_at >= since, t.c.joined_at < end, t.c.left_at > start))
-    columns = [*keys, t.c.joined_at, t.c.left_at, t.c.crosses_day, sp.c.id, sp.c.kind]
-    columns += [sp.c.value]
-    columns += [sp.c.started_at, sp.c.ended_at]
+    dialect = conn.dialect.name
+    whole = and_(t.c.joined_at >= start, t.c.left_at <= end)  # as in `_usage_query`
+    columns = [*keys, case((whole, 1), else_=0), t.c.crosses_day, sp.c.id, sp.c.kind, sp.c.value]
+    columns += [_epoch_ms_sql(c, dialect) for c in (t.c.joined_at, t.c.left_at)]
+    columns += [_epoch_ms_sql(c, dialect) for c in (sp.c.started_at, sp.c.ended_at)]
     query = union_all(*(select(*columns).select_from(source).where(*common, *h) for h in holding))
     index = {name: i for i, name in enumerate(STATE_SUMS)}
     out: dict[tuple[tuple[str | None, ...], int], list[int]] = {}
     width = len(keys)
     done: set[int] = set()
-
-    def utc(v: datetime) -> datetime:
-        return v.replace(tzinfo=UTC) if v.tzinfo is None else v  # SQLite gives naive UTC
-
     for row in conn.execute(query):
-        joined, left, crosses, span_id, kind, value, s, e = row[width:]
+        inside, crosses, span_id, kind, value, joined, left, s, e = row[width:]
         if span_id in done:
             continue
         done.add(span_id)
-        joined, left = utc(joined), utc(left)
-        if (
-            joined >= start
-            and left <= end
-            and _by_columns(edges, unless_crossing, crosses, joined, left)
-        ):
+        if inside and _by_columns(edges, unless_crossing, crosses, joined, left):
             continue  # counted by its own columns (as `_usage_query` decides)
         name = "alone" if kind == "alone" else value if value in AGENT_STATES else OTHER_STATE
-        lo, hi = max(epoch_ms(utc(s)), edges[0]), min(epoch_ms(utc(e)), edges[-1])
+        lo, hi = max(s, edges[0]), min(e, edges[-1])
         for b in range(max(0, bisect_right(edges, lo) - 1), len(edges) - 1):
             if edges[b] >= hi:
                 break
@@ -235,12 +274,12 @@ def _cut_states(
     return out
 
 
-def _usage_query(spec: UsageSpec, dialect: str, since: datetime) -> Select[Any]:
+def _usage_query(spec: UsageSpec, dialect: str, since: datetime, until: datetime) -> Select[Any]:
     """Sum the pieces of sessions per group and bucket, in whole milliseconds.
 
-    Each session (that started at or after `since`) is clipped to the window, then gets one
-    row per bucket it touches (nearly always one), then the piece inside that bucket is
-    measured, rounded and summed.
+    Each session (that started at or after `since` and before `until`) is clipped to the
+    window, then gets one row per bucket it touches (nearly always one), then the piece
+    inside that bucket is measured, rounded and summed.
     """
     t = Base.metadata.tables["sessions"]
     edges = [epoch_ms(e) for e in spec.edges]
@@ -258,7 +297,7 @@ def _usage_query(spec: UsageSpec, dialect: str, since: datetime) -> Select[Any]:
         return fn(a, b, type_=BigInteger)
 
     left_ms = _epoch_ms_sql(t.c.left_at, dialect)
-    wanted = [t.c.joined_at >= since, t.c.joined_at < end]
+    wanted = [t.c.joined_at >= since, t.c.joined_at < min(until, end)]
     if spec.kind is not None:
         wanted.append(t.c.participant_kind == spec.kind)
     ended: ColumnElement[int]
