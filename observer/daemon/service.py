@@ -344,7 +344,7 @@ class Observer:
                 observer_id=self.settings.observer_id,
                 now=utcnow(),
             )
-        except SQLAlchemyError as exc:
+        except (SQLAlchemyError, OSError) as exc:
             log.warning("could not claim a stuck-agent alert", extra={"detail": str(exc)})
             claimed = True
         if claimed:
