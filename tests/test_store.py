@@ -208,3 +208,41 @@ def test_a_stuck_alert_is_claimed_once_per_occurrence(db_url: str) -> None:
         assert [tuple(r) for r in left] == [("RM2", "obs-b")]
     finally:
         store.close()
+
+
+def test_upgrading_keeps_attributes_and_room_metadata(empty_db_url: str) -> None:
+    """Migration 0012 turns both into jsonb on PostgreSQL: every value reads back alike, and
+    the reports group by a key of each."""
+    from observer.db.reads import RoomFilter
+    from observer.db.usage_sql import UsageSpec
+
+    migrate.upgrade(empty_db_url, "0011")
+    attributes = {"lk.agent_name": "bob", "customer": "acme", "note": 'ünï \\ "quoted"'}
+    metadata = '{"customer": "zeta", "plan": {"tier": 2, "seats": [1, 2]}}'
+    store = Store(empty_db_url)
+    try:
+        with store.engine.begin() as conn:
+            conn.execute(
+                text(
+                    "INSERT INTO rooms (sid, name, metadata, metadata_json, first_seen_at,"
+                    " max_agents, max_participants, updated_at)"
+                    " VALUES ('RM1', 'room', :m, :j, :t, 1, 1, :t)"
+                ),
+                {"m": metadata, "j": metadata, "t": T0},
+            )
+        s = session(attributes=attributes)
+        store.apply([Open(s), close(s, T0 + timedelta(seconds=90))], "obs-1")
+        migrate.upgrade(empty_db_url)
+        (row,) = store.sessions(SessionFilter())
+        assert row.attributes == attributes
+        (room,) = store.rooms(RoomFilter())
+        assert room.metadata_json == {"customer": "zeta", "plan": {"tier": 2, "seats": [1, 2]}}
+        spec = UsageSpec(
+            edges=(T0, T0 + timedelta(hours=1)),
+            group_by=("attribute:customer", "room-metadata:customer", "attribute:note"),
+        )
+        (total,) = store.usage(spec)
+        assert total.keys == ("acme", "zeta", attributes["note"])
+        assert (total.sessions, total.duration_ms) == (1, 90_000)
+    finally:
+        store.close()

@@ -219,6 +219,7 @@ def _cut_states(
 
     Those are the few that hold the window's start or end, or (when every inner edge is a
     UTC midnight, as with days and months) hold a midnight: each found through an index."""
+    dialect = conn.dialect.name
     t = Base.metadata.tables["sessions"]
     sp = Base.metadata.tables["session_spans"]
     rooms = Base.metadata.tables["rooms"]
@@ -238,14 +239,13 @@ def _cut_states(
         (t.c.joined_at >= since, t.c.joined_at < start, t.c.left_at > start),
         (t.c.joined_at >= end - reach, t.c.joined_at < end, t.c.left_at > end),
     ]
-    unless_crossing = _columns_unless_crossing(spec, conn.dialect.name)
+    unless_crossing = _columns_unless_crossing(spec, dialect)
     if len(spec.edges) == 2:
         pass  # one bucket: only the window's edges cut
     elif _at_midnights(spec):
         holding.append((t.c.crosses_day.is_(True), t.c.joined_at >= since, t.c.joined_at < end))
     else:
         holding.append((t.c.joined_at >= since, t.c.joined_at < end, t.c.left_at > start))
-    dialect = conn.dialect.name
     whole = and_(t.c.joined_at >= start, t.c.left_at <= end)  # as in `_usage_query`
     columns = [*keys, case((whole, 1), else_=0), t.c.crosses_day, sp.c.id, sp.c.kind, sp.c.value]
     columns += [_epoch_ms_sql(c, dialect) for c in (t.c.joined_at, t.c.left_at)]
