@@ -246,3 +246,47 @@ def test_upgrading_keeps_attributes_and_room_metadata(empty_db_url: str) -> None
         assert (total.sessions, total.duration_ms) == (1, 90_000)
     finally:
         store.close()
+
+
+def test_epoch_milliseconds_are_kept_by_the_database(empty_db_url: str) -> None:
+    """Migration 0013 adds `joined_ms` and `left_ms`, generated from the times: filled for
+    the rows already there, kept as rows open and close, truncated to the millisecond
+    exactly as `epoch_ms` (the reports measure with them)."""
+    from observer.db.usage_sql import epoch_ms
+
+    migrate.upgrade(empty_db_url, "0012")
+    times = [T0 + timedelta(microseconds=us) for us in (0, 1, 499, 500, 999, 877_001, 999_999)] + [
+        datetime(1999, 12, 31, 23, 59, 59, 999_999, tzinfo=UTC)
+    ]
+    store = Store(empty_db_url)
+    try:
+        before = [session(sid=f"PA{i}", joined_at=at) for i, at in enumerate(times)]
+        store.apply(
+            [Open(s) for s in before]
+            + [close(s, s.joined_at + timedelta(minutes=3, microseconds=777)) for s in before],
+            "obs-1",
+        )
+        migrate.upgrade(empty_db_url)
+        still_open = session(sid="PA-open", joined_at=times[-2])
+        store.apply([Open(still_open)], "obs-1")
+
+        def stored() -> dict[str, tuple[int, int | None]]:
+            with store.engine.connect() as conn:
+                rows = conn.execute(
+                    text("SELECT participant_sid, joined_ms, left_ms FROM sessions")
+                ).all()
+            return {sid: (joined, left) for sid, joined, left in rows}
+
+        want = {
+            s.participant_sid: (
+                epoch_ms(s.joined_at),
+                epoch_ms(s.joined_at + timedelta(minutes=3, microseconds=777)),
+            )
+            for s in before
+        }
+        assert stored() == {**want, "PA-open": (epoch_ms(times[-2]), None)}
+        left = times[-2] + timedelta(seconds=1, microseconds=999_999)
+        store.apply([close(still_open, left)], "obs-1")
+        assert stored()["PA-open"] == (epoch_ms(times[-2]), epoch_ms(left))
+    finally:
+        store.close()

@@ -10,6 +10,7 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     CheckConstraint,
+    Computed,
     DateTime,
     Dialect,
     Engine,
@@ -27,6 +28,9 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+# PostgreSQL: a stored time as whole milliseconds since the epoch, truncated
+EPOCH_MS = "floor(extract(epoch from ({} - timestamptz '1970-01-01 00:00:00+00')) * 1000)::bigint"
 
 NAMING_CONVENTION = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -114,6 +118,15 @@ class SessionRow(Base):
     alone_ms: Mapped[int | None] = mapped_column(BigInteger)
     # a closed session that holds a UTC midnight: the few `observer usage --states` cuts
     crosses_day: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))
+    # joined_at and left_at as whole milliseconds since the epoch, truncated: what the usage
+    # sums measure, kept by the database itself. The expression is PostgreSQL's; SQLite
+    # computes the same value with its own functions (migration 0013).
+    joined_ms: Mapped[int | None] = mapped_column(
+        BigInteger, Computed(text(EPOCH_MS.format("joined_at")), persisted=True)
+    )
+    left_ms: Mapped[int | None] = mapped_column(
+        BigInteger, Computed(text(EPOCH_MS.format("left_at")), persisted=True)
+    )
 
     __table_args__ = (
         UniqueConstraint("room_sid", "participant_sid"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from bisect import bisect_right
+from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -44,6 +45,11 @@ USAGE_GROUP_COLUMNS = {
 ATTRIBUTE_PREFIX = "attribute:"
 ROOM_METADATA = "room-metadata"
 ROOM_METADATA_PREFIX = "room-metadata:"
+
+
+# `sessions.crosses_day` written as the predicate of its partial index: both planners use
+# the index only for these very words (SQLAlchemy writes `= 1` or `IS true`)
+CROSSING: ColumnElement[bool] = literal_column("sessions.crosses_day")
 
 
 def is_group_name(g: str) -> bool:
@@ -131,7 +137,7 @@ def usage_totals(conn: Connection, spec: UsageSpec, parts: int = 1) -> list[Usag
     start, end = spec.edges[0], spec.edges[-1]
     rows: Sequence[Any]
     if parts <= 1:
-        rows = conn.execute(_usage_query(spec, dialect, since, end)).all()
+        rows = conn.execute(_usage_query(spec, dialect, since, end, start - since)).all()
     else:
         step = (end - start) / parts
         bounds = [since, *(start + step * i for i in range(1, parts)), end]
@@ -139,7 +145,8 @@ def usage_totals(conn: Connection, spec: UsageSpec, parts: int = 1) -> list[Usag
         def stretch(lo: datetime, hi: datetime) -> list[Any]:
             with conn.engine.connect() as own:
                 _tune(own, parallel=False)  # the stretches are the parallelism
-                return list(own.execute(_usage_query(spec, dialect, lo, hi)).all())
+                query = _usage_query(spec, dialect, lo, hi, start - since)
+                return list(own.execute(query).all())
 
         with ThreadPoolExecutor(max_workers=parts) as pool:
             rows = _added(pool.map(stretch, bounds[:-1], bounds[1:]), len(spec.group_by))
@@ -165,6 +172,7 @@ def _tune(conn: Connection, parallel: bool = True) -> None:
         # (4MB) it groups a month by agent and day by sorting, about 1.6 times slower.
         conn.exec_driver_sql("SET LOCAL jit = off")
         conn.exec_driver_sql("SET LOCAL work_mem = '32MB'")
+        conn.exec_driver_sql("SET LOCAL enable_sort = off")
         if not parallel:
             conn.exec_driver_sql("SET LOCAL max_parallel_workers_per_gather = 0")
 
@@ -243,43 +251,49 @@ def _cut_states(
     if len(spec.edges) == 2:
         pass  # one bucket: only the window's edges cut
     elif _at_midnights(spec):
-        holding.append((t.c.crosses_day.is_(True), t.c.joined_at >= since, t.c.joined_at < end))
+        holding.append((CROSSING, t.c.joined_at >= since, t.c.joined_at < end))
     else:
         holding.append((t.c.joined_at >= since, t.c.joined_at < end, t.c.left_at > start))
     whole = and_(t.c.joined_at >= start, t.c.left_at <= end)  # as in `_usage_query`
     columns = [*keys, case((whole, 1), else_=0), t.c.crosses_day, sp.c.id, sp.c.kind, sp.c.value]
-    columns += [_epoch_ms_sql(c, dialect) for c in (t.c.joined_at, t.c.left_at)]
+    columns += [t.c.joined_ms, t.c.left_ms]
     columns += [_epoch_ms_sql(c, dialect) for c in (sp.c.started_at, sp.c.ended_at)]
     query = union_all(*(select(*columns).select_from(source).where(*common, *h) for h in holding))
-    index = {name: i for i, name in enumerate(STATE_SUMS)}
-    out: dict[tuple[tuple[str | None, ...], int], list[int]] = {}
+    state_index = {name: i for i, name in enumerate(AGENT_STATES)}
+    other, alone = STATE_SUMS.index(OTHER_STATE), STATE_SUMS.index("alone")
+    first, last, buckets = edges[0], edges[-1], len(edges) - 1
     width = len(keys)
     done: set[int] = set()
-    for row in conn.execute(query):
+    pieces: dict[tuple[tuple[str | None, ...], int, int], int] = defaultdict(int)
+    for row in conn.execute(query).all():
         inside, crosses, span_id, kind, value, joined, left, s, e = row[width:]
         if span_id in done:
             continue
         done.add(span_id)
         if inside and _by_columns(edges, unless_crossing, crosses, joined, left):
             continue  # counted by its own columns (as `_usage_query` decides)
-        name = "alone" if kind == "alone" else value if value in AGENT_STATES else OTHER_STATE
-        lo, hi = max(s, edges[0]), min(e, edges[-1])
-        for b in range(max(0, bisect_right(edges, lo) - 1), len(edges) - 1):
-            if edges[b] >= hi:
-                break
-            piece = min(hi, edges[b + 1]) - max(lo, edges[b])
-            if piece > 0:
-                sums = out.setdefault((tuple(row[:width]), b), [0] * len(STATE_SUMS))
-                sums[index[name]] += piece
+        i = alone if kind == "alone" else state_index.get(value, other)
+        lo, hi = max(s, first), min(e, last)
+        group = tuple(row[:width])
+        b = bisect_right(edges, lo) - 1
+        while lo < hi and b < buckets and edges[b] < hi:
+            pieces[group, b, i] += min(hi, edges[b + 1]) - max(lo, edges[b])
+            b += 1
+    out: dict[tuple[tuple[str | None, ...], int], list[int]] = {}
+    for (group, b, i), ms in pieces.items():
+        out.setdefault((group, b), [0] * len(STATE_SUMS))[i] += ms
     return out
 
 
-def _usage_query(spec: UsageSpec, dialect: str, since: datetime, until: datetime) -> Select[Any]:
+def _usage_query(
+    spec: UsageSpec, dialect: str, since: datetime, until: datetime, reach: timedelta
+) -> Select[Any]:
     """Sum the pieces of sessions per group and bucket, in whole milliseconds.
 
-    Each session (that started at or after `since` and before `until`) is clipped to the
-    window, then gets one row per bucket it touches (nearly always one), then the piece
-    inside that bucket is measured, rounded and summed.
+    Each session (that started at or after `since` and before `until`; no closed one
+    lasts longer than `reach`) is clipped to the window, then gets one row per bucket it
+    touches (nearly always one), then the piece inside that bucket is measured, rounded
+    and summed.
     """
     t = Base.metadata.tables["sessions"]
     edges = [epoch_ms(e) for e in spec.edges]
@@ -296,18 +310,17 @@ def _usage_query(spec: UsageSpec, dialect: str, since: datetime, until: datetime
         fn = func.min if dialect == "sqlite" else func.least
         return fn(a, b, type_=BigInteger)
 
-    left_ms = _epoch_ms_sql(t.c.left_at, dialect)
     wanted = [t.c.joined_at >= since, t.c.joined_at < min(until, end)]
     if spec.kind is not None:
         wanted.append(t.c.participant_kind == spec.kind)
     ended: ColumnElement[int]
     if spec.open_until is None:
         wanted.append(t.c.left_at > start)
-        ended = left_ms
+        ended = t.c.left_ms
     else:
         wanted.append(or_(t.c.left_at.is_(None), t.c.left_at > start))
         open_end = ms(min(epoch_ms(spec.open_until), edges[-1]))
-        ended = case((t.c.left_at.is_(None), open_end), else_=left_ms)
+        ended = case((t.c.left_at.is_(None), open_end), else_=t.c.left_ms)
     rooms = Base.metadata.tables["rooms"]
     keys = [_group_key(g, t, rooms).label(f"k{i}") for i, g in enumerate(spec.group_by)]
     source: Any = t
@@ -317,6 +330,39 @@ def _usage_query(spec: UsageSpec, dialect: str, since: datetime, until: datetime
     # bucketing below keeps them only when it lies whole in one bucket too); NULL otherwise,
     # when `_cut_states` counts it from its spans
     whole = and_(t.c.left_at.is_not(None), t.c.joined_at >= start, t.c.left_at <= end)
+    # Nearly every session is closed, lies whole in the window and holds no midnight: with
+    # days or months (or one bucket) it lies whole in the bucket of its join, so it is
+    # summed straight from its columns, without clipping or cutting, which lets
+    # PostgreSQL aggregate in its parallel workers. `_cut_states` decides the same way.
+    direct: Select[Any] | None = None
+    arms: list[tuple[ColumnElement[bool], ...]] = [()]
+    in_one_bucket = whole if len(edges) == 2 else and_(whole, t.c.crosses_day.is_(False))
+    if len(edges) == 2 or _at_midnights(spec):
+        bucket_of_join = (
+            literal_column("0") if len(edges) == 2 else _bucketing(edges)[0](t.c.joined_ms)
+        )
+        direct = (
+            select(
+                *keys,
+                bucket_of_join.label("bucket"),
+                (t.c.left_ms - t.c.joined_ms).label("ms"),
+                *(
+                    t.c[_state_column(n)].label(f"st{i}")
+                    for i, n in enumerate(STATE_SUMS if spec.states else ())
+                ),
+            )
+            .select_from(source)
+            .where(*wanted, in_one_bucket, t.c.left_ms > t.c.joined_ms)
+        )
+        # ... and the others are the few found through an index each: those that joined
+        # before the window, are open, hold a midnight or leave after the window
+        arms = [
+            (t.c.joined_at < start,),
+            (t.c.joined_at >= start, t.c.left_at.is_(None)),
+            (t.c.joined_at >= max(start, end - reach), t.c.left_at > end),
+        ]
+        if len(edges) > 2:
+            arms.append((t.c.joined_at >= start, CROSSING, t.c.left_at <= end))
     unless_crossing = _columns_unless_crossing(spec, dialect)
     if unless_crossing:
         # ... and holds no midnight: then it lies in one bucket, which the bucketing below
@@ -326,15 +372,16 @@ def _usage_query(spec: UsageSpec, dialect: str, since: datetime, until: datetime
         case((whole, t.c[_state_column(n)]), else_=None).label(f"st{i}")
         for i, n in enumerate(STATE_SUMS if spec.states else ())
     ]
-    clipped = (
-        select(
-            *keys,
-            greatest(_epoch_ms_sql(t.c.joined_at, dialect), ms(edges[0])).label("s"),
-            least(ended, ms(edges[-1])).label("e"),
-            *state_cols,
-        )
-        .select_from(source)
-        .where(*wanted)
+    clip = select(
+        *keys,
+        greatest(t.c.joined_ms, ms(edges[0])).label("s"),
+        least(ended, ms(edges[-1])).label("e"),
+        *state_cols,
+    ).select_from(source)
+    clipped: Any = (
+        clip.where(*wanted, *arms[0])
+        if len(arms) == 1
+        else union_all(*(clip.where(*wanted, *arm) for arm in arms))
     )
     if dialect == "sqlite":
         # Keeps SQLite from flattening this subquery into its users, which would compute
@@ -406,6 +453,9 @@ def _usage_query(spec: UsageSpec, dialect: str, since: datetime, until: datetime
                 .where(src.c.b1 > src.c.b0),
             ]
 
+    if direct is not None:
+        parts = [direct, *parts]
+
     def summed(pieces: Select[Any]) -> Select[Any]:
         p = pieces.subquery()
         pkeys = [p.c[k.name] for k in ckeys]
@@ -424,10 +474,10 @@ def _usage_query(spec: UsageSpec, dialect: str, since: datetime, until: datetime
 
     if len(parts) == 1:
         return summed(parts[0])
-    # Summing each part first and then the sums is faster in SQLite than one sum over both.
+    # Summing each part first and then the sums is faster in SQLite than one sum over all.
     both = union_all(*(summed(part) for part in parts)).subquery("parts")
     bkeys = [both.c[k.name] for k in ckeys]
-    sums = (func.sum(both.c[x]) for x in ("sessions", "ms", "minutes", *names))
+    sums = (cast(func.sum(both.c[x]), BigInteger) for x in ("sessions", "ms", "minutes", *names))
     return select(*bkeys, both.c.bucket, *sums).group_by(*bkeys, both.c.bucket)
 
 
