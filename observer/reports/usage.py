@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from bisect import bisect_right
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any, NamedTuple, Protocol
@@ -117,16 +117,14 @@ def bucket_edges(start: datetime, end: datetime, unit: str | None) -> tuple[date
     return tuple(edges)
 
 
-@dataclass
+@dataclass(slots=True)
 class _Group:
+    states: list[int]  # per `STATE_SUMS`, with `UsageQuery.states`
+    tokens: list[int]  # per `TOKEN_FIELDS`, with tokens or prices
+    costs: dict[str, Decimal | None]  # per `COST_KINDS`, with prices
     sessions: int = 0
     duration_ms: int = 0
     billable_minutes: int = 0
-    states: list[int] = field(default_factory=lambda: [0] * len(STATE_SUMS))
-    tokens: list[int] = field(default_factory=lambda: [0] * len(TOKEN_FIELDS))
-    costs: dict[str, Decimal | None] = field(
-        default_factory=lambda: dict.fromkeys(COST_KINDS, Decimal(0))
-    )
 
     def add_cost(self, kind: str, amount: Decimal | None) -> None:
         before = self.costs[kind]
@@ -176,10 +174,20 @@ def compute(
             warn(f"no price for {what}: its cost is left empty")
 
     groups: dict[tuple[str | None, ...], _Group] = {}
+    with_tokens = q.tokens or q.prices is not None
+
+    def group(key: tuple[str | None, ...]) -> _Group:
+        g = groups.get(key)
+        if g is None:  # only what `q` asks for: a month by agent and day is 30,000 groups
+            g = groups[key] = _Group(
+                states=[0] * len(STATE_SUMS) if q.states else [],
+                tokens=[0] * len(TOKEN_FIELDS) if with_tokens else [],
+                costs=dict.fromkeys(COST_KINDS, Decimal(0)) if q.prices is not None else {},
+            )
+        return g
+
     for t in store.usage(spec):
-        g = groups.setdefault(
-            tuple(t.keys[i] if i >= 0 else labels[t.bucket] for i in where), _Group()
-        )
+        g = group(tuple(t.keys[i] if i >= 0 else labels[t.bucket] for i in where))
         g.sessions += t.sessions
         g.duration_ms += t.duration_ms
         g.billable_minutes += t.billable_minutes
@@ -190,10 +198,9 @@ def compute(
             if price is None:
                 unpriced(f"agent minutes from {iso(edges[t.bucket])}")
             g.add_cost("agent_minutes", None if price is None else price * t.billable_minutes)
-    if q.tokens or q.prices is not None:
+    if with_tokens:
         for tt in store.tokens(spec):
-            key = tuple(tt.keys[i] if i >= 0 else labels[tt.bucket] for i in where)
-            g = groups.setdefault(key, _Group())
+            g = group(tuple(tt.keys[i] if i >= 0 else labels[tt.bucket] for i in where))
             flags = (tt.unseen, tt.backwards, tt.silent_realtime)
             for i, n in enumerate((tt.sessions, *tt.counters, *flags)):
                 g.tokens[i] += n
@@ -207,7 +214,7 @@ def compute(
                         tt.kind, model_cost(prices, dict(zip(COUNTERS, tt.counters, strict=True)))
                     )
     if not q.by and not groups:
-        groups[()] = _Group()
+        group(())
     lines = []
     for key, g in groups.items():
         costs: tuple[Decimal | None, ...] = ()

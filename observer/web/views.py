@@ -186,10 +186,14 @@ def month_table(store: Store, now: datetime, by: str = "agent") -> MonthTable:
     them for the same windows."""
     this_start = now.astimezone(UTC).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
     last_start = (this_start - timedelta(days=1)).replace(day=1)
-    this = usage.compute(store, usage.UsageQuery(this_start, now, now, by=(by,)))
-    last = usage.compute(store, usage.UsageQuery(last_start, this_start, now, by=(by,)))
-    this_by = {line.groups[0] or "": line for line in this}
-    last_by = {line.groups[0] or "": line for line in last}
+    # both months in one query, cut at the first of this month: the same numbers as a
+    # query for each month
+    both = usage.compute(store, usage.UsageQuery(last_start, now, now, by=("month", by)))
+    this_label = this_start.strftime("%Y-%m")
+    this = [line for line in both if line.groups[0] == this_label]
+    last = [line for line in both if line.groups[0] != this_label]
+    this_by = {line.groups[1] or "": line for line in this}
+    last_by = {line.groups[1] or "": line for line in last}
     rows = [MonthRow(k, this_by.get(k), last_by.get(k)) for k in sorted(this_by | last_by)]
 
     def total(lines: list[usage.UsageLine]) -> tuple[int, int, int]:
