@@ -290,3 +290,24 @@ def test_epoch_milliseconds_are_kept_by_the_database(empty_db_url: str) -> None:
         assert stored()["PA-open"] == (epoch_ms(times[-2]), epoch_ms(left))
     finally:
         store.close()
+
+
+def test_the_few_sessions_to_cut_are_found_through_their_indexes(db_url: str) -> None:
+    """The usage SQL finds the sessions holding a midnight through the partial index on
+    `crosses_day`; both planners use such an index only when the query repeats its
+    predicate word for word (not `crosses_day = 1` nor `crosses_day IS true`)."""
+    from observer.db.usage_sql import CROSSING
+
+    store = Store(db_url)
+    try:
+        with store.engine.connect() as conn:
+            predicate = str(CROSSING.compile(conn))
+            query = f"SELECT id FROM sessions WHERE {predicate} AND joined_at >= '2026-03-01'"
+            if conn.dialect.name == "postgresql":
+                conn.exec_driver_sql("SET enable_seqscan = off")  # the table is tiny here
+                plan = " ".join(r[0] for r in conn.exec_driver_sql(f"EXPLAIN {query}"))
+            else:
+                plan = " ".join(r[-1] for r in conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {query}"))
+    finally:
+        store.close()
+    assert "ix_sessions_crosses_day_joined_at" in plan, plan

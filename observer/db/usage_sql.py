@@ -27,6 +27,8 @@ from sqlalchemy import (
     select,
     union_all,
 )
+from sqlalchemy.sql.elements import UnaryExpression
+from sqlalchemy.sql.operators import custom_op
 
 from observer.core.agent_usage import COUNTERS
 from observer.core.timeline import AGENT_STATES, OTHER_STATE
@@ -357,9 +359,20 @@ def _usage_query(
         bucket_of_join = (
             literal_column("0") if len(edges) == 2 else _bucketing(edges)[0](t.c.joined_ms)
         )
+        # With statistics, SQLite reads a month by agent through (agent_name, joined_at)
+        # to have the rows in the grouping's order, jumping all over the table: 1.5-2 times
+        # slower than through joined_at. Its unary + (a no-op) keeps it from doing that.
+        direct_keys = keys
+        if dialect == "sqlite":
+            direct_keys = [
+                UnaryExpression(
+                    _group_key(g, t, rooms), operator=custom_op("+"), type_=Text()
+                ).label(f"k{i}")
+                for i, g in enumerate(spec.group_by)
+            ]
         direct = (
             select(
-                *keys,
+                *direct_keys,
                 bucket_of_join.label("bucket"),
                 (t.c.left_ms - t.c.joined_ms).label("ms"),
                 *(
