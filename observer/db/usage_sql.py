@@ -344,45 +344,15 @@ def _usage_query(
     source: Any = t
     if any(g.startswith(ROOM_METADATA) for g in spec.group_by):
         source = t.outerjoin(rooms, rooms.c.sid == t.c.room_sid)
-    # With states: a session's own state columns while it lies whole in the window (the
-    # bucketing below keeps them only when it lies whole in one bucket too); NULL otherwise,
-    # when `_cut_states` counts it from its spans
     whole = and_(t.c.left_at.is_not(None), t.c.joined_at >= start, t.c.left_at <= end)
     # Nearly every session is closed, lies whole in the window and holds no midnight: with
-    # days or months (or one bucket) it lies whole in the bucket of its join, so it is
-    # summed straight from its columns, without clipping or cutting, which lets
-    # PostgreSQL aggregate in its parallel workers. `_cut_states` decides the same way.
+    # days or months (or one bucket) it lies whole in the bucket of its join, and is summed
+    # straight from its columns (`_straight`). The others are clipped and cut below.
     direct: Select[Any] | None = None
     arms: list[tuple[ColumnElement[bool], ...]] = [()]
-    in_one_bucket = whole if len(edges) == 2 else and_(whole, t.c.crosses_day.is_(False))
     if len(edges) == 2 or _at_midnights(spec):
-        bucket_of_join = (
-            literal_column("0") if len(edges) == 2 else _bucketing(edges)[0](t.c.joined_ms)
-        )
-        # With statistics, SQLite reads a month by agent through (agent_name, joined_at)
-        # to have the rows in the grouping's order, jumping all over the table: 1.5-2 times
-        # slower than through joined_at. Its unary + (a no-op) keeps it from doing that.
-        direct_keys = keys
-        if dialect == "sqlite":
-            direct_keys = [
-                UnaryExpression(
-                    _group_key(g, t, rooms), operator=custom_op("+"), type_=Text()
-                ).label(f"k{i}")
-                for i, g in enumerate(spec.group_by)
-            ]
-        direct = (
-            select(
-                *direct_keys,
-                bucket_of_join.label("bucket"),
-                (t.c.left_ms - t.c.joined_ms).label("ms"),
-                *(
-                    t.c[_state_column(n)].label(f"st{i}")
-                    for i, n in enumerate(STATE_SUMS if spec.states else ())
-                ),
-            )
-            .select_from(source)
-            .where(*wanted, in_one_bucket, t.c.left_ms > t.c.joined_ms)
-        )
+        in_one_bucket = whole if len(edges) == 2 else and_(whole, t.c.crosses_day.is_(False))
+        direct = _straight(spec, dialect, source, [*wanted, in_one_bucket])
         # ... and the others are the few found through an index each: those that joined
         # before the window, are open, hold a midnight or leave after the window
         arms = [
@@ -392,6 +362,9 @@ def _usage_query(
         ]
         if len(edges) > 2:
             arms.append((t.c.joined_at >= start, CROSSING, t.c.left_at <= end))
+    # With states: a session's own state columns while it lies whole in the window (the
+    # bucketing below keeps them only when it lies whole in one bucket too); NULL otherwise,
+    # when `_cut_states` counts it from its spans
     unless_crossing = _columns_unless_crossing(spec, dialect)
     if unless_crossing:
         # ... and holds no midnight: then it lies in one bucket, which the bucketing below
@@ -508,6 +481,34 @@ def _usage_query(
     bkeys = [both.c[k.name] for k in ckeys]
     sums = (cast(func.sum(both.c[x]), BigInteger) for x in ("sessions", "ms", "minutes", *names))
     return select(*bkeys, both.c.bucket, *sums).group_by(*bkeys, both.c.bucket)
+
+
+def _straight(
+    spec: UsageSpec, dialect: str, source: Any, wanted: list[ColumnElement[bool]]
+) -> Select[Any]:
+    """(keys..., bucket, ms, states...) of the sessions in `wanted`, each of which lies
+    whole in the bucket of its join: no clipping, no cutting, no series of days."""
+    t = Base.metadata.tables["sessions"]
+    rooms = Base.metadata.tables["rooms"]
+    edges = [epoch_ms(e) for e in spec.edges]
+    keys: list[ColumnElement[Any]] = [_group_key(g, t, rooms) for g in spec.group_by]
+    if dialect == "sqlite":
+        # With statistics, SQLite reads a month by agent through (agent_name, joined_at)
+        # to have the rows in the grouping's order, jumping all over the table: 1.5-2 times
+        # slower than through joined_at. Its unary + (a no-op) keeps it from doing that.
+        keys = [UnaryExpression(k, operator=custom_op("+"), type_=Text()) for k in keys]
+    bucket = literal_column("0") if len(edges) == 2 else _bucketing(edges)[0](t.c.joined_ms)
+    states = STATE_SUMS if spec.states else ()
+    return (
+        select(
+            *(k.label(f"k{i}") for i, k in enumerate(keys)),
+            bucket.label("bucket"),
+            (t.c.left_ms - t.c.joined_ms).label("ms"),
+            *(t.c[_state_column(n)].label(f"st{i}") for i, n in enumerate(states)),
+        )
+        .select_from(source)
+        .where(*wanted, t.c.left_ms > t.c.joined_ms)
+    )
 
 
 def _epoch_ms_sql(col: ColumnElement[datetime | None], dialect: str) -> ColumnElement[int]:
