@@ -466,3 +466,33 @@ def test_usage_summed_in_stretches_at_once_equals_one_query(
                     assert sorted(usage_totals(conn, spec, parts)) == one, (edges, by, parts)
     finally:
         store.close()
+
+
+def test_usage_states_cut_at_a_price_change_add_up(
+    billed_db: list[dict[str, Any]], capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """A price change in the middle of a day cuts every session that holds it (edges that
+    are not midnights): the time and the states of each group still add up to the window's."""
+    prices = tmp_path / "prices.toml"
+    prices.write_text(
+        'currency = "EUR"\n\n[[agent_minute]]\nfrom = 2026-01-01\nprice = "0.01"\n\n'
+        '[[agent_minute]]\nfrom = 2026-03-02T07:30:00Z\nprice = "0.02"\n'
+    )
+    capsys.readouterr()
+    args = ["usage", "--from", "2026-03-01", "--to", "2026-03-04", "--now", "2026-03-03T12:00:00Z"]
+    args += ["--by", "attribute:customer", "--states", "--prices", str(prices), "--format", "json"]
+    assert main(args) == 0
+    fields = [f"state_{n}_ms" for n in (*AGENT_STATES, "other", "unknown")] + ["alone_ms"]
+    lines = json.loads(capsys.readouterr().out)
+    got = {(line["attribute:customer"],): {f: line[f] for f in fields if line[f]} for line in lines}
+    want = {
+        k: {f: v for f, v in d.items() if v}
+        for k, d in reference_states(billed_db, ["attribute:customer"]).items()
+    }
+    assert got == want
+    standing = reference(billed_db, ["attribute:customer"], split_days=False)
+    assert {(x["attribute:customer"],): x["duration_ms"] for x in lines} == {
+        k: v[1] for k, v in standing.items()
+    }
+    cut = datetime(2026, 3, 2, 7, 30, tzinfo=UTC)
+    assert any(s["joined"] < cut < (s["left"] or NOW) for s in billed_db)  # some hold it

@@ -244,50 +244,37 @@ def _cut_states(
     their spans cut at the window's and buckets' edges.
 
     Those are the few that hold the window's start or end, or (when every inner edge is a
-    UTC midnight, as with days and months) hold a midnight: each found through an index."""
+    UTC midnight, as with days and months) hold a midnight: `_to_cut`."""
     dialect = conn.dialect.name
     t = Base.metadata.tables["sessions"]
     sp = Base.metadata.tables["session_spans"]
     rooms = Base.metadata.tables["rooms"]
     edges = [epoch_ms(e) for e in spec.edges]
     start, end = spec.edges[0], spec.edges[-1]
-    reach = start - since  # how far before an edge a session holding it can have started
     keys = [_group_key(g, t, rooms).label(f"k{i}") for i, g in enumerate(spec.group_by)]
     source: Any = t.join(
         sp, and_(sp.c.room_sid == t.c.room_sid, sp.c.participant_sid == t.c.participant_sid)
     )
     if any(g.startswith(ROOM_METADATA) for g in spec.group_by):
         source = source.outerjoin(rooms, rooms.c.sid == t.c.room_sid)
-    common: list[ColumnElement[bool]] = [t.c.left_at.is_not(None)]
+    common = [t.c.left_at.is_not(None), t.c.left_at > start]
+    common += [t.c.joined_at >= since, t.c.joined_at < end]
     if spec.kind is not None:
         common.append(t.c.participant_kind == spec.kind)
-    holding = [
-        (t.c.joined_at >= since, t.c.joined_at < start, t.c.left_at > start),
-        (t.c.joined_at >= end - reach, t.c.joined_at < end, t.c.left_at > end),
-    ]
     unless_crossing = _columns_unless_crossing(spec, dialect)
-    if len(spec.edges) == 2:
-        pass  # one bucket: only the window's edges cut
-    elif _at_midnights(spec):
-        holding.append((CROSSING, t.c.joined_at >= since, t.c.joined_at < end))
-    else:
-        holding.append((t.c.joined_at >= since, t.c.joined_at < end, t.c.left_at > start))
     whole = and_(t.c.joined_at >= start, t.c.left_at <= end)  # as in `_usage_query`
-    columns = [*keys, case((whole, 1), else_=0), t.c.crosses_day, sp.c.id, sp.c.kind, sp.c.value]
+    columns = [*keys, case((whole, 1), else_=0), t.c.crosses_day, sp.c.kind, sp.c.value]
     columns += [t.c.joined_ms, t.c.left_ms]
     columns += [_epoch_ms_sql(c, dialect) for c in (sp.c.started_at, sp.c.ended_at)]
-    query = union_all(*(select(*columns).select_from(source).where(*common, *h) for h in holding))
+    arms = _to_cut(spec, start - since)
+    query = union_all(*(select(*columns).select_from(source).where(*common, *a) for a in arms))
     state_index = {name: i for i, name in enumerate(AGENT_STATES)}
     other, alone = STATE_SUMS.index(OTHER_STATE), STATE_SUMS.index("alone")
     first, last, buckets = edges[0], edges[-1], len(edges) - 1
     width = len(keys)
-    done: set[int] = set()
     pieces: dict[tuple[tuple[str | None, ...], int, int], int] = defaultdict(int)
     for row in conn.execute(query).all():
-        inside, crosses, span_id, kind, value, joined, left, s, e = row[width:]
-        if span_id in done:
-            continue
-        done.add(span_id)
+        inside, crosses, kind, value, joined, left, s, e = row[width:]
         if inside and _by_columns(edges, unless_crossing, crosses, joined, left):
             continue  # counted by its own columns (as `_usage_query` decides)
         i = alone if kind == "alone" else state_index.get(value, other)
@@ -349,19 +336,10 @@ def _usage_query(
     # days or months (or one bucket) it lies whole in the bucket of its join, and is summed
     # straight from its columns (`_straight`). The others are clipped and cut below.
     direct: Select[Any] | None = None
-    arms: list[tuple[ColumnElement[bool], ...]] = [()]
-    if len(edges) == 2 or _at_midnights(spec):
+    if _straight_sums(spec):
         in_one_bucket = whole if len(edges) == 2 else and_(whole, t.c.crosses_day.is_(False))
         direct = _straight(spec, dialect, source, [*wanted, in_one_bucket])
-        # ... and the others are the few found through an index each: those that joined
-        # before the window, are open, hold a midnight or leave after the window
-        arms = [
-            (t.c.joined_at < start,),
-            (t.c.joined_at >= start, t.c.left_at.is_(None)),
-            (t.c.joined_at >= max(start, end - reach), t.c.left_at > end),
-        ]
-        if len(edges) > 2:
-            arms.append((t.c.joined_at >= start, CROSSING, t.c.left_at <= end))
+    arms = _to_cut(spec, reach)
     # With states: a session's own state columns while it lies whole in the window (the
     # bucketing below keeps them only when it lies whole in one bucket too); NULL otherwise,
     # when `_cut_states` counts it from its spans
@@ -481,6 +459,33 @@ def _usage_query(
     bkeys = [both.c[k.name] for k in ckeys]
     sums = (cast(func.sum(both.c[x]), BigInteger) for x in ("sessions", "ms", "minutes", *names))
     return select(*bkeys, both.c.bucket, *sums).group_by(*bkeys, both.c.bucket)
+
+
+def _straight_sums(spec: UsageSpec) -> bool:
+    """Whether a closed session inside the window that holds no midnight lies whole in the
+    bucket of its join: with one bucket, or buckets cut at UTC midnights (days, months)."""
+    return len(spec.edges) == 2 or _at_midnights(spec)
+
+
+def _to_cut(spec: UsageSpec, reach: timedelta) -> list[tuple[ColumnElement[bool], ...]]:
+    """Conditions that pick, among the sessions that joined from the window's start less
+    `reach` (no closed one lasts longer) to its end, those that may not lie whole in one
+    bucket: each found through an index of its own, and no session picked twice.
+
+    With `_straight_sums`: those that joined before the window, are open, left after it,
+    or (with more than one bucket) hold a midnight. Otherwise every session: `[()]`."""
+    if not _straight_sums(spec):
+        return [()]
+    t = Base.metadata.tables["sessions"]
+    start, end = spec.edges[0], spec.edges[-1]
+    arms = [
+        (t.c.joined_at < start,),
+        (t.c.joined_at >= start, t.c.left_at.is_(None)),
+        (t.c.joined_at >= max(start, end - reach), t.c.left_at > end),
+    ]
+    if len(spec.edges) > 2:
+        arms.append((t.c.joined_at >= start, CROSSING, t.c.left_at <= end))
+    return arms
 
 
 def _straight(
