@@ -468,6 +468,54 @@ def test_usage_summed_in_stretches_at_once_equals_one_query(
         store.close()
 
 
+@pytest.mark.parametrize("states", [False, True], ids=["standing", "states"])
+def test_windows_summed_together_equal_each_alone(
+    billed_db: list[dict[str, Any]], db_url: str, states: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Days and months that end together (the page's chart and month table) read the
+    sessions once, and give what each query gives alone: with sessions across midnights,
+    a month's end, the windows' starts and `now`, open ones, and in stretches."""
+    from observer.db import usage_sql
+    from observer.reports import usage
+
+    read: list[str] = []
+    sum_rows = usage_sql._sum_rows
+
+    def spy(*args: Any) -> Any:
+        read.append(args[-1])
+        return sum_rows(*args)
+
+    monkeypatch.setattr(usage_sql, "_sum_rows", spy)
+
+    def q(start: datetime, unit: str, by: str) -> usage.UsageQuery:
+        return usage.UsageQuery(start, NOW, NOW, by=(unit, by), states=states)
+
+    store = Store(db_url)
+    try:
+        for by in ("attribute:customer", "agent", "room-metadata:customer"):
+            queries = [
+                q(START, "day", by),
+                q(START - timedelta(days=29), "month", by),
+                q(START - timedelta(days=1), "day", by),
+            ]
+            for parts in (1, 3):
+                store.usage_parts = parts
+                alone = [usage.compute(store, x) for x in queries]
+                assert sum(line.sessions for line in alone[1]) > 100
+                read.clear()
+                assert usage.compute_together(store, queries) == alone, (by, parts)
+                assert read == ["straight", "cut", "cut", "cut"]  # the bulk read once
+        # what cannot be read together (a window not starting at a midnight, or not ending
+        # with the others) is read alone, with the same result
+        odd = [q(START + timedelta(hours=3), "day", "agent"), q(START, "month", "agent")]
+        odd.append(usage.UsageQuery(START, END, NOW, by=("day", "agent"), states=states))
+        read.clear()
+        assert usage.compute_together(store, odd) == [usage.compute(store, x) for x in odd]
+        assert "straight" not in read
+    finally:
+        store.close()
+
+
 def test_usage_states_cut_at_a_price_change_add_up(
     billed_db: list[dict[str, Any]], capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:

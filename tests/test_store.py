@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import operator
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
-from sqlalchemy import inspect, text
+from sqlalchemy import Join, Select, Table, inspect, text
+from sqlalchemy.sql.elements import BinaryExpression
+from sqlalchemy.sql.visitors import iterate
 
 from observer.core.tracker import (
     END_RTC,
@@ -311,3 +315,61 @@ def test_the_few_sessions_to_cut_are_found_through_their_indexes(db_url: str) ->
     finally:
         store.close()
     assert "ix_sessions_crosses_day_joined_at" in plan, plan
+
+
+@pytest.mark.parametrize("states", [False, True], ids=["standing", "states"])
+def test_each_part_of_the_usage_sql_reads_one_range_of_join_times(states: bool) -> None:
+    """Each SELECT over `sessions` in the usage SQL bounds `joined_at` once from below and
+    once from above. Given two bounds on one side, SQLite searches its index by either one,
+    maybe the wider: a window's edge arm then read the whole window (0.2 s of 1M sessions)."""
+    from sqlalchemy.dialects import postgresql, sqlite
+
+    from observer.db.usage_sql import UsageSpec, _cut_states_query, _usage_query
+    from observer.reports.usage import bucket_edges
+
+    start, now = datetime(2026, 2, 1, tzinfo=UTC), datetime(2026, 3, 31, 2, tzinfo=UTC)
+    since = start - timedelta(hours=9)
+    for edges in (bucket_edges(start, now, "day"), bucket_edges(start, now, "month"), (start, now)):
+        spec = UsageSpec(edges=edges, group_by=("agent",), open_until=now, states=states)
+        for dialect in (sqlite.dialect(), postgresql.dialect()):
+            queries = [
+                _usage_query(spec, dialect.name, since, now, start - since, which)
+                for which in ("all", "straight", "cut")
+            ]
+            if states:
+                queries.append(_cut_states_query(spec, dialect.name, since))
+            for query in queries:
+                reads = [
+                    sel for sel in iterate(query) if isinstance(sel, Select) and reads_sessions(sel)
+                ]
+                assert reads
+                for sel in reads:
+                    assert bounds(sel, operator.ge) == 1, sel.compile(dialect=dialect)
+                    assert bounds(sel, operator.lt) == 1, sel.compile(dialect=dialect)
+
+
+def reads_sessions(sel: Any) -> bool:
+    """Whether the SELECT reads the sessions table itself (not through a subquery)."""
+
+    def tables(f: Any) -> list[Any]:
+        if isinstance(f, Table):
+            return [f]
+        return tables(f.left) + tables(f.right) if isinstance(f, Join) else []
+
+    return any(t.name == "sessions" for f in sel.get_final_froms() for t in tables(f))
+
+
+def bounds(sel: Any, op: Any) -> int:
+    """How many conditions of the WHERE clause compare sessions.joined_at with `op`."""
+    terms = (
+        list(sel.whereclause.clauses) if hasattr(sel.whereclause, "clauses") else [sel.whereclause]
+    )
+    return sum(
+        1
+        for term in terms
+        if isinstance(term, BinaryExpression)
+        and term.operator is op
+        and getattr(term.left, "name", None) == "joined_at"
+        and getattr(term.left, "table", None) is not None
+        and term.left.table.name == "sessions"
+    )

@@ -39,6 +39,7 @@ from observer.db.usage_sql import (
     UsageTotal,
     token_totals,
     usage_totals,
+    usage_totals_together,
 )
 from observer.db.writes import WebhookRecord, Write, apply_ops, insert_webhook, open_sessions
 
@@ -113,6 +114,11 @@ class Store:
         """Standing time per group and bucket, computed in SQL."""
         with self.engine.connect() as conn:
             return usage_totals(conn, spec, self.usage_parts)
+
+    def usage_together(self, specs: Sequence[UsageSpec]) -> list[list[UsageTotal]]:
+        """`usage` of each spec, the sessions read once where they can be."""
+        with self.engine.connect() as conn:
+            return usage_totals_together(conn, specs, self.usage_parts)
 
     def stale_open_sessions(self, seen_before: datetime) -> list[StaleSession]:
         """Open sessions of every observer, last confirmed present before `seen_before`."""

@@ -126,45 +126,140 @@ def usage_totals(conn: Connection, spec: UsageSpec, parts: int = 1) -> list[Usag
     query, and a machine with several cores uses them. Without, all is read in `conn`'s
     transaction (reconcile relies on that)."""
     _tune(conn)
-    # How long before the window a session that reaches into it can have started: by the
-    # longest closed session, or when the oldest open one started. Both come from indexes,
-    # and the bound lets a window late in a long history read only the end of it.
+    since = _reach_back(conn, spec)[0]
+    rows = _sum_rows(conn, spec, since, parts, "all")
+    _untune(conn)
+    return _with_states(conn, spec, since, rows)
+
+
+def usage_totals_together(
+    conn: Connection, specs: Sequence[UsageSpec], parts: int = 1
+) -> list[list[UsageTotal]]:
+    """`usage_totals` of each spec, reading the bulk of the sessions once when the specs
+    differ only in their edges, each starts at a UTC midnight, all end together and cut
+    their buckets at midnights (the days of a chart and the months of a table, say).
+
+    The sessions that lie whole in one day, inside every window, are summed once per group
+    and day (`_straight`), and each day's sums go to the bucket holding that day in each
+    window that holds it; the few others are clipped and cut for each spec alone."""
+    if not _can_share(specs):
+        return [usage_totals(conn, spec, parts) for spec in specs]
+    _tune(conn)
+    start, end = min(s.edges[0] for s in specs), specs[0].edges[-1]
+    midnights = [start]
+    while midnights[-1] + timedelta(days=1) < end:
+        midnights.append(midnights[-1] + timedelta(days=1))
+    days = UsageSpec(
+        edges=(*midnights, end),
+        group_by=specs[0].group_by,
+        open_until=specs[0].open_until,
+        round_to_ms=specs[0].round_to_ms,
+        kind=specs[0].kind,
+        states=specs[0].states,
+    )
+    _, back = _reach_back(conn, days)
+    straight = _sum_rows(conn, days, start, parts, "straight")
+    day_ms = [epoch_ms(d) for d in midnights]
+    width = len(days.group_by)
+    out: list[tuple[UsageSpec, datetime, list[Any]]] = []
+    for spec in specs:
+        since = back(spec.edges[0])
+        edges = [epoch_ms(e) for e in spec.edges]
+        sums: dict[tuple[Any, ...], list[Any]] = {
+            tuple(row[: width + 1]): list(row[width + 1 :])
+            for row in _sum_rows(conn, spec, since, 1, "cut")
+        }
+        for row in straight:
+            at = day_ms[row[width]]
+            if at < edges[0]:
+                continue
+            head = (*row[:width], bisect_right(edges, at) - 1)
+            had = sums.get(head)
+            if had is None:
+                sums[head] = list(row[width + 1 :])
+                continue
+            for i, v in enumerate(row[width + 1 :]):
+                if v is not None:
+                    had[i] = v if had[i] is None else had[i] + v
+        out.append((spec, since, [(*head, *values) for head, values in sums.items()]))
+    _untune(conn)
+    return [_with_states(conn, spec, since, rows) for spec, since, rows in out]
+
+
+def _can_share(specs: Sequence[UsageSpec]) -> bool:
+    """Whether `usage_totals_together` can read the specs' sessions once."""
+    if len(specs) < 2:
+        return False
+    first = specs[0]
+    same = {(s.group_by, s.open_until, s.round_to_ms, s.kind, s.states, s.edges[-1]) for s in specs}
+    return (
+        len(same) == 1
+        and all(
+            _at_midnights(s) and s.edges[0].astimezone(UTC).time() == datetime.min.time()
+            for s in specs
+        )
+        and first.edges[-1] - min(s.edges[0] for s in specs) > timedelta(days=1)
+    )
+
+
+def _reach_back(
+    conn: Connection, spec: UsageSpec
+) -> tuple[datetime, Callable[[datetime], datetime]]:
+    """How long before the window a session that reaches into it can have started: by the
+    longest closed session, or when the oldest open one started. Both come from indexes,
+    and the bound lets a window late in a long history read only the end of it. Returns
+    that time for `spec`, and the function giving it for another start."""
     t = Base.metadata.tables["sessions"]
     oldest_open = select(func.min(t.c.joined_at)).where(t.c.left_at.is_(None)).scalar_subquery()
     longest_ms, oldest_open_at = conn.execute(select(func.max(t.c.duration_ms), oldest_open)).one()
-    since = spec.edges[0] - timedelta(milliseconds=(longest_ms or 0) + 1000)  # ms are rounded
-    if spec.open_until is not None and oldest_open_at is not None:
-        since = min(since, oldest_open_at)
+
+    def back(start: datetime) -> datetime:
+        since = start - timedelta(milliseconds=(longest_ms or 0) + 1000)  # ms are rounded
+        if spec.open_until is not None and oldest_open_at is not None:
+            since = min(since, oldest_open_at)
+        return since
+
+    return back(spec.edges[0]), back
+
+
+def _sum_rows(
+    conn: Connection, spec: UsageSpec, since: datetime, parts: int, which: str
+) -> Sequence[Any]:
+    """The rows of `_usage_query` (`which` of its sessions), in `parts` stretches at once
+    (see `usage_totals`)."""
+    t = Base.metadata.tables["sessions"]
     dialect = conn.dialect.name
     start, end = spec.edges[0], spec.edges[-1]
-    rows: Sequence[Any]
     if parts <= 1:
-        rows = conn.execute(_usage_query(spec, dialect, since, end, start - since)).all()
-    else:
-        # Cut between the first and the last join inside the window, rather than across the
-        # window, which can reach far past the sessions (a month not over yet). Each of the
-        # two comes from the index on its own.
-        in_window = (t.c.joined_at >= start, t.c.joined_at < end)
-        first, last = conn.execute(
-            select(
-                select(func.min(t.c.joined_at)).where(*in_window).scalar_subquery(),
-                select(func.max(t.c.joined_at)).where(*in_window).scalar_subquery(),
-            )
-        ).one()
-        first, last = (start, end) if first is None else (first, last)
-        step = (last - first) / parts
-        bounds = [since, *(first + step * i for i in range(1, parts)), end]
+        return conn.execute(_usage_query(spec, dialect, since, end, start - since, which)).all()
+    # Cut between the first and the last join inside the window, rather than across the
+    # window, which can reach far past the sessions (a month not over yet). Each of the
+    # two comes from the index on its own.
+    in_window = (t.c.joined_at >= start, t.c.joined_at < end)
+    first, last = conn.execute(
+        select(
+            select(func.min(t.c.joined_at)).where(*in_window).scalar_subquery(),
+            select(func.max(t.c.joined_at)).where(*in_window).scalar_subquery(),
+        )
+    ).one()
+    first, last = (start, end) if first is None else (first, last)
+    step = (last - first) / parts
+    bounds = [since, *(first + step * i for i in range(1, parts)), end]
 
-        def stretch(lo: datetime, hi: datetime) -> list[Any]:
-            with conn.engine.connect() as own:
-                _tune(own, parallel=False)  # the stretches are the parallelism
-                query = _usage_query(spec, dialect, lo, hi, start - since)
-                return list(own.execute(query).all())
+    def stretch(lo: datetime, hi: datetime) -> list[Any]:
+        with conn.engine.connect() as own:
+            _tune(own, parallel=False)  # the stretches are the parallelism
+            query = _usage_query(spec, dialect, lo, hi, start - since, which)
+            return list(own.execute(query).all())
 
-        with ThreadPoolExecutor(max_workers=parts) as pool:
-            rows = _added(pool.map(stretch, bounds[:-1], bounds[1:]), len(spec.group_by))
-    if dialect == "postgresql":
-        conn.exec_driver_sql("RESET enable_sort")  # for the rest of the caller's transaction
+    with ThreadPoolExecutor(max_workers=parts) as pool:
+        return _added(pool.map(stretch, bounds[:-1], bounds[1:]), len(spec.group_by))
+
+
+def _with_states(
+    conn: Connection, spec: UsageSpec, since: datetime, rows: Sequence[Any]
+) -> list[UsageTotal]:
+    """The summed rows as totals, with the states of the sessions cut from their spans."""
     width = len(spec.group_by)
     if not spec.states:
         return [UsageTotal(tuple(row[:width]), *row[width:]) for row in rows]
@@ -193,6 +288,11 @@ def _tune(conn: Connection, parallel: bool = True) -> None:
         conn.exec_driver_sql("SET LOCAL enable_sort = off")
         if not parallel:
             conn.exec_driver_sql("SET LOCAL max_parallel_workers_per_gather = 0")
+
+
+def _untune(conn: Connection) -> None:
+    if conn.dialect.name == "postgresql":
+        conn.exec_driver_sql("RESET enable_sort")  # for the rest of the caller's transaction
 
 
 def _added(results: Iterable[list[Any]], width: int) -> list[tuple[Any, ...]]:
@@ -246,34 +346,14 @@ def _cut_states(
     Those are the few that hold the window's start or end, or (when every inner edge is a
     UTC midnight, as with days and months) hold a midnight: `_to_cut`."""
     dialect = conn.dialect.name
-    t = Base.metadata.tables["sessions"]
-    sp = Base.metadata.tables["session_spans"]
-    rooms = Base.metadata.tables["rooms"]
     edges = [epoch_ms(e) for e in spec.edges]
-    start, end = spec.edges[0], spec.edges[-1]
-    keys = [_group_key(g, t, rooms).label(f"k{i}") for i, g in enumerate(spec.group_by)]
-    source: Any = t.join(
-        sp, and_(sp.c.room_sid == t.c.room_sid, sp.c.participant_sid == t.c.participant_sid)
-    )
-    if any(g.startswith(ROOM_METADATA) for g in spec.group_by):
-        source = source.outerjoin(rooms, rooms.c.sid == t.c.room_sid)
-    common = [t.c.left_at.is_not(None), t.c.left_at > start]
-    common += [t.c.joined_at >= since, t.c.joined_at < end]
-    if spec.kind is not None:
-        common.append(t.c.participant_kind == spec.kind)
     unless_crossing = _columns_unless_crossing(spec, dialect)
-    whole = and_(t.c.joined_at >= start, t.c.left_at <= end)  # as in `_usage_query`
-    columns = [*keys, case((whole, 1), else_=0), t.c.crosses_day, sp.c.kind, sp.c.value]
-    columns += [t.c.joined_ms, t.c.left_ms]
-    columns += [_epoch_ms_sql(c, dialect) for c in (sp.c.started_at, sp.c.ended_at)]
-    arms = _to_cut(spec, start - since)
-    query = union_all(*(select(*columns).select_from(source).where(*common, *a) for a in arms))
     state_index = {name: i for i, name in enumerate(AGENT_STATES)}
     other, alone = STATE_SUMS.index(OTHER_STATE), STATE_SUMS.index("alone")
     first, last, buckets = edges[0], edges[-1], len(edges) - 1
-    width = len(keys)
+    width = len(spec.group_by)
     pieces: dict[tuple[tuple[str | None, ...], int, int], int] = defaultdict(int)
-    for row in conn.execute(query).all():
+    for row in conn.execute(_cut_states_query(spec, dialect, since)).all():
         inside, crosses, kind, value, joined, left, s, e = row[width:]
         if inside and _by_columns(edges, unless_crossing, crosses, joined, left):
             continue  # counted by its own columns (as `_usage_query` decides)
@@ -290,8 +370,39 @@ def _cut_states(
     return out
 
 
+def _cut_states_query(spec: UsageSpec, dialect: str, since: datetime) -> Any:
+    """(keys..., whole in the window, crosses_day, span kind, value, joined_ms, left_ms,
+    span start and end ms) for each span of the sessions `_cut_states` cuts."""
+    t = Base.metadata.tables["sessions"]
+    sp = Base.metadata.tables["session_spans"]
+    rooms = Base.metadata.tables["rooms"]
+    start, end = spec.edges[0], spec.edges[-1]
+    keys = [_group_key(g, t, rooms).label(f"k{i}") for i, g in enumerate(spec.group_by)]
+    source: Any = t.join(
+        sp, and_(sp.c.room_sid == t.c.room_sid, sp.c.participant_sid == t.c.participant_sid)
+    )
+    if any(g.startswith(ROOM_METADATA) for g in spec.group_by):
+        source = source.outerjoin(rooms, rooms.c.sid == t.c.room_sid)
+    common = [t.c.left_at.is_not(None), t.c.left_at > start]
+    if spec.kind is not None:
+        common.append(t.c.participant_kind == spec.kind)
+    whole = and_(t.c.joined_at >= start, t.c.left_at <= end)  # as in `_usage_query`
+    columns = [*keys, case((whole, 1), else_=0), t.c.crosses_day, sp.c.kind, sp.c.value]
+    columns += [t.c.joined_ms, t.c.left_ms]
+    columns += [_epoch_ms_sql(c, dialect) for c in (sp.c.started_at, sp.c.ended_at)]
+    arms = _to_cut(spec, start - since)
+    return union_all(
+        *(select(*columns).select_from(source).where(*a.where(since, end), *common) for a in arms)
+    )
+
+
 def _usage_query(
-    spec: UsageSpec, dialect: str, since: datetime, until: datetime, reach: timedelta
+    spec: UsageSpec,
+    dialect: str,
+    since: datetime,
+    until: datetime,
+    reach: timedelta,
+    which: str = "all",
 ) -> Select[Any]:
     """Sum the pieces of sessions per group and bucket, in whole milliseconds.
 
@@ -299,6 +410,10 @@ def _usage_query(
     lasts longer than `reach`) is clipped to the window, then gets one row per bucket it
     touches (nearly always one), then the piece inside that bucket is measured, rounded
     and summed.
+
+    `which`: "all" the sessions; "straight" only the closed ones that lie whole in the
+    window and hold no midnight (`_straight`), or "cut" only the others (`_to_cut`): the
+    two add up to "all" for a spec whose buckets are cut at midnights.
     """
     t = Base.metadata.tables["sessions"]
     edges = [epoch_ms(e) for e in spec.edges]
@@ -315,7 +430,8 @@ def _usage_query(
         fn = func.min if dialect == "sqlite" else func.least
         return fn(a, b, type_=BigInteger)
 
-    wanted = [t.c.joined_at >= since, t.c.joined_at < min(until, end)]
+    until = min(until, end)
+    wanted = []
     if spec.kind is not None:
         wanted.append(t.c.participant_kind == spec.kind)
     ended: ColumnElement[int]
@@ -336,9 +452,18 @@ def _usage_query(
     # days or months (or one bucket) it lies whole in the bucket of its join, and is summed
     # straight from its columns (`_straight`). The others are clipped and cut below.
     direct: Select[Any] | None = None
-    if _straight_sums(spec):
-        in_one_bucket = whole if len(edges) == 2 else and_(whole, t.c.crosses_day.is_(False))
-        direct = _straight(spec, dialect, source, [*wanted, in_one_bucket])
+    # (each part gives its sessions one range of join times: with two, SQLite would search
+    # its index by either, maybe the wider)
+    closed_inside = [*_joined(max(since, start), until), t.c.left_at.is_not(None)]
+    closed_inside += [t.c.left_at <= end, *wanted]
+    if which == "straight":
+        not_crossing = t.c.crosses_day.is_(False)
+        straight = _straight(spec, dialect, source, [*closed_inside, not_crossing])
+        states = [f"st{i}" for i in range(len(STATE_SUMS) if spec.states else 0)]
+        return _summed(straight, spec, len(keys), states)
+    if _straight_sums(spec) and which == "all":
+        in_one_bucket = [] if len(edges) == 2 else [t.c.crosses_day.is_(False)]
+        direct = _straight(spec, dialect, source, [*closed_inside, *in_one_bucket])
     arms = _to_cut(spec, reach)
     # With states: a session's own state columns while it lies whole in the window (the
     # bucketing below keeps them only when it lies whole in one bucket too); NULL otherwise,
@@ -359,9 +484,9 @@ def _usage_query(
         *state_cols,
     ).select_from(source)
     clipped: Any = (
-        clip.where(*wanted, *arms[0])
+        clip.where(*arms[0].where(since, until), *wanted)
         if len(arms) == 1
-        else union_all(*(clip.where(*wanted, *arm) for arm in arms))
+        else union_all(*(clip.where(*arm.where(since, until), *wanted) for arm in arms))
     )
     if dialect == "sqlite":
         # Keeps SQLite from flattening this subquery into its users, which would compute
@@ -436,29 +561,32 @@ def _usage_query(
     if direct is not None:
         parts = [direct, *parts]
 
-    def summed(pieces: Select[Any]) -> Select[Any]:
-        p = pieces.subquery()
-        pkeys = [p.c[k.name] for k in ckeys]
-        r = spec.round_to_ms
-        rounded = p.c.ms if r == 1 else (p.c.ms + (r - 1)) // r * r
-        minutes = (p.c.ms + (MINUTE_MS - 1)) // MINUTE_MS
-        # PostgreSQL sums bigints as numeric: back to bigint, or each comes as a Decimal.
-        return select(
-            *pkeys,
-            p.c.bucket,
-            func.count().label("sessions"),
-            cast(func.sum(rounded), BigInteger).label("ms"),
-            cast(func.sum(minutes), BigInteger).label("minutes"),
-            *(cast(func.sum(p.c[n]), BigInteger).label(n) for n in names),
-        ).group_by(*pkeys, p.c.bucket)
-
     if len(parts) == 1:
-        return summed(parts[0])
+        return _summed(parts[0], spec, len(keys), names)
     # Summing each part first and then the sums is faster in SQLite than one sum over all.
-    both = union_all(*(summed(part) for part in parts)).subquery("parts")
+    both = union_all(*(_summed(part, spec, len(keys), names) for part in parts)).subquery("parts")
     bkeys = [both.c[k.name] for k in ckeys]
     sums = (cast(func.sum(both.c[x]), BigInteger) for x in ("sessions", "ms", "minutes", *names))
     return select(*bkeys, both.c.bucket, *sums).group_by(*bkeys, both.c.bucket)
+
+
+def _summed(pieces: Select[Any], spec: UsageSpec, width: int, states: list[str]) -> Select[Any]:
+    """(keys k0..., bucket, ms, states...) per piece -> (keys..., bucket, sessions, ms,
+    minutes, states...) per group and bucket, each piece rounded as `spec` says."""
+    p = pieces.subquery()
+    pkeys = [p.c[f"k{i}"] for i in range(width)]
+    r = spec.round_to_ms
+    rounded = p.c.ms if r == 1 else (p.c.ms + (r - 1)) // r * r
+    minutes = (p.c.ms + (MINUTE_MS - 1)) // MINUTE_MS
+    # PostgreSQL sums bigints as numeric: back to bigint, or each comes as a Decimal.
+    return select(
+        *pkeys,
+        p.c.bucket,
+        func.count().label("sessions"),
+        cast(func.sum(rounded), BigInteger).label("ms"),
+        cast(func.sum(minutes), BigInteger).label("minutes"),
+        *(cast(func.sum(p.c[n]), BigInteger).label(n) for n in states),
+    ).group_by(*pkeys, p.c.bucket)
 
 
 def _straight_sums(spec: UsageSpec) -> bool:
@@ -467,24 +595,43 @@ def _straight_sums(spec: UsageSpec) -> bool:
     return len(spec.edges) == 2 or _at_midnights(spec)
 
 
-def _to_cut(spec: UsageSpec, reach: timedelta) -> list[tuple[ColumnElement[bool], ...]]:
-    """Conditions that pick, among the sessions that joined from the window's start less
-    `reach` (no closed one lasts longer) to its end, those that may not lie whole in one
-    bucket: each found through an index of its own, and no session picked twice.
+def _joined(lo: datetime, hi: datetime) -> list[ColumnElement[bool]]:
+    t = Base.metadata.tables["sessions"]
+    return [t.c.joined_at >= lo, t.c.joined_at < hi]
+
+
+class _Arm(NamedTuple):
+    """Sessions that joined in [lo, hi) (None: unbounded) and meet `conds`."""
+
+    lo: datetime | None
+    hi: datetime | None
+    conds: tuple[ColumnElement[bool], ...] = ()
+
+    def where(self, lo: datetime, hi: datetime) -> list[ColumnElement[bool]]:
+        """The arm's conditions inside [lo, hi), with one range of join times."""
+        lo = lo if self.lo is None else max(lo, self.lo)
+        hi = hi if self.hi is None else min(hi, self.hi)
+        return [*_joined(lo, hi), *self.conds]
+
+
+def _to_cut(spec: UsageSpec, reach: timedelta) -> list[_Arm]:
+    """The sessions that joined from the window's start less `reach` (no closed one lasts
+    longer) to its end and may not lie whole in one bucket: each found through an index of
+    its own, and no session in two arms.
 
     With `_straight_sums`: those that joined before the window, are open, left after it,
-    or (with more than one bucket) hold a midnight. Otherwise every session: `[()]`."""
+    or (with more than one bucket) hold a midnight. Otherwise every session."""
     if not _straight_sums(spec):
-        return [()]
+        return [_Arm(None, None)]
     t = Base.metadata.tables["sessions"]
     start, end = spec.edges[0], spec.edges[-1]
     arms = [
-        (t.c.joined_at < start,),
-        (t.c.joined_at >= start, t.c.left_at.is_(None)),
-        (t.c.joined_at >= max(start, end - reach), t.c.left_at > end),
+        _Arm(None, start),
+        _Arm(start, None, (t.c.left_at.is_(None),)),
+        _Arm(max(start, end - reach), None, (t.c.left_at > end,)),
     ]
     if len(spec.edges) > 2:
-        arms.append((t.c.joined_at >= start, CROSSING, t.c.left_at <= end))
+        arms.append(_Arm(start, None, (CROSSING, t.c.left_at <= end)))
     return arms
 
 

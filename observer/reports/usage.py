@@ -139,11 +139,21 @@ class UsageSource(Protocol):
     def tokens(self, spec: UsageSpec) -> list[TokenTotal]: ...
 
 
-def compute(
-    store: UsageSource, q: UsageQuery, warn: Callable[[str], None] = lambda _m: None
-) -> list[UsageLine]:
-    """Standing time (and what `q` adds) per group of `q.by`, sorted by group. `warn` hears
-    once of each thing that has no price."""
+class SharedUsageSource(UsageSource, Protocol):
+    """A source that can sum several windows at once (the store)."""
+
+    def usage_together(self, specs: Sequence[UsageSpec]) -> list[list[UsageTotal]]: ...
+
+
+@dataclass(frozen=True)
+class _Plan:
+    spec: UsageSpec
+    edges: tuple[datetime, ...]  # the spec's: the labels' cut at each price change
+    labels: list[str]  # the label of each bucket of `spec`
+    where: list[int]  # each group of q.by: an index of the spec's keys, or -1 the bucket
+
+
+def _plan(q: UsageQuery) -> _Plan:
     unit = q.time_grouping
     label_edges = bucket_edges(q.start, q.end, unit)
     edges = label_edges
@@ -164,8 +174,40 @@ def compute(
         )
         for e in edges[:-1]
     ]
-    # where each group of q.by comes from: a column of the store's keys, or the bucket (-1)
     where = [columns.index(g) if g in columns else -1 for g in q.by]
+    return _Plan(spec, edges, labels, where)
+
+
+def compute(
+    store: UsageSource, q: UsageQuery, warn: Callable[[str], None] = lambda _m: None
+) -> list[UsageLine]:
+    """Standing time (and what `q` adds) per group of `q.by`, sorted by group. `warn` hears
+    once of each thing that has no price."""
+    plan = _plan(q)
+    return _lines(store, q, plan, store.usage(plan.spec), warn)
+
+
+def compute_together(
+    store: SharedUsageSource, queries: Sequence[UsageQuery]
+) -> list[list[UsageLine]]:
+    """`compute` of each query, the sessions read once where the store can (the same
+    groups over windows that end together, in days or months)."""
+    plans = [_plan(q) for q in queries]
+    totals = store.usage_together([p.spec for p in plans])
+    return [
+        _lines(store, q, p, t, lambda _m: None)
+        for q, p, t in zip(queries, plans, totals, strict=True)
+    ]
+
+
+def _lines(
+    store: UsageSource,
+    q: UsageQuery,
+    plan: _Plan,
+    totals: Sequence[UsageTotal],
+    warn: Callable[[str], None],
+) -> list[UsageLine]:
+    edges, labels, where = plan.edges, plan.labels, plan.where
     warned: set[str] = set()
 
     def unpriced(what: str) -> None:
@@ -186,7 +228,7 @@ def compute(
             )
         return g
 
-    for t in store.usage(spec):
+    for t in totals:
         g = group(tuple(t.keys[i] if i >= 0 else labels[t.bucket] for i in where))
         g.sessions += t.sessions
         g.duration_ms += t.duration_ms
@@ -199,7 +241,7 @@ def compute(
                 unpriced(f"agent minutes from {iso(edges[t.bucket])}")
             g.add_cost("agent_minutes", None if price is None else price * t.billable_minutes)
     if with_tokens:
-        for tt in store.tokens(spec):
+        for tt in store.tokens(plan.spec):
             g = group(tuple(tt.keys[i] if i >= 0 else labels[tt.bucket] for i in where))
             flags = (tt.unseen, tt.backwards, tt.silent_realtime)
             for i, n in enumerate((tt.sessions, *tt.counters, *flags)):

@@ -208,10 +208,7 @@ class WebPage:
         """The chart and the month table, from the cache (see `views.TtlCache`)."""
         data: tuple[Any, Any] = self._cache.get(
             ("minutes", by, now.date()),
-            lambda: (
-                views.minutes_chart(self._store, self._clock(), by),
-                views.month_table(self._store, self._clock(), by),
-            ),
+            lambda: views.minutes_view(self._store, self._clock(), by),
         )
         return data
 

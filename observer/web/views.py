@@ -122,18 +122,36 @@ class MinutesChart:
     max_total: int = 0
 
 
+def minutes_view(store: Store, now: datetime, by: str = "agent") -> tuple[MinutesChart, MonthTable]:
+    """The chart and the month table, as `observer usage` gives them for their windows
+    (both up to `now`), the sessions read once for the two."""
+    days, months = usage.compute_together(store, [chart_query(now, by), month_query(now, by)])
+    return minutes_chart(days, now, by), month_table(months, now)
+
+
+def chart_query(now: datetime, by: str) -> usage.UsageQuery:
+    """The chart's: the last `DAYS` UTC days up to `now`, by day and `by`."""
+    today = now.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    return usage.UsageQuery(today - timedelta(days=DAYS - 1), now, now, by=("day", by))
+
+
 def minutes_chart(
-    store: Store, now: datetime, by: str = "agent", width: float = 900, height: float = 260
+    lines: list[usage.UsageLine],
+    now: datetime,
+    by: str = "agent",
+    width: float = 900,
+    height: float = 260,
 ) -> MinutesChart:
-    """Billable agent minutes per UTC day, the last `DAYS` days up to today, per `by`."""
+    """Billable agent minutes per UTC day, the last `DAYS` days up to today, per `by`, from
+    the lines of `chart_query`."""
     today = now.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
     start = today - timedelta(days=DAYS - 1)
-    q = usage.UsageQuery(start=start, end=today + timedelta(days=1), now=now, by=("day", by))
     days = [(start + timedelta(days=i)).strftime("%Y-%m-%d") for i in range(DAYS)]
+    index = {day: i for i, day in enumerate(days)}
     per: dict[str, list[int]] = {}
-    for line in usage.compute(store, q):
+    for line in lines:
         day, key = line.groups[0] or "", line.groups[1] or ""
-        per.setdefault(key, [0] * DAYS)[days.index(day)] += line.billable_minutes
+        per.setdefault(key, [0] * DAYS)[index[day]] += line.billable_minutes
     ranked = sorted(per, key=lambda k: (-sum(per[k]), k))
     shown = ranked[:TOP_SERIES]
     minutes = {k: per[k] for k in shown}
@@ -181,14 +199,19 @@ class MonthTable:
     last_total: tuple[int, int, int]
 
 
-def month_table(store: Store, now: datetime, by: str = "agent") -> MonthTable:
-    """The current month (to now) and the last one per `by`, as `observer usage` gives
-    them for the same windows."""
+def month_query(now: datetime, by: str) -> usage.UsageQuery:
+    """The month table's: the last month and this one up to `now`, by month and `by`. (One
+    query cut at the first of this month gives the numbers of a query for each month.)"""
     this_start = now.astimezone(UTC).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
     last_start = (this_start - timedelta(days=1)).replace(day=1)
-    # both months in one query, cut at the first of this month: the same numbers as a
-    # query for each month
-    both = usage.compute(store, usage.UsageQuery(last_start, now, now, by=("month", by)))
+    return usage.UsageQuery(last_start, now, now, by=("month", by))
+
+
+def month_table(both: list[usage.UsageLine], now: datetime) -> MonthTable:
+    """The current month (to now) and the last one per group, from the lines of
+    `month_query`."""
+    this_start = now.astimezone(UTC).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    last_start = (this_start - timedelta(days=1)).replace(day=1)
     this_label = this_start.strftime("%Y-%m")
     this = [line for line in both if line.groups[0] == this_label]
     last = [line for line in both if line.groups[0] != this_label]
