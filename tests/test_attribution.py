@@ -504,7 +504,7 @@ def test_windows_summed_together_equal_each_alone(
                 assert sum(line.sessions for line in alone[1]) > 100
                 read.clear()
                 assert usage.compute_together(store, queries) == alone, (by, parts)
-                assert read == ["straight", "cut", "cut", "cut"]  # the bulk read once
+                assert sorted(read) == ["cut", "cut", "cut", "straight"]  # the bulk read once
         # what cannot be read together (a window not starting at a midnight, or not ending
         # with the others) is read alone, with the same result
         odd = [q(START + timedelta(hours=3), "day", "agent"), q(START, "month", "agent")]

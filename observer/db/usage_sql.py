@@ -158,29 +158,39 @@ def usage_totals_together(
         states=specs[0].states,
     )
     _, back = _reach_back(conn, days)
-    straight = _sum_rows(conn, days, start, parts, "straight")
-    day_ms = [epoch_ms(d) for d in midnights]
+    starts = [back(spec.edges[0]) for spec in specs]
+
+    def cut(spec: UsageSpec, since: datetime) -> Sequence[Any]:
+        with conn.engine.connect() as own:
+            _tune(own, parallel=False)
+            return _sum_rows(own, spec, since, 1, "cut")
+
+    if parts <= 1:
+        cut_rows = [
+            _sum_rows(conn, s, since, 1, "cut") for s, since in zip(specs, starts, strict=True)
+        ]
+        straight = _sum_rows(conn, days, start, 1, "straight")
+    else:  # the few to cut at the same time as the bulk
+        with ThreadPoolExecutor(max_workers=len(specs)) as pool:
+            cuts = pool.map(cut, specs, starts)
+            straight = _sum_rows(conn, days, start, parts, "straight")
+            cut_rows = list(cuts)
     width = len(days.group_by)
     out: list[tuple[UsageSpec, datetime, list[Any]]] = []
-    for spec in specs:
-        since = back(spec.edges[0])
+    for spec, since, rows in zip(specs, starts, cut_rows, strict=True):
         edges = [epoch_ms(e) for e in spec.edges]
-        sums: dict[tuple[Any, ...], list[Any]] = {
-            tuple(row[: width + 1]): list(row[width + 1 :])
-            for row in _sum_rows(conn, spec, since, 1, "cut")
-        }
+        # the bucket of each day in this window, or None
+        bucket: list[int | None] = [
+            bisect_right(edges, at) - 1 if at >= edges[0] else None
+            for at in (epoch_ms(d) for d in midnights)
+        ]
+        sums: dict[tuple[Any, ...], list[Any]] = {}
         for row in straight:
-            at = day_ms[row[width]]
-            if at < edges[0]:
-                continue
-            head = (*row[:width], bisect_right(edges, at) - 1)
-            had = sums.get(head)
-            if had is None:
-                sums[head] = list(row[width + 1 :])
-                continue
-            for i, v in enumerate(row[width + 1 :]):
-                if v is not None:
-                    had[i] = v if had[i] is None else had[i] + v
+            b = bucket[row[width]]
+            if b is not None:
+                _add_into(sums, (*row[:width], b), row[width + 1 :])
+        for row in rows:
+            _add_into(sums, tuple(row[: width + 1]), row[width + 1 :])
         out.append((spec, since, [(*head, *values) for head, values in sums.items()]))
     _untune(conn)
     return [_with_states(conn, spec, since, rows) for spec, since, rows in out]
@@ -244,7 +254,15 @@ def _sum_rows(
     ).one()
     first, last = (start, end) if first is None else (first, last)
     step = (last - first) / parts
-    bounds = [since, *(first + step * i for i in range(1, parts)), end]
+    cuts = [first + step * i for i in range(1, parts)]
+    if which == "straight":
+        # each session counts in the day of its join: cut at midnights, no group and day
+        # is in two stretches, and their rows need no adding up
+        cuts = sorted(
+            {c.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0) for c in cuts}
+        )
+        cuts = [c for c in cuts if since < c < end]
+    bounds = [since, *cuts, end]
 
     def stretch(lo: datetime, hi: datetime) -> list[Any]:
         with conn.engine.connect() as own:
@@ -253,7 +271,10 @@ def _sum_rows(
             return list(own.execute(query).all())
 
     with ThreadPoolExecutor(max_workers=parts) as pool:
-        return _added(pool.map(stretch, bounds[:-1], bounds[1:]), len(spec.group_by))
+        results = pool.map(stretch, bounds[:-1], bounds[1:])
+        if which == "straight":
+            return [row for rows in results for row in rows]
+        return _added(results, len(spec.group_by))
 
 
 def _with_states(
@@ -301,15 +322,19 @@ def _added(results: Iterable[list[Any]], width: int) -> list[tuple[Any, ...]]:
     out: dict[tuple[Any, ...], list[Any]] = {}
     for rows in results:
         for row in rows:
-            head = tuple(row[: width + 1])
-            sums = out.get(head)
-            if sums is None:
-                out[head] = list(row[width + 1 :])
-                continue
-            for i, v in enumerate(row[width + 1 :]):
-                if v is not None:
-                    sums[i] = v if sums[i] is None else sums[i] + v
+            _add_into(out, tuple(row[: width + 1]), row[width + 1 :])
     return [(*head, *sums) for head, sums in out.items()]
+
+
+def _add_into(out: dict[tuple[Any, ...], list[Any]], head: tuple[Any, ...], sums: Any) -> None:
+    """Adds the sums to those of `head` in `out`; a NULL sum adds nothing."""
+    had = out.get(head)
+    if had is None:
+        out[head] = list(sums)
+        return
+    for i, v in enumerate(sums):
+        if v is not None:
+            had[i] = v if had[i] is None else had[i] + v
 
 
 def _at_midnights(spec: UsageSpec) -> bool:
@@ -431,9 +456,8 @@ def _usage_query(
         return fn(a, b, type_=BigInteger)
 
     until = min(until, end)
-    wanted = []
-    if spec.kind is not None:
-        wanted.append(t.c.participant_kind == spec.kind)
+    of_kind = [] if spec.kind is None else [t.c.participant_kind == spec.kind]
+    wanted = list(of_kind)
     ended: ColumnElement[int]
     if spec.open_until is None:
         wanted.append(t.c.left_at > start)
@@ -454,8 +478,8 @@ def _usage_query(
     direct: Select[Any] | None = None
     # (each part gives its sessions one range of join times: with two, SQLite would search
     # its index by either, maybe the wider)
-    closed_inside = [*_joined(max(since, start), until), t.c.left_at.is_not(None)]
-    closed_inside += [t.c.left_at <= end, *wanted]
+    closed_inside = [*_joined(max(since, start), until)]
+    closed_inside += [t.c.left_at <= end, *of_kind]
     if which == "straight":
         not_crossing = t.c.crosses_day.is_(False)
         straight = _straight(spec, dialect, source, [*closed_inside, not_crossing])

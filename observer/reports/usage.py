@@ -208,6 +208,8 @@ def _lines(
     warn: Callable[[str], None],
 ) -> list[UsageLine]:
     edges, labels, where = plan.edges, plan.labels, plan.where
+    if not (q.states or q.tokens or q.prices is not None):
+        return _plain_lines(q, plan, totals)
     warned: set[str] = set()
 
     def unpriced(what: str) -> None:
@@ -275,8 +277,33 @@ def _lines(
                 costs,
             )
         )
+    return sorted(lines, key=_sort_key)
+
+
+def _plain_lines(q: UsageQuery, plan: _Plan, totals: Sequence[UsageTotal]) -> list[UsageLine]:
+    """`_lines` of a query for standing time alone: a month by agent and day is 30,000
+    groups, each made with as little as it takes."""
+    labels, where = plan.labels, plan.where
+    sums: dict[tuple[str | None, ...], list[int]] = {}
+    for t in totals:
+        keys = t.keys
+        key = tuple([labels[t.bucket] if i < 0 else keys[i] for i in where])
+        had = sums.get(key)
+        if had is None:
+            sums[key] = [t.sessions, t.duration_ms, t.billable_minutes]
+        else:
+            had[0] += t.sessions
+            had[1] += t.duration_ms
+            had[2] += t.billable_minutes
+    if not q.by and not sums:
+        sums[()] = [0, 0, 0]
+    lines = [UsageLine(key, n, ms, minutes) for key, (n, ms, minutes) in sums.items()]
+    return sorted(lines, key=_sort_key)
+
+
+def _sort_key(u: UsageLine) -> tuple[str, ...]:
     # Only agent names can be missing (None); they sort first, like "".
-    return sorted(lines, key=lambda u: tuple(v or "" for v in u.groups))
+    return tuple([v or "" for v in u.groups])
 
 
 def _money(v: Decimal | None) -> str:
