@@ -359,3 +359,44 @@ def test_observer_web_on_a_database_without_the_schema_is_one_line(
     assert main(["web"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "observer migrate" in err[0], err
+
+
+def test_a_view_asked_while_it_is_first_computed_is_computed_once() -> None:
+    """The start-up computes the default view; a visit meanwhile waits for that rather
+    than computing it again beside it (two of them on two cores take twice as long). A
+    failure reaches every waiter, and the next visit tries again."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from observer.web.views import TtlCache
+
+    cache = TtlCache(60.0)
+    calls: list[int] = []
+    release = threading.Event()
+
+    def make() -> int:
+        calls.append(1)
+        release.wait(10)
+        return len(calls)
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        got = [pool.submit(cache.get, "k", make) for _ in range(4)]
+        time.sleep(0.2)
+        release.set()
+        assert [f.result(10) for f in got] == [1, 1, 1, 1]
+    assert len(calls) == 1
+    assert cache.get("k", make) == 1  # and kept
+
+    def broken() -> int:
+        release.wait(10)
+        raise RuntimeError("database gone")
+
+    release.clear()
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        failing = [pool.submit(cache.get, "other", broken) for _ in range(2)]
+        time.sleep(0.2)
+        release.set()
+        for f in failing:
+            with pytest.raises(RuntimeError, match="database gone"):
+                f.result(10)
+    assert cache.get("other", lambda: 7) == 7

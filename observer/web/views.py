@@ -8,6 +8,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -282,13 +283,15 @@ def health_view(
 class TtlCache:
     """Values of the heavy views, answered at once. A value older than `ttl_s` is still
     answered, while a thread computes the next one; only a key never seen is computed
-    while the caller waits. Thread-safe."""
+    while the caller waits, once: callers asking while it is computed (the start-up's
+    warm-up, say) wait for that computation. Thread-safe."""
 
     def __init__(self, ttl_s: float, clock: Callable[[], float] = time.monotonic) -> None:
         self._ttl = ttl_s
         self._clock = clock
         self._values: dict[Any, tuple[float, Any]] = {}
         self._refreshing: set[Any] = set()
+        self._first: dict[Any, Future[Any]] = {}  # keys never seen, being computed
         self._lock = threading.Lock()
 
     def get(self, key: Any, make: Callable[[], Any]) -> Any:
@@ -298,8 +301,27 @@ class TtlCache:
             refresh = stale and key not in self._refreshing
             if refresh:
                 self._refreshing.add(key)
-        if hit is None:
-            return self._store(key, make)
+            first, computing = None, False
+            if hit is None:
+                first = self._first.get(key)
+                computing = first is not None
+                if first is None:
+                    first = self._first[key] = Future()
+        if first is not None:
+            if computing:
+                return first.result()
+            try:
+                value = self._store(key, make)
+            except BaseException as exc:
+                first.set_exception(exc)
+                raise
+            else:
+                first.set_result(value)
+                return value
+            finally:
+                with self._lock:
+                    del self._first[key]
+        assert hit is not None
         if refresh:
             threading.Thread(target=self._refresh, args=(key, make), daemon=True).start()
         return hit[1]
