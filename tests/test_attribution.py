@@ -544,3 +544,120 @@ def test_usage_states_cut_at_a_price_change_add_up(
     }
     cut = datetime(2026, 3, 2, 7, 30, tzinfo=UTC)
     assert any(s["joined"] < cut < (s["left"] or NOW) for s in billed_db)  # some hold it
+
+
+def test_sums_of_days_over_are_kept_and_outdated_by_late_writes(
+    billed_db: list[dict[str, Any]], db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The page's sums of days that are over are kept in `usage_day_sums` and read back.
+    A session of such a day closed late (at an observer's start, by `reconcile`'s settling)
+    or given attributes counts its day's version up, and that day alone is summed again:
+    the numbers stay those of `observer usage`. A database the keeping cannot write to only
+    costs the keeping."""
+    from sqlalchemy import func, select
+
+    from observer.core.tracker import UpdateAttributes
+    from observer.db import day_sums, usage_sql
+    from observer.db.schema import Base
+    from observer.reports import usage
+
+    summed_from: list[datetime] = []
+    sum_rows = usage_sql._sum_rows
+
+    def spy(*args: Any) -> Any:
+        if args[-1] == "straight":
+            summed_from.append(args[1].edges[0])
+        return sum_rows(*args)
+
+    monkeypatch.setattr(usage_sql, "_sum_rows", spy)
+    queries = [
+        usage.UsageQuery(START - timedelta(days=3), NOW, NOW, by=("day", by))
+        for by in ("agent", "attribute:customer")
+    ] + [usage.UsageQuery(START - timedelta(days=28), NOW, NOW, by=("month", "agent"))]
+    today = datetime(2026, 3, 3, tzinfo=UTC)  # the day NOW is in: never kept
+
+    def check() -> None:
+        summed_from.clear()
+        for q in queries:
+            pair = [q, queries[2]] if q is not queries[2] else [queries[0], q]
+            together = usage.compute_together(store, pair)
+            assert together == [usage.compute(store, x) for x in pair], q.by
+            day_sums.kept_all()  # (kept behind the answer)
+
+    def versions() -> dict[Any, int]:
+        t = Base.metadata.tables["usage_day_versions"]
+        with store.engine.connect() as conn:
+            return dict(conn.execute(select(t.c.day, t.c.version)).all())
+
+    def session(n: str, joined: datetime, customer: str = "acme") -> TrackedSession:
+        return TrackedSession(
+            room_name="room-1",
+            room_sid="RM_room-1",
+            participant_sid=f"PA_late-{n}",
+            identity=f"id-late-{n}",
+            name="",
+            kind="agent",
+            agent_name="agent-late",
+            attributes={"customer": customer},
+            joined_at=joined,
+            last_seen_at=joined,
+        )
+
+    store = Store(db_url)
+    try:
+        check()  # computes and keeps
+        t = Base.metadata.tables["usage_day_sums"]
+        with store.engine.connect() as conn:
+            assert conn.execute(select(func.count()).select_from(t)).scalar_one() > 0
+        check()  # reads them: only today is summed
+        assert set(summed_from) == {today}
+
+        # a late close of a session of 2 March (an observer restarting, say)
+        late = session("close", datetime(2026, 3, 2, 10, tzinfo=UTC))
+        left = late.joined_at + timedelta(minutes=7)
+        before = versions()
+        store.apply([Open(late)], "obs")
+        assert versions() == before  # an open row changes no day's sums
+        store.apply([Close(late.key, left, None, END_RTC, None, left, late)], "obs")
+        mar2, feb28 = datetime(2026, 3, 2).date(), datetime(2026, 2, 28).date()
+        assert versions() == {**before, mar2: before.get(mar2, 0) + 1}
+        check()
+        assert min(summed_from) == datetime(2026, 3, 2, tzinfo=UTC)  # that day, not before
+
+        # attributes set on that closed row
+        store.apply([UpdateAttributes(late.key, {"customer": "globex"}, "agent-late")], "obs")
+        assert versions()[mar2] == before.get(mar2, 0) + 2
+        check()
+
+        # `observer reconcile` settling a row left open on 28 February
+        stale = session("stale", datetime(2026, 2, 28, 9, tzinfo=UTC), "initech")
+        store.apply([Open(stale)], "obs")
+        with store.rollup_transaction() as tx:
+            tx.settle(store.stale_open_sessions(datetime(2026, 3, 1, tzinfo=UTC)), NOW)
+        assert versions()[feb28] == before.get(feb28, 0) + 1
+        check()
+        assert min(summed_from) == datetime(2026, 2, 28, tzinfo=UTC)
+        # a row closed across a midnight lies in no kept day: no version counted
+        night = session("night", datetime(2026, 3, 1, 23, 50, tzinfo=UTC))
+        late_left = night.joined_at + timedelta(minutes=20)
+        before = versions()
+        store.apply(
+            [Open(night), Close(night.key, late_left, None, END_RTC, None, late_left, night)], "obs"
+        )
+        assert versions() == before
+        check()
+
+        # keeping fails (a read-only role): the sums are answered all the same
+        with store.engine.begin() as conn:
+            for name in ("usage_day_sums", "usage_day_marks"):
+                conn.execute(Base.metadata.tables[name].delete())
+
+        def refuse(*_a: Any, **_k: Any) -> Any:
+            raise PermissionError("permission denied for table usage_day_sums")
+
+        monkeypatch.setattr(day_sums, "delete", refuse)
+        check()
+        with store.engine.connect() as conn:
+            assert conn.execute(select(func.count()).select_from(t)).scalar_one() == 0
+    finally:
+        store.close()

@@ -21,6 +21,7 @@ from observer.core.vocab import (
     END_RECONCILED,
     GroupKind,
 )
+from observer.db import day_sums
 from observer.db.reads import StaleSession
 from observer.db.schema import Base, SessionRow, dialect_insert
 from observer.db.usage_sql import TokenTotal, UsageSpec, UsageTotal, token_totals, usage_totals
@@ -69,6 +70,7 @@ class RollupTx:
         """
         closed = 0
         conn = self.db.connection()
+        changed = set()
         for s in sessions:
             last_seen, uncertainty_ms = missed_leave(s.last_seen_at, now)
             left_at = max(last_seen, s.joined_at)
@@ -89,7 +91,10 @@ class RollupTx:
                     updated_at=now,
                 )
             )
-            closed += conn.execute(stmt).rowcount
+            if conn.execute(stmt).rowcount == 1:
+                closed += 1
+                changed.add(day_sums.changed_day(s.joined_at, left_at, now))
+        day_sums.count_changes(conn, (d for d in changed if d is not None))
         return closed
 
     def usage(self, spec: UsageSpec) -> list[UsageTotal]:

@@ -55,6 +55,7 @@ class Store:
         # core, up to 4 (one for an in-memory SQLite, which each connection sees afresh)
         memory = url.startswith("sqlite") and make_url(url).database in (None, "", ":memory:")
         self.usage_parts = 1 if memory else max(1, min(os.cpu_count() or 1, 4))
+        self._keep_day_sums = not memory  # (another connection would not see them)
 
     def close(self) -> None:
         self.engine.dispose()
@@ -118,7 +119,7 @@ class Store:
     def usage_together(self, specs: Sequence[UsageSpec]) -> list[list[UsageTotal]]:
         """`usage` of each spec, the sessions read once where they can be."""
         with self.engine.connect() as conn:
-            return usage_totals_together(conn, specs, self.usage_parts)
+            return usage_totals_together(conn, specs, self.usage_parts, self._keep_day_sums)
 
     def stale_open_sessions(self, seen_before: datetime) -> list[StaleSession]:
         """Open sessions of every observer, last confirmed present before `seen_before`."""

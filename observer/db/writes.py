@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any, assert_never
 
 from sqlalchemy import (
@@ -36,6 +36,7 @@ from observer.core.tracker import (
     UpdateAttributes,
     Witnessed,
 )
+from observer.db import day_sums
 from observer.db.schema import (
     AgentUsageRow,
     Base,
@@ -93,22 +94,27 @@ def apply_ops(db: Session, ops: Sequence[Write], observer_id: str, now: datetime
     Returns the usage totals that went backwards (see `record_usage`).
     """
     backwards: list[str] = []
+    changed: set[date | None] = set()  # days over whose kept usage sums these writes change
     for op in ops:
         match op:
             case Open():
                 _open(db, op.session, observer_id, now)
             case Close():
-                _close(db, op, now)
+                changed.add(_close(db, op, now))
             case Touch():
                 _touch(db, op.keys, op.at, now)
             case UpdateAttributes():
-                db.execute(
+                updated = db.execute(
                     update(SessionRow)
                     .where(*_key_clause(op.key))
                     .values(
                         attributes=dict(op.attributes), agent_name=op.agent_name, updated_at=now
                     )
-                )
+                    .returning(SessionRow.joined_at, SessionRow.left_at)
+                ).all()
+                for joined_at, left_at in updated:
+                    if left_at is not None:
+                        changed.add(day_sums.changed_day(joined_at, left_at, now))
             case Witnessed():
                 _witnessed(db, op, observer_id)
             case RoomSeen():
@@ -123,6 +129,7 @@ def apply_ops(db: Session, ops: Sequence[Write], observer_id: str, now: datetime
                 insert_webhook(db, op)
             case _:
                 assert_never(op)
+    day_sums.count_changes(db.connection(), (d for d in changed if d is not None))
     return backwards
 
 
@@ -320,14 +327,15 @@ def _open(db: Session, s: TrackedSession, observer_id: str, now: datetime) -> No
     db.execute(stmt.on_conflict_do_nothing(index_elements=["room_sid", "participant_sid"]))
 
 
-def _close(db: Session, op: Close, now: datetime) -> None:
+def _close(db: Session, op: Close, now: datetime) -> date | None:
+    """Close the session; returns the day over whose kept usage sums this changes, if any."""
     row = db.execute(
         select(SessionRow.id, SessionRow.joined_at).where(
             *_key_clause(op.key), SessionRow.left_at.is_(None)
         )
     ).first()
     if row is None:
-        return
+        return None
     left_at = max(op.left_at, row.joined_at)
     duration_ms = round((left_at - row.joined_at).total_seconds() * 1000)
     closed = db.execute(
@@ -362,6 +370,9 @@ def _close(db: Session, op: Close, now: datetime) -> None:
                 for sp in op.timeline.spans
             ],
         )
+    if closed.rowcount != 1:  # type: ignore[attr-defined]
+        return None
+    return day_sums.changed_day(row.joined_at, left_at, now)
 
 
 def _timeline_columns(timeline: Timeline | None, duration_ms: int) -> dict[str, Any]:

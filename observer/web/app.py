@@ -1,7 +1,8 @@
 """The read-only page: live agents, minutes, sessions, reconcile and health (aiohttp and
 Jinja2). Served by the daemon on its HTTP port, or alone by `observer web`.
 
-Nothing here writes: every route is a GET except the login form, which only sets a cookie.
+No visitor writes: every route is a GET except the login form, which only sets a cookie.
+(Computing the Minutes view keeps the sums of days that are over: `observer.db.day_sums`.)
 """
 
 from __future__ import annotations
