@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from bisect import bisect_right
-from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
@@ -432,21 +431,24 @@ def _cut_states(
     other, alone = STATE_SUMS.index(OTHER_STATE), STATE_SUMS.index("alone")
     first, last, buckets = edges[0], edges[-1], len(edges) - 1
     width = len(spec.group_by)
-    pieces: dict[tuple[tuple[str | None, ...], int, int], int] = defaultdict(int)
+    n = len(STATE_SUMS)
+    out: dict[tuple[tuple[str | None, ...], int], list[int]] = {}
     for row in conn.execute(_cut_states_query(spec, dialect, since)).all():
         inside, crosses, kind, value, joined, left, s, e = row[width:]
         if inside and _by_columns(edges, unless_crossing, crosses, joined, left):
             continue  # counted by its own columns (as `_usage_query` decides)
         i = alone if kind == "alone" else state_index.get(value, other)
-        lo, hi = max(s, first), min(e, last)
+        lo = s if s > first else first
+        hi = e if e < last else last
         group = tuple(row[:width])
         b = bisect_right(edges, lo) - 1
         while lo < hi and b < buckets and edges[b] < hi:
-            pieces[group, b, i] += min(hi, edges[b + 1]) - max(lo, edges[b])
+            top, bottom = edges[b + 1], edges[b]
+            sums = out.get((group, b))
+            if sums is None:
+                sums = out[group, b] = [0] * n
+            sums[i] += (hi if hi < top else top) - (lo if lo > bottom else bottom)
             b += 1
-    out: dict[tuple[tuple[str | None, ...], int], list[int]] = {}
-    for (group, b, i), ms in pieces.items():
-        out.setdefault((group, b), [0] * len(STATE_SUMS))[i] += ms
     return out
 
 
