@@ -373,3 +373,31 @@ def bounds(sel: Any, op: Any) -> int:
         and getattr(term.left, "table", None) is not None
         and term.left.table.name == "sessions"
     )
+
+
+def test_kept_day_sums_keep_the_newest_and_empty_days(db_url: str) -> None:
+    """A keeping computed at an older version of a day (a slow process, while another kept a
+    newer one) does not replace the newer; a day with no sessions is kept as such; sums
+    kept at an older version than the day's are not read."""
+    from datetime import date
+
+    from observer.db import day_sums
+
+    now = datetime(2026, 11, 30, tzinfo=UTC)
+    rollup = day_sums.rollup_name(("agent",), "agent", 1)
+    d, empty = date(2026, 3, 2), date(2026, 3, 3)
+    store = Store(db_url)
+    try:
+        day_sums.keep(store.engine, rollup, {d: [("a", 1, 1000, 1)], empty: []}, {d: 2}, now)
+        day_sums.keep(store.engine, rollup, {d: [("a", 9, 9000, 9)]}, {d: 1}, now)
+        with store.engine.connect() as conn:
+            both = day_sums.kept(conn, rollup, d, empty, {d: 2})
+            assert both == {d: [("a", 1, 1000, 1)], empty: []}
+            assert day_sums.kept(conn, rollup, d, empty, {d: 3}) == {empty: []}
+            assert day_sums.kept(conn, rollup, d, empty, {d: 2, empty: 1}) == {d: both[d]}
+        # at the current version, it replaces what was kept
+        day_sums.keep(store.engine, rollup, {d: [("b", 2, 2000, 2)]}, {d: 3}, now)
+        with store.engine.connect() as conn:
+            assert day_sums.kept(conn, rollup, d, d, {d: 3}) == {d: [("b", 2, 2000, 2)]}
+    finally:
+        store.close()

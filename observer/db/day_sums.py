@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Engine, delete, insert, select
+from sqlalchemy import Connection, Engine, and_, delete, insert, select
 from sqlalchemy.exc import IntegrityError
 
 from observer.core.times import crosses_day
@@ -68,25 +68,21 @@ def versions(conn: Connection, first: date, last: date) -> dict[date, int]:
 def kept(
     conn: Connection, rollup: str, first: date, last: date, current: dict[date, int]
 ) -> dict[date, list[DaySum]]:
-    """The kept sums of the days in [first, last] computed at their `current` version."""
+    """The kept sums of the days in [first, last] computed at their `current` version.
+    Marks and sums are read in one statement, so both come from the same keeping."""
     m = Base.metadata.tables["usage_day_marks"]
-    marks = conn.execute(
-        select(m.c.day, m.c.version).where(m.c.rollup == rollup, m.c.day >= first, m.c.day <= last)
-    )
-    valid: dict[date, list[DaySum]] = {
-        day: [] for day, version in marks if version == current.get(day, 0)
-    }
-    if not valid:
-        return valid
     s = Base.metadata.tables["usage_day_sums"]
     rows = conn.execute(
-        select(s.c.day, s.c.key, s.c.sessions, s.c.duration_ms, s.c.billable_minutes).where(
-            s.c.rollup == rollup, s.c.day >= min(valid), s.c.day <= max(valid)
-        )
+        select(m.c.day, m.c.version, s.c.key, s.c.sessions, s.c.duration_ms, s.c.billable_minutes)
+        .select_from(m.outerjoin(s, and_(s.c.rollup == m.c.rollup, s.c.day == m.c.day)))
+        .where(m.c.rollup == rollup, m.c.day >= first, m.c.day <= last)
     )
-    for day, key, n, ms, minutes in rows:
-        sums = valid.get(day)
-        if sums is not None:
+    valid: dict[date, list[DaySum]] = {}
+    for day, version, key, n, ms, minutes in rows:
+        if version != current.get(day, 0):
+            continue
+        sums = valid.setdefault(day, [])
+        if n is not None:  # (a day kept with no sessions has no sums)
             sums.append((key, n, ms, minutes))
     return valid
 
@@ -126,6 +122,20 @@ def keep(
     days = sorted(sums)
     try:
         with engine.begin() as conn:
+            # a keeping from a later version of a day (another process, in the meantime)
+            # stays
+            newer = {
+                day
+                for day, version in conn.execute(
+                    select(m.c.day, m.c.version).where(
+                        m.c.rollup == rollup, m.c.day >= days[0], m.c.day <= days[-1]
+                    )
+                )
+                if day in sums and version > at_versions.get(day, 0)
+            }
+            days = [d for d in days if d not in newer]
+            if not days:
+                return
             for chunk in _chunks(days, 500):
                 conn.execute(delete(m).where(m.c.rollup == rollup, m.c.day.in_(chunk)))
                 conn.execute(delete(s).where(s.c.rollup == rollup, s.c.day.in_(chunk)))
