@@ -42,6 +42,7 @@ VIEWS = (
     "/now",
     "/minutes",
     "/minutes?by=attribute:customer",
+    "/minutes?by=room-metadata:customer",
     "/sessions",
     "/sessions?agent=agent-0007",
     "/reconcile",
