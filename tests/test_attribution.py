@@ -12,6 +12,7 @@ import math
 import os
 import random
 from collections import defaultdict
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -551,7 +552,8 @@ def test_sums_of_days_over_are_kept_and_outdated_by_late_writes(
 ) -> None:
     """The page's sums of days that are over are kept in `usage_day_sums` and read back.
     A session of such a day closed late (at an observer's start, by `reconcile`'s settling)
-    or given attributes counts its day's version up, and that day alone is summed again:
+    or given attributes, or its room's new metadata, counts its day's version up, and that
+    day alone is summed again:
     the numbers stay those of `observer usage`. A database the keeping cannot write to only
     costs the keeping."""
     from sqlalchemy import func, select
@@ -572,14 +574,15 @@ def test_sums_of_days_over_are_kept_and_outdated_by_late_writes(
     monkeypatch.setattr(usage_sql, "_sum_rows", spy)
     queries = [
         usage.UsageQuery(START - timedelta(days=3), NOW, NOW, by=("day", by))
-        for by in ("agent", "attribute:customer")
+        for by in ("agent", "attribute:customer", "room-metadata:customer")
     ] + [usage.UsageQuery(START - timedelta(days=28), NOW, NOW, by=("month", "agent"))]
     today = datetime(2026, 3, 3, tzinfo=UTC)  # the day NOW is in: never kept
 
     def check() -> None:
         summed_from.clear()
+        month = queries[-1]
         for q in queries:
-            pair = [q, queries[2]] if q is not queries[2] else [queries[0], q]
+            pair = [q, replace(month, by=("month", q.by[1]))] if q is not month else [queries[0], q]
             together = usage.compute_together(store, pair)
             assert together == [usage.compute(store, x) for x in pair], q.by
             day_sums.kept_all()  # (kept behind the answer)
@@ -637,6 +640,25 @@ def test_sums_of_days_over_are_kept_and_outdated_by_late_writes(
         assert versions()[feb28] == before.get(feb28, 0) + 1
         check()
         assert min(summed_from) == datetime(2026, 2, 28, tzinfo=UTC)
+        # a room's new metadata counts up the days of its sessions; the same metadata again,
+        # nothing; a room seen for the first time (known only from its sessions) too
+        at = datetime.now(UTC)
+        before = versions()
+        same = RoomSeen("RM_room-1", "room-1", METADATA[1], MAR1, at, 0, 0)
+        store.apply([same], "obs")
+        assert versions() == before
+        store.apply(
+            [RoomSeen("RM_room-1", "room-1", '{"customer": "umbrella"}', MAR1, at, 0, 0)], "obs"
+        )
+        assert {d for d, v in versions().items() if v > before.get(d, 0)}
+        check()
+        before = versions()
+        store.apply(
+            [RoomSeen("RM_room-11", "room-11", '{"customer": "hooli"}', MAR1, at, 0, 0)], "obs"
+        )
+        assert {d for d, v in versions().items() if v > before.get(d, 0)}
+        check()
+
         # a row closed across a midnight lies in no kept day: no version counted
         night = session("night", datetime(2026, 3, 1, 23, 50, tzinfo=UTC))
         late_left = night.joined_at + timedelta(minutes=20)

@@ -3,10 +3,10 @@ summed again (`usage_day_sums`).
 
 Only the sessions that lie whole in one day are kept this way: closed, holding no midnight.
 Such a session changes once its day is over only when it is closed late (at an observer's
-start, by `observer reconcile`) or gets attributes; both count the day's version up
-(`usage_day_versions`, in the transaction that writes the session). Sums computed at an
-older version of their day are summed again. A day counts as over `SETTLED` after its end,
-so that a write in flight while it ended is in the sums.
+start, by `observer reconcile`), gets attributes, or its room gets new metadata; each
+counts the day's version up (`usage_day_versions`, in the transaction that writes it).
+Sums computed at an older version of their day are summed again. A day counts as over
+`SETTLED` after its end, so that a write in flight while it ended is in the sums.
 """
 
 from __future__ import annotations
@@ -41,6 +41,22 @@ def changed_day(joined_at: datetime, left_at: datetime, now: datetime) -> date |
         return None
     day = joined_at.astimezone(UTC).date()
     return day if day < now.astimezone(UTC).date() else None
+
+
+def room_days(conn: Connection, room_sid: str, now: datetime) -> set[date]:
+    """The days over by `now` holding closed sessions of this room that lie whole in one:
+    when its metadata changes, so do their sums by room metadata."""
+    t = Base.metadata.tables["sessions"]
+    today = now.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    rows = conn.execute(
+        select(t.c.joined_at).where(
+            t.c.room_sid == room_sid,
+            t.c.left_at.is_not(None),
+            t.c.crosses_day.is_(False),
+            t.c.joined_at < today,
+        )
+    )
+    return {joined.astimezone(UTC).date() for (joined,) in rows}
 
 
 def count_changes(conn: Connection, days: Iterable[date]) -> None:

@@ -204,12 +204,12 @@ def _straight_days(
 ) -> list[Any]:
     """The rows of `_sum_rows(..., "straight")` for `days` (a bucket per midnight).
 
-    With one grouping by the sessions' own columns (not by the rooms', which change) and no
-    states, the days that are over come from `usage_day_sums` when kept there at their
-    current version; the others are summed, and (with `keep`) kept."""
+    With one grouping and no states, the days that are over come from `usage_day_sums`
+    when kept there at their current version; the others are summed, and (with `keep`)
+    kept."""
     width = len(days.group_by)
     start, end = midnights[0], days.edges[-1]
-    if width != 1 or days.states or days.group_by[0].startswith(ROOM_METADATA):
+    if width != 1 or days.states:
         return list(_sum_rows(conn, days, start, parts, "straight"))
     now = utcnow()
     one_day = timedelta(days=1)

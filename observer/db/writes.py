@@ -118,7 +118,7 @@ def apply_ops(db: Session, ops: Sequence[Write], observer_id: str, now: datetime
             case Witnessed():
                 _witnessed(db, op, observer_id)
             case RoomSeen():
-                _room_seen(db, op, now)
+                changed.update(_room_seen(db, op, now))
             case RoomPresence():
                 _room_presence(db, op, now)
             case RoomEnded():
@@ -144,10 +144,13 @@ def metadata_object(metadata: str | None) -> dict[str, Any] | None:
     return value if isinstance(value, dict) else None
 
 
-def _room_seen(db: Session, op: RoomSeen, now: datetime) -> None:
+def _room_seen(db: Session, op: RoomSeen, now: datetime) -> set[date]:
+    """Record the room; returns the days over whose kept usage sums by room metadata its
+    new metadata changes (those holding its sessions), if it changed."""
     dialect = db.get_bind().dialect.name
     greatest = func.greatest if dialect == "postgresql" else func.max
     t = RoomRow.__table__
+    before = db.execute(select(t.c.metadata).where(t.c.sid == op.room_sid)).first()
     values: dict[str, Any] = dict(
         sid=op.room_sid,
         name=op.room_name,
@@ -174,6 +177,10 @@ def _room_seen(db: Session, op: RoomSeen, now: datetime) -> None:
     if op.metadata is not None:
         changes.update(metadata=new.metadata, metadata_json=new.metadata_json)
     db.execute(stmt.on_conflict_do_update(index_elements=[t.c.sid], set_=changes))
+    # (no row groups as "", like an empty metadata)
+    if op.metadata is None or op.metadata == (before[0] if before else ""):
+        return set()
+    return day_sums.room_days(db.connection(), op.room_sid, now)
 
 
 def _room_presence(db: Session, op: RoomPresence, now: datetime) -> None:
