@@ -399,5 +399,18 @@ def test_kept_day_sums_keep_the_newest_and_empty_days(db_url: str) -> None:
         day_sums.keep(store.engine, rollup, {d: [("b", 2, 2000, 2)]}, {d: 3}, now)
         with store.engine.connect() as conn:
             assert day_sums.kept(conn, rollup, d, d, {d: 3}) == {d: [("b", 2, 2000, 2)]}
+        # keeping a day lets go of the grouping's days more than `KEPT_FOR` older
+        later = d + day_sums.KEPT_FOR - timedelta(days=1)
+        day_sums.keep(store.engine, rollup, {later: [("c", 1, 1, 1)]}, {}, now)
+        with store.engine.connect() as conn:
+            assert day_sums.kept(conn, rollup, d, later, {d: 3}) == {
+                d: [("b", 2, 2000, 2)],
+                empty: [],
+                later: [("c", 1, 1, 1)],
+            }  # (2 and 3 March are within reach of that day)
+        day_sums.keep(store.engine, rollup, {later + timedelta(days=2): []}, {}, now)
+        with store.engine.connect() as conn:
+            # 2 March is let go; 3 March (100 days before) stays
+            assert set(day_sums.kept(conn, rollup, d, later, {d: 3})) == {empty, later}
     finally:
         store.close()

@@ -26,6 +26,8 @@ from observer.db.schema import Base, dialect_insert
 log = logging.getLogger(__name__)
 
 SETTLED = timedelta(hours=1)
+# Keeping a grouping's days lets go of its days this much older (the page reads two months)
+KEPT_FOR = timedelta(days=100)
 # One day's sums of one group: (key, sessions, duration_ms, billable_minutes)
 DaySum = tuple[str | None, int, int, int]
 
@@ -152,6 +154,9 @@ def keep(
             days = [d for d in days if d not in newer]
             if not days:
                 return
+            old = days[0] - KEPT_FOR
+            conn.execute(delete(m).where(m.c.rollup == rollup, m.c.day < old))
+            conn.execute(delete(s).where(s.c.rollup == rollup, s.c.day < old))
             for chunk in _chunks(days, 500):
                 conn.execute(delete(m).where(m.c.rollup == rollup, m.c.day.in_(chunk)))
                 conn.execute(delete(s).where(s.c.rollup == rollup, s.c.day.in_(chunk)))
