@@ -150,7 +150,12 @@ def _room_seen(db: Session, op: RoomSeen, now: datetime) -> set[date]:
     dialect = db.get_bind().dialect.name
     greatest = func.greatest if dialect == "postgresql" else func.max
     t = RoomRow.__table__
-    before = db.execute(select(t.c.metadata).where(t.c.sid == op.room_sid)).first()
+    # the metadata before, when this brings some (most carry none: a new peak of agents)
+    before = (
+        None
+        if op.metadata is None
+        else db.execute(select(t.c.metadata).where(t.c.sid == op.room_sid)).first()
+    )
     values: dict[str, Any] = dict(
         sid=op.room_sid,
         name=op.room_name,
