@@ -117,6 +117,18 @@ async def wait_for(pred, timeout: float, what) -> None:  # type: ignore[no-untyp
         await asyncio.sleep(0.2)
 
 
+def fleet_story(logs: list[Path]) -> str:
+    """What each observer said about the fleet and its rooms, in time order: for a failure."""
+    said = ("observers changed", "heartbeat failed", "heartbeat again", "room joined")
+    lines = [
+        (line["ts"], log.stem, line["msg"], line.get("observers") or line.get("room") or "")
+        for log in logs
+        for msg in said
+        for line in log_lines([log], msg)
+    ]
+    return "\n".join(" ".join(map(str, parts)) for parts in sorted(lines))
+
+
 def log_lines(logs: list[Path], message: str) -> list[dict[str, object]]:
     out = []
     for log in logs:
@@ -483,5 +495,5 @@ async def test_database_outage_with_three_observers(
         assert leave_row.end_source == "rtc"
         assert all(r.left_at is None for r in got if r.participant_identity.startswith("stay-"))
         # ownership settled without every observer joining every room
-        assert joins() - joins_before <= 2
+        assert joins() - joins_before <= 2, fleet_story(logs)
         del stay

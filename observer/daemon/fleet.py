@@ -7,9 +7,10 @@ by OBSERVER_REPLICAS of them. When one dies, the others' next placement gives it
 the survivors. A clean stop marks the row as stopping, waits until its rooms are listed by
 another observer, and then leaves them.
 
-After the database was unreachable, heartbeats of everyone are stale for a moment: the
-membership does not shrink until this observer has beaten for a whole FAILOVER_S / 2
-again, so that a database outage does not make every observer join every room.
+After the database was unreachable, heartbeats of everyone are stale for a moment, and
+the others come back at their own pace (a retry's sleep, a busy thread pool): the
+membership does not shrink until this observer has beaten for a whole FAILOVER_S again,
+so that a database outage does not make observers join each other's rooms.
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ class Fleet:
         self.replicas = settings.replicas
         self.interval_s = settings.failover_s / 5
         self.dead_after_s = settings.failover_s / 2
+        self.failover_s = settings.failover_s
         self.shared = settings.database_url.startswith("postgresql")
         self._store = store
         self._metrics = metrics
@@ -57,6 +59,7 @@ class Fleet:
         self.members: tuple[str, ...] = (self.me,)
         self.others: list[fleet_db.Member] = []
         self._healthy_since: float | None = None
+        self._failing_since: float | None = None
         self._stopping = False
         self._beats = 0
         metrics.observers_alive.set_function(lambda: len(self.members))
@@ -81,7 +84,6 @@ class Fleet:
             await asyncio.sleep(self.interval_s)
 
     async def beat(self) -> None:
-        now = utcnow()
         try:
             members = await asyncio.to_thread(
                 fleet_db.heartbeat,
@@ -90,7 +92,6 @@ class Fleet:
                 host=self._host,
                 pid=os.getpid(),
                 started_at=self._started_at,
-                now=now,
                 stopping=self._stopping,
                 rooms=sorted(self._rooms_inside()),
                 dead_after_s=self.dead_after_s,
@@ -98,13 +99,20 @@ class Fleet:
         except SQLAlchemyError as exc:
             if self._healthy_since is not None:
                 log.warning("heartbeat failed", extra={"error": type(exc).__name__})
+                self._failing_since = time.monotonic()
             self._healthy_since = None
             return
         if self._healthy_since is None:
             self._healthy_since = time.monotonic()
+            if self._failing_since is not None:
+                log.warning(
+                    "heartbeat again",
+                    extra={"failed_for_s": round(self._healthy_since - self._failing_since, 1)},
+                )
+                self._failing_since = None
         self.others = [m for m in members if m.observer_id != self.me]
         live = {m.observer_id for m in members if not m.stopping} | {self.me}
-        if time.monotonic() - self._healthy_since < self.dead_after_s:
+        if time.monotonic() - self._healthy_since < self.failover_s:
             live |= set(self.members)  # just back: nobody is taken for dead yet
         self._set_members(tuple(sorted(live)))
         for m in members:

@@ -9,6 +9,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import Engine, delete, func, select
 from sqlalchemy.orm import Session
 
+from observer.core.times import utcnow
 from observer.core.tracker import TrackedSession
 from observer.db.schema import (
     ObserverRow,
@@ -38,13 +39,15 @@ def heartbeat(
     host: str,
     pid: int,
     started_at: datetime,
-    now: datetime,
     stopping: bool,
     rooms: Sequence[str],
     dead_after_s: float,
+    now: datetime | None = None,
 ) -> list[Member]:
     """Say this observer is alive (and what it watches); return every live observer, this
-    one included, as of `now`."""
+    one included, as of `now` (by default the time of the call: a heartbeat that waited
+    for a thread must not look older to the others than it is)."""
+    now = now or utcnow()
     values = {
         "observer_id": observer_id,
         "host": host,
