@@ -4,7 +4,8 @@ bench/bench_usage.py (1,000 of them open, in 1,000 live rooms), on SQLite and Po
 Times a GET of each view from the page served in-process (as `observer web` serves it),
 medians of several runs; the Minutes view computed with nothing kept (the first time a
 grouping is asked on a database), on a first visit with the sums of the days that are over
-kept (a restart, another observer), and from its cache. (The live
+kept (a restart, another observer), and from its cache; and how long the start-up's
+computation of every offered grouping takes with nothing kept. (The live
 view's CPU share: bench/bench_live_view.py.)
 
     .venv/bin/python bench/bench_web.py                 # starts a private PostgreSQL
@@ -36,6 +37,7 @@ from observer.core.tracker import RoomPresence, RoomSeen
 from observer.db import day_sums, migrate
 from observer.db.schema import Base
 from observer.db.store import Store
+from observer.web import views
 from observer.web.app import WebPage, access_middleware
 
 VIEWS = (
@@ -106,7 +108,13 @@ async def bench(name: str, url: str, rows: list[tuple[object, ...]], runs: int) 
                     assert r.status == 200, (path, r.status)
                 return time.perf_counter() - t
 
-            await get("/minutes")  # the start-up's computation, done
+            # the start-up's computation of every grouping offered, with nothing kept yet
+            t = time.perf_counter()
+            assert page.warmed is not None
+            await page.warmed
+            took = time.perf_counter() - t
+            offered = views.worth_warming(page._grouping_choices())
+            print(f"  start-up, nothing kept: {took:.2f} s for {', '.join(offered)}", flush=True)
             day_sums.kept_all()
             for path in VIEWS:
                 if path.startswith("/minutes"):

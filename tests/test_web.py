@@ -400,3 +400,76 @@ def test_a_view_asked_while_it_is_first_computed_is_computed_once() -> None:
             with pytest.raises(RuntimeError, match="database gone"):
                 f.result(10)
     assert cache.get("other", lambda: 7) == 7
+
+
+async def test_the_offered_groupings_come_from_the_data_and_are_computed_before_a_visit(
+    db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from aiohttp import web
+    from sqlalchemy import select
+
+    from observer.db import day_sums
+    from observer.db.schema import UsageDayMarkRow
+    from observer.web import views
+    from observer.web.app import WebPage, access_middleware
+
+    now = datetime.now(UTC)
+    ops: list[Any] = []
+    for n in range(40):
+        sid = f"RM_k{n % 4}"
+        meta = json.dumps({"plan": f"p{n % 2}", "customer": f"c{n % 3}"}) if n % 4 else "{}"
+        ops.append(RoomSeen(sid, f"keyed-{n % 4}", meta, None, now, 1, 1))
+        attributes = {"customer": f"c{n % 3}", "lk.agent.state": "speaking"}
+        if n % 2:
+            attributes["region"] = "eu"
+        joined = now - timedelta(days=n % 20, hours=2)
+        s = TrackedSession(
+            f"keyed-{n % 4}", sid, f"PA_k{n}", f"id-k{n}", "", "agent", "bot", attributes,
+            joined, joined,
+        )  # fmt: skip
+        left = joined + timedelta(minutes=7)
+        ops += [Open(s), Close(s.key, left, "CLIENT_INITIATED", END_RTC, None, left, s)]
+    user = TrackedSession(
+        "keyed-0", "RM_k0", "PA_user", "id-user", "", "standard", None, {"seat": "3"}, now, now
+    )
+    ops.append(Open(user))
+    store = Store(db_url)
+    store.apply(ops, "obs")
+
+    computed: list[str] = []
+    minutes_view = views.minutes_view
+
+    def counted(store: Store, now: datetime, by: str = "agent") -> Any:
+        computed.append(by)
+        return minutes_view(store, now, by)
+
+    monkeypatch.setattr(views, "minutes_view", counted)
+    page = WebPage(store, stuck_after_s=300, dead_after_s=10, token=None)
+    app = web.Application(middlewares=[access_middleware(None, frozenset())])
+    page.add_routes(app)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_tcp_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        assert page.warmed is not None
+        await asyncio.wait_for(page.warmed, 60)
+        keyed = ["attribute:customer", "attribute:region", "room-metadata:customer"]
+        keyed.append("room-metadata:plan")
+        # the most seen first; LiveKit's own attributes and a user's are not offered
+        assert computed == ["agent", *keyed]
+        status, html = await get(f"http://127.0.0.1:{port}/minutes?by=attribute:region")
+        assert status == 200
+        offered = re.findall(r'<option value="([^"]+)">', html)
+        assert offered == ["agent", *keyed, "room", "identity", "room-metadata"]
+        assert computed == ["agent", *keyed]  # the visit found it computed
+        day_sums.kept_all()
+        with store.engine.connect() as conn:
+            rollups = conn.scalars(select(UsageDayMarkRow.rollup).distinct())
+            kept = {r.split(";")[0] for r in rollups}
+        assert {"agent", *keyed} <= kept and not kept & {"room", "identity"}
+        status, html = await get(f"http://127.0.0.1:{port}/minutes?by=identity")
+        assert status == 200 and computed[-1] == "identity"
+    finally:
+        await runner.cleanup()
+        store.close()

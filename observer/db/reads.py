@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -196,3 +197,39 @@ def period_summaries(engine: Engine, limit: int = 12) -> list[PeriodSummary]:
     )
     with Session(engine) as db:
         return [PeriodSummary(*row[:10], differences=list(row[10] or [])) for row in db.execute(q)]
+
+
+@dataclass(frozen=True)
+class GroupingKeys:
+    """The keys worth grouping by, as the latest agent sessions show them."""
+
+    attributes: list[str]
+    room_metadata: list[str]
+
+
+def grouping_keys(engine: Engine, recent: int = 1000, most: int = 6) -> GroupingKeys:
+    """The `most` attribute keys and room-metadata keys found most often in the latest
+    `recent` agent sessions and their rooms; LiveKit's own `lk.` attributes left out."""
+    latest = (
+        select(SessionRow.room_sid, SessionRow.attributes)
+        .where(SessionRow.participant_kind == "agent")
+        .order_by(SessionRow.id.desc())
+        .limit(recent)
+    )
+    with Session(engine) as db:
+        rows = db.execute(latest).all()
+        sids = sorted({sid for sid, _ in rows})
+        metadata = [
+            m
+            for chunk in range(0, len(sids), 500)
+            for m in db.scalars(
+                select(RoomRow.metadata_json).where(RoomRow.sid.in_(sids[chunk : chunk + 500]))
+            )
+        ]
+    attributes = Counter(k for _, a in rows for k in (a or {}) if not k.startswith("lk."))
+    room_keys = Counter(k for m in metadata if isinstance(m, dict) for k in m)
+
+    def top(c: Counter[str]) -> list[str]:
+        return [k for k, _ in sorted(c.items(), key=lambda kv: (-kv[1], kv[0]))[:most]]
+
+    return GroupingKeys(top(attributes), top(room_keys))

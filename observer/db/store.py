@@ -20,11 +20,13 @@ from observer.core.tracker import (
     TrackedSession,
 )
 from observer.db.reads import (
+    GroupingKeys,
     LiveAgent,
     PeriodSummary,
     RoomFilter,
     SessionFilter,
     StaleSession,
+    grouping_keys,
     live_agents,
     period_summaries,
     room_rows,
@@ -103,6 +105,10 @@ class Store:
 
     def live_agents(self) -> list[LiveAgent]:
         return live_agents(self.engine)
+
+    def grouping_keys(self) -> GroupingKeys:
+        """Attribute and room-metadata keys of the latest agent sessions, most seen first."""
+        return grouping_keys(self.engine)
 
     def periods(self, limit: int = 12) -> list[PeriodSummary]:
         return period_summaries(self.engine, limit)

@@ -88,6 +88,7 @@ class WebPage:
         self._refresh_s = refresh_s
         self._clock = clock
         self._cache = views.TtlCache(60.0)
+        self.warmed: asyncio.Future[None] | None = None  # the start-up's computation
         self._rows: dict[tuple[Any, ...], str] = {}
         self._env = jinja2.Environment(
             loader=jinja2.FileSystemLoader(HERE / "templates"),
@@ -203,7 +204,8 @@ class WebPage:
             raise web.HTTPBadRequest(text=f"unknown grouping {by!r}\n")
         now = self._clock()
         chart, table = await self._run(self._minutes_data, by, now)
-        return self._page("minutes.html", request, chart=chart, table=table, by=by)
+        choices = await self._run(self._grouping_choices)
+        return self._page("minutes.html", request, chart=chart, table=table, by=by, choices=choices)
 
     def _minutes_data(self, by: str, now: datetime) -> tuple[Any, Any]:
         """The chart and the month table, from the cache (see `views.TtlCache`)."""
@@ -213,12 +215,23 @@ class WebPage:
         )
         return data
 
-    async def _warm(self, _app: web.Application) -> None:
-        """Start computing the default minutes view, so that the first visit finds it."""
-        task = asyncio.get_running_loop().run_in_executor(
-            None, self._minutes_data, "agent", self._clock()
+    def _grouping_choices(self) -> list[str]:
+        choices: list[str] = self._cache.get(
+            ("groupings",), lambda: views.grouping_choices(self._store)
         )
-        task.add_done_callback(lambda t: t.exception())  # a failure shows at the visit
+        return choices
+
+    def _warm_all(self) -> None:
+        """The minutes views by agent, then by every key the page offers, one at a time."""
+        self._minutes_data("agent", self._clock())
+        for by in views.worth_warming(self._grouping_choices()):
+            self._minutes_data(by, self._clock())
+
+    async def _warm(self, _app: web.Application) -> None:
+        """Start computing the minutes views the page offers, so that a visit finds them;
+        the first ever on a database takes seconds each, the next from the kept day sums."""
+        self.warmed = asyncio.get_running_loop().run_in_executor(None, self._warm_all)
+        self.warmed.add_done_callback(lambda t: t.exception())  # a failure shows at the visit
 
     def _session_filter(self, request: web.Request, limit: int | None) -> SessionFilter:
         q = request.query

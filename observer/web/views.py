@@ -130,6 +130,23 @@ def minutes_view(store: Store, now: datetime, by: str = "agent") -> tuple[Minute
     return minutes_chart(days, now, by), month_table(months, now)
 
 
+def grouping_choices(store: Store) -> list[str]:
+    """The groupings the page offers: by agent, by each attribute and room-metadata key of
+    the latest agent sessions, and the groupings with a value per room or participant."""
+    keys = store.grouping_keys()
+    keyed = [f"attribute:{k}" for k in keys.attributes]
+    keyed += [f"room-metadata:{k}" for k in keys.room_metadata]
+    offered = ["agent", *keyed, "room", "identity", "room-metadata"]
+    return [g for g in offered if usage.is_grouping(g) and g not in ("day", "month")]
+
+
+def worth_warming(choices: list[str]) -> list[str]:
+    """Of the offered groupings, those computed ahead of a visit: by agent and by key. (A
+    value per room or participant makes a long table that few ask for, and many rows to
+    keep; those are computed when asked.)"""
+    return [g for g in choices if g == "agent" or g.startswith(("attribute:", "room-metadata:"))]
+
+
 def chart_query(now: datetime, by: str) -> usage.UsageQuery:
     """The chart's: the last `DAYS` UTC days up to `now`, by day and `by`."""
     today = now.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
