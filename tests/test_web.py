@@ -473,3 +473,34 @@ async def test_the_offered_groupings_come_from_the_data_and_are_computed_before_
     finally:
         await runner.cleanup()
         store.close()
+
+
+async def test_a_page_stopped_while_it_computes_leaves_no_connection_open(db_url: str) -> None:
+    """The store is closed after the page: its start-up computation and the day sums it
+    keeps in the background end first (a connection left open fails the test as a
+    ResourceWarning once collected)."""
+    import gc
+
+    from aiohttp import web
+
+    from observer.db import day_sums
+    from observer.web.app import WebPage, access_middleware
+
+    fill(db_url, datetime.now(UTC))
+    computations = []
+    for _ in range(3):
+        store = Store(db_url)
+        app = web.Application(middlewares=[access_middleware(None, frozenset())])
+        page = WebPage(store, stuck_after_s=300, dead_after_s=10, token=None)
+        page.add_routes(app)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", free_tcp_port()).start()
+        await runner.cleanup()
+        store.close()
+        assert page.warmed is not None
+        computations.append(page.warmed)
+        del store, app, runner, page
+    await asyncio.wait(computations)  # whatever was still under way is over
+    day_sums.kept_all()
+    gc.collect()

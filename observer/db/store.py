@@ -19,6 +19,7 @@ from observer.core.times import utcnow
 from observer.core.tracker import (
     TrackedSession,
 )
+from observer.db import day_sums
 from observer.db.reads import (
     GroupingKeys,
     LiveAgent,
@@ -60,6 +61,9 @@ class Store:
         self._keep_day_sums = not memory  # (another connection would not see them)
 
     def close(self) -> None:
+        """After the day sums handed to the background are kept (or failed): none is lost,
+        and no connection is opened on a closed engine."""
+        day_sums.kept_all()
         self.engine.dispose()
 
     def ping(self) -> None:

@@ -89,6 +89,7 @@ class WebPage:
         self._clock = clock
         self._cache = views.TtlCache(60.0)
         self.warmed: asyncio.Future[None] | None = None  # the start-up's computation
+        self._stopping = False
         self._rows: dict[tuple[Any, ...], str] = {}
         self._env = jinja2.Environment(
             loader=jinja2.FileSystemLoader(HERE / "templates"),
@@ -110,6 +111,7 @@ class WebPage:
         app.router.add_post("/login", self._login)
         app.router.add_static("/static/", HERE / "static", name="static", append_version=True)
         app.on_startup.append(self._warm)
+        app.on_cleanup.append(self._stop_warming)
 
     # ---- helpers ----------------------------------------------------------------------------
 
@@ -222,9 +224,12 @@ class WebPage:
         return choices
 
     def _warm_all(self) -> None:
-        """The minutes views by agent, then by every key the page offers, one at a time."""
+        """The minutes views by agent, then by every key the page offers, one at a time
+        (until the app stops)."""
         self._minutes_data("agent", self._clock())
         for by in views.worth_warming(self._grouping_choices()):
+            if self._stopping:
+                return
             self._minutes_data(by, self._clock())
 
     async def _warm(self, _app: web.Application) -> None:
@@ -232,6 +237,12 @@ class WebPage:
         the first ever on a database takes seconds each, the next from the kept day sums."""
         self.warmed = asyncio.get_running_loop().run_in_executor(None, self._warm_all)
         self.warmed.add_done_callback(lambda t: t.exception())  # a failure shows at the visit
+
+    async def _stop_warming(self, _app: web.Application) -> None:
+        """The store is closed after the app: let the computation under way end first."""
+        self._stopping = True
+        if self.warmed is not None:
+            await asyncio.wait([self.warmed])
 
     def _session_filter(self, request: web.Request, limit: int | None) -> SessionFilter:
         q = request.query
