@@ -113,6 +113,23 @@ def db_url(empty_db_url: str) -> str:
 # --------------------------------------------------------------------------- #
 
 
+async def listening(port: int, task: Any, timeout_s: float = 30) -> None:
+    """Until something accepts connections on the port (or the task ended)."""
+    import asyncio
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while not task.done() and time.monotonic() < deadline:
+        try:
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+        except OSError:
+            await asyncio.sleep(0.05)
+            continue
+        writer.close()
+        await writer.wait_closed()
+        return
+
+
 @pytest.fixture
 async def start_observer() -> Any:
     """Start observers in this test's event loop: `await start_observer(server, db_url)`."""
@@ -132,6 +149,8 @@ async def start_observer() -> Any:
         obs = Observer(settings, store, settings.livekit)
         handle = RunningObserver(obs, asyncio.create_task(obs.run()), store)
         running.append(handle)
+        if settings.http_host is not None:
+            await listening(settings.http_port, handle.task)
         return handle
 
     yield start
