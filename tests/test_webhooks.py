@@ -7,6 +7,7 @@ import base64
 import hashlib
 import time
 import uuid
+from collections.abc import Callable
 
 import aiohttp
 import pytest
@@ -310,6 +311,15 @@ async def get_auth(port: int, path: str, token: str | None) -> int:
         return r.status
 
 
+async def warned(caplog: pytest.LogCaptureFixture, says: Callable[[str], bool]) -> bool:
+    """Whether a warning that `says` so is logged within 5 s."""
+    for _ in range(100):
+        if any(says(r.getMessage()) for r in caplog.records if r.levelname == "WARNING"):
+            return True
+        await asyncio.sleep(0.05)
+    return False
+
+
 async def test_beyond_loopback_warns_and_the_token_guards_all_but_webhook_and_healthz(
     livekit_server: LiveKitServer, db_url: str, start_observer, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -320,10 +330,8 @@ async def test_beyond_loopback_warns_and_the_token_guards_all_but_webhook_and_he
         OBSERVER_HTTP_ADDR=f"0.0.0.0:{port}",
         OBSERVER_HTTP_TOKEN="s3cret-scrape-token",
     )
-    await asyncio.sleep(0.5)
-    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
-    assert any(
-        "listens beyond this host" in w and "require the bearer token" in w for w in warnings
+    assert await warned(
+        caplog, lambda w: "listens beyond this host" in w and "require the bearer token" in w
     )
     assert not any("s3cret-scrape-token" in r.getMessage() for r in caplog.records)
     for path in ("/metrics", "/readyz"):
@@ -342,16 +350,7 @@ async def test_beyond_loopback_without_a_token_warns_that_it_is_open(
 ) -> None:
     port = free_tcp_port()
     await start_observer(livekit_server, db_url, OBSERVER_HTTP_ADDR=f"0.0.0.0:{port}")
-
-    def warned() -> bool:
-        warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
-        return any("open to anyone" in w and "OBSERVER_HTTP_TOKEN" in w for w in warnings)
-
-    for _ in range(100):
-        if warned():
-            break
-        await asyncio.sleep(0.05)
-    assert warned()
+    assert await warned(caplog, lambda w: "open to anyone" in w and "OBSERVER_HTTP_TOKEN" in w)
     assert await get_auth(port, "/metrics", None) == 200
 
 
