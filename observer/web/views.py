@@ -137,7 +137,7 @@ def grouping_choices(store: Store) -> list[str]:
     keyed = [f"attribute:{k}" for k in keys.attributes]
     keyed += [f"room-metadata:{k}" for k in keys.room_metadata]
     offered = ["agent", *keyed, "room", "identity", "room-metadata"]
-    return [g for g in offered if usage.is_grouping(g) and g not in ("day", "month")]
+    return [g for g in offered if usage.is_grouping(g)]
 
 
 def worth_warming(choices: list[str]) -> list[str]:
