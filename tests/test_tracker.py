@@ -131,7 +131,7 @@ CASES: list[tuple[str, list[Event], list[str], list[tuple[object, ...]]]] = [
             Listed("RM1", True, ("PA2",), t(31), t(32)),
         ],
         ["PA1", "PA2"],
-        [("PA1", t(12), "DUPLICATE_IDENTITY", END_RECONCILED, 18000)],
+        [("PA1", t(11), "DUPLICATE_IDENTITY", END_RECONCILED, 19000)],
     ),
     (
         "join then leave",
@@ -195,7 +195,7 @@ CASES: list[tuple[str, list[Event], list[str], list[tuple[object, ...]]]] = [
             Listed("RM1", True, frozenset({"PA1"}), t(14), t(14.2)),
         ],
         ["PA1", "PA2"],
-        [("PA2", t(10), None, END_RECONCILED, 4200)],
+        [("PA2", t(0), None, END_RECONCILED, 14200)],
     ),
     (
         "a leave without a reason never closes on its own",
@@ -242,7 +242,7 @@ CASES: list[tuple[str, list[Event], list[str], list[tuple[object, ...]]]] = [
         ],
         ["PA1", "PA2"],
         [
-            ("PA2", t(10), "CLIENT_INITIATED", END_RECONCILED, 4000),
+            ("PA2", t(0), "CLIENT_INITIATED", END_RECONCILED, 14000),
             ("PA1", t(30), "CLIENT_INITIATED", END_RTC, None),
         ],
     ),
@@ -281,7 +281,7 @@ CASES: list[tuple[str, list[Event], list[str], list[tuple[object, ...]]]] = [
             Listed("RM1", False, frozenset(), t(12), t(12.1)),
         ],
         ["PA1"],
-        [("PA1", t(10), None, END_RECONCILED, 2100)],
+        [("PA1", t(0), None, END_RECONCILED, 12100)],
     ),
     (
         "same identity, new sid: the old session closes, a new one opens",
@@ -440,7 +440,7 @@ WEBHOOK_CASES: list[tuple[str, list[Event], list[str], list[tuple[object, ...]]]
             Listed("RM1", True, ("PA2",), t(31), t(32)),
         ],
         ["PA1", "PA2"],
-        [("PA1", t(12), "DUPLICATE_IDENTITY", END_RECONCILED, 18000)],
+        [("PA1", t(11), "DUPLICATE_IDENTITY", END_RECONCILED, 19000)],
     ),
     (
         "a session the observer never saw is recorded from webhooks",

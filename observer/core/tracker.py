@@ -93,18 +93,27 @@ class RoomMetadataChanged:
 
 @dataclass(frozen=True)
 class ParticipantJoined:
+    """A participant joined the room; `blind_since` as in `ParticipantLeft` (the join is
+    known from the participant's join time, but not that it was still there at `at`)."""
+
     room_name: str
     room_sid: str
     participant: Seen
     at: datetime
+    blind_since: datetime | None = None
 
 
 @dataclass(frozen=True)
 class ParticipantLeft:
+    """A participant left the room. `blind_since` is set when the news arrived just after
+    the observer's own process stopped running (see `Blind`): the leave may have happened
+    at any moment of that gap, not at `at`."""
+
     room_sid: str
     participant_sid: str
     reason: str
     at: datetime
+    blind_since: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -132,11 +141,13 @@ class Reconnected:
 
 @dataclass(frozen=True)
 class RoomClosed:
-    """The server ended the room (deleted, or closed by its timeouts)."""
+    """The server ended the room (deleted, or closed by its timeouts); `blind_since` as in
+    `ParticipantLeft`."""
 
     room_sid: str
     reason: str
     at: datetime
+    blind_since: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -146,6 +157,7 @@ class RoomLost:
     room_sid: str
     reason: str
     at: datetime
+    blind_since: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -178,7 +190,25 @@ class Listed:
 
 @dataclass(frozen=True)
 class Tick:
+    """The clock; `blind_since` is set on the first tick after the observer's own process
+    stopped running (see `Blind`)."""
+
     at: datetime
+    blind_since: datetime | None = None
+
+
+@dataclass(frozen=True)
+class Blind:
+    """The observer's own process did not run from `since` to `until` (stopped, a paused VM,
+    a host that stalled): it saw nothing of `rooms` (None: every room it is in) meanwhile.
+    Its own clock moving on is no evidence: every session it counted as present there is
+    unconfirmed until the room or the server's listing shows the participant again, and a
+    leave it learns of meanwhile is bounded by the last evidence, not by the moment it
+    arrived."""
+
+    since: datetime
+    until: datetime
+    rooms: frozenset[str] | None = None
 
 
 @dataclass(frozen=True)
@@ -255,6 +285,7 @@ Event = (
     | RoomGone
     | Listed
     | Tick
+    | Blind
     | Seeded
     | RoomHandedOver
     | WebhookJoined
@@ -497,6 +528,11 @@ class SessionTracker:
     _in_view: set[SessionKey] = field(default_factory=set)  # seen present by the observer
     _witnessed: set[SessionKey] = field(default_factory=set)  # recorded as witnessed
     _seen_live: set[SessionKey] = field(default_factory=set)  # ever seen over rtc
+    # suspects because the observer's own process stopped running (`Blind`), not because
+    # the room reported anything
+    _doubted: set[SessionKey] = field(default_factory=set)
+    # the start of the latest gap handled, for every room (None) and for single rooms
+    _blind_handled: dict[str | None, datetime] = field(default_factory=dict)
     _absent_at_join: dict[SessionKey, datetime] = field(default_factory=dict)
     _absent_listed: dict[SessionKey, datetime] = field(default_factory=dict)
     _present: dict[str, dict[str, str]] = field(default_factory=dict)  # room -> sid -> kind
@@ -568,7 +604,10 @@ class SessionTracker:
                 )
             case ParticipantJoined():
                 key = SessionKey(ev.room_sid, ev.participant.sid)
-                self._suspect.pop(key, None)
+                blind = self._blind_news(ev.blind_since, ev.at, ev.room_sid)
+                if ev.blind_since is None:
+                    self._suspect.pop(key, None)
+                    self._doubted.discard(key)
                 self._absent_at_join.pop(key, None)
                 if ev.participant.kind in self.tracked_kinds:
                     self._in_view.add(key)
@@ -581,7 +620,13 @@ class SessionTracker:
                     ev.at,
                     ev.participant.joined_at,
                 )
-                ops += self._joined(ev.room_name, ev.room_sid, ev.participant, ev.at)
+                ops += self._joined(
+                    ev.room_name,
+                    ev.room_sid,
+                    ev.participant,
+                    ev.at,
+                    blind=ev.blind_since is not None,
+                )
                 self._present.setdefault(ev.room_sid, {})[ev.participant.sid] = ev.participant.kind
                 if key in self._open:
                     p = ev.participant
@@ -596,7 +641,7 @@ class SessionTracker:
                     )
                 self._company_changed(ev.room_sid, ev.at)
                 ops += self._room_seen(ev.room_sid, ev.at) + self._presence(ev.room_sid, ev.at)
-                return ops + self._record_seen([key], ev.at)
+                return blind + ops + self._record_seen([key], ev.at)
             case RoomHandedOver():
                 self._forget_room(ev.room_sid)
                 self._rooms.pop(ev.room_sid, None)
@@ -606,6 +651,7 @@ class SessionTracker:
                     self._suspect.pop(key, None)
                     self._witness.pop(key, None)
                     self._seen_live.discard(key)
+                    self._doubted.discard(key)
                     self._absent_at_join.pop(key, None)
                     self._absent_listed.pop(key, None)
                 return []
@@ -619,29 +665,33 @@ class SessionTracker:
             case AttributesChanged():
                 return self._attributes(ev)
             case Reconnecting():
+                # No touch: the connection broke some time before the SDK noticed, so the
+                # moment of noticing is no evidence that anyone was still there.
                 room = self._rooms.get(ev.room_sid)
                 if room is None:
                     return []
                 room.state = "reconnecting"
                 self._timelines.pause(self._keys_in(ev.room_sid), ev.at)
-                keys = [k for k in self._keys_in(ev.room_sid) if k not in self._suspect]
-                return self._touch(keys, ev.at)
+                return []
             case RoomClosed():
                 return self._room_closed(ev)
             case RoomLost():
+                ops = self._blind_news(ev.blind_since, ev.at, ev.room_sid)
                 self._forget_room(ev.room_sid)
                 self._timelines.pause(self._keys_in(ev.room_sid), ev.at)
                 room = self._rooms.pop(ev.room_sid, None)
-                if room is not None and room.state == "watching":
+                if room is not None and room.state == "watching" and ev.blind_since is None:
                     keys = [k for k in self._keys_in(ev.room_sid) if k not in self._suspect]
                     return self._touch(keys, ev.at)
-                return []
+                return ops
             case RoomGone():
                 return self._gone(ev.room_sid, ev.at, ev.listed_at)
             case Listed():
                 return self._listed(ev)
             case Tick():
-                return self._tick(ev.at)
+                return self._blind_news(ev.blind_since, ev.at) + self._tick(ev.at)
+            case Blind():
+                return self._blind(ev.since, ev.until, ev.rooms)
             case WebhookJoined():
                 return self._joined(ev.room_name, ev.room_sid, ev.participant, ev.at)
             case WebhookLeft():
@@ -671,12 +721,17 @@ class SessionTracker:
         room = self._rooms.get(room_sid)
         return room is not None and room.state == "watching"
 
-    def _joined(self, room_name: str, room_sid: str, p: Seen, at: datetime) -> list[Op]:
+    def _joined(
+        self, room_name: str, room_sid: str, p: Seen, at: datetime, *, blind: bool = False
+    ) -> list[Op]:
+        """Open a session for a tracked participant (or touch its open one). `blind`: the
+        news came just after a gap in the observer's life, so only the participant's own
+        join time is evidence of its presence."""
         key = SessionKey(room_sid, p.sid)
         if p.kind not in self.tracked_kinds or key in self._recently_closed:
             return []
         if key in self._open:
-            return self._touch([key], at)
+            return [] if blind else self._touch([key], at)
         s = TrackedSession(
             room_name=room_name,
             room_sid=room_sid,
@@ -687,18 +742,28 @@ class SessionTracker:
             agent_name=agent_name_of(p.attributes),
             attributes=dict(p.attributes),
             joined_at=p.joined_at,
-            last_seen_at=at,
+            last_seen_at=min(at, p.joined_at) if blind else at,
         )
         self._open[key] = s
         return [Open(s)]
 
     def _left(self, ev: ParticipantLeft) -> list[Op]:
-        self._company.get(ev.room_sid, set()).discard(ev.participant_sid)
-        self._present.get(ev.room_sid, {}).pop(ev.participant_sid, None)
         key = SessionKey(ev.room_sid, ev.participant_sid)
         self._timelines.pause([key], ev.at)
-        self._company_changed(ev.room_sid, ev.at)
-        return self._presence(ev.room_sid, ev.at) + self._left_session(ev, key)
+        ops = self._blind_news(ev.blind_since, ev.at, ev.room_sid)
+        if key in self._open and ev.reason in ("", UNKNOWN_REASON):
+            # Not known to be real: the room's numbers change when the server confirms it.
+            return ops + self._left_session(ev, key)
+        return (
+            ops + self._absent(ev.room_sid, ev.participant_sid, ev.at) + self._left_session(ev, key)
+        )
+
+    def _absent(self, room_sid: str, participant_sid: str, at: datetime) -> list[Op]:
+        """The participant is no longer in the room: its numbers change."""
+        self._company.get(room_sid, set()).discard(participant_sid)
+        self._present.get(room_sid, {}).pop(participant_sid, None)
+        self._company_changed(room_sid, at)
+        return self._presence(room_sid, at)
 
     def _left_session(self, ev: ParticipantLeft, key: SessionKey) -> list[Op]:
         if key not in self._open:
@@ -706,21 +771,60 @@ class SessionTracker:
         watching = self._watching(ev.room_sid)
         if ev.reason in ("", UNKNOWN_REASON):
             # Not known to be real: may be the SDK's own reconnect. Ask the server.
-            ops: list[Op] = self._touch([key], ev.at) if watching else []
+            fresh = watching and ev.blind_since is None
+            ops: list[Op] = self._touch([key], ev.at) if fresh else []
             self._suspect.setdefault(key, ev)
             return ops + self._verify(ev.room_sid, ev.at)
+        if ev.blind_since is not None:
+            # The news arrived, but the leave happened while the observer was not running.
+            return [self._reconciled(key, ev.at, reason=ev.reason)]
         if watching:
             return [self._close(key, left_at=ev.at, reason=ev.reason, source=END_RTC)]
         # Announced by the server while the observer was reconnecting: real, but the moment
         # it happened is only known to lie in the gap.
         return [self._reconciled(key, ev.at, reason=ev.reason)]
 
+    def _blind_news(
+        self, since: datetime | None, at: datetime, room_sid: str | None = None
+    ) -> list[Op]:
+        """An event that arrived just after a gap in the observer's own life: handle the gap
+        first (once), so nothing the gap hid counts as seen."""
+        if since is None:
+            return []
+        handled = [self._blind_handled.get(None), self._blind_handled.get(room_sid)]
+        if any(h is not None and since <= h for h in handled):
+            return []
+        return self._blind(since, at, None if room_sid is None else frozenset({room_sid}))
+
+    def _blind(self, since: datetime, until: datetime, rooms: frozenset[str] | None) -> list[Op]:
+        """The observer saw nothing of `rooms` from `since` to `until`: every session it counts
+        as present there becomes a suspect, to be confirmed by the room or the server's
+        listing; until then its `last_seen_at` stays where the last evidence put it."""
+        for room in [None] if rooms is None else rooms:
+            self._blind_handled[room] = max(since, self._blind_handled.get(room, since))
+        self._last_heartbeat = until  # the next heartbeat comes a whole period later
+        affected = set(self._rooms) if rooms is None else set(rooms) & set(self._rooms)
+        ops: list[Op] = []
+        for room_sid in sorted(affected):
+            keys = [k for k in self._keys_in(room_sid) if k not in self._suspect]
+            if not keys:
+                continue
+            self._timelines.pause(keys, since)
+            for key in keys:
+                self._suspect[key] = ParticipantLeft(room_sid, key.participant_sid, "", until)
+                self._doubted.add(key)
+            ops += self._verify(room_sid, until)
+        return ops
+
     def _room_closed(self, ev: RoomClosed) -> list[Op]:
-        ops: list[Op] = self._room_ended(ev.room_sid, ev.at, ev.reason or "ROOM_CLOSED")
+        ops: list[Op] = self._blind_news(ev.blind_since, ev.at, ev.room_sid)
+        ops += self._room_ended(ev.room_sid, ev.at, ev.reason or "ROOM_CLOSED")
         self._forget_room(ev.room_sid)
         self._rooms.pop(ev.room_sid, None)
         for key in self._keys_in(ev.room_sid):
-            if key in self._suspect or key in self._witness:
+            if key in self._doubted:
+                ops.append(self._reconciled(key, ev.at, reason=ev.reason))
+            elif key in self._suspect or key in self._witness:
                 ops.append(self._reconciled(key, ev.at))
             else:
                 ops.append(
@@ -767,6 +871,7 @@ class SessionTracker:
         for key in self._keys_in(room_sid):
             if key.participant_sid in present_sids:
                 self._suspect.pop(key, None)
+                self._doubted.discard(key)
                 self._absent_at_join.pop(key, None)
                 continue
             if fresh and key in self._seen_live:
@@ -813,6 +918,7 @@ class SessionTracker:
                     continue
                 if left.at <= ev.requested_at:  # still there after the leave was reported
                     del self._suspect[key]
+                    self._doubted.discard(key)
                     if self._watching(ev.room_sid):
                         ops += self._touch([key], ev.requested_at)
                         self._timelines.seen(
@@ -822,6 +928,7 @@ class SessionTracker:
                 continue  # a suspect still: `_tick` lists the room again
             else:
                 ops.append(self._reconciled(key, ev.at))
+                ops += self._absent(ev.room_sid, key.participant_sid, ev.at)
         return ops
 
     def _another_may_tell(self, key: SessionKey, at: datetime) -> bool:
@@ -877,10 +984,14 @@ class SessionTracker:
         s = self._open.pop(key)
         self._suspect.pop(key, None)
         self._witness.pop(key, None)
+        # (a leave that was not yet confirmed left the room's numbers as they were)
+        self._present.get(key.room_sid, {}).pop(key.participant_sid, None)
+        self._company.get(key.room_sid, set()).discard(key.participant_sid)
         self._recently_closed[key] = None
         self._in_view.discard(key)
         self._witnessed.discard(key)
         self._seen_live.discard(key)
+        self._doubted.discard(key)
         self._absent_at_join.pop(key, None)
         self._absent_listed.pop(key, None)
         if len(self._recently_closed) > RECENTLY_CLOSED_MAX:
@@ -1017,6 +1128,7 @@ class SessionTracker:
         self._timelines.alone(self._keys_in(room_sid), self._alone(room_sid), at)
 
     def _forget_room(self, room_sid: str) -> None:
+        self._blind_handled.pop(room_sid, None)
         self._present.pop(room_sid, None)
         self._presence_shown.pop(room_sid, None)
         self._peak.pop(room_sid, None)
@@ -1027,16 +1139,25 @@ class SessionTracker:
         self._alerted.discard(room_sid)
 
     def _stuck(self, at: datetime) -> list[Op]:
+        """One alert per spell of agents alone. A spell ends when company comes, the agents
+        are gone or the room ends; while the observer cannot tell (its connection recovers,
+        or its agents are unconfirmed), the spell neither ends nor starts."""
         agents_by_room: dict[str, list[TrackedSession]] = {}
+        unsure: set[str] = set()
         for k, s in self._open.items():
-            if s.kind == "agent" and k.room_sid in self._rooms and k not in self._suspect:
-                agents_by_room.setdefault(k.room_sid, []).append(s)
+            if s.kind == "agent" and k.room_sid in self._rooms:
+                if k in self._suspect:
+                    unsure.add(k.room_sid)
+                else:
+                    agents_by_room.setdefault(k.room_sid, []).append(s)
         ops: list[Op] = []
         for room_sid, room in self._rooms.items():
             agents = agents_by_room.get(room_sid)
-            if room.state != "watching" or not agents or self._company.get(room_sid):
+            if self._company.get(room_sid) or not (agents or room_sid in unsure):
                 self._alone_since.pop(room_sid, None)
                 self._alerted.discard(room_sid)
+                continue
+            if room.state != "watching" or not agents:
                 continue
             since = self._alone_since.setdefault(room_sid, at)
             if (at - since).total_seconds() >= self.stuck_after_s and room_sid not in self._alerted:
@@ -1056,7 +1177,7 @@ class SessionTracker:
             if key.room_sid == room_sid and key in self._open:
                 if self._open[key].identity != identity:
                     continue
-                if self._watching(room_sid):
+                if self._watching(room_sid) and key not in self._doubted:
                     ops.append(
                         self._close(key, left_at=ev.at, reason=DUPLICATE_IDENTITY, source=END_RTC)
                     )

@@ -17,6 +17,7 @@ from observer.config import LiveKitSettings, Settings
 from observer.core import discovery
 from observer.core.times import backoff_s, utcnow
 from observer.core.tracker import (
+    Blind,
     Event,
     Reconnecting,
     RoomJoined,
@@ -26,7 +27,7 @@ from observer.core.tracker import (
     UsageReported,
     Verify,
 )
-from observer.daemon import telemetry, webhooks
+from observer.daemon import pulse, telemetry, webhooks
 from observer.daemon.fleet import Fleet
 from observer.daemon.http import WebServer
 from observer.daemon.rooms import Rooms
@@ -134,6 +135,11 @@ class Observer:
             fleet=self.fleet,
             open_in_room=lambda sid: fleet_db.open_in_room(self.store.engine, sid),
         )
+        loop = asyncio.get_running_loop()
+        # a gap in this process's life is a gap in what it saw (see observer.daemon.pulse)
+        stop_listening = pulse.process_pulse().listen(
+            lambda since, until: loop.call_soon_threadsafe(self._emit, Blind(since, until))
+        )
         try:
             if await self._load_open_sessions():
                 if self.pool is not None:
@@ -157,6 +163,7 @@ class Observer:
                 await self._stop.wait()
                 await self._shutdown(consumer)
         finally:
+            stop_listening()
             for t in list(self._tasks):
                 t.cancel()
             await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -353,7 +360,8 @@ class Observer:
     async def _tick(self) -> None:
         while True:
             await asyncio.sleep(TICK_S)
-            self._emit(Tick(utcnow()))
+            st = pulse.stamp()
+            self._emit(Tick(st.at, st.blind_since))
 
     # ---- webhooks and health ------------------------------------------------------------
 

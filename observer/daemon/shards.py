@@ -21,7 +21,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from observer.core.tracker import Event, Reconnecting, RoomClosed, RoomLost
+from observer.core.tracker import Blind, Event, Reconnecting, RoomClosed, RoomLost
 
 log = logging.getLogger(__name__)
 
@@ -257,6 +257,7 @@ async def serve() -> None:
     """Run in a worker: hold the rooms the daemon asks for, one join at a time."""
     from livekit import rtc
 
+    from observer.daemon import pulse
     from observer.daemon.rooms import join_in_turn
     from observer.daemon.watcher import RoomMismatchError, RoomWatcher, start_native_core_quietly
 
@@ -307,6 +308,13 @@ async def serve() -> None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(w.leave(), 5)
         send(("left", sid))
+
+    # a gap in this process's life is a gap in what it saw of its rooms
+    pulse.process_pulse().listen(
+        lambda since, until: loop.call_soon_threadsafe(
+            send, ("event", Blind(since, until, frozenset(watchers)))
+        )
+    )
 
     def spawn(coro: Any) -> None:
         task = loop.create_task(coro)

@@ -10,7 +10,8 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any
 
 from livekit import api, rtc
@@ -32,7 +33,7 @@ from observer.core.tracker import (
     UsageUndecodable,
 )
 from observer.core.vocab import kind_named
-from observer.daemon import session_messages
+from observer.daemon import pulse, session_messages
 
 log = logging.getLogger(__name__)
 
@@ -162,17 +163,21 @@ def start_native_core_quietly() -> None:
 
 
 class EventRouter:
-    """Hands each native room event straight to its own room.
+    """Hands each native room event straight to its own room, stamped with its arrival.
 
     The SDK puts every native event on every Room's queue and each Room's filter discards
     the others, so with N rooms every event costs N filter calls. The router replaces the
-    rooms' own subscriptions by one that looks the room up by handle. It relies on SDK
+    rooms' own subscriptions by one that looks the room up by handle. It also stamps each
+    event on the SDK's callback thread, where it arrives (`pulse.stamp`): what the event
+    loop is busy with when the room gets to it never moves a recorded time. The room's
+    queue hands the stamp over as it hands out the event (`arrival`). It relies on SDK
     internals; if they change it raises instead of silently doing nothing (a test calls it
     against the real SDK).
     """
 
     def __init__(self) -> None:
         self._rooms: dict[int, tuple[asyncio.Queue[Any], asyncio.AbstractEventLoop]] = {}
+        self._arrivals: dict[int, pulse.Stamp] = {}
         self._installed = False
 
     def add(self, room: rtc.Room) -> None:
@@ -184,12 +189,23 @@ class EventRouter:
             queue = FfiClient.instance.queue
             subscribers = queue._subscribers
             lock = queue._lock
+            take = own_queue._get
         except AttributeError as exc:
             raise SdkInternalsChanged(f"rtc SDK internals changed: {exc}") from exc
+
+        def get_stamped() -> Any:
+            item = take()
+            if isinstance(item, _Stamped):
+                self._arrivals[handle] = item.stamp
+                return item.event
+            self._arrivals.pop(handle, None)  # queued by the SDK before the router took over
+            return item
+
         with lock:
             for i, (q, loop, _filter) in enumerate(subscribers):
                 if q is own_queue:
                     del subscribers[i]
+                    own_queue._get = get_stamped
                     self._rooms[handle] = (q, loop)
                     break
             else:
@@ -202,6 +218,12 @@ class EventRouter:
         handle = getattr(room._ffi_handle, "handle", None)
         if handle is not None:
             self._rooms.pop(handle, None)
+            self._arrivals.pop(handle, None)
+
+    def arrival(self, room: rtc.Room) -> pulse.Stamp | None:
+        """The arrival stamp of the event the room is handling now (None: not stamped)."""
+        handle = getattr(room._ffi_handle, "handle", None)
+        return None if handle is None else self._arrivals.get(handle)
 
     def __len__(self) -> int:
         return len(self._rooms)
@@ -213,10 +235,16 @@ class EventRouter:
             target = self._rooms.get(handle)
             if target is not None:
                 q, loop = target
-                loop.call_soon_threadsafe(q.put_nowait, e)
+                loop.call_soon_threadsafe(q.put_nowait, _Stamped(pulse.stamp(), e))
                 if e.room_event.HasField("eos"):  # the room's last event
                     self._rooms.pop(handle, None)
         return False
+
+
+@dataclass(frozen=True)
+class _Stamped:
+    stamp: pulse.Stamp
+    event: Any
 
 
 ROUTER = EventRouter()
@@ -249,13 +277,11 @@ class RoomWatcher:
         emit: Callable[[Event], None],
         *,
         on_recovered: Callable[[RoomWatcher], None] = lambda _w: None,
-        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self.room_name = room_name
         self.room_sid = room_sid
         self._emit_now = emit
         self._on_recovered = on_recovered
-        self._clock = clock
         self._held: list[Event] | None = None  # not None while the connection recovers
         self._room = rtc.Room()
         self._handlers: dict[rtc.room.EventTypes, Callable[..., Any]] = {
@@ -301,7 +327,7 @@ class RoomWatcher:
             )
             self._held = None
             self._active = False
-            self._emit_now(RoomLost(self.room_sid, "OBSERVER_OVERFLOW", self._clock()))
+            self._emit_now(RoomLost(self.room_sid, "OBSERVER_OVERFLOW", pulse.stamp().at))
 
     async def join(self, ws_url: str, token: str, connect_timeout_s: float = 10.0) -> None:
         """Connect, check the room is the one listed, then report who is present."""
@@ -319,7 +345,7 @@ class RoomWatcher:
             await self.leave()
             raise RoomMismatchError(self.room_sid, joined_sid)
         # Participants already present fire no participant_connected: seed from the room.
-        now = self._clock()
+        now = pulse.stamp().at
         present = tuple(seen(p, now) for p in self._room.remote_participants.values())
         self._active = True
         try:
@@ -356,23 +382,33 @@ class RoomWatcher:
 
     # ---- SDK callbacks: translate and hand over, nothing else ----------------------------
 
+    def _arrived(self) -> pulse.Stamp:
+        """When the event being handled reached this process (see `EventRouter`)."""
+        return ROUTER.arrival(self._room) or pulse.stamp()
+
     def _on_connected(self, p: rtc.RemoteParticipant) -> None:
         if self._active:
-            now = self._clock()
-            self._emit(ParticipantJoined(self.room_name, self.room_sid, seen(p, now), now))
+            st = self._arrived()
+            self._emit(
+                ParticipantJoined(
+                    self.room_name, self.room_sid, seen(p, st.at), st.at, st.blind_since
+                )
+            )
 
     def _on_disconnected(self, p: rtc.RemoteParticipant) -> None:
         if self._active:
             reason = reason_name(p.disconnect_reason)
-            self._emit(ParticipantLeft(self.room_sid, p.sid, reason, self._clock()))
+            st = self._arrived()
+            self._emit(ParticipantLeft(self.room_sid, p.sid, reason, st.at, st.blind_since))
 
     def _on_attributes(self, _changed: dict[str, str], p: rtc.Participant) -> None:
         if self._active and isinstance(p, rtc.RemoteParticipant):
-            self._emit(AttributesChanged(self.room_sid, p.sid, dict(p.attributes), self._clock()))
+            at = self._arrived().at
+            self._emit(AttributesChanged(self.room_sid, p.sid, dict(p.attributes), at))
 
     def _on_metadata(self, _old: str, new: str) -> None:
         if self._active:
-            self._emit(RoomMetadataChanged(self.room_sid, new or "", self._clock()))
+            self._emit(RoomMetadataChanged(self.room_sid, new or "", self._arrived().at))
 
     def _on_session_stream(self, reader: rtc.ByteStreamReader, identity: str) -> None:
         """An agent session's message to the room: only its usage totals are kept."""
@@ -383,7 +419,7 @@ class RoomWatcher:
         size = reader.info.size
         if size is not None and size > session_messages.MAX_MESSAGE_BYTES:
             reader.close()
-            self._emit(UsageUndecodable(self.room_sid, identity, self._clock()))
+            self._emit(UsageUndecodable(self.room_sid, identity, self._arrived().at))
             return
         task = asyncio.get_running_loop().create_task(self._read_usage(reader, p.sid, identity))
         self._reads.add(task)
@@ -401,25 +437,25 @@ class RoomWatcher:
             found = session_messages.usage_in(b"".join(chunks))
         except (session_messages.Undecodable, rtc.StreamError):
             if self._active:
-                self._emit(UsageUndecodable(self.room_sid, identity, self._clock()))
+                self._emit(UsageUndecodable(self.room_sid, identity, pulse.stamp().at))
             return
         finally:
             reader.close()
         if found is None or not self._active:
             return
-        now = self._clock()
+        now = pulse.stamp().at
         at, models = found
         report = UsageReport(self.room_sid, sid, identity, at or now, now, "room", models)
         self._emit(UsageReported(report))
 
     def _on_reconnecting(self) -> None:
         if self._active and self._held is None:
-            self._emit_now(Reconnecting(self.room_sid, self._clock()))
+            self._emit_now(Reconnecting(self.room_sid, self._arrived().at))
             self._held = []
 
     def _on_reconnected(self) -> None:
         if self._active:
-            now = self._clock()
+            now = self._arrived().at
             if self._held is None:  # reported without a `reconnecting` first
                 self._emit_now(Reconnecting(self.room_sid, now))
                 self._held = []
@@ -433,11 +469,11 @@ class RoomWatcher:
             return
         self._active = False
         name = reason_name(reason)
-        now = self._clock()
+        st = self._arrived()
         if name in ROOM_ENDED:
-            self._emit(RoomClosed(self.room_sid, name, now))
+            self._emit(RoomClosed(self.room_sid, name, st.at, st.blind_since))
         else:
-            self._emit(RoomLost(self.room_sid, name, now))
+            self._emit(RoomLost(self.room_sid, name, st.at, st.blind_since))
 
 
 def _kind_enum_name(value: rtc.ParticipantKind.ValueType) -> str:
