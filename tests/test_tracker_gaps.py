@@ -203,3 +203,26 @@ def test_an_unconfirmed_leave_changes_no_room_numbers() -> None:
     out = tr.handle(Listed("RM1", True, frozenset(), t(6), t(6.1)))
     (presence,) = [w for w in out.writes if isinstance(w, RoomPresence)]
     assert presence.agents == 0
+
+
+def test_the_sdk_announcing_everyone_again_after_a_gap_ends_nobody() -> None:
+    """After a full reconnect the SDK announces every participant again; right after a gap
+    those joins are news from inside it, and must not read as anyone replacing anyone."""
+    present = (agent("PA1", identity="a"), agent("PA2", identity="b"))
+    ops = run(
+        [
+            RoomJoined("r", "RM1", present, t(0)),
+            Tick(t(0)),
+            Tick(t(10)),
+            ParticipantLeft("RM1", "PA1", "UNKNOWN_REASON", t(40.0), blind_since=t(10.2)),
+            ParticipantLeft("RM1", "PA2", "UNKNOWN_REASON", t(40.0), blind_since=t(10.2)),
+            Reconnecting("RM1", t(40.0)),
+            Reconnected("RM1", (*present, agent("PA3", 20, identity="c")), t(40.5)),
+            ParticipantJoined("r", "RM1", present[0], t(40.5), blind_since=t(10.2)),
+            ParticipantJoined("r", "RM1", present[1], t(40.5), blind_since=t(10.2)),
+            ParticipantJoined("r", "RM1", agent("PA3", 20, identity="c"), t(40.5), t(10.2)),
+            Listed("RM1", True, frozenset({"PA1", "PA2", "PA3"}), t(41), t(41.1)),
+        ]
+    )
+    assert opens(ops) == ["PA1", "PA2", "PA3"]
+    assert closes(ops) == []

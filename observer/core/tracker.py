@@ -1174,7 +1174,7 @@ class SessionTracker:
         older session (the newest connection wins): close it now, with that reason."""
         ops: list[Op] = []
         for key, ev in list(self._suspect.items()):
-            if key.room_sid == room_sid and key in self._open:
+            if key.room_sid == room_sid and key in self._open and key.participant_sid != sid:
                 if self._open[key].identity != identity:
                     continue
                 if self._watching(room_sid) and key not in self._doubted:
