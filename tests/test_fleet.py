@@ -497,3 +497,66 @@ async def test_database_outage_with_three_observers(
         # ownership settled without every observer joining every room
         assert joins() - joins_before <= 2, fleet_story(logs)
         del stay
+
+
+async def test_one_of_three_stopped_for_30_s(
+    livekit_server: LiveKitServer, fleet_db_url: str, clients: Clients, tmp_path: Path
+) -> None:
+    """An observer that stops running (SIGSTOP) and resumes writes nothing it did not see:
+    the leaves its partners saw stay exact, and a stuck-agent spell alerts once."""
+    rooms = [f"paused-{i}" for i in range(4)]
+    await open_rooms(livekit_server, clients, rooms, company=False)
+    extra = {"OBSERVER_REPLICAS": "2", "OBSERVER_STUCK_AGENT_S": "3"}
+    async with three_observers(livekit_server, fleet_db_url, tmp_path, **extra) as (
+        store,
+        logs,
+        procs,
+    ):
+        for r in rooms:
+            await clients.agent(r, f"alone-{r}")  # a stuck agent in every room
+        leavers = {r: await clients.agent(r, f"leaves-{r}") for r in rooms}
+        await wait_for(
+            lambda: all(n == 2 for n in watchers_per_room(store, rooms).values()),
+            60,
+            "every room watched by two observers",
+        )
+        await asyncio.sleep(4)  # past the stuck limit: one alert per room
+        procs["a"].send_signal(signal.SIGSTOP)
+        stopped = time.monotonic()
+        await asyncio.sleep(2)
+        real: dict[str, float] = {}
+        for r, agent in leavers.items():
+            before = time.time()
+            await agent.disconnect()
+            real[f"leaves-{r}"] = (before + time.time()) / 2
+            await asyncio.sleep(1)
+        for i, r in enumerate(rooms[:2]):
+            await clients.agent(r, f"joins-{i}")
+        await asyncio.sleep(max(0.0, stopped + 30 - time.monotonic()))
+        procs["a"].send_signal(signal.SIGCONT)
+        await wait_for(
+            lambda: (
+                len(log_lines(logs[:1], "heartbeat again")) > 0
+                or len(
+                    log_lines(
+                        logs[:1],
+                        "this process did not run for a while; what happened meanwhile is unseen",
+                    )
+                )
+                > 0
+            ),
+            30,
+            "observer a resumed",
+        )
+        await asyncio.sleep(15)  # its doubts settled against the listings; any alert raised
+        got = rows(store)
+        by = {r.participant_identity: r for r in got}
+        assert len(got) == len(by) == 2 * len(rooms) + 2, [r.participant_identity for r in got]
+        for name, at in real.items():
+            row = by[name]
+            assert row.end_source == "rtc", (name, row.end_source, row.left_at)
+            assert row.left_at is not None and abs(row.left_at.timestamp() - at) <= 0.5
+        assert all(by[f"alone-{r}"].left_at is None for r in rooms)
+        assert all(by[f"joins-{i}"].left_at is None for i in range(2))
+        alerts = Counter(str(line["room"]) for line in log_lines(logs, "agent alone in room"))
+        assert alerts == Counter(rooms), alerts  # once per spell, not again on resuming
