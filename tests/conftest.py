@@ -100,6 +100,16 @@ def empty_db_url(request: pytest.FixtureRequest, tmp_path: Any) -> str:
 
 
 @pytest.fixture
+def sqlite_url(tmp_path: Any) -> str:
+    """URL of a migrated SQLite database: for daemon scenarios that test no store."""
+    from observer.db import migrate
+
+    url = f"sqlite:///{tmp_path / 'observer.db'}"
+    migrate.upgrade(url)
+    return url
+
+
+@pytest.fixture
 def db_url(empty_db_url: str) -> str:
     """URL of a database of each kind, migrated to the newest schema."""
     from observer.db import migrate
