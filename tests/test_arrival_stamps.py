@@ -44,7 +44,7 @@ async def test_a_leave_during_a_stalled_event_loop_keeps_its_time(
     await obs.wait_watching("stalled-loop")
     token = livekit_server.token("agent-1", "stalled-loop", kind="agent")
     leave_at = time.time() + 6
-    agent = subprocess.Popen(
+    agent = subprocess.Popen(  # noqa: ASYNC220 (its own process on purpose)
         [sys.executable, "-c", AGENT, livekit_server.ws_url, token, str(leave_at)],
         stdout=subprocess.PIPE,
         text=True,
@@ -52,7 +52,8 @@ async def test_a_leave_during_a_stalled_event_loop_keeps_its_time(
     try:
         await obs.wait_rows(lambda rows: len(rows) == 1)
         await asyncio.sleep(max(0.0, leave_at - 1.0 - time.time()))
-        time.sleep(3.0)  # the event loop does nothing else meanwhile (a big page, say)
+        # the event loop does nothing else meanwhile (a big page, say)
+        time.sleep(3.0)  # noqa: ASYNC251
         out, _ = await asyncio.to_thread(agent.communicate, timeout=30)
     finally:
         if agent.poll() is None:
