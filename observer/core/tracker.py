@@ -533,6 +533,9 @@ class SessionTracker:
     _doubted: set[SessionKey] = field(default_factory=set)
     # the start of the latest gap handled, for every room (None) and for single rooms
     _blind_handled: dict[str | None, datetime] = field(default_factory=dict)
+    # leaves for a newer connection of the same identity, held until that one's join
+    # shows when the old one ended (see `_replaced_live`)
+    _replaced_leaves: dict[SessionKey, ParticipantLeft] = field(default_factory=dict)
     _absent_at_join: dict[SessionKey, datetime] = field(default_factory=dict)
     _absent_listed: dict[SessionKey, datetime] = field(default_factory=dict)
     _present: dict[str, dict[str, str]] = field(default_factory=dict)  # room -> sid -> kind
@@ -619,6 +622,7 @@ class SessionTracker:
                     ev.participant.sid,
                     ev.at,
                     ev.participant.joined_at,
+                    live=ev.blind_since is None,
                 )
                 ops += self._joined(
                     ev.room_name,
@@ -640,6 +644,7 @@ class SessionTracker:
                         joined_at=p.joined_at if live else None,
                     )
                 self._company_changed(ev.room_sid, ev.at)
+                ops += self._release_replaced()
                 ops += self._room_seen(ev.room_sid, ev.at) + self._presence(ev.room_sid, ev.at)
                 return blind + ops + self._record_seen([key], ev.at)
             case RoomHandedOver():
@@ -778,6 +783,8 @@ class SessionTracker:
         if ev.blind_since is not None:
             # The news arrived, but the leave happened while the observer was not running.
             return [self._reconciled(key, ev.at, reason=ev.reason)]
+        if watching and ev.reason == DUPLICATE_IDENTITY:
+            return self._replaced_live(key, ev)
         if watching:
             return [self._close(key, left_at=ev.at, reason=ev.reason, source=END_RTC)]
         # Announced by the server while the observer was reconnecting: real, but the moment
@@ -992,6 +999,7 @@ class SessionTracker:
         self._witnessed.discard(key)
         self._seen_live.discard(key)
         self._doubted.discard(key)
+        self._replaced_leaves.pop(key, None)
         self._absent_at_join.pop(key, None)
         self._absent_listed.pop(key, None)
         if len(self._recently_closed) > RECENTLY_CLOSED_MAX:
@@ -1167,8 +1175,53 @@ class SessionTracker:
         self._stuck_count = sum(len(agents_by_room.get(sid, ())) for sid in self._alerted)
         return ops
 
+    def _replaced_live(self, key: SessionKey, ev: ParticipantLeft) -> list[Op]:
+        """LiveKit removed this participant because its identity joined again: the old
+        session ends no later than the new one began (the server removes the old just
+        before it starts the new, but the news of the leave may reach the observer after
+        the new one's join time). Without the newer session yet, hold the close for it."""
+        s = self._open[key]
+        newer = self._newer_joins(key)
+        if newer:
+            left_at = min(ev.at, min(newer))
+            return [self._close(key, left_at=left_at, reason=DUPLICATE_IDENTITY, source=END_RTC)]
+        self._replaced_leaves[key] = replace(ev, at=max(ev.at, s.joined_at))
+        return []
+
+    def _newer_joins(self, key: SessionKey) -> list[datetime]:
+        s = self._open[key]
+        return [
+            o.joined_at
+            for k, o in self._open.items()
+            if k.room_sid == key.room_sid and o.identity == s.identity and o.joined_at > s.joined_at
+        ]
+
+    def _release_replaced(self, at: datetime | None = None) -> list[Op]:
+        """Close held leaves whose newer session joined, or that waited long enough."""
+        ops: list[Op] = []
+        for key, ev in list(self._replaced_leaves.items()):
+            if key not in self._open:
+                del self._replaced_leaves[key]
+                continue
+            newer = self._newer_joins(key)
+            waited = at is not None and at - ev.at >= timedelta(seconds=self.webhook_hold_s)
+            if newer or waited:
+                del self._replaced_leaves[key]
+                left_at = min([ev.at, *newer])
+                ops.append(
+                    self._close(key, left_at=left_at, reason=DUPLICATE_IDENTITY, source=END_RTC)
+                )
+        return ops
+
     def _replaced(
-        self, room_sid: str, identity: str, sid: str, at: datetime, joined_at: datetime
+        self,
+        room_sid: str,
+        identity: str,
+        sid: str,
+        at: datetime,
+        joined_at: datetime,
+        *,
+        live: bool = False,
     ) -> list[Op]:
         """A suspect leave followed by a join of the same identity is LiveKit replacing the
         older session (the newest connection wins): close it now, with that reason."""
@@ -1178,8 +1231,9 @@ class SessionTracker:
                 if self._open[key].identity != identity:
                     continue
                 if self._watching(room_sid) and key not in self._doubted:
+                    left_at = min(ev.at, max(joined_at, self._open[key].joined_at))
                     ops.append(
-                        self._close(key, left_at=ev.at, reason=DUPLICATE_IDENTITY, source=END_RTC)
+                        self._close(key, left_at=left_at, reason=DUPLICATE_IDENTITY, source=END_RTC)
                     )
                 else:
                     ops.append(
@@ -1187,22 +1241,48 @@ class SessionTracker:
                             key, at, reason=DUPLICATE_IDENTITY, successor_joined_at=joined_at
                         )
                     )
-        return ops + self._superseded(room_sid, identity, sid, joined_at, at)
+        return ops + self._superseded(room_sid, identity, sid, joined_at, at, live=live)
 
     def _superseded(
-        self, room_sid: str, identity: str, sid: str, joined_at: datetime, at: datetime
+        self,
+        room_sid: str,
+        identity: str,
+        sid: str,
+        joined_at: datetime,
+        at: datetime,
+        *,
+        live: bool = False,
     ) -> list[Op]:
         """LiveKit keeps one participant per identity in a room: an open session of this
         identity that joined before `joined_at` is over, whether or not its leave was seen
-        (after a cluster node died, the API may still list it)."""
-        return [
-            self._reconciled(key, at, reason=DUPLICATE_IDENTITY, successor_joined_at=joined_at)
-            for key, s in list(self._open.items())
-            if key.room_sid == room_sid
-            and key.participant_sid != sid
-            and s.identity == identity
-            and s.joined_at < joined_at
-        ]
+        (after a cluster node died, the API may still list it). Seen live, in a room the
+        observer watches, with the old session in view, the server's replacement is the
+        end: at the new join, `rtc`; otherwise bounded (`_reconciled`)."""
+        ops: list[Op] = []
+        for key, s in list(self._open.items()):
+            if not (
+                key.room_sid == room_sid
+                and key.participant_sid != sid
+                and s.identity == identity
+                and s.joined_at < joined_at
+            ):
+                continue
+            if live and self._watching(room_sid) and self._seen_now(key):
+                left_at = max(s.joined_at, joined_at)
+                ops.append(
+                    self._close(key, left_at=left_at, reason=DUPLICATE_IDENTITY, source=END_RTC)
+                )
+            else:
+                ops.append(
+                    self._reconciled(
+                        key, at, reason=DUPLICATE_IDENTITY, successor_joined_at=joined_at
+                    )
+                )
+        return ops
+
+    def _seen_now(self, key: SessionKey) -> bool:
+        """In view of this observer, and not in doubt."""
+        return key in self._seen_live and key not in self._suspect
 
     def _usage(self, r: UsageReport) -> list[Op]:
         """The report's models whose totals changed since this observer last wrote them: an
@@ -1241,7 +1321,7 @@ class SessionTracker:
         return ops
 
     def _tick(self, at: datetime) -> list[Op]:
-        ops: list[Op] = []
+        ops: list[Op] = self._release_replaced(at)
         hold = timedelta(seconds=self.webhook_hold_s)
         for key, wh in list(self._witness.items()):
             if key not in self._open:
