@@ -11,7 +11,7 @@ import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from dotenv import dotenv_values
 from sqlalchemy.exc import SQLAlchemyError
@@ -221,16 +221,30 @@ async def cmd_check(settings: Settings) -> int:
 
     from observer import livekit_api
     from observer.config import LiveKitSettings
+    from observer.core import discovery
     from observer.db.store import Store
 
     lk = settings.require_livekit()
     ok = True
+    probed = False
     for url in lk.urls:  # every node of the cluster on its own
         node = LiveKitSettings(url, lk.api_key, lk.api_secret)
-        lkapi = livekit_api.client(node, 5)
+        lkapi = livekit_api.client(node, 10)
         try:
             resp = await lkapi.room.list_rooms(api.ListRoomsRequest())
             print(f"livekit: ok ({len(resp.rooms)} rooms) at {node.http_url}")
+            if not probed:  # the rooms are the cluster's: ask once
+                probed = True
+                names = [
+                    r.name for r in resp.rooms if discovery.matches(r.name, settings.room_patterns)
+                ]
+                orphans = await unhosted_rooms(lkapi, names)
+                if orphans:
+                    ok = False
+                    print(
+                        f"livekit: {len(orphans)} room(s) listed but hosted by no live node"
+                        f" (the observer cannot enter them): {', '.join(orphans)}"
+                    )
         except api.TwirpError as exc:
             ok = False
             hint = (
@@ -263,6 +277,20 @@ async def cmd_check(settings: Settings) -> int:
     finally:
         store.close()
     return EXIT_OK if ok else EXIT_FAILED
+
+
+async def unhosted_rooms(lkapi: Any, names: list[str]) -> list[str]:
+    """The rooms among `names` that no live LiveKit node hosts (a few probes at a time)."""
+    from observer import livekit_api
+
+    slots = asyncio.Semaphore(8)
+
+    async def probe(name: str) -> bool | None:
+        async with slots:
+            return await livekit_api.room_hosted(lkapi, name)
+
+    answers = await asyncio.gather(*(probe(n) for n in names))
+    return sorted(n for n, hosted in zip(names, answers, strict=True) if hosted is False)
 
 
 # Measured: each watched room holds a few sockets and pipes (one peer connection, ICE

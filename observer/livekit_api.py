@@ -102,5 +102,34 @@ class _RoomService:
         return await self._c.call(lambda a: a.room.list_participants(req))
 
 
+# A data message addressed to this identity reaches nobody: no participant has it.
+PROBE_IDENTITY = "lk-observer-probe"
+
+
+async def room_hosted(c: Client, room_name: str) -> bool | None:
+    """Whether a live LiveKit node hosts the room: None when the server could not tell.
+
+    A cluster keeps a dead node's rooms (and their participants) listed for good. A data
+    message to nobody is routed to the node that hosts the room and delivered to no one;
+    with no live node hosting it the server answers "no response from servers" (503).
+    """
+    req = api.SendDataRequest(
+        room=room_name,
+        data=b"",
+        kind=api.DataPacket.Kind.RELIABLE,
+        destination_identities=[PROBE_IDENTITY],
+        topic=PROBE_IDENTITY,
+    )
+    try:
+        await c.call(lambda a: a.room.send_data(req))
+    except api.TwirpError as exc:
+        if exc.status == 503 and "no response from servers" in (exc.message or ""):
+            return False
+        return None
+    except (aiohttp.ClientError, TimeoutError, OSError):
+        return None
+    return True
+
+
 def client(lk: LiveKitSettings, timeout_s: float) -> Client:
     return Client(lk, timeout_s)

@@ -174,6 +174,15 @@ class RoomGone:
 
 
 @dataclass(frozen=True)
+class RoomUnreachable:
+    """The room is listed, but no live LiveKit node hosts it (its node died): everyone who
+    was in it went with the node, although the server goes on listing them."""
+
+    room_sid: str
+    at: datetime
+
+
+@dataclass(frozen=True)
 class Listed:
     """What the server's API says about a room, asked at `requested_at`.
 
@@ -283,6 +292,7 @@ Event = (
     | RoomClosed
     | RoomLost
     | RoomGone
+    | RoomUnreachable
     | Listed
     | Tick
     | Blind
@@ -515,6 +525,9 @@ class SessionTracker:
     # How long the real leave of a participant that publishes nothing may take to reach
     # the observers in its room (livekit-server's 3 s ticker, and some)
     leave_news_s: float = 4.0
+    # How long the observer's connection to a room may be dead before it notices: a ping
+    # timeout, or a relay through a cluster node that died (seen: about 10 s)
+    trouble_window_s: float = 20.0
     _open: dict[SessionKey, TrackedSession] = field(default_factory=dict)
     _rooms: dict[str, _Room] = field(default_factory=dict)
     _suspect: dict[SessionKey, ParticipantLeft] = field(default_factory=dict)
@@ -536,6 +549,8 @@ class SessionTracker:
     # leaves for a newer connection of the same identity, held until that one's join
     # shows when the old one ended (see `_replaced_live`)
     _replaced_leaves: dict[SessionKey, ParticipantLeft] = field(default_factory=dict)
+    # when the room or the server last showed each open session's participant
+    _evidence: dict[SessionKey, datetime] = field(default_factory=dict)
     _absent_at_join: dict[SessionKey, datetime] = field(default_factory=dict)
     _absent_listed: dict[SessionKey, datetime] = field(default_factory=dict)
     _present: dict[str, dict[str, str]] = field(default_factory=dict)  # room -> sid -> kind
@@ -677,6 +692,7 @@ class SessionTracker:
                     return []
                 room.state = "reconnecting"
                 self._timelines.pause(self._keys_in(ev.room_sid), ev.at)
+                self._trouble(ev.room_sid, ev.at)
                 return []
             case RoomClosed():
                 return self._room_closed(ev)
@@ -687,10 +703,15 @@ class SessionTracker:
                 room = self._rooms.pop(ev.room_sid, None)
                 if room is not None and room.state == "watching" and ev.blind_since is None:
                     keys = [k for k in self._keys_in(ev.room_sid) if k not in self._suspect]
-                    return self._touch(keys, ev.at)
+                    return self._touch(keys, ev.at, evidence=False)
                 return ops
             case RoomGone():
                 return self._gone(ev.room_sid, ev.at, ev.listed_at)
+            case RoomUnreachable():
+                self._trouble(ev.room_sid, ev.at)
+                self._forget_room(ev.room_sid)
+                self._rooms.pop(ev.room_sid, None)
+                return [self._reconciled(key, ev.at) for key in self._keys_in(ev.room_sid)]
             case Listed():
                 return self._listed(ev)
             case Tick():
@@ -750,6 +771,7 @@ class SessionTracker:
             last_seen_at=min(at, p.joined_at) if blind else at,
         )
         self._open[key] = s
+        self._evidence[key] = s.last_seen_at
         return [Open(s)]
 
     def _left(self, ev: ParticipantLeft) -> list[Op]:
@@ -777,7 +799,7 @@ class SessionTracker:
         if ev.reason in ("", UNKNOWN_REASON):
             # Not known to be real: may be the SDK's own reconnect. Ask the server.
             fresh = watching and ev.blind_since is None
-            ops: list[Op] = self._touch([key], ev.at) if fresh else []
+            ops: list[Op] = self._touch([key], ev.at, evidence=False) if fresh else []
             self._suspect.setdefault(key, ev)
             return ops + self._verify(ev.room_sid, ev.at)
         if ev.blind_since is not None:
@@ -969,14 +991,34 @@ class SessionTracker:
         self._open[key] = s
         return [UpdateAttributes(key, s.attributes, s.agent_name)]
 
-    def _touch(self, keys: Iterable[SessionKey], at: datetime) -> list[Op]:
+    def _touch(
+        self, keys: Iterable[SessionKey], at: datetime, *, evidence: bool = True
+    ) -> list[Op]:
+        """Move `last_seen_at` on. `evidence`: the room or the server showed the participant
+        at `at`; else only the observer's connection did not report it gone (the
+        heartbeat), which a connection that broke unnoticed cannot vouch for (`_trouble`)."""
         touched = []
         for key in keys:
             s = self._open.get(key)
+            if s is not None and evidence:
+                self._evidence[key] = max(at, self._evidence.get(key, at))
             if s is not None and at > s.last_seen_at:
                 self._open[key] = replace(s, last_seen_at=at)
                 touched.append(key)
         return [Touch(tuple(touched), at)] if touched else []
+
+    def _trouble(self, room_sid: str, at: datetime) -> None:
+        """The observer's connection to the room broke, noticed at `at`: it may have been
+        dead for a while before (a relay through a node that died, a ping timeout), and
+        what the heartbeat claimed meanwhile is no evidence. `last_seen_at` falls back to
+        the last evidence, or to `trouble_window_s` before `at` if that is later."""
+        window = at - timedelta(seconds=self.trouble_window_s)
+        for key in self._keys_in(room_sid):
+            s = self._open[key]
+            floor = max(self._evidence.get(key, s.joined_at), s.joined_at)
+            back = max(floor, min(s.last_seen_at, window))
+            if back < s.last_seen_at:
+                self._open[key] = replace(s, last_seen_at=back)
 
     def _close(
         self,
@@ -999,6 +1041,7 @@ class SessionTracker:
         self._witnessed.discard(key)
         self._seen_live.discard(key)
         self._doubted.discard(key)
+        self._evidence.pop(key, None)
         self._replaced_leaves.pop(key, None)
         self._absent_at_join.pop(key, None)
         self._absent_listed.pop(key, None)
@@ -1342,6 +1385,8 @@ class SessionTracker:
             self._last_heartbeat = at
             watching = {sid for sid, r in self._rooms.items() if r.state == "watching"}
             ops += self._touch(
-                [k for k in self._open if k.room_sid in watching and k not in self._suspect], at
+                [k for k in self._open if k.room_sid in watching and k not in self._suspect],
+                at,
+                evidence=False,
             )
         return ops

@@ -23,6 +23,7 @@ from observer.core.tracker import (
     RoomGone,
     RoomHandedOver,
     RoomLost,
+    RoomUnreachable,
     Seeded,
     TrackedSession,
     WebhookRoomFinished,
@@ -30,7 +31,7 @@ from observer.core.tracker import (
 from observer.daemon.fleet import Fleet
 from observer.daemon.shards import JoinFailed, RemoteWatcher, ShardPool
 from observer.daemon.watcher import RoomMismatchError, RoomWatcher, observer_token
-from observer.livekit_api import API_ERRORS, Client
+from observer.livekit_api import API_ERRORS, Client, room_hosted
 
 Watcher = RoomWatcher | RemoteWatcher
 
@@ -45,6 +46,8 @@ CHECK_BATCH_DELAY_S = 0.2
 CHECK_RETRY_S = 1.0
 CHECK_CONCURRENCY = 8
 LEAVE_CONCURRENCY = 32
+# A room is taken as hosted by no live node when two probes this far apart say so.
+UNREACHABLE_CONFIRM_S = 2.0
 
 
 # A join holds its turn this long at most: a join that hangs (the SDK retries for up to
@@ -103,6 +106,8 @@ class Rooms:
         self._not_mine_since: dict[str, float] = {}
         self._joining: set[str] = set()  # rooms whose join has not landed yet
         self.ended: set[str] = set()
+        # listed rooms that no live node hosts (their node died): sid -> name
+        self.unreachable: dict[str, str] = {}
         self._first_seen: dict[str, float] = {}
         self._slots = asyncio.Semaphore(len(pool.shards) if pool is not None else 1)
         self._joins: set[asyncio.Task[Any]] = set()
@@ -257,6 +262,8 @@ class Rooms:
         for sid in p.gone:
             self._emit(RoomGone(sid, now, listed_at or now))
         live = {r.sid for r in listed}
+        for sid in [s for s in self.unreachable if s not in live]:
+            del self.unreachable[sid]
         for sid, watcher in list(self.watchers.items()):
             if watcher.recovering and sid not in live:
                 # The SDK is trying to get back into a room that no longer exists.
@@ -324,6 +331,7 @@ class Rooms:
         self.watchers.pop(room_sid, None)
         if ended:
             self.ended.add(room_sid)
+            self.unreachable.pop(room_sid, None)
 
     def join_latency_s(self, room_sid: str) -> float | None:
         """Seconds from the room first being seen to the observer being inside."""
@@ -377,6 +385,12 @@ class Rooms:
         lk = self._lk
         token = observer_token(lk.api_key, lk.api_secret, self._identity, watcher.room_name)
         await self._seed(watcher.room_sid)
+        if watcher.room_sid in self.unreachable:
+            if await room_hosted(self._api, watcher.room_name) is False:
+                self.watchers.pop(watcher.room_sid, None)  # tried again at the next listing
+                return
+            log.info("room is hosted again", extra={"room": watcher.room_name})
+            self.unreachable.pop(watcher.room_sid, None)
         try:
             started = await join_in_turn(
                 self._slots,
@@ -420,6 +434,8 @@ class Rooms:
                 # The server refused to re-create it (see NO_CREATE_PRESET).
                 log.info("room ended before the observer joined", extra={"room": watcher.room_name})
                 return
+            if await self._unhosted(watcher):
+                return
             log.warning(
                 "joining a room failed; will retry",
                 extra={"room": watcher.room_name, "error": error},
@@ -439,6 +455,25 @@ class Rooms:
             return
         if sessions:
             self._emit(Seeded(room_sid, tuple(sessions)))
+
+    async def _unhosted(self, watcher: Watcher) -> bool:
+        """After a failed join of a listed room: does any live node host it? A room whose
+        node died stays listed, with its participants, for good, and a join would have to
+        create it (which the observer's token forbids). Its sessions end at their last
+        evidence, and it is tried again at each listing."""
+        if await room_hosted(self._api, watcher.room_name) is not False:
+            return False
+        await asyncio.sleep(UNREACHABLE_CONFIRM_S)
+        if await room_hosted(self._api, watcher.room_name) is not False:
+            return False
+        self.unreachable[watcher.room_sid] = watcher.room_name
+        log.warning(
+            "room is listed but no live LiveKit node hosts it; its sessions end at their"
+            " last evidence",
+            extra={"room": watcher.room_name, "room_sid": watcher.room_sid},
+        )
+        self._emit(RoomUnreachable(watcher.room_sid, utcnow()))
+        return True
 
     async def _ended_meanwhile(self, watcher: Watcher) -> bool:
         """After a failed join: is the listed room gone? Then it is never tried again."""

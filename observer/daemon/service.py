@@ -90,6 +90,7 @@ class Observer:
             stuck_agents=lambda: self.tracker.stuck_agents,
             event_queue_depth=self.queue.qsize,
             db_pending_ops=lambda: self.writer.pending,
+            rooms_unreachable=lambda: len(self.rooms.unreachable) if self.rooms else 0,
         )
         self.rooms: Rooms | None = None
         self.fleet: Fleet | None = None

@@ -93,6 +93,11 @@ class Metrics:
         self.stuck_agents = Gauge(
             "observer_stuck_agents", "Agents alone in a room longer than the limit", registry=r
         )
+        self.rooms_unreachable = Gauge(
+            "observer_rooms_unreachable",
+            "Rooms LiveKit lists that no live node hosts (their node died)",
+            registry=r,
+        )
         self.stuck_alerts = Counter(
             "observer_stuck_agent_alerts_total", "Stuck-agent occurrences", registry=r
         )
@@ -154,8 +159,10 @@ class Metrics:
         stuck_agents: Callable[[], float],
         event_queue_depth: Callable[[], float],
         db_pending_ops: Callable[[], float],
+        rooms_unreachable: Callable[[], float] = lambda: 0.0,
     ) -> None:
         """Have each gauge read its value from its owner when scraped."""
+        self.rooms_unreachable.set_function(rooms_unreachable)
         self.sessions_open.set_function(sessions_open)
         self.rooms_watched.set_function(rooms_watched)
         self.stuck_agents.set_function(stuck_agents)

@@ -127,6 +127,9 @@ async def live_rooms(lk: LiveKitSettings, names: Collection[str]) -> dict[str, L
             sids.update({r.name: r.sid for r in resp.rooms if r.name in names})
         rooms = {}
         for name, sid in sids.items():
+            if await livekit_api.room_hosted(lkapi, name) is False:
+                # listed, but its node died: nobody listed in it is there any more
+                continue
             who = await lkapi.room.list_participants(api.ListParticipantsRequest(room=name))
             rooms[name] = LiveRoom(sid, frozenset(p.sid for p in who.participants))
         return rooms
