@@ -273,3 +273,20 @@ def test_the_model_says_which_columns_the_database_derives() -> None:
         "joined_ms",
         "left_ms",
     }
+
+
+def test_the_longest_session_is_read_from_the_index_on_duration_ms(db_url: str) -> None:
+    """`observer usage` reads back no further than the longest closed session: through the
+    index on the generated `duration_ms`, not the table."""
+    store = Store(db_url)
+    try:
+        with store.engine.connect() as conn:
+            query = "SELECT max(duration_ms) FROM sessions"
+            if conn.dialect.name == "postgresql":
+                conn.exec_driver_sql("SET enable_seqscan = off")  # the table is tiny here
+                plan = " ".join(r[0] for r in conn.exec_driver_sql(f"EXPLAIN {query}"))
+            else:
+                plan = " ".join(r[-1] for r in conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {query}"))
+    finally:
+        store.close()
+    assert "ix_sessions_duration_ms" in plan, plan
