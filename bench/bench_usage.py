@@ -35,7 +35,6 @@ import psycopg
 from sqlalchemy.engine import make_url
 
 from observer.config import normalize_database_url
-from observer.core.times import crosses_day
 from observer.db import migrate
 from observer.db.store import Store
 from observer.reports import reconcile, usage
@@ -53,7 +52,6 @@ COLUMNS = (
     "attributes",
     "joined_at",
     "left_at",
-    "duration_ms",
     "disconnect_reason",
     "end_source",
     "end_uncertainty_ms",
@@ -68,10 +66,8 @@ COLUMNS = (
     "state_thinking_ms",
     "state_speaking_ms",
     "state_other_ms",
-    "state_unknown_ms",
     "alone_ms",
-    "crosses_day",
-)
+)  # (duration_ms, state_unknown_ms and crosses_day are the database's)
 SPAN_COLUMNS = ("room_sid", "participant_sid", "kind", "value", "started_at", "ended_at")
 # a closed session's timeline, as fractions of its time: states one after another, and
 # alone for the last fifth
@@ -92,9 +88,8 @@ def timeline(
     left = joined + timedelta(milliseconds=duration_ms)
     spans.append(("alone", "", left - timedelta(milliseconds=alone_ms), left))
     ms = {name: int(duration_ms * share) for name, share in STATES}
-    known = sum(ms.values())
     cols = [ms.get(n, 0) for n in ("initializing", "idle", "listening", "thinking", "speaking")]
-    return [*cols, 0, duration_ms - known, alone_ms], spans
+    return [*cols, 0, alone_ms], spans
 
 
 def cpu_model() -> str:
@@ -168,7 +163,7 @@ def sessions(n: int, agents: int, rooms: int, seed: int = 7) -> Iterator[tuple[o
             duration_ms = int(min(rnd.lognormvariate(12.0, 0.9), 3_600_000))  # ~3 min median
         left = joined + timedelta(milliseconds=duration_ms, microseconds=rnd.randrange(1000))
         is_open = i >= open_from
-        states = [None] * 8 if is_open else timeline(joined, duration_ms)[0]
+        states = [None] * 7 if is_open else timeline(joined, duration_ms)[0]
         yield (
             room,
             f"RM_{room}",
@@ -180,7 +175,6 @@ def sessions(n: int, agents: int, rooms: int, seed: int = 7) -> Iterator[tuple[o
             json.dumps(attributes(agent, i)),
             joined,
             None if is_open else left,
-            None if is_open else duration_ms,
             None if is_open else "CLIENT_INITIATED",
             None if is_open else "rtc",
             None,
@@ -190,7 +184,6 @@ def sessions(n: int, agents: int, rooms: int, seed: int = 7) -> Iterator[tuple[o
             joined if is_open else left,
             None if is_open else joined,
             *states,
-            not is_open and crosses_day(joined, left),
         )
 
 
@@ -198,7 +191,8 @@ def span_rows(rows: list[tuple[object, ...]]) -> Iterator[tuple[object, ...]]:
     """The spans of every closed session."""
     for r in rows:
         if r[9] is not None:
-            for kind, value, start, end in timeline(r[8], r[10])[1]:  # type: ignore[arg-type]
+            duration_ms = (r[9] - r[8]) // timedelta(milliseconds=1)  # type: ignore[operator]
+            for kind, value, start, end in timeline(r[8], duration_ms)[1]:  # type: ignore[arg-type]
                 yield (r[1], r[2], kind, value, start, end)
 
 

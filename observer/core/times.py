@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Literal
 
 
@@ -23,9 +23,3 @@ def next_month(d: datetime) -> datetime:
 def backoff_s(attempt: int, cap_s: float) -> float:
     """Seconds to wait before retry number `attempt` (1, 2, ...): doubling from 1 s, capped."""
     return min(cap_s, 0.5 * (1 << min(max(attempt, 1), 30)))
-
-
-def crosses_day(start: datetime, end: datetime) -> bool:
-    """Whether [start, end) holds a UTC midnight after its start (the reports cut there)."""
-    last = end - timedelta(microseconds=1)
-    return last.astimezone(UTC).date() > start.astimezone(UTC).date()

@@ -12,6 +12,7 @@ from typing import assert_never
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from observer.core.timeline import span_ms
 from observer.core.times import utcnow
 from observer.core.tracker import (
     Close,
@@ -202,7 +203,8 @@ def record_writes(m: Metrics, writes: Sequence[RowWrite]) -> None:
                         "identity": s.identity,
                         "reason": w.reason,
                         "end_source": w.end_source,
-                        "duration_ms": round(duration_s * 1000),
+                        # as the row's, when this close is the one that counted
+                        "duration_ms": span_ms(s.joined_at, w.left_at),
                     },
                 )
             case RecordUsage():

@@ -20,7 +20,6 @@ from typing import Any
 from sqlalchemy import Connection, Engine, and_, delete, insert, select
 from sqlalchemy.exc import IntegrityError
 
-from observer.core.times import crosses_day
 from observer.db.schema import Base, dialect_insert
 
 log = logging.getLogger(__name__)
@@ -36,10 +35,11 @@ _warned_unwritable = False
 _keeper = ThreadPoolExecutor(max_workers=1, thread_name_prefix="day-sums")
 
 
-def changed_day(joined_at: datetime, left_at: datetime, now: datetime) -> date | None:
-    """The day whose kept sums a session closed (or changed) at `now` changes: its day, when
-    it lies whole in one that is over by `now`'s clock; else None."""
-    if crosses_day(joined_at, left_at):
+def changed_day(joined_at: datetime, crosses_day: bool, now: datetime) -> date | None:
+    """The day whose kept sums a closed session changed at `now` changes: its day, when it
+    lies whole in one (`crosses_day` as the database has it) that is over by `now`'s clock;
+    else None."""
+    if crosses_day:
         return None
     day = joined_at.astimezone(UTC).date()
     return day if day < now.astimezone(UTC).date() else None

@@ -11,17 +11,16 @@ from sqlalchemy import (
     delete,
     func,
     select,
-    update,
 )
 from sqlalchemy.orm import Session
 
-from observer.core.times import crosses_day
 from observer.core.tracker import missed_leave
 from observer.core.vocab import (
     END_RECONCILED,
     GroupKind,
 )
 from observer.db import day_sums
+from observer.db.closing import close_row
 from observer.db.reads import StaleSession
 from observer.db.schema import Base, SessionRow, dialect_insert
 from observer.db.usage_sql import TokenTotal, UsageSpec, UsageTotal, token_totals, usage_totals
@@ -68,34 +67,24 @@ class RollupTx:
         A row that was closed or seen again since it was read is left alone, so a daemon
         still watching it wins. Returns how many rows were closed.
         """
-        closed = 0
-        conn = self.db.connection()
-        changed = set()
+        closed_days = []
         for s in sessions:
             last_seen, uncertainty_ms = missed_leave(s.last_seen_at, now)
-            left_at = max(last_seen, s.joined_at)
-            stmt = (
-                update(SessionRow)
-                .where(
-                    SessionRow.id == s.id,
-                    SessionRow.left_at.is_(None),
-                    SessionRow.last_seen_at == s.last_seen_at,
-                )
-                .values(
-                    left_at=left_at,
-                    duration_ms=round((left_at - s.joined_at).total_seconds() * 1000),
-                    **({"crosses_day": True} if crosses_day(s.joined_at, left_at) else {}),
-                    disconnect_reason=None,
-                    end_source=END_RECONCILED,
-                    end_uncertainty_ms=uncertainty_ms,
-                    updated_at=now,
-                )
+            closed = close_row(
+                self.db,
+                s.id,
+                s.joined_at,
+                last_seen,
+                now=now,
+                only_if=(SessionRow.last_seen_at == s.last_seen_at,),
+                disconnect_reason=None,
+                end_source=END_RECONCILED,
+                end_uncertainty_ms=uncertainty_ms,
             )
-            if conn.execute(stmt).rowcount == 1:
-                closed += 1
-                changed.add(day_sums.changed_day(s.joined_at, left_at, now))
-        day_sums.count_changes(conn, (d for d in changed if d is not None))
-        return closed
+            if closed is not None:
+                closed_days.append(closed.changed_day)
+        day_sums.count_changes(self.db.connection(), (d for d in closed_days if d is not None))
+        return len(closed_days)
 
     def usage(self, spec: UsageSpec) -> list[UsageTotal]:
         """As `Store.usage`, inside this transaction (after its settling)."""

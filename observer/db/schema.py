@@ -32,6 +32,15 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 # PostgreSQL: a stored time as whole milliseconds since the epoch, truncated
 EPOCH_MS = "floor(extract(epoch from ({} - timestamptz '1970-01-01 00:00:00+00')) * 1000)::bigint"
+# ... and what the database derives from the two (PostgreSQL's generated columns cannot read
+# one another, so each repeats them; SQLite's read `joined_ms` and `left_ms`: migration 0015)
+JOINED_MS, LEFT_MS = f"({EPOCH_MS.format('joined_at')})", f"({EPOCH_MS.format('left_at')})"
+DURATION_MS = f"{LEFT_MS} - {JOINED_MS}"
+KNOWN_STATES_MS = " + ".join(
+    f"state_{s}_ms" for s in ("initializing", "idle", "listening", "thinking", "speaking", "other")
+)
+UNKNOWN_MS = f"({DURATION_MS}) - ({KNOWN_STATES_MS})"
+DAY_MS = 86_400_000
 
 NAMING_CONVENTION = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -97,7 +106,10 @@ class SessionRow(Base):
     attributes: Mapped[dict[str, str]] = mapped_column(JSON_OBJECT, default=dict)
     joined_at: Mapped[datetime] = mapped_column(UTCDateTime)
     left_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
-    duration_ms: Mapped[int | None] = mapped_column(BigInteger)
+    # left_ms - joined_ms, by the database; NULL while open
+    duration_ms: Mapped[int | None] = mapped_column(
+        BigInteger, Computed(text(DURATION_MS), persisted=True)
+    )
     disconnect_reason: Mapped[str | None] = mapped_column(Text)
     end_source: Mapped[str | None] = mapped_column(Text)
     end_uncertainty_ms: Mapped[int | None] = mapped_column(BigInteger)
@@ -115,10 +127,21 @@ class SessionRow(Base):
     state_thinking_ms: Mapped[int | None] = mapped_column(BigInteger)
     state_speaking_ms: Mapped[int | None] = mapped_column(BigInteger)
     state_other_ms: Mapped[int | None] = mapped_column(BigInteger)
-    state_unknown_ms: Mapped[int | None] = mapped_column(BigInteger)
+    # the rest of duration_ms (never below 0), by the database; NULL while the states are
+    state_unknown_ms: Mapped[int | None] = mapped_column(
+        BigInteger,
+        Computed(text(f"CASE WHEN {UNKNOWN_MS} < 0 THEN 0 ELSE {UNKNOWN_MS} END"), persisted=True),
+    )
     alone_ms: Mapped[int | None] = mapped_column(BigInteger)
-    # a closed session that holds a UTC midnight: the few `observer usage --states` cuts
-    crosses_day: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))
+    # a closed session that holds a UTC midnight (its last millisecond is on a later day than
+    # its first): the few `observer usage` cuts. By the database; false while open.
+    crosses_day: Mapped[bool] = mapped_column(
+        Boolean,
+        Computed(
+            text(f"coalesce(({LEFT_MS} - 1) / {DAY_MS} > {JOINED_MS} / {DAY_MS}, false)"),
+            persisted=True,
+        ),
+    )
     # joined_at and left_at as whole milliseconds since the epoch, truncated: what the usage
     # sums measure, kept by the database itself. The expression is PostgreSQL's; SQLite
     # computes the same value with its own functions (migration 0013).

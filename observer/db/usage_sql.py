@@ -278,7 +278,7 @@ def _reach_back(
     longest_ms, oldest_open_at = conn.execute(select(func.max(t.c.duration_ms), oldest_open)).one()
 
     def back(start: datetime) -> datetime:
-        since = start - timedelta(milliseconds=(longest_ms or 0) + 1000)  # ms are rounded
+        since = start - timedelta(milliseconds=(longest_ms or 0) + 1000)  # ms are truncated
         if spec.open_until is not None and oldest_open_at is not None:
             since = min(since, oldest_open_at)
         return since

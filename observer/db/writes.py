@@ -21,7 +21,6 @@ from sqlalchemy.orm import Session
 
 from observer.core.agent_usage import COUNTERS, UsageReport
 from observer.core.timeline import Timeline
-from observer.core.times import crosses_day
 from observer.core.tracker import (
     Close,
     Open,
@@ -37,6 +36,7 @@ from observer.core.tracker import (
     Witnessed,
 )
 from observer.db import day_sums
+from observer.db.closing import close_row
 from observer.db.schema import (
     AgentUsageRow,
     Base,
@@ -110,11 +110,11 @@ def apply_ops(db: Session, ops: Sequence[Write], observer_id: str, now: datetime
                     .values(
                         attributes=dict(op.attributes), agent_name=op.agent_name, updated_at=now
                     )
-                    .returning(SessionRow.joined_at, SessionRow.left_at)
+                    .returning(SessionRow.joined_at, SessionRow.left_at, SessionRow.crosses_day)
                 ).all()
-                for joined_at, left_at in updated:
+                for joined_at, left_at, crosses in updated:
                     if left_at is not None:
-                        changed.add(day_sums.changed_day(joined_at, left_at, now))
+                        changed.add(day_sums.changed_day(joined_at, bool(crosses), now))
             case Witnessed():
                 _witnessed(db, op, observer_id)
             case RoomSeen():
@@ -348,25 +348,21 @@ def _close(db: Session, op: Close, now: datetime) -> date | None:
     ).first()
     if row is None:
         return None
-    left_at = max(op.left_at, row.joined_at)
-    duration_ms = round((left_at - row.joined_at).total_seconds() * 1000)
-    closed = db.execute(
-        update(SessionRow)
-        .where(SessionRow.id == row.id, SessionRow.left_at.is_(None))
-        .values(
-            left_at=left_at,
-            duration_ms=duration_ms,
-            # (false by default: set only when true)
-            **({"crosses_day": True} if crosses_day(row.joined_at, left_at) else {}),
-            disconnect_reason=op.reason,
-            end_source=op.end_source,
-            end_uncertainty_ms=op.uncertainty_ms,
-            last_seen_at=max(op.last_seen_at, row.joined_at),
-            updated_at=now,
-            **_timeline_columns(op.timeline, duration_ms),
-        )
+    closed = close_row(
+        db,
+        row.id,
+        row.joined_at,
+        op.left_at,
+        now=now,
+        disconnect_reason=op.reason,
+        end_source=op.end_source,
+        end_uncertainty_ms=op.uncertainty_ms,
+        last_seen_at=max(op.last_seen_at, row.joined_at),
+        **_timeline_columns(op.timeline),
     )
-    if op.timeline is not None and op.timeline.spans and closed.rowcount == 1:  # type: ignore[attr-defined]
+    if closed is None:
+        return None
+    if op.timeline is not None and op.timeline.spans:
         # only the observer whose end counted writes what it saw: one timeline per session
         db.execute(
             insert(SessionSpanRow),
@@ -382,21 +378,16 @@ def _close(db: Session, op: Close, now: datetime) -> date | None:
                 for sp in op.timeline.spans
             ],
         )
-    if closed.rowcount != 1:  # type: ignore[attr-defined]
-        return None
-    return day_sums.changed_day(row.joined_at, left_at, now)
+    return closed.changed_day
 
 
-def _timeline_columns(timeline: Timeline | None, duration_ms: int) -> dict[str, Any]:
+def _timeline_columns(timeline: Timeline | None) -> dict[str, Any]:
+    """What the observer saw (`state_unknown_ms`, the rest, is the database's)."""
     if timeline is None:
         return {}
     states = timeline.state_ms()
     values: dict[str, Any] = {f"state_{name}_ms": ms for name, ms in states.items()}
-    values.update(
-        observed_from=timeline.observed_from,
-        state_unknown_ms=max(0, duration_ms - sum(states.values())),
-        alone_ms=timeline.alone_ms(),
-    )
+    values.update(observed_from=timeline.observed_from, alone_ms=timeline.alone_ms())
     return values
 
 
