@@ -37,6 +37,7 @@ from observer.db.reads import (
 from observer.db.rollups import RollupTx
 from observer.db.schema import RoomRow, SessionRow, WebhookEventRow, make_engine
 from observer.db.usage_sql import (
+    TokenSessions,
     TokenTotal,
     UsageSpec,
     UsageTotal,
@@ -117,7 +118,8 @@ class Store:
     def periods(self, limit: int = 12) -> list[PeriodSummary]:
         return period_summaries(self.engine, limit)
 
-    def tokens(self, spec: UsageSpec) -> list[TokenTotal]:
+    def tokens(self, spec: UsageSpec) -> tuple[list[TokenTotal], list[TokenSessions]]:
+        """Model usage per group and bucket, and the sessions that reported it."""
         with self.engine.connect() as conn:
             return token_totals(conn, spec)
 

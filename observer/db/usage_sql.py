@@ -794,7 +794,7 @@ def _bucketing(
 
 
 class TokenTotal(NamedTuple):
-    """One model's usage in one group and bucket: the sums of `COUNTERS`, and flags."""
+    """One model's usage in one group and bucket: the sums of `COUNTERS`."""
 
     keys: tuple[str | None, ...]
     bucket: int
@@ -802,21 +802,29 @@ class TokenTotal(NamedTuple):
     provider: str
     model: str
     counters: tuple[int, ...]  # in `COUNTERS` order
-    sessions: int  # agent sessions that reported this model
-    unseen: int  # ... of which no session row exists
-    backwards: int  # ... whose totals went backwards at some point
-    silent_realtime: int  # ... a realtime model (session time) with 0 output audio tokens
 
 
-def token_totals(conn: Connection, spec: UsageSpec) -> list[TokenTotal]:
-    """Model usage per group and bucket. Each agent session's latest totals count in the
-    bucket of `agent_usage.reported_at` (when they were reported)."""
+class TokenSessions(NamedTuple):
+    """The agent sessions that reported model usage in one group and bucket, each counted
+    once however many models it reported, and how many of them have each flag."""
+
+    keys: tuple[str | None, ...]
+    bucket: int
+    sessions: int
+    unseen: int  # no session row exists
+    backwards: int  # a model's totals went backwards at some point
+    silent_realtime: int  # a realtime model (session time) with 0 output audio tokens
+
+
+def token_totals(conn: Connection, spec: UsageSpec) -> tuple[list[TokenTotal], list[TokenSessions]]:
+    """Model usage per group and bucket, and the sessions that reported it. Each agent
+    session's latest totals count in the bucket of `agent_usage.reported_at` (when they
+    were reported)."""
     dialect = conn.dialect.name
     u = Base.metadata.tables["agent_usage"]
     t = Base.metadata.tables["sessions"]
     rooms = Base.metadata.tables["rooms"]
     edges = [epoch_ms(e) for e in spec.edges]
-    keys = [_group_key(g, t, rooms).label(f"k{i}") for i, g in enumerate(spec.group_by)]
     source: Any = u.outerjoin(
         t, and_(t.c.room_sid == u.c.room_sid, t.c.participant_sid == u.c.participant_sid)
     )
@@ -836,32 +844,48 @@ def token_totals(conn: Connection, spec: UsageSpec) -> list[TokenTotal]:
         u.c.output_audio_tokens == 0,
         or_(t.c.state_speaking_ms.is_(None), t.c.state_speaking_ms > 0),
     )
-
-    def count(cond: ColumnElement[bool]) -> ColumnElement[int]:
-        return cast(func.sum(case((cond, 1), else_=0)), BigInteger)
-
-    group = [*keys, bucket.label("bucket"), u.c.kind, u.c.provider, u.c.model]
-    query = (
+    flags = [t.c.id.is_(None), u.c.went_backwards, silent]
+    # one row per session and model
+    r = (
         select(
-            *group,
-            *(cast(func.sum(u.c[name]), BigInteger) for name in COUNTERS),
-            func.count(),
-            count(t.c.id.is_(None)),
-            count(u.c.went_backwards),
-            count(silent),
+            *(_group_key(g, t, rooms).label(f"k{i}") for i, g in enumerate(spec.group_by)),
+            bucket.label("bucket"),
+            u.c.room_sid,
+            u.c.participant_sid,
+            u.c.kind,
+            u.c.provider,
+            u.c.model,
+            *(u.c[name] for name in COUNTERS),
+            *(case((flag, 1), else_=0).label(f"f{i}") for i, flag in enumerate(flags)),
         )
         .select_from(source)
         .where(*wanted)
-        .group_by(*keys, *([bucket] if len(edges) > 2 else []), u.c.kind, u.c.provider, u.c.model)
+        .subquery("reported")
     )
-    width = len(keys)
-    n = len(COUNTERS)
-    out = []
-    for row in conn.execute(query):
-        kind, provider, model = row[width + 1 : width + 4]
-        counters = tuple(row[width + 4 : width + 4 + n])
-        flags = row[width + 4 + n :]
-        out.append(
-            TokenTotal(tuple(row[:width]), row[width], kind, provider, model, counters, *flags)
-        )
-    return out
+    head = [r.c[f"k{i}"] for i in range(len(spec.group_by))] + [r.c.bucket]
+    which = [r.c.kind, r.c.provider, r.c.model]
+    models = select(
+        *head, *which, *(cast(func.sum(r.c[name]), BigInteger) for name in COUNTERS)
+    ).group_by(*head, *which)
+    per_session = (
+        select(*head, *(func.max(r.c[f"f{i}"]).label(f"f{i}") for i in range(len(flags))))
+        .group_by(*head, r.c.room_sid, r.c.participant_sid)
+        .subquery("per_session")
+    )
+    s = per_session.c
+    shead = [s[c.name] for c in head]
+    sessions = select(
+        *shead,
+        func.count(),
+        *(cast(func.sum(s[f"f{i}"]), BigInteger) for i in range(len(flags))),
+    ).group_by(*shead)
+    width = len(spec.group_by)
+    totals = []
+    for row in conn.execute(models):
+        b, kind, provider, model, *counters = row[width:]
+        keys = tuple(row[:width])
+        totals.append(TokenTotal(keys, b, kind, provider, model, tuple(counters)))
+    return (
+        totals,
+        [TokenSessions(tuple(row[:width]), *row[width:]) for row in conn.execute(sessions)],
+    )

@@ -20,6 +20,7 @@ from observer.core.times import iso, next_month
 from observer.db.usage_sql import (
     STATE_SUMS,
     USAGE_GROUP_COLUMNS,
+    TokenSessions,
     TokenTotal,
     UsageSpec,
     UsageTotal,
@@ -136,7 +137,7 @@ class UsageSource(Protocol):
 
     def usage(self, spec: UsageSpec) -> list[UsageTotal]: ...
 
-    def tokens(self, spec: UsageSpec) -> list[TokenTotal]: ...
+    def tokens(self, spec: UsageSpec) -> tuple[list[TokenTotal], list[TokenSessions]]: ...
 
 
 class SharedUsageSource(UsageSource, Protocol):
@@ -243,10 +244,15 @@ def _lines(
                 unpriced(f"agent minutes from {iso(edges[t.bucket])}")
             g.add_cost("agent_minutes", None if price is None else price * t.billable_minutes)
     if with_tokens:
-        for tt in store.tokens(plan.spec):
+        models, sessions = store.tokens(plan.spec)
+        for ts in sessions:
+            g = group(tuple(ts.keys[i] if i >= 0 else labels[ts.bucket] for i in where))
+            g.tokens[0] += ts.sessions
+            for i, n in enumerate((ts.unseen, ts.backwards, ts.silent_realtime), 1 + len(COUNTERS)):
+                g.tokens[i] += n
+        for tt in models:
             g = group(tuple(tt.keys[i] if i >= 0 else labels[tt.bucket] for i in where))
-            flags = (tt.unseen, tt.backwards, tt.silent_realtime)
-            for i, n in enumerate((tt.sessions, *tt.counters, *flags)):
+            for i, n in enumerate(tt.counters, 1):
                 g.tokens[i] += n
             if q.prices is not None:
                 prices = q.prices.model_prices(tt.kind, tt.provider, tt.model, edges[tt.bucket])
