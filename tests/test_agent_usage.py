@@ -183,8 +183,8 @@ def priced_db(db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> P
       800 x 0.000001 + 200 x 0.0000005 + 500 x 0.000002 = 0.0019; in all 0.0319.
     - agent-b, 20 March 12:00-12:05: 5 minutes at 0.02 = 0.10; TTS 1000 characters at
       0.00001 = 0.01; and an STT model without a price: its cost and the total are empty.
-    - agent-c, 14 March 23:59 to 15 March 00:01, across the price change: a minute at 0.01
-      and a minute at 0.02 = 0.03.
+    - agent-c, 14 March 23:59 to 15 March 00:01, across the price change: 2 minutes at the
+      price at its join, 0.01 = 0.02.
     - usage reported for a session never recorded (no row): counted, flagged, priced.
     """
     store = Store(db_url)
@@ -250,7 +250,7 @@ def test_costs_per_agent_by_hand(priced_db: Path, capsys: pytest.CaptureFixture[
         None: (Decimal(0), Decimal("0.0003"), Decimal(0), Decimal(0), Decimal("0.0003")),
         "agent-a": (Decimal("0.03"), Decimal("0.0019"), Decimal(0), Decimal(0), Decimal("0.0319")),
         "agent-b": (Decimal("0.10"), Decimal(0), Decimal("0.01"), None, None),
-        "agent-c": (Decimal("0.03"), Decimal(0), Decimal(0), Decimal(0), Decimal("0.03")),
+        "agent-c": (Decimal("0.02"), Decimal(0), Decimal(0), Decimal(0), Decimal("0.02")),
     }
     # money is exact decimal text, never a float
     assert all(isinstance(v, str | None) for c in got.values() for v in c)
@@ -460,7 +460,7 @@ def test_reconcile_keeps_each_groups_cost_and_a_run_without_prices_leaves_them(
 
     costs = stored()
     assert Decimal(costs[("agent", "agent-a")] or "nan") == Decimal("0.0319")
-    assert Decimal(costs[("agent", "agent-c")] or "nan") == Decimal("0.03")
+    assert Decimal(costs[("agent", "agent-c")] or "nan") == Decimal("0.02")
     assert costs[("agent", "agent-b")] is None and costs[("total", "")] is None
     # finalized now; run again without prices: nothing drifts, the costs stay
     assert main(args) == 0

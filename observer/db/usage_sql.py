@@ -26,7 +26,7 @@ from sqlalchemy import (
     select,
     union_all,
 )
-from sqlalchemy.sql.elements import UnaryExpression
+from sqlalchemy.sql.elements import Label, UnaryExpression
 from sqlalchemy.sql.operators import custom_op
 
 from observer.core.agent_usage import COUNTERS
@@ -89,6 +89,10 @@ class UsageSpec:
     Each session is clipped to [edges[0], edges[-1]) and cut at the inner edges into pieces,
     one per bucket (bucket i is [edges[i], edges[i + 1])). Each piece is rounded up to a
     multiple of `round_to_ms`; for `billable_minutes` each piece is rounded up to a minute.
+
+    `price_cuts` (ascending) tell the sums apart by the prices a session had at its join
+    and model usage had when reported: `UsageTotal.priced` and `TokenTotal.priced` count
+    the cuts at or before those times. They never change what is summed.
     """
 
     edges: tuple[datetime, ...]
@@ -97,6 +101,7 @@ class UsageSpec:
     round_to_ms: int = 1
     kind: str | None = "agent"
     states: bool = False  # also sum the time in each agent state and alone (`STATE_SUMS`)
+    price_cuts: tuple[datetime, ...] = ()
 
 
 # What `UsageSpec.states` sums, in `UsageTotal.states` order: the sessions columns
@@ -116,6 +121,21 @@ class UsageTotal(NamedTuple):  # a tuple: a month by agent and day is 30,000 of 
     duration_ms: int
     billable_minutes: int
     states: tuple[int, ...] = ()  # with `UsageSpec.states`: ms per `STATE_SUMS` entry
+    priced: int = 0  # `UsageSpec.price_cuts` at or before the sessions' join
+
+
+def _priced(at: ColumnElement[datetime], spec: UsageSpec) -> ColumnElement[int]:
+    """How many of `spec.price_cuts` are at or before `at`: the key that tells sums apart
+    by the prices in effect then."""
+    cuts = spec.price_cuts
+    if not cuts:
+        return literal_column("0")
+    return case(*((at < cut, i) for i, cut in enumerate(cuts)), else_=len(cuts))
+
+
+def _width(spec: UsageSpec) -> int:
+    """How many keys lead each summed row: the groups', then `_priced`'s."""
+    return len(spec.group_by) + len(spec.price_cuts[:1])
 
 
 def usage_totals(conn: Connection, spec: UsageSpec, parts: int = 1) -> list[UsageTotal]:
@@ -252,7 +272,7 @@ def _straight_days(
 
 def _can_share(specs: Sequence[UsageSpec]) -> bool:
     """Whether `usage_totals_together` can read the specs' sessions once."""
-    if len(specs) < 2:
+    if len(specs) < 2 or any(s.price_cuts for s in specs):
         return False
     first = specs[0]
     same = {(s.group_by, s.open_until, s.round_to_ms, s.kind, s.states, s.edges[-1]) for s in specs}
@@ -328,25 +348,32 @@ def _sum_rows(
         results = pool.map(stretch, bounds[:-1], bounds[1:])
         if which == "straight":
             return [row for rows in results for row in rows]
-        return _added(results, len(spec.group_by))
+        return _added(results, _width(spec))
+
+
+def _keys(spec: UsageSpec, t: Any, rooms: Any) -> list[Label[Any]]:
+    """The keys of the sessions' sums, labelled k0...: the groups', then `_priced`'s."""
+    keys = [_group_key(g, t, rooms) for g in spec.group_by]
+    if spec.price_cuts:
+        keys.append(_priced(t.c.joined_at, spec))
+    return [k.label(f"k{i}") for i, k in enumerate(keys)]
 
 
 def _with_states(
     conn: Connection, spec: UsageSpec, since: datetime, rows: Sequence[Any]
 ) -> list[UsageTotal]:
     """The summed rows as totals, with the states of the sessions cut from their spans."""
-    width = len(spec.group_by)
-    if not spec.states:
-        return [UsageTotal(tuple(row[:width]), *row[width:]) for row in rows]
-    cut = _cut_states(conn, spec, since)
+    groups, width = len(spec.group_by), _width(spec)
+    cut = _cut_states(conn, spec, since) if spec.states else {}
     totals = []
     for row in rows:
         keys, bucket = tuple(row[:width]), row[width]
-        states = [v or 0 for v in row[width + 4 :]]
+        states = [v or 0 for v in row[width + 4 :]]  # none without `spec.states`
         for i, ms in enumerate(cut.get((keys, bucket), ())):
             states[i] += ms
         n, ms_sum, minutes = row[width + 1 : width + 4]
-        totals.append(UsageTotal(keys, bucket, n, ms_sum, minutes, tuple(states)))
+        priced = keys[groups] if width > groups else 0
+        totals.append(UsageTotal(keys[:groups], bucket, n, ms_sum, minutes, tuple(states), priced))
     return totals
 
 
@@ -430,7 +457,7 @@ def _cut_states(
     state_index = {name: i for i, name in enumerate(AGENT_STATES)}
     other, alone = STATE_SUMS.index(OTHER_STATE), STATE_SUMS.index("alone")
     first, last, buckets = edges[0], edges[-1], len(edges) - 1
-    width = len(spec.group_by)
+    width = _width(spec)
     n = len(STATE_SUMS)
     out: dict[tuple[tuple[str | None, ...], int], list[int]] = {}
     for row in conn.execute(_cut_states_query(spec, dialect, since)).all():
@@ -459,7 +486,7 @@ def _cut_states_query(spec: UsageSpec, dialect: str, since: datetime) -> Any:
     sp = Base.metadata.tables["session_spans"]
     rooms = Base.metadata.tables["rooms"]
     start, end = spec.edges[0], spec.edges[-1]
-    keys = [_group_key(g, t, rooms).label(f"k{i}") for i, g in enumerate(spec.group_by)]
+    keys = _keys(spec, t, rooms)
     source: Any = t.join(
         sp, and_(sp.c.room_sid == t.c.room_sid, sp.c.participant_sid == t.c.participant_sid)
     )
@@ -524,7 +551,7 @@ def _usage_query(
         open_end = ms(min(epoch_ms(spec.open_until), edges[-1]))
         ended = case((t.c.left_at.is_(None), open_end), else_=t.c.left_ms)
     rooms = Base.metadata.tables["rooms"]
-    keys = [_group_key(g, t, rooms).label(f"k{i}") for i, g in enumerate(spec.group_by)]
+    keys = _keys(spec, t, rooms)
     source: Any = t
     if any(g.startswith(ROOM_METADATA) for g in spec.group_by):
         source = t.outerjoin(rooms, rooms.c.sid == t.c.room_sid)
@@ -730,6 +757,8 @@ def _straight(
         # to have the rows in the grouping's order, jumping all over the table: 1.5-2 times
         # slower than through joined_at. Its unary + (a no-op) keeps it from doing that.
         keys = [UnaryExpression(k, operator=custom_op("+"), type_=Text()) for k in keys]
+    if spec.price_cuts:
+        keys.append(_priced(t.c.joined_at, spec))
     bucket = literal_column("0") if len(edges) == 2 else _bucketing(edges)[0](t.c.joined_ms)
     states = STATE_SUMS if spec.states else ()
     return (
@@ -802,6 +831,7 @@ class TokenTotal(NamedTuple):
     provider: str
     model: str
     counters: tuple[int, ...]  # in `COUNTERS` order
+    priced: int = 0  # `UsageSpec.price_cuts` at or before the usage was reported
 
 
 class TokenSessions(NamedTuple):
@@ -850,6 +880,7 @@ def token_totals(conn: Connection, spec: UsageSpec) -> tuple[list[TokenTotal], l
         select(
             *(_group_key(g, t, rooms).label(f"k{i}") for i, g in enumerate(spec.group_by)),
             bucket.label("bucket"),
+            _priced(u.c.reported_at, spec).label("priced"),
             u.c.room_sid,
             u.c.participant_sid,
             u.c.kind,
@@ -863,7 +894,7 @@ def token_totals(conn: Connection, spec: UsageSpec) -> tuple[list[TokenTotal], l
         .subquery("reported")
     )
     head = [r.c[f"k{i}"] for i in range(len(spec.group_by))] + [r.c.bucket]
-    which = [r.c.kind, r.c.provider, r.c.model]
+    which = [r.c.kind, r.c.provider, r.c.model, r.c.priced]
     models = select(
         *head, *which, *(cast(func.sum(r.c[name]), BigInteger) for name in COUNTERS)
     ).group_by(*head, *which)
@@ -882,9 +913,9 @@ def token_totals(conn: Connection, spec: UsageSpec) -> tuple[list[TokenTotal], l
     width = len(spec.group_by)
     totals = []
     for row in conn.execute(models):
-        b, kind, provider, model, *counters = row[width:]
+        b, kind, provider, model, priced, *counters = row[width:]
         keys = tuple(row[:width])
-        totals.append(TokenTotal(keys, b, kind, provider, model, tuple(counters)))
+        totals.append(TokenTotal(keys, b, kind, provider, model, tuple(counters), priced))
     return (
         totals,
         [TokenSessions(tuple(row[:width]), *row[width:]) for row in conn.execute(sessions)],
