@@ -24,14 +24,8 @@ from observer.core.vocab import (
 from observer.db import day_sums
 from observer.db.reads import StaleSession
 from observer.db.schema import Base, SessionRow, dialect_insert
-from observer.db.usage_sql import (
-    TokenSessions,
-    TokenTotal,
-    UsageSpec,
-    UsageTotal,
-    token_totals,
-    usage_totals,
-)
+from observer.db.token_sql import TokenSessions, TokenTotal, token_totals
+from observer.db.usage_sql import UsageSpec, UsageTotal, usage_totals
 
 
 @dataclass(frozen=True)

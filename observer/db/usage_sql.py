@@ -29,7 +29,6 @@ from sqlalchemy import (
 from sqlalchemy.sql.elements import Label, UnaryExpression
 from sqlalchemy.sql.operators import custom_op
 
-from observer.core.agent_usage import COUNTERS
 from observer.core.timeline import AGENT_STATES, OTHER_STATE
 from observer.core.times import utcnow
 from observer.db import day_sums
@@ -64,7 +63,8 @@ def is_group_name(g: str) -> bool:
     )
 
 
-def _group_key(g: str, sessions: Any, rooms: Any) -> ColumnElement[Any]:
+def group_key(g: str, sessions: Any, rooms: Any) -> ColumnElement[Any]:
+    """The SQL of a session's value for the grouping `g` (from its row, or its room's)."""
     if g in USAGE_GROUP_COLUMNS:
         return sessions.c[USAGE_GROUP_COLUMNS[g]]  # type: ignore[no-any-return]
     if g == ROOM_METADATA:
@@ -124,7 +124,7 @@ class UsageTotal(NamedTuple):  # a tuple: a month by agent and day is 30,000 of 
     priced: int = 0  # `UsageSpec.price_cuts` at or before the sessions' join
 
 
-def _priced(at: ColumnElement[datetime], spec: UsageSpec) -> ColumnElement[int]:
+def priced_key(at: ColumnElement[datetime], spec: UsageSpec) -> ColumnElement[int]:
     """How many of `spec.price_cuts` are at or before `at`: the key that tells sums apart
     by the prices in effect then."""
     cuts = spec.price_cuts
@@ -134,7 +134,7 @@ def _priced(at: ColumnElement[datetime], spec: UsageSpec) -> ColumnElement[int]:
 
 
 def _width(spec: UsageSpec) -> int:
-    """How many keys lead each summed row: the groups', then `_priced`'s."""
+    """How many keys lead each summed row: the groups', then `priced_key`'s."""
     return len(spec.group_by) + len(spec.price_cuts[:1])
 
 
@@ -352,10 +352,10 @@ def _sum_rows(
 
 
 def _keys(spec: UsageSpec, t: Any, rooms: Any) -> list[Label[Any]]:
-    """The keys of the sessions' sums, labelled k0...: the groups', then `_priced`'s."""
-    keys = [_group_key(g, t, rooms) for g in spec.group_by]
+    """The keys of the sessions' sums, labelled k0...: the groups', then `priced_key`'s."""
+    keys = [group_key(g, t, rooms) for g in spec.group_by]
     if spec.price_cuts:
-        keys.append(_priced(t.c.joined_at, spec))
+        keys.append(priced_key(t.c.joined_at, spec))
     return [k.label(f"k{i}") for i, k in enumerate(keys)]
 
 
@@ -498,7 +498,7 @@ def _cut_states_query(spec: UsageSpec, dialect: str, since: datetime) -> Any:
     whole = and_(t.c.joined_at >= start, t.c.left_at <= end)  # as in `_usage_query`
     columns = [*keys, case((whole, 1), else_=0), t.c.crosses_day, sp.c.kind, sp.c.value]
     columns += [t.c.joined_ms, t.c.left_ms]
-    columns += [_epoch_ms_sql(c, dialect) for c in (sp.c.started_at, sp.c.ended_at)]
+    columns += [epoch_ms_sql(c, dialect) for c in (sp.c.started_at, sp.c.ended_at)]
     arms = _to_cut(spec, start - since)
     return union_all(
         *(select(*columns).select_from(source).where(*a.where(since, end), *common) for a in arms)
@@ -616,7 +616,7 @@ def _usage_query(
         )
         parts = [one.where(c.e > c.s)]
     else:
-        bucket_of, edge = _bucketing(edges)
+        bucket_of, edge = bucketing(edges)
         first, last = bucket_of(c.s), bucket_of(c.e - 1)
         if dialect == "postgresql":
             series = func.generate_series(first, last).label("bucket")
@@ -751,15 +751,15 @@ def _straight(
     t = Base.metadata.tables["sessions"]
     rooms = Base.metadata.tables["rooms"]
     edges = [epoch_ms(e) for e in spec.edges]
-    keys: list[ColumnElement[Any]] = [_group_key(g, t, rooms) for g in spec.group_by]
+    keys: list[ColumnElement[Any]] = [group_key(g, t, rooms) for g in spec.group_by]
     if dialect == "sqlite":
         # With statistics, SQLite reads a month by agent through (agent_name, joined_at)
         # to have the rows in the grouping's order, jumping all over the table: 1.5-2 times
         # slower than through joined_at. Its unary + (a no-op) keeps it from doing that.
         keys = [UnaryExpression(k, operator=custom_op("+"), type_=Text()) for k in keys]
     if spec.price_cuts:
-        keys.append(_priced(t.c.joined_at, spec))
-    bucket = literal_column("0") if len(edges) == 2 else _bucketing(edges)[0](t.c.joined_ms)
+        keys.append(priced_key(t.c.joined_at, spec))
+    bucket = literal_column("0") if len(edges) == 2 else bucketing(edges)[0](t.c.joined_ms)
     states = STATE_SUMS if spec.states else ()
     return (
         select(
@@ -773,7 +773,7 @@ def _straight(
     )
 
 
-def _epoch_ms_sql(col: ColumnElement[datetime | None], dialect: str) -> ColumnElement[int]:
+def epoch_ms_sql(col: ColumnElement[datetime | None], dialect: str) -> ColumnElement[int]:
     """Whole milliseconds since the epoch of a stored time, truncated, exact on both backends."""
     if dialect == "sqlite":
         # Stored as naive UTC text 'YYYY-MM-DD HH:MM:SS.ffffff'; julianday() would round the
@@ -787,7 +787,7 @@ def _epoch_ms_sql(col: ColumnElement[datetime | None], dialect: str) -> ColumnEl
     return cast(func.floor(func.date_part("epoch", col) * 1000 + 0.0005), BigInteger)
 
 
-def _bucketing(
+def bucketing(
     edges: list[int],
 ) -> tuple[
     Callable[[ColumnElement[int]], ColumnElement[int]],
@@ -820,103 +820,3 @@ def _bucketing(
         return case({n: literal(e, BigInteger) for n, e in enumerate(edges)}, value=i)
 
     return bucket, edge
-
-
-class TokenTotal(NamedTuple):
-    """One model's usage in one group and bucket: the sums of `COUNTERS`."""
-
-    keys: tuple[str | None, ...]
-    bucket: int
-    kind: str
-    provider: str
-    model: str
-    counters: tuple[int, ...]  # in `COUNTERS` order
-    priced: int = 0  # `UsageSpec.price_cuts` at or before the usage was reported
-
-
-class TokenSessions(NamedTuple):
-    """The agent sessions that reported model usage in one group and bucket, each counted
-    once however many models it reported, and how many of them have each flag."""
-
-    keys: tuple[str | None, ...]
-    bucket: int
-    sessions: int
-    unseen: int  # no session row exists
-    backwards: int  # a model's totals went backwards at some point
-    silent_realtime: int  # a realtime model (session time) with 0 output audio tokens
-
-
-def token_totals(conn: Connection, spec: UsageSpec) -> tuple[list[TokenTotal], list[TokenSessions]]:
-    """Model usage per group and bucket, and the sessions that reported it. Each agent
-    session's latest totals count in the bucket of `agent_usage.reported_at` (when they
-    were reported)."""
-    dialect = conn.dialect.name
-    u = Base.metadata.tables["agent_usage"]
-    t = Base.metadata.tables["sessions"]
-    rooms = Base.metadata.tables["rooms"]
-    edges = [epoch_ms(e) for e in spec.edges]
-    source: Any = u.outerjoin(
-        t, and_(t.c.room_sid == u.c.room_sid, t.c.participant_sid == u.c.participant_sid)
-    )
-    if any(g.startswith(ROOM_METADATA) for g in spec.group_by):
-        source = source.outerjoin(rooms, rooms.c.sid == u.c.room_sid)
-    if len(edges) == 2:
-        bucket: ColumnElement[int] = literal_column("0")
-    else:
-        bucket_of, _ = _bucketing(edges)
-        bucket = bucket_of(_epoch_ms_sql(u.c.reported_at, dialect))
-    wanted = [u.c.reported_at >= spec.edges[0], u.c.reported_at < spec.edges[-1]]
-    if spec.kind is not None:
-        wanted.append(or_(t.c.participant_kind == spec.kind, t.c.id.is_(None)))
-    silent = and_(
-        u.c.kind == "llm",
-        u.c.session_ms > 0,
-        u.c.output_audio_tokens == 0,
-        or_(t.c.state_speaking_ms.is_(None), t.c.state_speaking_ms > 0),
-    )
-    flags = [t.c.id.is_(None), u.c.went_backwards, silent]
-    # one row per session and model
-    r = (
-        select(
-            *(_group_key(g, t, rooms).label(f"k{i}") for i, g in enumerate(spec.group_by)),
-            bucket.label("bucket"),
-            _priced(u.c.reported_at, spec).label("priced"),
-            u.c.room_sid,
-            u.c.participant_sid,
-            u.c.kind,
-            u.c.provider,
-            u.c.model,
-            *(u.c[name] for name in COUNTERS),
-            *(case((flag, 1), else_=0).label(f"f{i}") for i, flag in enumerate(flags)),
-        )
-        .select_from(source)
-        .where(*wanted)
-        .subquery("reported")
-    )
-    head = [r.c[f"k{i}"] for i in range(len(spec.group_by))] + [r.c.bucket]
-    which = [r.c.kind, r.c.provider, r.c.model, r.c.priced]
-    models = select(
-        *head, *which, *(cast(func.sum(r.c[name]), BigInteger) for name in COUNTERS)
-    ).group_by(*head, *which)
-    per_session = (
-        select(*head, *(func.max(r.c[f"f{i}"]).label(f"f{i}") for i in range(len(flags))))
-        .group_by(*head, r.c.room_sid, r.c.participant_sid)
-        .subquery("per_session")
-    )
-    s = per_session.c
-    shead = [s[c.name] for c in head]
-    sessions = select(
-        *shead,
-        func.count(),
-        *(cast(func.sum(s[f"f{i}"]), BigInteger) for i in range(len(flags))),
-    ).group_by(*shead)
-    width = len(spec.group_by)
-    totals = []
-    for row in conn.execute(models):
-        b, kind, provider, model, priced, *counters = row[width:]
-        keys = tuple(row[:width])
-        totals.append(TokenTotal(keys, b, kind, provider, model, tuple(counters), priced))
-    return (
-        totals,
-        [TokenSessions(tuple(row[:width]), *row[width:]) for row in conn.execute(sessions)],
-    )
