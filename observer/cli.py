@@ -112,7 +112,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="add model usage (tokens, characters, audio) reported by agents, per group",
     )
-    u.add_argument("--prices", metavar="FILE", help="prices file (TOML): add costs per group")
+    u.add_argument(
+        "--prices",
+        metavar="FILE",
+        help="prices file (TOML): add costs per group; a session's minutes at the agent-minute"
+        " price at its join, model usage at the price when reported",
+    )
     u.add_argument("--kind", default="agent", help="participant kind counted, or 'all'")
     u.add_argument("--now", help="count open sessions up to this time instead of now")
     u.add_argument("--format", choices=("table", "json", "csv"), default="table")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import sys
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -16,7 +17,7 @@ from livekit.protocol.agent_pb import agent_session as pb
 
 from observer.cli import main
 from observer.core.agent_usage import ModelUsage, UsageReport
-from observer.core.tracker import END_RTC, Close, Open, RecordUsage, TrackedSession
+from observer.core.tracker import END_RTC, Close, Open, RecordUsage, RoomSeen, TrackedSession
 from observer.daemon import session_messages
 from observer.db.schema import AgentUsageRow
 from observer.db.store import Store
@@ -182,8 +183,8 @@ def priced_db(db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> P
       800 x 0.000001 + 200 x 0.0000005 + 500 x 0.000002 = 0.0019; in all 0.0319.
     - agent-b, 20 March 12:00-12:05: 5 minutes at 0.02 = 0.10; TTS 1000 characters at
       0.00001 = 0.01; and an STT model without a price: its cost and the total are empty.
-    - agent-c, 14 March 23:59 to 15 March 00:01, across the price change: a minute at 0.01
-      and a minute at 0.02 = 0.03.
+    - agent-c, 14 March 23:59 to 15 March 00:01, across the price change: 2 minutes at the
+      price at its join, 0.01 = 0.02.
     - usage reported for a session never recorded (no row): counted, flagged, priced.
     """
     store = Store(db_url)
@@ -249,7 +250,7 @@ def test_costs_per_agent_by_hand(priced_db: Path, capsys: pytest.CaptureFixture[
         None: (Decimal(0), Decimal("0.0003"), Decimal(0), Decimal(0), Decimal("0.0003")),
         "agent-a": (Decimal("0.03"), Decimal("0.0019"), Decimal(0), Decimal(0), Decimal("0.0319")),
         "agent-b": (Decimal("0.10"), Decimal(0), Decimal("0.01"), None, None),
-        "agent-c": (Decimal("0.03"), Decimal(0), Decimal(0), Decimal(0), Decimal("0.03")),
+        "agent-c": (Decimal("0.02"), Decimal(0), Decimal(0), Decimal(0), Decimal("0.02")),
     }
     # money is exact decimal text, never a float
     assert all(isinstance(v, str | None) for c in got.values() for v in c)
@@ -277,6 +278,110 @@ def test_tokens_by_day_and_the_table(priced_db: Path, capsys: pytest.CaptureFixt
     )
     out = capsys.readouterr().out
     assert "cost_llm" in out and "costs in EUR" in out
+
+
+@pytest.fixture
+def models_db(db_url: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Sessions that each reported several models:
+    - S1: alpha, attribute customer=acme, room A (metadata customer acme), 10 March: LLM,
+      TTS and STT, the LLM's and the TTS's totals once went backwards;
+    - S2: alpha, customer=globex, room B (customer globex), 10 March: LLM and TTS;
+    - S3: beta, customer=acme, room A, 11 March: LLM and STT;
+    - a session without a row in room B, 12 March: two realtime LLMs that never spoke.
+    """
+    store = Store(db_url)
+    try:
+        ops: list[Any] = [
+            RoomSeen(f"RM_{r}", r, json.dumps({"customer": c}), MAR, MAR, 0, 0)
+            for r, c in (("A", "acme"), ("B", "globex"))
+        ]
+        for sid, agent, customer, room, joined in [
+            ("S1", "alpha", "acme", "A", at(10, 10)),
+            ("S2", "alpha", "globex", "B", at(10, 11)),
+            ("S3", "beta", "acme", "A", at(11, 9)),
+        ]:
+            s = replace(
+                session(sid, agent, joined),
+                room_name=room,
+                room_sid=f"RM_{room}",
+                attributes={"customer": customer},
+            )
+            left = joined + timedelta(minutes=5)
+            ops += [Open(s), Close(s.key, left, "CLIENT_INITIATED", END_RTC, None, left, s)]
+        tts = ModelUsage("tts", "acme", "voice-1", characters=100)
+        stt = ModelUsage("stt", "acme", "ears-1", audio_ms=1000)
+        ops += [
+            usage("A", "S1", at(10, 10, 3), llm(output_tokens=10), tts, stt),
+            usage("A", "S1", at(10, 10, 4), llm(output_tokens=5), replace(tts, characters=50)),
+            usage("B", "S2", at(10, 11, 4), llm(output_tokens=20), tts),
+            usage("A", "S3", at(11, 9, 4), llm(output_tokens=40), stt),
+            usage(
+                "B",
+                "GHOST",
+                at(12),
+                ModelUsage("llm", "rt", "one", session_ms=1000),
+                ModelUsage("llm", "rt", "two", session_ms=1000),
+            ),
+        ]
+        store.apply(ops, "obs")
+    finally:
+        store.close()
+    monkeypatch.setenv("OBSERVER_DATABASE_URL", db_url)
+    return db_url
+
+
+def usage(room: str, sid: str, when: datetime, *models: ModelUsage) -> RecordUsage:
+    return RecordUsage(UsageReport(f"RM_{room}", sid, f"id-{sid}", when, when, room, models))
+
+
+@pytest.mark.parametrize(
+    "by, expected",
+    [
+        # {group: (usage_sessions, unseen, went_backwards, silent_realtime)}
+        ((), {(): (4, 1, 1, 1)}),
+        (("agent",), {(None,): (1, 1, 0, 1), ("alpha",): (2, 0, 1, 0), ("beta",): (1, 0, 0, 0)}),
+        (
+            ("attribute:customer",),
+            {("",): (1, 1, 0, 1), ("acme",): (2, 0, 1, 0), ("globex",): (1, 0, 0, 0)},
+        ),
+        (("room-metadata:customer",), {("acme",): (2, 0, 1, 0), ("globex",): (2, 1, 0, 1)}),
+        (
+            ("room-metadata",),
+            {('{"customer": "acme"}',): (2, 0, 1, 0), ('{"customer": "globex"}',): (2, 1, 0, 1)},
+        ),
+        (
+            ("day",),
+            {
+                ("2026-03-10",): (2, 0, 1, 0),
+                ("2026-03-11",): (1, 0, 0, 0),
+                ("2026-03-12",): (1, 1, 0, 1),
+            },
+        ),
+        (
+            ("agent", "day"),
+            {
+                (None, "2026-03-12"): (1, 1, 0, 1),
+                ("alpha", "2026-03-10"): (2, 0, 1, 0),
+                ("beta", "2026-03-11"): (1, 0, 0, 0),
+            },
+        ),
+    ],
+)
+def test_tokens_count_each_session_once_however_many_models_it_reported(
+    models_db: str, capsys: pytest.CaptureFixture[str], by: tuple[str, ...], expected: Any
+) -> None:
+    lines = usage_json(capsys, "--tokens", *(f"--by={g}" for g in by))
+    flags = ("usage_sessions", "usage_unseen_sessions", "usage_went_backwards")
+    got = {
+        tuple(line[g] for g in by): tuple(line[f] for f in (*flags, "usage_silent_realtime"))
+        for line in lines
+    }
+    assert got == expected
+    # the models' counters are summed as before: every one once
+    assert sum(line["output_tokens"] for line in lines) == 10 + 20 + 40
+    assert sum(line["characters"] for line in lines) == 200
+    assert sum(line["audio_ms"] for line in lines) == 2000
+    assert sum(line["session_ms"] for line in lines) == 2000
 
 
 @pytest.mark.parametrize(
@@ -320,12 +425,12 @@ def test_usage_before_its_session_row_links_once_the_row_exists(db_url: str) -> 
         from observer.db.usage_sql import UsageSpec
 
         spec = UsageSpec(edges=(MAR, MAR + timedelta(days=31)), group_by=("agent",))
-        (before,) = store.tokens(spec)
-        assert (before.keys, before.unseen) == ((None,), 1)
+        ((before,), (unseen,)) = store.tokens(spec)
+        assert (before.keys, unseen.keys, unseen.unseen) == ((None,), (None,), 1)
         s = session("PA_late", "agent-l", at(5) - timedelta(minutes=1))
         store.apply([Open(s)], "obs")
-        (after,) = store.tokens(spec)
-        assert (after.keys, after.unseen, after.counters[4]) == (("agent-l",), 0, 7)
+        ((after,), (seen,)) = store.tokens(spec)
+        assert (after.keys, seen.unseen, after.counters[4]) == (("agent-l",), 0, 7)
     finally:
         store.close()
 
@@ -355,7 +460,7 @@ def test_reconcile_keeps_each_groups_cost_and_a_run_without_prices_leaves_them(
 
     costs = stored()
     assert Decimal(costs[("agent", "agent-a")] or "nan") == Decimal("0.0319")
-    assert Decimal(costs[("agent", "agent-c")] or "nan") == Decimal("0.03")
+    assert Decimal(costs[("agent", "agent-c")] or "nan") == Decimal("0.02")
     assert costs[("agent", "agent-b")] is None and costs[("total", "")] is None
     # finalized now; run again without prices: nothing drifts, the costs stay
     assert main(args) == 0

@@ -23,7 +23,8 @@ from observer.db import day_sums
 from observer.db.closing import close_row
 from observer.db.reads import StaleSession
 from observer.db.schema import Base, SessionRow, dialect_insert
-from observer.db.usage_sql import TokenTotal, UsageSpec, UsageTotal, token_totals, usage_totals
+from observer.db.token_sql import TokenSessions, TokenTotal, token_totals
+from observer.db.usage_sql import UsageSpec, UsageTotal, usage_totals
 
 
 @dataclass(frozen=True)
@@ -90,7 +91,7 @@ class RollupTx:
         """As `Store.usage`, inside this transaction (after its settling)."""
         return usage_totals(self.db.connection(), spec)
 
-    def tokens(self, spec: UsageSpec) -> list[TokenTotal]:
+    def tokens(self, spec: UsageSpec) -> tuple[list[TokenTotal], list[TokenSessions]]:
         """As `Store.tokens`, inside this transaction."""
         return token_totals(self.db.connection(), spec)
 

@@ -36,11 +36,10 @@ from observer.db.reads import (
 )
 from observer.db.rollups import RollupTx
 from observer.db.schema import RoomRow, SessionRow, WebhookEventRow, make_engine
+from observer.db.token_sql import TokenSessions, TokenTotal, token_totals
 from observer.db.usage_sql import (
-    TokenTotal,
     UsageSpec,
     UsageTotal,
-    token_totals,
     usage_totals,
     usage_totals_together,
 )
@@ -117,7 +116,8 @@ class Store:
     def periods(self, limit: int = 12) -> list[PeriodSummary]:
         return period_summaries(self.engine, limit)
 
-    def tokens(self, spec: UsageSpec) -> list[TokenTotal]:
+    def tokens(self, spec: UsageSpec) -> tuple[list[TokenTotal], list[TokenSessions]]:
+        """Model usage per group and bucket, and the sessions that reported it."""
         with self.engine.connect() as conn:
             return token_totals(conn, spec)
 

@@ -26,10 +26,9 @@ from sqlalchemy import (
     select,
     union_all,
 )
-from sqlalchemy.sql.elements import UnaryExpression
+from sqlalchemy.sql.elements import Label, UnaryExpression
 from sqlalchemy.sql.operators import custom_op
 
-from observer.core.agent_usage import COUNTERS
 from observer.core.timeline import AGENT_STATES, OTHER_STATE
 from observer.core.times import utcnow
 from observer.db import day_sums
@@ -64,7 +63,8 @@ def is_group_name(g: str) -> bool:
     )
 
 
-def _group_key(g: str, sessions: Any, rooms: Any) -> ColumnElement[Any]:
+def group_key(g: str, sessions: Any, rooms: Any) -> ColumnElement[Any]:
+    """The SQL of a session's value for the grouping `g` (from its row, or its room's)."""
     if g in USAGE_GROUP_COLUMNS:
         return sessions.c[USAGE_GROUP_COLUMNS[g]]  # type: ignore[no-any-return]
     if g == ROOM_METADATA:
@@ -89,6 +89,10 @@ class UsageSpec:
     Each session is clipped to [edges[0], edges[-1]) and cut at the inner edges into pieces,
     one per bucket (bucket i is [edges[i], edges[i + 1])). Each piece is rounded up to a
     multiple of `round_to_ms`; for `billable_minutes` each piece is rounded up to a minute.
+
+    `price_cuts` (ascending) tell the sums apart by the prices a session had at its join
+    and model usage had when reported: `UsageTotal.priced` and `TokenTotal.priced` count
+    the cuts at or before those times. They never change what is summed.
     """
 
     edges: tuple[datetime, ...]
@@ -97,6 +101,7 @@ class UsageSpec:
     round_to_ms: int = 1
     kind: str | None = "agent"
     states: bool = False  # also sum the time in each agent state and alone (`STATE_SUMS`)
+    price_cuts: tuple[datetime, ...] = ()
 
 
 # What `UsageSpec.states` sums, in `UsageTotal.states` order: the sessions columns
@@ -116,6 +121,21 @@ class UsageTotal(NamedTuple):  # a tuple: a month by agent and day is 30,000 of 
     duration_ms: int
     billable_minutes: int
     states: tuple[int, ...] = ()  # with `UsageSpec.states`: ms per `STATE_SUMS` entry
+    priced: int = 0  # `UsageSpec.price_cuts` at or before the sessions' join
+
+
+def priced_key(at: ColumnElement[datetime], spec: UsageSpec) -> ColumnElement[int]:
+    """How many of `spec.price_cuts` are at or before `at`: the key that tells sums apart
+    by the prices in effect then."""
+    cuts = spec.price_cuts
+    if not cuts:
+        return literal_column("0")
+    return case(*((at < cut, i) for i, cut in enumerate(cuts)), else_=len(cuts))
+
+
+def _width(spec: UsageSpec) -> int:
+    """How many keys lead each summed row: the groups', then `priced_key`'s."""
+    return len(spec.group_by) + len(spec.price_cuts[:1])
 
 
 def usage_totals(conn: Connection, spec: UsageSpec, parts: int = 1) -> list[UsageTotal]:
@@ -252,7 +272,7 @@ def _straight_days(
 
 def _can_share(specs: Sequence[UsageSpec]) -> bool:
     """Whether `usage_totals_together` can read the specs' sessions once."""
-    if len(specs) < 2:
+    if len(specs) < 2 or any(s.price_cuts for s in specs):
         return False
     first = specs[0]
     same = {(s.group_by, s.open_until, s.round_to_ms, s.kind, s.states, s.edges[-1]) for s in specs}
@@ -328,25 +348,32 @@ def _sum_rows(
         results = pool.map(stretch, bounds[:-1], bounds[1:])
         if which == "straight":
             return [row for rows in results for row in rows]
-        return _added(results, len(spec.group_by))
+        return _added(results, _width(spec))
+
+
+def _keys(spec: UsageSpec, t: Any, rooms: Any) -> list[Label[Any]]:
+    """The keys of the sessions' sums, labelled k0...: the groups', then `priced_key`'s."""
+    keys = [group_key(g, t, rooms) for g in spec.group_by]
+    if spec.price_cuts:
+        keys.append(priced_key(t.c.joined_at, spec))
+    return [k.label(f"k{i}") for i, k in enumerate(keys)]
 
 
 def _with_states(
     conn: Connection, spec: UsageSpec, since: datetime, rows: Sequence[Any]
 ) -> list[UsageTotal]:
     """The summed rows as totals, with the states of the sessions cut from their spans."""
-    width = len(spec.group_by)
-    if not spec.states:
-        return [UsageTotal(tuple(row[:width]), *row[width:]) for row in rows]
-    cut = _cut_states(conn, spec, since)
+    groups, width = len(spec.group_by), _width(spec)
+    cut = _cut_states(conn, spec, since) if spec.states else {}
     totals = []
     for row in rows:
         keys, bucket = tuple(row[:width]), row[width]
-        states = [v or 0 for v in row[width + 4 :]]
+        states = [v or 0 for v in row[width + 4 :]]  # none without `spec.states`
         for i, ms in enumerate(cut.get((keys, bucket), ())):
             states[i] += ms
         n, ms_sum, minutes = row[width + 1 : width + 4]
-        totals.append(UsageTotal(keys, bucket, n, ms_sum, minutes, tuple(states)))
+        priced = keys[groups] if width > groups else 0
+        totals.append(UsageTotal(keys[:groups], bucket, n, ms_sum, minutes, tuple(states), priced))
     return totals
 
 
@@ -430,7 +457,7 @@ def _cut_states(
     state_index = {name: i for i, name in enumerate(AGENT_STATES)}
     other, alone = STATE_SUMS.index(OTHER_STATE), STATE_SUMS.index("alone")
     first, last, buckets = edges[0], edges[-1], len(edges) - 1
-    width = len(spec.group_by)
+    width = _width(spec)
     n = len(STATE_SUMS)
     out: dict[tuple[tuple[str | None, ...], int], list[int]] = {}
     for row in conn.execute(_cut_states_query(spec, dialect, since)).all():
@@ -459,7 +486,7 @@ def _cut_states_query(spec: UsageSpec, dialect: str, since: datetime) -> Any:
     sp = Base.metadata.tables["session_spans"]
     rooms = Base.metadata.tables["rooms"]
     start, end = spec.edges[0], spec.edges[-1]
-    keys = [_group_key(g, t, rooms).label(f"k{i}") for i, g in enumerate(spec.group_by)]
+    keys = _keys(spec, t, rooms)
     source: Any = t.join(
         sp, and_(sp.c.room_sid == t.c.room_sid, sp.c.participant_sid == t.c.participant_sid)
     )
@@ -471,7 +498,7 @@ def _cut_states_query(spec: UsageSpec, dialect: str, since: datetime) -> Any:
     whole = and_(t.c.joined_at >= start, t.c.left_at <= end)  # as in `_usage_query`
     columns = [*keys, case((whole, 1), else_=0), t.c.crosses_day, sp.c.kind, sp.c.value]
     columns += [t.c.joined_ms, t.c.left_ms]
-    columns += [_epoch_ms_sql(c, dialect) for c in (sp.c.started_at, sp.c.ended_at)]
+    columns += [epoch_ms_sql(c, dialect) for c in (sp.c.started_at, sp.c.ended_at)]
     arms = _to_cut(spec, start - since)
     return union_all(
         *(select(*columns).select_from(source).where(*a.where(since, end), *common) for a in arms)
@@ -524,7 +551,7 @@ def _usage_query(
         open_end = ms(min(epoch_ms(spec.open_until), edges[-1]))
         ended = case((t.c.left_at.is_(None), open_end), else_=t.c.left_ms)
     rooms = Base.metadata.tables["rooms"]
-    keys = [_group_key(g, t, rooms).label(f"k{i}") for i, g in enumerate(spec.group_by)]
+    keys = _keys(spec, t, rooms)
     source: Any = t
     if any(g.startswith(ROOM_METADATA) for g in spec.group_by):
         source = t.outerjoin(rooms, rooms.c.sid == t.c.room_sid)
@@ -589,7 +616,7 @@ def _usage_query(
         )
         parts = [one.where(c.e > c.s)]
     else:
-        bucket_of, edge = _bucketing(edges)
+        bucket_of, edge = bucketing(edges)
         first, last = bucket_of(c.s), bucket_of(c.e - 1)
         if dialect == "postgresql":
             series = func.generate_series(first, last).label("bucket")
@@ -724,13 +751,15 @@ def _straight(
     t = Base.metadata.tables["sessions"]
     rooms = Base.metadata.tables["rooms"]
     edges = [epoch_ms(e) for e in spec.edges]
-    keys: list[ColumnElement[Any]] = [_group_key(g, t, rooms) for g in spec.group_by]
+    keys: list[ColumnElement[Any]] = [group_key(g, t, rooms) for g in spec.group_by]
     if dialect == "sqlite":
         # With statistics, SQLite reads a month by agent through (agent_name, joined_at)
         # to have the rows in the grouping's order, jumping all over the table: 1.5-2 times
         # slower than through joined_at. Its unary + (a no-op) keeps it from doing that.
         keys = [UnaryExpression(k, operator=custom_op("+"), type_=Text()) for k in keys]
-    bucket = literal_column("0") if len(edges) == 2 else _bucketing(edges)[0](t.c.joined_ms)
+    if spec.price_cuts:
+        keys.append(priced_key(t.c.joined_at, spec))
+    bucket = literal_column("0") if len(edges) == 2 else bucketing(edges)[0](t.c.joined_ms)
     states = STATE_SUMS if spec.states else ()
     return (
         select(
@@ -744,7 +773,7 @@ def _straight(
     )
 
 
-def _epoch_ms_sql(col: ColumnElement[datetime | None], dialect: str) -> ColumnElement[int]:
+def epoch_ms_sql(col: ColumnElement[datetime | None], dialect: str) -> ColumnElement[int]:
     """Whole milliseconds since the epoch of a stored time, truncated, exact on both backends."""
     if dialect == "sqlite":
         # Stored as naive UTC text 'YYYY-MM-DD HH:MM:SS.ffffff'; julianday() would round the
@@ -758,7 +787,7 @@ def _epoch_ms_sql(col: ColumnElement[datetime | None], dialect: str) -> ColumnEl
     return cast(func.floor(func.date_part("epoch", col) * 1000 + 0.0005), BigInteger)
 
 
-def _bucketing(
+def bucketing(
     edges: list[int],
 ) -> tuple[
     Callable[[ColumnElement[int]], ColumnElement[int]],
@@ -791,77 +820,3 @@ def _bucketing(
         return case({n: literal(e, BigInteger) for n, e in enumerate(edges)}, value=i)
 
     return bucket, edge
-
-
-class TokenTotal(NamedTuple):
-    """One model's usage in one group and bucket: the sums of `COUNTERS`, and flags."""
-
-    keys: tuple[str | None, ...]
-    bucket: int
-    kind: str
-    provider: str
-    model: str
-    counters: tuple[int, ...]  # in `COUNTERS` order
-    sessions: int  # agent sessions that reported this model
-    unseen: int  # ... of which no session row exists
-    backwards: int  # ... whose totals went backwards at some point
-    silent_realtime: int  # ... a realtime model (session time) with 0 output audio tokens
-
-
-def token_totals(conn: Connection, spec: UsageSpec) -> list[TokenTotal]:
-    """Model usage per group and bucket. Each agent session's latest totals count in the
-    bucket of `agent_usage.reported_at` (when they were reported)."""
-    dialect = conn.dialect.name
-    u = Base.metadata.tables["agent_usage"]
-    t = Base.metadata.tables["sessions"]
-    rooms = Base.metadata.tables["rooms"]
-    edges = [epoch_ms(e) for e in spec.edges]
-    keys = [_group_key(g, t, rooms).label(f"k{i}") for i, g in enumerate(spec.group_by)]
-    source: Any = u.outerjoin(
-        t, and_(t.c.room_sid == u.c.room_sid, t.c.participant_sid == u.c.participant_sid)
-    )
-    if any(g.startswith(ROOM_METADATA) for g in spec.group_by):
-        source = source.outerjoin(rooms, rooms.c.sid == u.c.room_sid)
-    if len(edges) == 2:
-        bucket: ColumnElement[int] = literal_column("0")
-    else:
-        bucket_of, _ = _bucketing(edges)
-        bucket = bucket_of(_epoch_ms_sql(u.c.reported_at, dialect))
-    wanted = [u.c.reported_at >= spec.edges[0], u.c.reported_at < spec.edges[-1]]
-    if spec.kind is not None:
-        wanted.append(or_(t.c.participant_kind == spec.kind, t.c.id.is_(None)))
-    silent = and_(
-        u.c.kind == "llm",
-        u.c.session_ms > 0,
-        u.c.output_audio_tokens == 0,
-        or_(t.c.state_speaking_ms.is_(None), t.c.state_speaking_ms > 0),
-    )
-
-    def count(cond: ColumnElement[bool]) -> ColumnElement[int]:
-        return cast(func.sum(case((cond, 1), else_=0)), BigInteger)
-
-    group = [*keys, bucket.label("bucket"), u.c.kind, u.c.provider, u.c.model]
-    query = (
-        select(
-            *group,
-            *(cast(func.sum(u.c[name]), BigInteger) for name in COUNTERS),
-            func.count(),
-            count(t.c.id.is_(None)),
-            count(u.c.went_backwards),
-            count(silent),
-        )
-        .select_from(source)
-        .where(*wanted)
-        .group_by(*keys, *([bucket] if len(edges) > 2 else []), u.c.kind, u.c.provider, u.c.model)
-    )
-    width = len(keys)
-    n = len(COUNTERS)
-    out = []
-    for row in conn.execute(query):
-        kind, provider, model = row[width + 1 : width + 4]
-        counters = tuple(row[width + 4 : width + 4 + n])
-        flags = row[width + 4 + n :]
-        out.append(
-            TokenTotal(tuple(row[:width]), row[width], kind, provider, model, counters, *flags)
-        )
-    return out

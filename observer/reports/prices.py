@@ -16,7 +16,8 @@
     output_tokens = "0.0000006"
 
 Each entry holds from its `from` date (UTC midnight, or a time with its offset) until the
-next entry of the same thing. Money is `Decimal` throughout, never float.
+next entry of the same thing. A session's agent minutes are all priced as of its join, a
+model's usage as of its report. Money is `Decimal` throughout, never float.
 """
 
 from __future__ import annotations
@@ -77,12 +78,12 @@ class PriceBook:
         p = _in_effect(self.models.get((kind, provider, model), []), at)
         return None if p is None else p.prices
 
-    def changes(self, start: datetime, end: datetime) -> list[datetime]:
-        """The moments inside (start, end) at which some price changes."""
+    def changes(self) -> tuple[datetime, ...]:
+        """Every moment at which some price changes (or first holds), ascending."""
         found = {p.start for p in self.minute}
         for versions in self.models.values():
             found.update(p.start for p in versions)
-        return sorted(t for t in found if start < t < end)
+        return tuple(sorted(found))
 
 
 def _in_effect(versions: list[Priced], at: datetime) -> Priced | None:

@@ -8,7 +8,6 @@ module plans the buckets, names them and renders the result.
 from __future__ import annotations
 
 import json
-from bisect import bisect_right
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -17,10 +16,10 @@ from typing import Any, NamedTuple, Protocol
 
 from observer.core.agent_usage import COUNTERS, USAGE_KINDS
 from observer.core.times import iso, next_month
+from observer.db.token_sql import TokenSessions, TokenTotal
 from observer.db.usage_sql import (
     STATE_SUMS,
     USAGE_GROUP_COLUMNS,
-    TokenTotal,
     UsageSpec,
     UsageTotal,
     is_group_name,
@@ -136,7 +135,7 @@ class UsageSource(Protocol):
 
     def usage(self, spec: UsageSpec) -> list[UsageTotal]: ...
 
-    def tokens(self, spec: UsageSpec) -> list[TokenTotal]: ...
+    def tokens(self, spec: UsageSpec) -> tuple[list[TokenTotal], list[TokenSessions]]: ...
 
 
 class SharedUsageSource(UsageSource, Protocol):
@@ -148,17 +147,13 @@ class SharedUsageSource(UsageSource, Protocol):
 @dataclass(frozen=True)
 class _Plan:
     spec: UsageSpec
-    edges: tuple[datetime, ...]  # the spec's: the labels' cut at each price change
     labels: list[str]  # the label of each bucket of `spec`
     where: list[int]  # each group of q.by: an index of the spec's keys, or -1 the bucket
 
 
 def _plan(q: UsageQuery) -> _Plan:
     unit = q.time_grouping
-    label_edges = bucket_edges(q.start, q.end, unit)
-    edges = label_edges
-    if q.prices is not None:  # one piece per price in effect
-        edges = tuple(sorted({*label_edges, *q.prices.changes(q.start, q.end)}))
+    edges = bucket_edges(q.start, q.end, unit)
     columns = tuple(g for g in q.by if g not in TIME_GROUPINGS)
     spec = UsageSpec(
         edges=edges,
@@ -167,15 +162,18 @@ def _plan(q: UsageQuery) -> _Plan:
         round_to_ms=ROUNDINGS[q.rounding],
         kind=q.kind,
         states=q.states,
+        # prices never cut a session: they tell apart its sums by the prices at its join
+        price_cuts=() if q.prices is None else q.prices.changes(),
     )
-    labels = [
-        label_edges[bisect_right(label_edges, e) - 1].strftime(
-            "%Y-%m-%d" if unit == "day" else "%Y-%m"
-        )
-        for e in edges[:-1]
-    ]
+    labels = [e.strftime("%Y-%m-%d" if unit == "day" else "%Y-%m") for e in edges[:-1]]
     where = [columns.index(g) if g in columns else -1 for g in q.by]
-    return _Plan(spec, edges, labels, where)
+    return _Plan(spec, labels, where)
+
+
+def _price_time(cuts: Sequence[datetime], priced: int) -> datetime:
+    """A time at which the prices are those in effect after the first `priced` of `cuts`
+    (every change of a price): before the first, none is."""
+    return cuts[priced - 1] if priced else datetime.min.replace(tzinfo=UTC)
 
 
 def compute(
@@ -207,7 +205,7 @@ def _lines(
     totals: Sequence[UsageTotal],
     warn: Callable[[str], None],
 ) -> list[UsageLine]:
-    edges, labels, where = plan.edges, plan.labels, plan.where
+    labels, where, cuts = plan.labels, plan.where, plan.spec.price_cuts
     if not (q.states or q.tokens or q.prices is not None):
         return _plain_lines(q, plan, totals)
     warned: set[str] = set()
@@ -237,19 +235,25 @@ def _lines(
         g.billable_minutes += t.billable_minutes
         for i, ms in enumerate(t.states):
             g.states[i] += ms
-        if q.prices is not None:
-            price = q.prices.minute_price(edges[t.bucket])
+        if q.prices is not None:  # each session's minutes at the price at its join
+            price = q.prices.minute_price(_price_time(cuts, t.priced))
             if price is None:
-                unpriced(f"agent minutes from {iso(edges[t.bucket])}")
+                unpriced("agent minutes of the sessions that joined before any agent_minute")
             g.add_cost("agent_minutes", None if price is None else price * t.billable_minutes)
     if with_tokens:
-        for tt in store.tokens(plan.spec):
-            g = group(tuple(tt.keys[i] if i >= 0 else labels[tt.bucket] for i in where))
-            flags = (tt.unseen, tt.backwards, tt.silent_realtime)
-            for i, n in enumerate((tt.sessions, *tt.counters, *flags)):
+        models, sessions = store.tokens(plan.spec)
+        for ts in sessions:
+            g = group(tuple(ts.keys[i] if i >= 0 else labels[ts.bucket] for i in where))
+            g.tokens[0] += ts.sessions
+            for i, n in enumerate((ts.unseen, ts.backwards, ts.silent_realtime), 1 + len(COUNTERS)):
                 g.tokens[i] += n
-            if q.prices is not None:
-                prices = q.prices.model_prices(tt.kind, tt.provider, tt.model, edges[tt.bucket])
+        for tt in models:
+            g = group(tuple(tt.keys[i] if i >= 0 else labels[tt.bucket] for i in where))
+            for i, n in enumerate(tt.counters, 1):
+                g.tokens[i] += n
+            if q.prices is not None:  # at the prices when the totals were reported
+                at = _price_time(cuts, tt.priced)
+                prices = q.prices.model_prices(tt.kind, tt.provider, tt.model, at)
                 if prices is None:
                     unpriced(f"{tt.kind} model {tt.provider}/{tt.model}")
                     g.add_cost(tt.kind, None)
