@@ -4,13 +4,24 @@ No server: pure logic, and the database functions on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
+import logging
 from datetime import UTC, datetime, timedelta
 
 import pytest
 from livekit import api
 
 from observer.config import Settings
-from observer.daemon import webhooks
+from observer.core.tracker import (
+    Close,
+    Listed,
+    ParticipantLeft,
+    RoomJoined,
+    RoomLost,
+    Seen,
+    SessionTracker,
+    Tick,
+)
+from observer.daemon import telemetry, webhooks
 from observer.daemon.identity import (
     IDENTITY_PREFIX,
     IdHeld,
@@ -20,6 +31,7 @@ from observer.daemon.identity import (
     participant_identity,
 )
 from observer.daemon.service import Observer
+from observer.daemon.telemetry import Metrics
 from observer.db import fleet as fleet_db
 from observer.db.store import Store
 
@@ -250,3 +262,67 @@ def test_a_run_whose_id_was_taken_over_learns_it_at_its_heartbeat(store: Store) 
     fleet_db.leave(store.engine, "obs", "first")
     row = fleet_db.holder(store.engine, "obs")
     assert row is not None and row.run_id == "second" and row.pid == 2
+
+
+# ---- put out of a room: an alarm, never the agents' leave --------------------------------
+
+
+def agent(sid: str, joined: float = 0.0) -> Seen:
+    return Seen(sid, f"agent-{sid}", "", "agent", {}, t(joined))
+
+
+def user(sid: str) -> Seen:
+    return Seen(sid, f"user-{sid}", "", "standard", {}, t(0))
+
+
+@pytest.mark.parametrize("reason", ["DUPLICATE_IDENTITY", "PARTICIPANT_REMOVED"])
+def test_being_removed_from_a_room_closes_nothing(reason: str) -> None:
+    """Removed, out of the room for a long while (ticks past every heartbeat and stuck
+    limit), joined again with the agents still there: no session is closed or shortened,
+    and each later leave is the agent's own."""
+    tr = SessionTracker(frozenset({"agent"}), heartbeat_s=1, stuck_after_s=5)
+    writes = []
+    for ev in [
+        RoomJoined("r", "RM1", (agent("PA1"), agent("PA2"), user("PU1")), t(0)),
+        Tick(t(1)),
+        RoomLost("RM1", reason, t(2)),
+        *(Tick(t(2 + s)) for s in range(1, 120)),
+        RoomJoined("r", "RM1", (agent("PA1"), agent("PA2"), user("PU1")), t(125)),
+        Listed("RM1", True, frozenset({"PA1", "PA2", "PU1"}), t(125), t(125.1)),
+        Tick(t(126)),
+    ]:
+        writes += tr.handle(ev).writes
+    assert [w for w in writes if isinstance(w, Close)] == []
+    assert {k.participant_sid for k in tr.open_sessions} == {"PA1", "PA2"}
+
+    out = tr.handle(ParticipantLeft("RM1", "PA1", "CLIENT_INITIATED", t(130.25))).writes
+    (close,) = [w for w in out if isinstance(w, Close)]
+    assert (close.key.participant_sid, close.left_at, close.reason, close.end_source) == (
+        "PA1",
+        t(130.25),
+        "CLIENT_INITIATED",
+        "rtc",
+    )
+    assert close.uncertainty_ms is None
+    assert close.session.joined_at == t(0)
+
+
+def test_being_put_out_of_a_room_is_an_error_and_counted(caplog: pytest.LogCaptureFixture) -> None:
+    m = Metrics()
+    names = {"RM1": "support-42"}
+    with caplog.at_level(logging.INFO, logger="observer"):
+        telemetry.record_room_lost(m, RoomLost("RM1", "DUPLICATE_IDENTITY", t(0)), lambda: names)
+        telemetry.record_room_lost(m, RoomLost("RM1", "DUPLICATE_IDENTITY", t(1)), lambda: names)
+        telemetry.record_room_lost(m, RoomLost("RM1", "PARTICIPANT_REMOVED", t(2)), lambda: names)
+        for own in ("OBSERVER_STOPPED", "OBSERVER_PROCESS_EXITED", "OBSERVER_OVERFLOW"):
+            telemetry.record_room_lost(m, RoomLost("RM1", own, t(3)), lambda: names)
+    name = "observer_rooms_lost_total"
+    assert m.value(name, {"reason": "DUPLICATE_IDENTITY"}) == 2
+    assert m.value(name, {"reason": "PARTICIPANT_REMOVED"}) == 1
+    assert m.value(name, {"reason": "OBSERVER_STOPPED"}) == 0
+    errors = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert [(r.room, r.reason) for r in errors] == [  # type: ignore[attr-defined]
+        ("support-42", "DUPLICATE_IDENTITY"),
+        ("support-42", "DUPLICATE_IDENTITY"),
+        ("support-42", "PARTICIPANT_REMOVED"),
+    ]

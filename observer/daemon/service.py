@@ -20,6 +20,7 @@ from observer.core.tracker import (
     Event,
     Reconnecting,
     RoomJoined,
+    RoomLost,
     SessionTracker,
     StuckAgents,
     Tick,
@@ -338,6 +339,8 @@ class Observer:
             ev = await self.queue.get()
             if isinstance(ev, Reconnecting):
                 self.metrics.reconnects.inc()
+            if isinstance(ev, RoomLost):
+                telemetry.record_room_lost(self.metrics, ev, lambda: self.tracker.watched_rooms)
             if isinstance(ev, RoomJoined):
                 self._joined(ev)
             out = self.tracker.handle(ev)
