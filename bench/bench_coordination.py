@@ -71,6 +71,7 @@ def main(args: argparse.Namespace) -> None:
                 fleet.heartbeat(
                     store.engine,
                     observer_id=observer_id,
+                    run_id=f"bench-{observer_id}",
                     host="bench",
                     pid=os.getpid(),
                     started_at=started,

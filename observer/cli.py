@@ -361,29 +361,48 @@ def hold_sqlite_run_lock(database_url: str) -> None:
         ) from None
 
 
+def hold_observer_id(store: Store, settings: Settings, run_id: str) -> None:
+    """Refuse at once, in one line, an observer id that another live process holds. A
+    database that cannot answer yet, or has no schema yet, is left to the daemon: it waits
+    for it (or migrates it) and then holds the id itself."""
+    from observer.daemon.identity import IdHeld, hold
+
+    try:
+        if not store.schema_is_current():
+            return
+        hold(store.engine, settings, run_id)
+    except SQLAlchemyError:
+        return
+    except IdHeld as exc:
+        raise UsageError(str(exc)) from None
+
+
 def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
     """The daemon, with the process around it: open files, the native core, signals."""
+    from observer.daemon.identity import new_run_id
     from observer.daemon.service import Observer
     from observer.daemon.watcher import start_native_core_quietly
     from observer.db.store import Store
 
     lk = settings.require_livekit()
     hold_sqlite_run_lock(settings.database_url)  # the lock lasts as long as the process
-    raise_fd_limit()
-    if not settings.room_processes:
-        start_native_core_quietly()
-    # `kill -USR1 <pid>` writes every thread's stack to stderr: what a stuck daemon is doing
-    faulthandler.register(signal.SIGUSR1, all_threads=True)
     store = Store(settings.database_url)
+    run_id = new_run_id()
 
     async def main() -> int:
-        obs = Observer(settings, store, lk, migrate=args.migrate)
+        obs = Observer(settings, store, lk, migrate=args.migrate, run_id=run_id)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, obs.stop)
         return await obs.run()
 
     try:
+        hold_observer_id(store, settings, run_id)
+        raise_fd_limit()
+        if not settings.room_processes:
+            start_native_core_quietly()
+        # `kill -USR1 <pid>` writes every thread's stack to stderr: what a stuck daemon is doing
+        faulthandler.register(signal.SIGUSR1, all_threads=True)
         return asyncio.run(main())
     finally:
         store.close()

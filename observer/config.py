@@ -31,7 +31,11 @@ SETTINGS_DOC: dict[str, tuple[str, str]] = {
         DEFAULT_DATABASE_URL,
         "SQLAlchemy URL: sqlite:///path or postgresql://user:pass@host/db",
     ),
-    "OBSERVER_ID": ("<hostname>", "Name of this observer, stored on each row it writes"),
+    "OBSERVER_ID": (
+        "<hostname>",
+        "Name of this observer, stored on each row it writes; one running observer per name"
+        " on a shared database",
+    ),
     "OBSERVER_REPLICAS": (
         "2",
         "Observers that watch each room when several share a PostgreSQL database",

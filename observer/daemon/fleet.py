@@ -7,6 +7,9 @@ by OBSERVER_REPLICAS of them. When one dies, the others' next placement gives it
 the survivors. A clean stop marks the row as stopping, waits until its rooms are listed by
 another observer, and then leaves them.
 
+One live run holds an observer id (`daemon/identity.py`); a run whose row another run took
+over (its heartbeat had gone stale) is told so at its next heartbeat and stops.
+
 After the database was unreachable, heartbeats of everyone are stale for a moment, and
 the others come back at their own pace (a retry's sleep, a busy thread pool): the
 membership does not shrink until this observer has beaten for a whole FAILOVER_S again,
@@ -41,10 +44,13 @@ class Fleet:
         store: Store,
         metrics: Metrics,
         *,
+        run_id: str,
         rooms_inside: Callable[[], Collection[str]],
         on_change: Callable[[], None],
+        on_id_taken: Callable[[], None],
     ) -> None:
         self.me = settings.observer_id
+        self.run_id = run_id
         self.replicas = settings.replicas
         self.interval_s = settings.failover_s / 5
         self.dead_after_s = settings.failover_s / 2
@@ -54,6 +60,8 @@ class Fleet:
         self._metrics = metrics
         self._rooms_inside = rooms_inside
         self._on_change = on_change
+        self._on_id_taken = on_id_taken
+        self.id_taken = False
         self._started_at = utcnow()
         self._host = socket.gethostname()
         self.members: tuple[str, ...] = (self.me,)
@@ -89,6 +97,7 @@ class Fleet:
                 fleet_db.heartbeat,
                 self._store.engine,
                 observer_id=self.me,
+                run_id=self.run_id,
                 host=self._host,
                 pid=os.getpid(),
                 started_at=self._started_at,
@@ -96,6 +105,15 @@ class Fleet:
                 rooms=sorted(self._rooms_inside()),
                 dead_after_s=self.dead_after_s,
             )
+        except fleet_db.IdTaken:
+            if not self.id_taken:
+                self.id_taken = True
+                log.error(
+                    "another observer process took over this OBSERVER_ID; stopping",
+                    extra={"observer_id": self.me},
+                )
+                self._on_id_taken()
+            return
         except SQLAlchemyError as exc:
             if self._healthy_since is not None:
                 log.warning("heartbeat failed", extra={"error": type(exc).__name__})
@@ -148,7 +166,7 @@ class Fleet:
     async def hand_over(self, timeout_s: float) -> None:
         """Tell the others this observer is stopping, and wait until each of its rooms is
         listed by another live observer (or the timeout passes)."""
-        if not self.shared:
+        if not self.shared or self.id_taken:
             return
         self._stopping = True
         deadline = time.monotonic() + timeout_s
@@ -166,6 +184,6 @@ class Fleet:
 
     async def leave(self) -> None:
         try:
-            await asyncio.to_thread(fleet_db.leave, self._store.engine, self.me)
+            await asyncio.to_thread(fleet_db.leave, self._store.engine, self.me, self.run_id)
         except SQLAlchemyError:
             pass  # the row goes stale by itself

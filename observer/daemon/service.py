@@ -21,6 +21,7 @@ from observer.core.tracker import (
     Event,
     Reconnecting,
     RoomJoined,
+    RoomLost,
     SessionTracker,
     StuckAgents,
     Tick,
@@ -30,6 +31,13 @@ from observer.core.tracker import (
 from observer.daemon import pulse, telemetry, webhooks
 from observer.daemon.fleet import Fleet
 from observer.daemon.http import WebServer
+from observer.daemon.identity import (
+    IDENTITY_PREFIX,
+    IdHeld,
+    hold,
+    new_run_id,
+    participant_identity,
+)
 from observer.daemon.rooms import Rooms
 from observer.daemon.shards import ShardPool
 from observer.daemon.telemetry import Metrics
@@ -45,11 +53,11 @@ log = logging.getLogger(__name__)
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_SCHEMA = 2
+EXIT_ID_HELD = 2
 EXIT_OVERFLOW = 3
 TICK_S = 0.5
 SEEN_WEBHOOKS_MAX = 50_000
 WEBHOOK_DB_WAIT_S = 2.0
-IDENTITY_PREFIX = "lk-observer-"
 
 
 class Observer:
@@ -61,13 +69,15 @@ class Observer:
         metrics: Metrics | None = None,
         *,
         migrate: bool = False,
+        run_id: str | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
         self.lk = lk
         self.migrate = migrate
         self.metrics = metrics or Metrics()
-        self.identity = IDENTITY_PREFIX + settings.observer_id
+        self.run_id = run_id or new_run_id()
+        self.identity = participant_identity(settings.observer_id, self.run_id)
         self.tracker = SessionTracker(
             tracked_kinds=settings.track_kinds,
             heartbeat_s=settings.heartbeat_s,
@@ -121,8 +131,10 @@ class Observer:
             self.settings,
             self.store,
             self.metrics,
+            run_id=self.run_id,
             rooms_inside=lambda: set(self.tracker.watched_rooms.values()),
             on_change=lambda: self.rooms.replan() if self.rooms else None,
+            on_id_taken=lambda: self.stop(EXIT_ID_HELD),
         )
         self.rooms = Rooms(
             self.settings,
@@ -177,10 +189,12 @@ class Observer:
         return self.exit_code
 
     async def _load_open_sessions(self) -> bool:
-        """Wait for the database, check its schema, and continue the sessions left open.
+        """Wait for the database, check its schema, hold the observer id, and continue the
+        sessions left open.
 
         A database that is not reachable is waited for; one that is reachable but has no
-        schema or an old one stops the daemon (exit 2), unless it was told to migrate."""
+        schema or an old one stops the daemon (exit 2), unless it was told to migrate; so
+        does an observer id that another live process holds."""
         attempt = 0
         while not self._stop.is_set():
             try:
@@ -195,6 +209,8 @@ class Observer:
                         return False
                     await asyncio.to_thread(upgrade, self.settings.database_url)
                     log.info("database schema migrated to the newest revision")
+                if not await self._hold_id():
+                    return False
                 sessions = await asyncio.to_thread(
                     self.store.open_sessions, self.settings.observer_id
                 )
@@ -213,6 +229,23 @@ class Observer:
                 self.tracker.seed(sessions)
                 return True
         return False
+
+    async def _hold_id(self) -> bool:
+        """Become the one run of this observer id (see `identity.hold`)."""
+        try:
+            await asyncio.to_thread(hold, self.store.engine, self.settings, self.run_id)
+        except IdHeld as exc:
+            log.error(
+                "this OBSERVER_ID is held by another live observer; give each its own",
+                extra={
+                    "observer_id": self.settings.observer_id,
+                    "host": exc.holder.host,
+                    "pid": exc.holder.pid,
+                },
+            )
+            self.stop(EXIT_ID_HELD)
+            return False
+        return True
 
     async def _start_web(self) -> None:
         if self.settings.http_host is None:
@@ -314,6 +347,8 @@ class Observer:
             ev = await self.queue.get()
             if isinstance(ev, Reconnecting):
                 self.metrics.reconnects.inc()
+            if isinstance(ev, RoomLost):
+                telemetry.record_room_lost(self.metrics, ev, lambda: self.tracker.watched_rooms)
             if isinstance(ev, RoomJoined):
                 self._joined(ev)
             out = self.tracker.handle(ev)

@@ -333,8 +333,8 @@ async def serve() -> None:
                     w.recovered(same_room)
     # stdin closed. On a clean stop the daemon has had us leave every room already. If rooms
     # are still held, the daemon died: exit without leaving them one by one (a storm of
-    # leaves next to the new daemon's joins); the next daemon's joins replace this process's
-    # participants (same identity), and the server drops the rest on its own.
+    # leaves next to the new daemon's joins); the server drops this process's participants
+    # on its own, some 20 s later (measured), and the next daemon joins as its own identity.
     if tasks and not watchers:
         await asyncio.wait(list(tasks), timeout=15)
 

@@ -7,7 +7,7 @@ Gauges are read when scraped (`set_function`), so nothing has to push them after
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import assert_never
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -20,6 +20,7 @@ from observer.core.tracker import (
     Open,
     RecordUsage,
     RoomEnded,
+    RoomLost,
     RoomPresence,
     RoomSeen,
     RowWrite,
@@ -72,6 +73,14 @@ class Metrics:
         )
         self.reconnects = Counter(
             "observer_reconnects_total", "The observer's own reconnects to rooms", registry=r
+        )
+        self.rooms_lost = Counter(
+            "observer_rooms_lost_total",
+            "Times the observer was put out of a room that goes on (removed by the server,"
+            " e.g. DUPLICATE_IDENTITY or PARTICIPANT_REMOVED, or its connection given up),"
+            " by reason",
+            ["reason"],
+            registry=r,
         )
         self.db_errors = Counter(
             "observer_db_errors_total", "Failed database write attempts", registry=r
@@ -221,6 +230,25 @@ def record_writes(m: Metrics, writes: Sequence[RowWrite]) -> None:
                 pass
             case _:
                 assert_never(w)
+
+
+def record_room_lost(m: Metrics, ev: RoomLost, room_names: Callable[[], Mapping[str, str]]) -> None:
+    """The observer is out of a room that goes on: an alarm, as it sees nothing there until
+    the next listing joins the room again. Nothing recorded changes because of it (the
+    tracker closes no session on it). Losses the observer causes itself (`OBSERVER_*`: its
+    stop, a room process exiting, too many held events) are logged where they happen."""
+    if ev.reason.startswith("OBSERVER_"):
+        return
+    reason = ev.reason or "UNKNOWN_REASON"
+    m.rooms_lost.labels(reason=reason).inc()
+    log.error(
+        "put out of a room; watching it again from the next listing",
+        extra={
+            "room": room_names().get(ev.room_sid, ""),
+            "room_sid": ev.room_sid,
+            "reason": reason,
+        },
+    )
 
 
 def record_backwards(m: Metrics, notes: Sequence[str]) -> None:

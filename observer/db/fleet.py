@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import Engine, delete, func, select
+from sqlalchemy import Engine, delete, false, func, select
 from sqlalchemy.orm import Session
 
 from observer.core.times import utcnow
@@ -30,12 +30,19 @@ class Member:
     heartbeat_at: datetime
     stopping: bool
     rooms: tuple[str, ...]
+    run_id: str
+
+
+class IdTaken(Exception):
+    """Another run of this observer id took the row over (it found this run's heartbeat
+    stale): this run must stop."""
 
 
 def heartbeat(
     engine: Engine,
     *,
     observer_id: str,
+    run_id: str,
     host: str,
     pid: int,
     started_at: datetime,
@@ -46,10 +53,12 @@ def heartbeat(
 ) -> list[Member]:
     """Say this observer is alive (and what it watches); return every live observer, this
     one included, as of `now` (by default the time of the call: a heartbeat that waited
-    for a thread must not look older to the others than it is)."""
+    for a thread must not look older to the others than it is). Raises `IdTaken` when the
+    row belongs to another run now."""
     now = now or utcnow()
     values = {
         "observer_id": observer_id,
+        "run_id": run_id,
         "host": host,
         "pid": pid,
         "started_at": started_at,
@@ -58,14 +67,53 @@ def heartbeat(
         "rooms": sorted(rooms),
     }
     with Session(engine) as db, db.begin():
-        stmt = dialect_insert(db.get_bind().dialect.name, ObserverRow).values(**values)
-        db.execute(
-            stmt.on_conflict_do_update(
-                index_elements=["observer_id"],
-                set_={k: stmt.excluded[k] for k in values if k != "observer_id"},
-            )
-        )
+        if not _upsert(db, values, replacing=run_id):
+            raise IdTaken(observer_id)
         return _members(db, now, dead_after_s)
+
+
+def holder(engine: Engine, observer_id: str) -> Member | None:
+    """The row of this observer id, live or not."""
+    with Session(engine) as db:
+        row = db.get(ObserverRow, observer_id)
+        return None if row is None else _member(row)
+
+
+def take(
+    engine: Engine,
+    *,
+    observer_id: str,
+    run_id: str,
+    host: str,
+    pid: int,
+    replacing: str | None,
+    now: datetime,
+) -> bool:
+    """Make `run_id` the holder of this observer id, provided the row still belongs to run
+    `replacing` (None: there is no row). False if another run changed it meanwhile."""
+    values = {
+        "observer_id": observer_id,
+        "run_id": run_id,
+        "host": host,
+        "pid": pid,
+        "started_at": now,
+        "heartbeat_at": now,
+        "stopping": False,
+        "rooms": [],
+    }
+    with Session(engine) as db, db.begin():
+        return _upsert(db, values, replacing=replacing)
+
+
+def _upsert(db: Session, values: dict[str, object], *, replacing: str | None) -> bool:
+    """Insert the row, or update it if it belongs to run `replacing`; whether it was written."""
+    stmt = dialect_insert(db.get_bind().dialect.name, ObserverRow).values(**values)
+    stmt = stmt.on_conflict_do_update(
+        index_elements=["observer_id"],
+        set_={k: stmt.excluded[k] for k in values if k != "observer_id"},
+        where=false() if replacing is None else ObserverRow.run_id == replacing,
+    ).returning(ObserverRow.observer_id)
+    return db.execute(stmt).first() is not None
 
 
 def members(engine: Engine, now: datetime, dead_after_s: float) -> list[Member]:
@@ -80,18 +128,30 @@ def _members(db: Session, now: datetime, dead_after_s: float) -> list[Member]:
         .where(ObserverRow.heartbeat_at >= since)
         .order_by(ObserverRow.observer_id)
     ).all()
-    return [
-        Member(
-            r.observer_id, r.host, r.pid, r.started_at, r.heartbeat_at, r.stopping, tuple(r.rooms)
-        )
-        for r in rows
-    ]
+    return [_member(r) for r in rows]
 
 
-def leave(engine: Engine, observer_id: str) -> None:
-    """A clean stop: this observer no longer counts."""
+def _member(r: ObserverRow) -> Member:
+    return Member(
+        r.observer_id,
+        r.host,
+        r.pid,
+        r.started_at,
+        r.heartbeat_at,
+        r.stopping,
+        tuple(r.rooms),
+        r.run_id,
+    )
+
+
+def leave(engine: Engine, observer_id: str, run_id: str) -> None:
+    """A clean stop: this observer no longer counts (unless another run holds the id)."""
     with Session(engine) as db, db.begin():
-        db.execute(delete(ObserverRow).where(ObserverRow.observer_id == observer_id))
+        db.execute(
+            delete(ObserverRow).where(
+                ObserverRow.observer_id == observer_id, ObserverRow.run_id == run_id
+            )
+        )
 
 
 def claim_stuck_alert(

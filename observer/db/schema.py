@@ -287,11 +287,14 @@ class SessionWitnessRow(Base):
 
 
 class ObserverRow(Base):
-    """A running observer, as its heartbeats show it; the membership rooms are placed by."""
+    """A running observer, as its heartbeats show it; the membership rooms are placed by.
+    `run_id` names the process holding the id (new at each start; its participant identity
+    in rooms ends with it): one live run per id."""
 
     __tablename__ = "observers"
 
     observer_id: Mapped[str] = mapped_column(Text, primary_key=True)
+    run_id: Mapped[str] = mapped_column(Text, server_default="")
     host: Mapped[str] = mapped_column(Text)
     pid: Mapped[int] = mapped_column(Integer)
     started_at: Mapped[datetime] = mapped_column(UTCDateTime)
