@@ -226,3 +226,34 @@ def test_the_sdk_announcing_everyone_again_after_a_gap_ends_nobody() -> None:
     )
     assert opens(ops) == ["PA1", "PA2", "PA3"]
     assert closes(ops) == []
+
+
+def test_a_broken_connection_vouches_for_nothing_in_its_window() -> None:
+    """The heartbeat says only that the connection did not report anyone gone; when the
+    connection turns out broken, what it claimed in the `trouble_window_s` before is no
+    evidence. Events from the room are."""
+    tr = SessionTracker(frozenset({"agent"}), heartbeat_s=1, trouble_window_s=20)
+    events: list[Event] = [RoomJoined("r", "RM1", (agent("PA1"), agent("PA2")), t(0))]
+    events += [Tick(t(i)) for i in range(0, 41)]
+    events.append(ParticipantJoined("r", "RM1", agent("PA2"), t(25)))  # evidence for PA2
+    events.append(Reconnecting("RM1", t(40)))
+    run(events, tr)
+    seen = {k.participant_sid: s.last_seen_at for k, s in tr.open_sessions.items()}
+    assert seen == {"PA1": t(20), "PA2": t(25)}
+    ops = run([Reconnected("RM1", (), t(45)), Listed("RM1", True, frozenset(), t(45), t(46))], tr)
+    assert closes(ops) == [
+        ("PA1", t(20), None, END_RECONCILED, 26000),
+        ("PA2", t(25), None, END_RECONCILED, 21000),
+    ]
+
+
+def test_a_room_no_live_node_hosts_ends_its_sessions_at_their_last_evidence() -> None:
+    from observer.core.tracker import RoomUnreachable
+
+    tr = SessionTracker(frozenset({"agent"}), heartbeat_s=1, trouble_window_s=20)
+    events: list[Event] = [RoomJoined("r", "RM1", (agent("PA1"),), t(0))]
+    events += [Tick(t(i)) for i in range(0, 31)]
+    events.append(Reconnecting("RM1", t(30)))  # the node died at about 28
+    ops = run([*events, RoomUnreachable("RM1", t(45))], tr)
+    assert closes(ops) == [("PA1", t(10), None, END_RECONCILED, 35000)]
+    assert tr.open_sessions == {}
