@@ -293,7 +293,7 @@ CASES: list[tuple[str, list[Event], list[str], list[tuple[object, ...]]]] = [
             Tick(t(8)),
         ],
         ["PA1", "PA2"],
-        [("PA1", t(5), "DUPLICATE_IDENTITY", END_RTC, None)],
+        [("PA1", t(5), "DUPLICATE_IDENTITY", END_RECONCILED, 0)],
     ),
     (
         "a duplicate join of an open session changes nothing",

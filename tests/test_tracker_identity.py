@@ -7,6 +7,7 @@ import pytest
 from test_tracker import agent, closes, opens, run, t
 
 from observer.core.tracker import (
+    END_RECONCILED,
     END_RTC,
     Event,
     ParticipantJoined,
@@ -51,14 +52,27 @@ CASES: list[tuple[str, list[Event], list[str], list[tuple[object, ...]]]] = [
         [("PA1", t(10.22), "DUPLICATE_IDENTITY", END_RTC, None)],
     ),
     (
-        "a suspect leave then the same identity's join: capped at the new join",
+        # a leave without a reason says nothing of when: bounded, never past the new join
+        "a suspect leave then the same identity's join: bounded by the new join",
         [
             RoomJoined("r", "RM1", (agent("PA1", identity="bot"),), t(0)),
             ParticipantLeft("RM1", "PA1", "", t(10.3)),
             ParticipantJoined("r", "RM1", agent("PA2", 10.0, identity="bot"), t(10.4)),
         ],
         ["PA1", "PA2"],
-        [("PA1", t(10.0), "DUPLICATE_IDENTITY", END_RTC, None)],
+        [("PA1", t(10.0), "DUPLICATE_IDENTITY", END_RECONCILED, 0)],
+    ),
+    (
+        # the old connection died with its node: the server never says it left
+        "a newer connection seen live and no leave of the old: bounded, not rtc",
+        [
+            RoomJoined("r", "RM1", (agent("PA1", identity="bot"),), t(0)),
+            ParticipantJoined("r", "RM1", agent("PA2", 13.0, identity="bot"), t(13.1)),
+            Tick(t(14)),
+            Tick(t(17)),
+        ],
+        ["PA1", "PA2"],
+        [("PA1", t(0), "DUPLICATE_IDENTITY", END_RECONCILED, 13000)],
     ),
 ]
 

@@ -549,6 +549,10 @@ class SessionTracker:
     # leaves for a newer connection of the same identity, held until that one's join
     # shows when the old one ended (see `_replaced_live`)
     _replaced_leaves: dict[SessionKey, ParticipantLeft] = field(default_factory=dict)
+    # sessions a newer connection of the same identity replaced, seen live: waiting for the
+    # server's leave of the old one (it comes when the old connection was alive) -> the
+    # newer one's join time, and when it was seen
+    _superseded_by: dict[SessionKey, tuple[datetime, datetime]] = field(default_factory=dict)
     # when the room or the server last showed each open session's participant
     _evidence: dict[SessionKey, datetime] = field(default_factory=dict)
     _absent_at_join: dict[SessionKey, datetime] = field(default_factory=dict)
@@ -1043,6 +1047,7 @@ class SessionTracker:
         self._doubted.discard(key)
         self._evidence.pop(key, None)
         self._replaced_leaves.pop(key, None)
+        self._superseded_by.pop(key, None)
         self._absent_at_join.pop(key, None)
         self._absent_listed.pop(key, None)
         if len(self._recently_closed) > RECENTLY_CLOSED_MAX:
@@ -1240,8 +1245,20 @@ class SessionTracker:
         ]
 
     def _release_replaced(self, at: datetime | None = None) -> list[Op]:
-        """Close held leaves whose newer session joined, or that waited long enough."""
+        """Close held leaves whose newer session joined, or that waited long enough; and
+        bound the replaced sessions whose leave never came."""
         ops: list[Op] = []
+        hold = timedelta(seconds=self.webhook_hold_s)
+        for key, (joined_at, seen_at) in list(self._superseded_by.items()):
+            if key not in self._open:
+                del self._superseded_by[key]
+            elif at is not None and at - seen_at >= hold:
+                del self._superseded_by[key]
+                ops.append(
+                    self._reconciled(
+                        key, at, reason=DUPLICATE_IDENTITY, successor_joined_at=joined_at
+                    )
+                )
         for key, ev in list(self._replaced_leaves.items()):
             if key not in self._open:
                 del self._replaced_leaves[key]
@@ -1267,23 +1284,20 @@ class SessionTracker:
         live: bool = False,
     ) -> list[Op]:
         """A suspect leave followed by a join of the same identity is LiveKit replacing the
-        older session (the newest connection wins): close it now, with that reason."""
+        older session (the newest connection wins): close it now, with that reason. A leave
+        without a reason says nothing of when (the SDK reports every participant so around
+        its own reconnects, and a connection that died with its node long before gets
+        none): bounded, from the last evidence to the newer one's join."""
         ops: list[Op] = []
-        for key, ev in list(self._suspect.items()):
+        for key in list(self._suspect):
             if key.room_sid == room_sid and key in self._open and key.participant_sid != sid:
                 if self._open[key].identity != identity:
                     continue
-                if self._watching(room_sid) and key not in self._doubted:
-                    left_at = min(ev.at, max(joined_at, self._open[key].joined_at))
-                    ops.append(
-                        self._close(key, left_at=left_at, reason=DUPLICATE_IDENTITY, source=END_RTC)
+                ops.append(
+                    self._reconciled(
+                        key, at, reason=DUPLICATE_IDENTITY, successor_joined_at=joined_at
                     )
-                else:
-                    ops.append(
-                        self._reconciled(
-                            key, at, reason=DUPLICATE_IDENTITY, successor_joined_at=joined_at
-                        )
-                    )
+                )
         return ops + self._superseded(room_sid, identity, sid, joined_at, at, live=live)
 
     def _superseded(
@@ -1299,8 +1313,9 @@ class SessionTracker:
         """LiveKit keeps one participant per identity in a room: an open session of this
         identity that joined before `joined_at` is over, whether or not its leave was seen
         (after a cluster node died, the API may still list it). Seen live, in a room the
-        observer watches, with the old session in view, the server's replacement is the
-        end: at the new join, `rtc`; otherwise bounded (`_reconciled`)."""
+        observer watches, with the old session in view, the server's leave of the old
+        one is awaited (`_replaced_live` closes it at the new join); otherwise, or when no
+        such leave comes, it is bounded (`_reconciled`)."""
         ops: list[Op] = []
         for key, s in list(self._open.items()):
             if not (
@@ -1311,10 +1326,9 @@ class SessionTracker:
             ):
                 continue
             if live and self._watching(room_sid) and self._seen_now(key):
-                left_at = max(s.joined_at, joined_at)
-                ops.append(
-                    self._close(key, left_at=left_at, reason=DUPLICATE_IDENTITY, source=END_RTC)
-                )
+                # The server's leave of the old connection ends it at the newer one's join;
+                # no leave (the old connection died with its node) leaves it bounded.
+                self._superseded_by.setdefault(key, (joined_at, at))
             else:
                 ops.append(
                     self._reconciled(
