@@ -620,7 +620,9 @@ class SessionTracker:
                 if room is None:
                     return []
                 room.state = "watching"
-                ops = self._snapshot(ev.room_sid, room.name, ev.present, ev.at)
+                # as after a fresh join: after a full reconnect the room's list comes from
+                # the node that hosts it now, so an absence the API goes on listing is stale
+                ops = self._snapshot(ev.room_sid, room.name, ev.present, ev.at, fresh=True)
                 return (
                     ops + self._room_seen(ev.room_sid, ev.at) + self._presence(ev.room_sid, ev.at)
                 )
