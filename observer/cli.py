@@ -245,8 +245,8 @@ async def cmd_check(settings: Settings) -> int:
 
     store = Store(settings.database_url)
     try:
-        await asyncio.to_thread(store.ping)
-        current = await asyncio.to_thread(store.schema_is_current)
+        await store.run(store.ping)
+        current = await store.run(store.schema_is_current)
         if current:
             print(f"database: ok at {settings.database_url_safe}")
             print_observers(store, settings)
@@ -475,7 +475,7 @@ def cmd_web(settings: Settings, args: argparse.Namespace) -> int:
     if not sep or not host or not port.isdigit() or not 0 < int(port) <= 65535:
         raise UsageError(f"--addr must be host:port, got {args.addr!r}")
     host = host.strip("[]")
-    store = Store(settings.database_url)
+    store = Store.for_page(settings.database_url, workers=settings.page_workers)
     if not store.schema_is_current():
         store.close()
         raise UsageError("the database schema is not current; run `observer migrate`")
