@@ -78,13 +78,6 @@ def usage_parts(url: str) -> int:
     return 1 if _in_memory(url) else max(1, min(os.cpu_count() or 1, 4))
 
 
-def page_connections(url: str, workers: int) -> int:
-    """The page's connection budget: per thread, what one Minutes view holds at once (its
-    own, one for each of its two windows' cuts, one per stretch summed at once:
-    `usage_totals_together`), and one for keeping day sums in the background."""
-    return workers * (1 + 2 + usage_parts(url)) + 1
-
-
 class Store:
     """Owns the engine; every method is synchronous and runs one transaction. `run` runs
     one on the store's own threads, for async code (`_threads.Threads`)."""
@@ -96,14 +89,17 @@ class Store:
         workers: int = RECORDING_WORKERS,
         wait_s: float | None = None,
         connections: int | None = None,
+        parallel: bool = True,
+        name: str = "store",
     ) -> None:
         """`workers` threads run the store's work for async code; a call waits for one at
         most `wait_s` (None: as long as it takes); `connections` caps the engine's pool
-        (None: SQLAlchemy's default pool)."""
+        (None: SQLAlchemy's default pool); `parallel`: `usage` may sum on several
+        connections (and threads) at once."""
         self.engine = make_engine(url, connections=connections)
-        self.usage_parts = usage_parts(url)
+        self.usage_parts = usage_parts(url) if parallel else 1
         self._keep_day_sums = not _in_memory(url)  # (another connection would not see them)
-        self.threads = Threads(workers, wait_s=wait_s, name="store")
+        self.threads = Threads(workers, wait_s=wait_s, name=name)
         # blocking work from async code: `await store.run(store.apply, ops, observer_id)`
         self.run = self.threads.run
         self.run_queued = self.threads.run_queued
@@ -112,11 +108,17 @@ class Store:
 
     @classmethod
     def for_page(cls, url: str, *, workers: int) -> Store:
-        """A store for the page: `workers` threads and a pool of its own, sized so that
-        its work never waits for a connection (see `page_connections`). A page request
-        waits `PAGE_WAIT_S` at most for a thread."""
+        """A store for the page: `workers` threads, each computing on one connection (no
+        stretches summed at once beside it: the page takes `workers` threads of the
+        machine, no more), and a pool of its own with one more connection for keeping day
+        sums in the background. A page request waits `PAGE_WAIT_S` at most for a thread."""
         return cls(
-            url, workers=workers, wait_s=PAGE_WAIT_S, connections=page_connections(url, workers)
+            url,
+            workers=workers,
+            wait_s=PAGE_WAIT_S,
+            connections=workers + 1,
+            parallel=False,
+            name="page",
         )
 
     def close(self) -> None:

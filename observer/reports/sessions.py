@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import textwrap
 from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime
 from typing import Any
@@ -78,8 +77,9 @@ def session_chunks(batches: Iterable[Sequence[SessionRow | Row[Any]]], fmt: str)
     first = True
     for rows in batches:
         if rows:
-            # each row as json.dumps(list, indent=2) writes the list's items
-            items = (textwrap.indent(json.dumps(row_dict(r), indent=2), "  ") for r in rows)
+            # each row as json.dumps(list, indent=2) writes the list's items (the lines of
+            # JSON text are its structure: a newline inside a string is escaped)
+            items = ("  " + json.dumps(row_dict(r), indent=2).replace("\n", "\n  ") for r in rows)
             yield ("[\n" if first else ",\n") + ",\n".join(items)
             first = False
     yield "[]\n" if first else "\n]\n"

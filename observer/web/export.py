@@ -30,12 +30,16 @@ class BadRequest(ValueError):
 def page_range(query: Mapping[str, str]) -> tuple[int, int]:
     """`after` and `limit` of an export's query."""
     raw_limit = query.get("limit", "").strip() or str(LIMIT)
-    if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= LIMIT_MAX:
+    if not _whole(raw_limit) or not 1 <= int(raw_limit) <= LIMIT_MAX:
         raise BadRequest(f"limit: a whole number from 1 to {LIMIT_MAX}, got {raw_limit!r}")
     raw_after = query.get("after", "").strip() or "0"
-    if not raw_after.isdigit() or len(raw_after) > 18:
+    if not _whole(raw_after) or len(raw_after) > 18:  # (a 64-bit id has at most 19 digits)
         raise BadRequest(f"after: a session id (a whole number), got {raw_after!r}")
     return int(raw_after), int(raw_limit)
+
+
+def _whole(raw: str) -> bool:
+    return raw.isascii() and raw.isdigit()
 
 
 async def sessions_export(
