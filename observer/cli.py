@@ -341,6 +341,10 @@ def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
         start_native_core_quietly()
     # `kill -USR1 <pid>` writes every thread's stack to stderr: what a stuck daemon is doing
     faulthandler.register(signal.SIGUSR1, all_threads=True)
+    # The page's threads share the interpreter with recording's (the writer, the event
+    # loop): handed over every 1 ms rather than 5, a write waits far less behind an export
+    # being rendered (bench/bench_export.py)
+    sys.setswitchinterval(0.001)
     store = Store(settings.database_url)
 
     async def main() -> int:
