@@ -88,7 +88,7 @@ async def bench(name: str, url: str, rows: list[tuple[object, ...]], runs: int) 
     live = mark_live_rooms(url, rows, now)
     print(f"{name}: filled in {time.perf_counter() - t0:.0f} s; {live} live rooms", flush=True)
 
-    store = Store(url)
+    store = Store.for_page(url, workers=2)  # as `observer web` and the daemon serve it
     page = WebPage(store, stuck_after_s=300, dead_after_s=10, token=None, clock=lambda: now)
     app = web.Application(middlewares=[access_middleware(None, frozenset())])
     page.add_routes(app)

@@ -264,8 +264,8 @@ async def cmd_check(settings: Settings) -> int:
 
     store = Store(settings.database_url)
     try:
-        await asyncio.to_thread(store.ping)
-        current = await asyncio.to_thread(store.schema_is_current)
+        await store.run(store.ping)
+        current = await store.run(store.schema_is_current)
         if current:
             print(f"database: ok at {settings.database_url_safe}")
             print_observers(store, settings)
@@ -403,6 +403,10 @@ def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
             start_native_core_quietly()
         # `kill -USR1 <pid>` writes every thread's stack to stderr: what a stuck daemon is doing
         faulthandler.register(signal.SIGUSR1, all_threads=True)
+        # The page's threads share the interpreter with recording's (the writer, the event
+        # loop): handed over every 1 ms rather than 5, a write waits far less behind an
+        # export being rendered (bench/bench_export.py)
+        sys.setswitchinterval(0.001)
         return asyncio.run(main())
     finally:
         store.close()
@@ -527,7 +531,7 @@ def cmd_web(settings: Settings, args: argparse.Namespace) -> int:
     if not sep or not host or not port.isdigit() or not 0 < int(port) <= 65535:
         raise UsageError(f"--addr must be host:port, got {args.addr!r}")
     host = host.strip("[]")
-    store = Store(settings.database_url)
+    store = Store.for_page(settings.database_url, workers=settings.page_workers)
     if not store.schema_is_current():
         store.close()
         raise UsageError("the database schema is not current; run `observer migrate`")

@@ -60,6 +60,11 @@ SETTINGS_DOC: dict[str, tuple[str, str]] = {
         " requires; empty: none",
     ),
     "OBSERVER_WEBHOOK_MAX_BYTES": ("1048576", "Largest webhook body accepted (larger: 413)"),
+    "OBSERVER_PAGE_WORKERS": (
+        "2",
+        "Threads (each with its own database connections) that compute the page's views and"
+        " exports; recording has its own",
+    ),
     "OBSERVER_ROOM_PROCESSES": (
         "0",
         "Worker processes holding room connections; 0 holds them in the daemon (see README)",
@@ -131,6 +136,7 @@ class Settings:
     http_port: int
     http_token: str | None = field(repr=False)
     webhook_max_bytes: int
+    page_workers: int
     room_processes: int
     stuck_agent_s: float
     settle_stale_s: float
@@ -174,6 +180,7 @@ class Settings:
             http_port=http_port,
             http_token=r.text("OBSERVER_HTTP_TOKEN") or None,
             webhook_max_bytes=r.integer("OBSERVER_WEBHOOK_MAX_BYTES", minimum=1024),
+            page_workers=r.integer("OBSERVER_PAGE_WORKERS", minimum=1),
             room_processes=r.integer("OBSERVER_ROOM_PROCESSES", minimum=0),
             stuck_agent_s=r.number("OBSERVER_STUCK_AGENT_S", minimum=1),
             settle_stale_s=r.number("OBSERVER_SETTLE_STALE_S", minimum=0),

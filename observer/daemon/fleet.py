@@ -93,7 +93,7 @@ class Fleet:
 
     async def beat(self) -> None:
         try:
-            members = await asyncio.to_thread(
+            members = await self._store.run(
                 fleet_db.heartbeat,
                 self._store.engine,
                 observer_id=self.me,
@@ -138,7 +138,7 @@ class Fleet:
         self._beats += 1
         if self.shared and self._beats % 10 == 1:
             try:
-                several = await asyncio.to_thread(fleet_db.open_seen_by_several, self._store.engine)
+                several = await self._store.run(fleet_db.open_seen_by_several, self._store.engine)
             except SQLAlchemyError:
                 return
             self._metrics.sessions_seen_by_several.set(several)
@@ -184,6 +184,6 @@ class Fleet:
 
     async def leave(self) -> None:
         try:
-            await asyncio.to_thread(fleet_db.leave, self._store.engine, self.me, self.run_id)
+            await self._store.run(fleet_db.leave, self._store.engine, self.me, self.run_id)
         except SQLAlchemyError:
             pass  # the row goes stale by itself

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Coroutine, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from datetime import datetime
 from typing import Any
 
@@ -88,7 +88,7 @@ class Rooms:
         unwatched_with_sessions: Callable[[], Mapping[str, str]],
         pool: ShardPool | None = None,
         fleet: Fleet | None = None,
-        open_in_room: Callable[[str], list[TrackedSession]] | None = None,
+        open_in_room: Callable[[str], Awaitable[list[TrackedSession]]] | None = None,
     ) -> None:
         self._settings = settings
         self._lk = lk
@@ -447,7 +447,7 @@ class Rooms:
         if self._open_in_room is None:
             return
         try:
-            sessions = await asyncio.to_thread(self._open_in_room, room_sid)
+            sessions = await self._open_in_room(room_sid)
         except SQLAlchemyError as exc:
             log.warning(
                 "reading a room's open sessions failed", extra={"error": type(exc).__name__}

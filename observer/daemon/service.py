@@ -60,6 +60,17 @@ SEEN_WEBHOOKS_MAX = 50_000
 WEBHOOK_DB_WAIT_S = 2.0
 
 
+def backed_up(events: int, writes: int, bound: int) -> list[str]:
+    """Room events or database writes waiting past half their bound (`OBSERVER_QUEUE_MAX`,
+    where the daemon stops): recording is falling behind."""
+    problems = []
+    if events > bound // 2:
+        problems.append(f"room events backed up; {events} waiting")
+    if writes > bound // 2:
+        problems.append(f"database writes backed up; {writes} changes waiting")
+    return problems
+
+
 class Observer:
     def __init__(
         self,
@@ -106,6 +117,7 @@ class Observer:
         self.fleet: Fleet | None = None
         self.pool: ShardPool | None = None
         self.web: WebServer | None = None
+        self.page_store: Store | None = None  # the page's threads and connections
         self.exit_code = EXIT_OK
         self._seen_webhooks: OrderedDict[str, None] = OrderedDict()
         self._stop = asyncio.Event()
@@ -146,7 +158,7 @@ class Observer:
             unwatched_with_sessions=self.tracker.unwatched_rooms,
             pool=self.pool,
             fleet=self.fleet,
-            open_in_room=lambda sid: fleet_db.open_in_room(self.store.engine, sid),
+            open_in_room=lambda sid: self.store.run(fleet_db.open_in_room, self.store.engine, sid),
         )
         loop = asyncio.get_running_loop()
         # a gap in this process's life is a gap in what it saw (see observer.daemon.pulse)
@@ -184,6 +196,8 @@ class Observer:
                 await self.pool.stop()
             if self.web is not None:
                 await self.web.stop()
+            if self.page_store is not None:
+                self.page_store.close()
             await self._api.aclose()
         log.info("observer stopped", extra={"exit_code": self.exit_code})
         return self.exit_code
@@ -198,7 +212,7 @@ class Observer:
         attempt = 0
         while not self._stop.is_set():
             try:
-                if not await asyncio.to_thread(self.store.schema_is_current):
+                if not await self.store.run(self.store.schema_is_current):
                     if not self.migrate:
                         log.error(
                             "database schema is missing or old; run `observer migrate`,"
@@ -207,13 +221,11 @@ class Observer:
                         )
                         self.stop(EXIT_SCHEMA)
                         return False
-                    await asyncio.to_thread(upgrade, self.settings.database_url)
+                    await self.store.run(upgrade, self.settings.database_url)
                     log.info("database schema migrated to the newest revision")
                 if not await self._hold_id():
                     return False
-                sessions = await asyncio.to_thread(
-                    self.store.open_sessions, self.settings.observer_id
-                )
+                sessions = await self.store.run(self.store.open_sessions, self.settings.observer_id)
             except (SQLAlchemyError, OSError) as exc:  # the database may still be starting
                 attempt += 1
                 delay = backoff_s(attempt, self.settings.db_retry_max_s)
@@ -233,7 +245,7 @@ class Observer:
     async def _hold_id(self) -> bool:
         """Become the one run of this observer id (see `identity.hold`)."""
         try:
-            await asyncio.to_thread(hold, self.store.engine, self.settings, self.run_id)
+            await self.store.run(hold, self.store.engine, self.settings, self.run_id)
         except IdHeld as exc:
             log.error(
                 "this OBSERVER_ID is held by another live observer; give each its own",
@@ -250,6 +262,9 @@ class Observer:
     async def _start_web(self) -> None:
         if self.settings.http_host is None:
             return
+        self.page_store = Store.for_page(
+            self.settings.database_url, workers=self.settings.page_workers
+        )
         self.web = WebServer(
             receiver=api.WebhookReceiver(api.TokenVerifier(self.lk.api_key, self.lk.api_secret)),
             metrics=self.metrics,
@@ -259,7 +274,7 @@ class Observer:
             readiness=self.readiness,
             token=self.settings.http_token,
             page=WebPage(
-                self.store,
+                self.page_store,
                 stuck_after_s=self.settings.stuck_agent_s,
                 dead_after_s=self.settings.failover_s,
                 token=self.settings.http_token,
@@ -378,7 +393,7 @@ class Observer:
         """With a shared database, the observer that claims the occurrence first raises the
         alert; the room's other observers stay quiet. If the claim cannot be written, alert."""
         try:
-            claimed = await asyncio.to_thread(
+            claimed = await self.store.run(
                 fleet_db.claim_stuck_alert,
                 self.store.engine,
                 room_sid=notice.room_sid,
@@ -439,7 +454,7 @@ class Observer:
         if self.writer.failing_since is None:
             try:
                 return await asyncio.wait_for(
-                    asyncio.to_thread(self.store.record_webhook, rec), WEBHOOK_DB_WAIT_S
+                    self.store.run(self.store.record_webhook, rec), WEBHOOK_DB_WAIT_S
                 )
             except (SQLAlchemyError, TimeoutError):
                 pass
@@ -447,7 +462,9 @@ class Observer:
         return None
 
     async def readiness(self) -> list[str]:
-        """What is not working right now (empty when ready)."""
+        """What keeps recording from working right now (empty when ready): LiveKit, the
+        database's answers and writes, events or writes backed up. The page's load is not
+        of it: the database is asked on recording's threads and connections."""
         assert self._api is not None
         problems: list[str] = []
         try:
@@ -455,9 +472,11 @@ class Observer:
         except livekit_api.API_ERRORS as exc:
             problems.append(f"livekit unreachable: {type(exc).__name__}")
         try:
-            await asyncio.wait_for(asyncio.to_thread(self.store.ping), 3)
+            await asyncio.wait_for(self.store.run(self.store.ping), 3)
         except (SQLAlchemyError, TimeoutError) as exc:
             problems.append(f"database unreachable: {type(exc).__name__}")
         if self.writer.failing_since is not None:
             problems.append(f"database writes failing; {self.writer.pending} changes waiting")
-        return problems
+        return problems + backed_up(
+            self.queue.qsize(), self.writer.pending, self.settings.queue_max
+        )

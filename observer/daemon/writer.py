@@ -78,7 +78,7 @@ class Writer:
             while self._pending:
                 batch = self._pending[:BATCH_MAX]
                 try:
-                    backwards = await asyncio.to_thread(self._store.apply, batch, self._observer_id)
+                    backwards = await self._store.run(self._store.apply, batch, self._observer_id)
                 except SQLAlchemyError as exc:
                     attempt += 1
                     self._on_error(exc)

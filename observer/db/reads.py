@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Generator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import (
     Engine,
+    Row,
+    Select,
     select,
 )
 from sqlalchemy.orm import Session
@@ -42,7 +46,42 @@ class StaleSession:
 
 def session_rows(engine: Engine, f: SessionFilter) -> list[SessionRow]:
     """Rows matching a filter, newest first."""
-    q = select(SessionRow)
+    q = _matching(select(SessionRow), f)
+    q = q.order_by(SessionRow.joined_at.desc(), SessionRow.id.desc())
+    if f.limit:
+        q = q.limit(f.limit)
+    with Session(engine, expire_on_commit=False) as db:
+        rows = list(db.scalars(q).all())
+        db.expunge_all()
+        return rows
+
+
+def export_end(engine: Engine, f: SessionFilter, *, after: int, limit: int) -> int | None:
+    """Where a page of an export (the first `limit` rows matching `f` with an id above
+    `after`, by id) ends when more rows match after it: its last row's id; else None."""
+    q = _matching(select(SessionRow.id), f).where(SessionRow.id > after)
+    with engine.connect() as conn:
+        ids = conn.scalars(q.order_by(SessionRow.id).offset(limit - 1).limit(2)).all()
+    return ids[0] if len(ids) == 2 else None
+
+
+def export_batches(
+    engine: Engine, f: SessionFilter, *, after: int, through: int | None, limit: int, batch: int
+) -> Generator[Sequence[Row[Any]], None, None]:
+    """The rows matching `f` with an id above `after` (and at most `through`), by id, at
+    most `limit`, `batch` at a time from one query on one connection (a server-side
+    cursor on PostgreSQL): memory holds one batch, however many rows there are."""
+    q = _matching(select(*SessionRow.__table__.c), f).where(SessionRow.id > after)
+    if through is not None:
+        q = q.where(SessionRow.id <= through)
+    q = q.order_by(SessionRow.id).limit(limit)
+    with engine.connect() as conn:
+        result = conn.execution_options(stream_results=True, yield_per=batch).execute(q)
+        yield from result.partitions()
+
+
+def _matching(q: Select[Any], f: SessionFilter) -> Select[Any]:
+    """`q` narrowed to the sessions `f` matches."""
     if f.room:
         q = q.where(SessionRow.room_name == f.room)
     if f.identity:
@@ -59,13 +98,7 @@ def session_rows(engine: Engine, f: SessionFilter) -> list[SessionRow]:
         q = q.where(SessionRow.left_at.is_(None))
     elif f.state == "closed":
         q = q.where(SessionRow.left_at.is_not(None))
-    q = q.order_by(SessionRow.joined_at.desc(), SessionRow.id.desc())
-    if f.limit:
-        q = q.limit(f.limit)
-    with Session(engine, expire_on_commit=False) as db:
-        rows = list(db.scalars(q).all())
-        db.expunge_all()
-        return rows
+    return q
 
 
 @dataclass(frozen=True)

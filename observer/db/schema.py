@@ -28,6 +28,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.engine import make_url
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 # PostgreSQL: a stored time as whole milliseconds since the epoch, truncated
@@ -429,10 +430,16 @@ def dialect_insert(dialect: str, target: Any) -> Any:
     return pg_insert(target) if dialect == "postgresql" else sqlite_insert(target)
 
 
-def make_engine(url: str) -> Engine:
-    """An engine with the settings this project relies on for each backend."""
+def make_engine(url: str, *, connections: int | None = None) -> Engine:
+    """An engine with the settings this project relies on for each backend; `connections`
+    caps its pool (None: SQLAlchemy's default pool)."""
+    pool: dict[str, Any] = {}
+    if connections is not None:
+        pool = {"pool_size": connections, "max_overflow": 0}
     if url.startswith("sqlite"):
-        engine = create_engine(url, connect_args={"timeout": 30})
+        # an in-memory database is one connection per thread: no pool to size
+        memory = make_url(url).database in (None, "", ":memory:")
+        engine = create_engine(url, connect_args={"timeout": 30}, **({} if memory else pool))
 
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -442,4 +449,4 @@ def make_engine(url: str) -> Engine:
             cur.close()
 
         return engine
-    return create_engine(url, pool_pre_ping=True, connect_args={"connect_timeout": 5})
+    return create_engine(url, pool_pre_ping=True, connect_args={"connect_timeout": 5}, **pool)

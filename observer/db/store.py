@@ -1,14 +1,21 @@
-"""The store: owns the engine and runs each read or write in its own transaction."""
+"""The store: owns the engine and runs each read or write in its own transaction, and owns
+the threads that run them for async code (`Store.run`) and their connection budget.
+
+The daemon has two: the recording store (the writer, webhooks, the fleet, readiness) and
+the page's (`Store.for_page`), with threads and connections of its own, so that nothing a
+reader of the page does can take a thread or a connection that recording needs."""
 
 from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import (
+    Row,
     select,
     text,
 )
@@ -20,6 +27,8 @@ from observer.core.tracker import (
     TrackedSession,
 )
 from observer.db import day_sums
+from observer.db._threads import Busy as Busy  # what a call that waited too long raises
+from observer.db._threads import Threads
 from observer.db.reads import (
     GroupingKeys,
     LiveAgent,
@@ -27,6 +36,8 @@ from observer.db.reads import (
     RoomFilter,
     SessionFilter,
     StaleSession,
+    export_batches,
+    export_end,
     grouping_keys,
     live_agents,
     period_summaries,
@@ -47,21 +58,72 @@ from observer.db.writes import WebhookRecord, Write, apply_ops, insert_webhook, 
 
 log = logging.getLogger(__name__)
 
+# threads of the recording store: the writer, webhooks being stored, the fleet's beats,
+# readiness checks, rooms' open rows read before a join
+RECORDING_WORKERS = 8
+# how long a page request waits for one of the page's threads before it is answered 503
+PAGE_WAIT_S = 20.0
+# rows of an export read (and held) at a time
+EXPORT_BATCH = 1000
+
+
+def _in_memory(url: str) -> bool:
+    return url.startswith("sqlite") and make_url(url).database in (None, "", ":memory:")
+
+
+def usage_parts(url: str) -> int:
+    """`usage` sums stretches of the window at once on this many connections: one per core,
+    up to 4 (one for an in-memory SQLite, which each connection sees afresh)."""
+    return 1 if _in_memory(url) else max(1, min(os.cpu_count() or 1, 4))
+
 
 class Store:
-    """Owns the engine; every method is synchronous and runs one transaction."""
+    """Owns the engine; every method is synchronous and runs one transaction. `run` runs
+    one on the store's own threads, for async code (`_threads.Threads`)."""
 
-    def __init__(self, url: str) -> None:
-        self.engine = make_engine(url)
-        # `usage` sums stretches of the window at once on this many connections: one per
-        # core, up to 4 (one for an in-memory SQLite, which each connection sees afresh)
-        memory = url.startswith("sqlite") and make_url(url).database in (None, "", ":memory:")
-        self.usage_parts = 1 if memory else max(1, min(os.cpu_count() or 1, 4))
-        self._keep_day_sums = not memory  # (another connection would not see them)
+    def __init__(
+        self,
+        url: str,
+        *,
+        workers: int = RECORDING_WORKERS,
+        wait_s: float | None = None,
+        connections: int | None = None,
+        parallel: bool = True,
+        name: str = "store",
+    ) -> None:
+        """`workers` threads run the store's work for async code; a call waits for one at
+        most `wait_s` (None: as long as it takes); `connections` caps the engine's pool
+        (None: SQLAlchemy's default pool); `parallel`: `usage` may sum on several
+        connections (and threads) at once."""
+        self.engine = make_engine(url, connections=connections)
+        self.usage_parts = usage_parts(url) if parallel else 1
+        self._keep_day_sums = not _in_memory(url)  # (another connection would not see them)
+        self.threads = Threads(workers, wait_s=wait_s, name=name)
+        # blocking work from async code: `await store.run(store.apply, ops, observer_id)`
+        self.run = self.threads.run
+        self.run_queued = self.threads.run_queued
+        self.stream = self.threads.stream
+        self.submit = self.threads.submit
+
+    @classmethod
+    def for_page(cls, url: str, *, workers: int) -> Store:
+        """A store for the page: `workers` threads, each computing on one connection (no
+        stretches summed at once beside it: the page takes `workers` threads of the
+        machine, no more), and a pool of its own with one more connection for keeping day
+        sums in the background. A page request waits `PAGE_WAIT_S` at most for a thread."""
+        return cls(
+            url,
+            workers=workers,
+            wait_s=PAGE_WAIT_S,
+            connections=workers + 1,
+            parallel=False,
+            name="page",
+        )
 
     def close(self) -> None:
-        """After the day sums handed to the background are kept (or failed): none is lost,
-        and no connection is opened on a closed engine."""
+        """After the work under way and the day sums handed to the background are done
+        (kept or failed): none is lost, and no connection is opened on a closed engine."""
+        self.threads.shutdown()
         day_sums.kept_all()
         self.engine.dispose()
 
@@ -101,6 +163,25 @@ class Store:
     def sessions(self, f: SessionFilter) -> list[SessionRow]:
         """Rows matching a filter, newest first."""
         return session_rows(self.engine, f)
+
+    def export_end(self, f: SessionFilter, *, after: int, limit: int) -> int | None:
+        """The id of the last row of an export's page when more rows follow it, else None
+        (`reads.export_end`)."""
+        return export_end(self.engine, f, after=after, limit=limit)
+
+    def export_batches(
+        self,
+        f: SessionFilter,
+        *,
+        after: int,
+        through: int | None,
+        limit: int,
+    ) -> Generator[Sequence[Row[Any]], None, None]:
+        """An export's rows by id, `EXPORT_BATCH` at a time from one query
+        (`reads.export_batches`)."""
+        return export_batches(
+            self.engine, f, after=after, through=through, limit=limit, batch=EXPORT_BATCH
+        )
 
     def rooms(self, f: RoomFilter) -> list[RoomRow]:
         """Room rows matching a filter, newest first."""

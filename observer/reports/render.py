@@ -22,10 +22,14 @@ def csv_cell(value: object) -> object:
 def csv_text(header: Sequence[str], rows: Iterable[Sequence[object]]) -> str:
     """RFC 4180: CRLF between records, and any field holding a comma, quote, CR or LF
     quoted; text cells neutralised against formula injection."""
+    return csv_records([header], neutralise=False) + csv_records(rows)
+
+
+def csv_records(rows: Iterable[Sequence[object]], *, neutralise: bool = True) -> str:
+    """Records of `csv_text` without its header (a file written a part at a time)."""
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\r\n", quoting=csv.QUOTE_MINIMAL)
-    w.writerow(header)
-    w.writerows([csv_cell(v) for v in row] for row in rows)
+    w.writerows([csv_cell(v) for v in row] if neutralise else row for row in rows)
     return buf.getvalue()
 
 

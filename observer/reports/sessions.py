@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime
 from typing import Any
 
+from sqlalchemy import Row
+
 from observer.core.times import iso
 from observer.db.schema import RoomRow, SessionRow
-from observer.reports.render import csv_text, table
+from observer.reports.render import csv_records, csv_text, table
 
 COLUMNS = (
     "id",
@@ -44,7 +46,7 @@ def _iso(v: datetime | None) -> str | None:
     return iso(v, "milliseconds") if v else None
 
 
-def row_dict(r: SessionRow) -> dict[str, Any]:
+def row_dict(r: SessionRow | Row[Any]) -> dict[str, Any]:
     d: dict[str, Any] = {c: getattr(r, c) for c in COLUMNS}
     for c in ("joined_at", "left_at", "last_seen_at", "observed_from"):
         d[c] = _iso(d[c])
@@ -63,11 +65,29 @@ def human_duration(ms: int | None) -> str:
     return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"
 
 
-def render_sessions(rows: Sequence[SessionRow], fmt: str) -> str:
-    if fmt == "json":
-        return json.dumps([row_dict(r) for r in rows], indent=2) + "\n"
+def session_chunks(batches: Iterable[Sequence[SessionRow | Row[Any]]], fmt: str) -> Iterator[str]:
+    """`render_sessions` as JSON or CSV, a part per batch of rows (an export streamed)."""
     if fmt == "csv":
-        return csv_text(COLUMNS, ([row_dict(r)[c] for c in COLUMNS] for r in rows))
+        yield csv_text(COLUMNS, [])
+        for rows in batches:
+            yield csv_records([d[c] for c in COLUMNS] for d in map(row_dict, rows))
+        return
+    if fmt != "json":
+        raise ValueError(f"no streamed format {fmt!r}")
+    first = True
+    for rows in batches:
+        if rows:
+            # each row as json.dumps(list, indent=2) writes the list's items (the lines of
+            # JSON text are its structure: a newline inside a string is escaped)
+            items = ("  " + json.dumps(row_dict(r), indent=2).replace("\n", "\n  ") for r in rows)
+            yield ("[\n" if first else ",\n") + ",\n".join(items)
+            first = False
+    yield "[]\n" if first else "\n]\n"
+
+
+def render_sessions(rows: Sequence[SessionRow], fmt: str) -> str:
+    if fmt in ("json", "csv"):
+        return "".join(session_chunks([rows], fmt))
     header = ("joined_at", "room", "identity", "agent", "kind", "duration", "reason", "source")
     lines = table(
         [header]

@@ -24,10 +24,10 @@ from aiohttp import web
 from observer.core.times import iso, utcnow
 from observer.core.vocab import KINDS
 from observer.db.reads import SessionFilter
-from observer.db.store import Store
-from observer.reports.sessions import human_duration, render_sessions
+from observer.db.store import Busy, Store
+from observer.reports.sessions import human_duration
 from observer.reports.usage import is_grouping
-from observer.web import views
+from observer.web import export, views
 
 HERE = Path(__file__).parent
 COOKIE = "observer_web"
@@ -87,7 +87,7 @@ class WebPage:
         self._readiness = readiness
         self._refresh_s = refresh_s
         self._clock = clock
-        self._cache = views.TtlCache(60.0)
+        self._cache = views.TtlCache(60.0, spawn=store.submit)
         self.warmed: asyncio.Future[None] | None = None  # the start-up's computation
         self._stopping = False
         self._rows: dict[tuple[Any, ...], str] = {}
@@ -112,12 +112,13 @@ class WebPage:
         app.router.add_static("/static/", HERE / "static", name="static", append_version=True)
         app.on_startup.append(self._warm)
         app.on_cleanup.append(self._stop_warming)
+        app.middlewares.append(busy_middleware)
 
     # ---- helpers ----------------------------------------------------------------------------
 
     async def _run(self, fn: Callable[..., Any], *args: Any) -> Any:
-        """A database read, off the event loop."""
-        return await asyncio.to_thread(fn, *args)
+        """A database read, on one of the page's own threads (Busy: all stayed busy)."""
+        return await self._store.run(fn, *args)
 
     def _page(self, template: str, request: web.Request, **values: Any) -> web.Response:
         html = self._env.get_template(template).render(
@@ -223,19 +224,19 @@ class WebPage:
         )
         return choices
 
-    def _warm_all(self) -> None:
+    async def _warm_all(self) -> None:
         """The minutes views by agent, then by every key the page offers, one at a time
-        (until the app stops)."""
-        self._minutes_data("agent", self._clock())
-        for by in views.worth_warming(self._grouping_choices()):
+        (until the app stops), each on a page thread when one is free: visits come between."""
+        await self._store.run_queued(self._minutes_data, "agent", self._clock())
+        for by in views.worth_warming(await self._store.run_queued(self._grouping_choices)):
             if self._stopping:
                 return
-            self._minutes_data(by, self._clock())
+            await self._store.run_queued(self._minutes_data, by, self._clock())
 
     async def _warm(self, _app: web.Application) -> None:
         """Start computing the minutes views the page offers, so that a visit finds them;
         the first ever on a database takes seconds each, the next from the kept day sums."""
-        self.warmed = asyncio.get_running_loop().run_in_executor(None, self._warm_all)
+        self.warmed = asyncio.ensure_future(self._warm_all())
         self.warmed.add_done_callback(lambda t: t.exception())  # a failure shows at the visit
 
     async def _stop_warming(self, _app: web.Application) -> None:
@@ -286,20 +287,14 @@ class WebPage:
             kinds=KINDS,
             shown=views.SESSIONS_SHOWN,
             export=urlencode(query),
+            export_limit=export.LIMIT,
+            export_limit_max=export.LIMIT_MAX,
         )
 
-    async def _sessions_export(self, request: web.Request) -> web.Response:
+    async def _sessions_export(self, request: web.Request) -> web.StreamResponse:
         fmt = "csv" if request.path.endswith(".csv") else "json"
-        rows = await self._run(
-            views.sessions_view, self._store, self._session_filter(request, None)
-        )
-        body = render_sessions(rows, fmt)
-        ctype = "text/csv" if fmt == "csv" else "application/json"
-        return web.Response(
-            text=body,
-            content_type=ctype,
-            headers={"Content-Disposition": f'attachment; filename="sessions.{fmt}"'},
-        )
+        f = self._session_filter(request, None)
+        return await export.sessions_export(request, self._store, f, fmt)
 
     async def _reconcile(self, request: web.Request) -> web.Response:
         periods = await self._run(views.reconcile_view, self._store)
@@ -334,6 +329,20 @@ class WebPage:
             max_age=7 * 86400,
         )
         raise response
+
+
+@web.middleware
+async def busy_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
+    """A page request that found every page thread busy for as long as it may wait: 503,
+    to be asked again (recording never waits for these threads)."""
+    try:
+        return await handler(request)  # type: ignore[no-any-return]
+    except Busy:
+        return web.Response(
+            status=503,
+            text="the page is busy; try again in a few seconds\n",
+            headers={"Retry-After": "5"},
+        )
 
 
 def access_middleware(token: str | None, open_paths: frozenset[str]) -> Any:

@@ -303,9 +303,17 @@ class TtlCache:
     while the caller waits, once: callers asking while it is computed (the start-up's
     warm-up, say) wait for that computation. Thread-safe."""
 
-    def __init__(self, ttl_s: float, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        ttl_s: float,
+        clock: Callable[[], float] = time.monotonic,
+        *,
+        spawn: Callable[[Callable[[], None]], None] | None = None,
+    ) -> None:
+        """`spawn` runs a refresh in the background (default: a thread of its own)."""
         self._ttl = ttl_s
         self._clock = clock
+        self._spawn = spawn or (lambda fn: threading.Thread(target=fn, daemon=True).start())
         self._values: dict[Any, tuple[float, Any]] = {}
         self._refreshing: set[Any] = set()
         self._first: dict[Any, Future[Any]] = {}  # keys never seen, being computed
@@ -340,7 +348,7 @@ class TtlCache:
                     del self._first[key]
         assert hit is not None
         if refresh:
-            threading.Thread(target=self._refresh, args=(key, make), daemon=True).start()
+            self._spawn(lambda: self._refresh(key, make))
         return hit[1]
 
     def _refresh(self, key: Any, make: Callable[[], Any]) -> None:
