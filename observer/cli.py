@@ -11,20 +11,21 @@ import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from dotenv import dotenv_values
 from sqlalchemy.exc import SQLAlchemyError
 
 if TYPE_CHECKING:
+    from observer.config import LiveKitSettings
     from observer.db.store import Store
     from observer.reports.prices import PriceBook
 
-from observer import __version__, logs
+from observer import logs
+from observer.arguments import NEEDS_LIVEKIT, USES, build_parser
 from observer.config import ConfigError, Settings
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
-WHEN = "ISO 8601 date/time (UTC unless it says otherwise), or relative: 30m, 24h, 7d"
 
 
 class UsageError(Exception):
@@ -42,135 +43,21 @@ def read_env(env_file: str | None) -> dict[str, str]:
     return {**values, **os.environ}
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="observer",
-        description="Record how long AI agents stay in LiveKit rooms, as rows in SQL.",
-    )
-    p.add_argument("--version", action="version", version=f"observer {__version__}")
-    p.add_argument("--env-file", help="read settings from this file instead of ./.env")
-    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    sub.add_parser("migrate", help="create or upgrade the database schema (safe to repeat)")
-    sub.add_parser("check", help="check that LiveKit and the database are reachable")
-    run = sub.add_parser("run", help="watch rooms and record sessions until SIGTERM/SIGINT")
-    run.add_argument(
-        "--migrate", action="store_true", help="create or upgrade the schema first if needed"
-    )
-
-    s = sub.add_parser("sessions", help="list recorded sessions")
-    s.add_argument("--room")
-    s.add_argument("--identity")
-    s.add_argument("--agent-name")
-    s.add_argument("--kind")
-    s.add_argument("--since", help="ISO 8601 date/time, or relative: 30m, 24h, 7d")
-    s.add_argument("--until", help="ISO 8601 date/time, or relative: 30m, 24h, 7d")
-    state = s.add_mutually_exclusive_group()
-    state.add_argument("--open", action="store_const", dest="state", const="open")
-    state.add_argument("--closed", action="store_const", dest="state", const="closed")
-    s.add_argument(
-        "--limit", default=None, help="at most N rows (table default 100; csv/json: all)"
-    )
-    s.add_argument("--format", choices=("table", "json", "csv"), default="table")
-
-    rm = sub.add_parser("rooms", help="list recorded rooms")
-    rm.add_argument("--room")
-    rm.add_argument("--since", help="rooms live at or after: " + WHEN)
-    rm.add_argument("--until", help="rooms first seen before: " + WHEN)
-    rstate = rm.add_mutually_exclusive_group()
-    rstate.add_argument("--open", action="store_const", dest="state", const="open")
-    rstate.add_argument("--closed", action="store_const", dest="state", const="closed")
-    rm.add_argument(
-        "--limit", default=None, help="at most N rows (table default 100; csv/json: all)"
-    )
-    rm.add_argument("--format", choices=("table", "json", "csv"), default="table")
-
-    u = sub.add_parser("usage", help="standing time per group inside a time window")
-    u.add_argument("--from", dest="start", required=True, help="window start (inclusive): " + WHEN)
-    u.add_argument("--to", dest="end", help="window end (exclusive; default now): " + WHEN)
-    u.add_argument(
-        "--by",
-        action="append",
-        default=[],
-        metavar="GROUP",
-        help="agent, identity, room, day or month (UTC); repeat or comma-separate",
-    )
-    u.add_argument(
-        "--rounding",
-        default="none",
-        metavar="RULE",
-        help="none (exact ms), second, or minute (each session rounded up, as LiveKit bills)",
-    )
-    u.add_argument("--exclude-open", action="store_true", help="leave out open sessions")
-    u.add_argument(
-        "--states",
-        action="store_true",
-        help="add time in each agent state (lk.agent.state) and alone, per group",
-    )
-    u.add_argument(
-        "--tokens",
-        action="store_true",
-        help="add model usage (tokens, characters, audio) reported by agents, per group",
-    )
-    u.add_argument(
-        "--prices",
-        metavar="FILE",
-        help="prices file (TOML): add costs per group; a session's minutes at the agent-minute"
-        " price at its join, model usage at the price when reported",
-    )
-    u.add_argument("--kind", default="agent", help="participant kind counted, or 'all'")
-    u.add_argument("--now", help="count open sessions up to this time instead of now")
-    u.add_argument("--format", choices=("table", "json", "csv"), default="table")
-
-    r = sub.add_parser("reconcile", help="settle open sessions and roll up a finished period")
-    r.add_argument("--period", help="YYYY-MM (a month) or YYYY-MM-DD (a day), UTC")
-    r.add_argument("--from", dest="start", help="period start (with --to): " + WHEN)
-    r.add_argument("--to", dest="end", help="period end, exclusive: " + WHEN)
-    r.add_argument("--no-settle", action="store_true", help="do not ask LiveKit; close nothing")
-    r.add_argument("--force", action="store_true", help="rewrite a finalized period")
-    r.add_argument("--statement", help="CSV with group_kind,group_key,minutes to compare")
-    r.add_argument(
-        "--by",
-        action="append",
-        default=[],
-        help="also roll up by attribute:KEY, room-metadata or room-metadata:KEY (repeatable)",
-    )
-    r.add_argument("--tolerance-minutes", default="0", help="differences up to this are fine")
-    r.add_argument("--prices", metavar="FILE", help="prices file (TOML): keep each group's cost")
-    r.add_argument("--report", help="write the differences to this .csv or .json file")
-    r.add_argument("--report-format", choices=("csv", "json"))
-    r.add_argument(
-        "--now", help="roll up as if it were this time (settling always uses the real time)"
-    )
-
-    w = sub.add_parser("web", help="serve the read-only page from the database alone")
-    w.add_argument(
-        "--addr",
-        default="127.0.0.1:9466",
-        help="host:port to listen on (default 127.0.0.1:9466; the daemon's port is 9465)",
-    )
-
-    sim = sub.add_parser("simulate", help="send simulated agents into rooms")
-    sim.add_argument("--rooms", type=int, default=2)
-    sim.add_argument("--agents", type=int, default=1, help="agents per room")
-    sim.add_argument("--users", type=int, default=1, help="non-agent participants per room")
-    sim.add_argument("--duration", type=float, default=20.0, help="seconds each agent stays")
-    sim.add_argument("--room-prefix", default="sim")
-    sim.add_argument("--no-audio", action="store_true", help="agents do not publish audio")
-    return p
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:  # --help, --version, or bad arguments (said in one line)
+        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
     try:
         env = read_env(args.env_file)
-        need_lk = args.command in ("check", "run", "simulate")
-        settings = Settings.from_mapping(env, need_livekit=need_lk)
+        settings = Settings.from_mapping(
+            env, need_livekit=args.command in NEEDS_LIVEKIT, uses=USES[args.command]
+        )
         logs.setup(settings.log_level, settings.log_format)
         return dispatch(args, settings)
     except ConfigError as exc:
-        print(f"observer: {exc}", file=sys.stderr)
+        where = f" ({settings_source(args.env_file)})" if exc.missing else ""
+        print(f"observer: {exc}{where}", file=sys.stderr)
         return EXIT_USAGE
     except UsageError as exc:
         print(f"observer: {exc}", file=sys.stderr)
@@ -187,6 +74,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         # the one-shot commands document 2 for an error before anything was done
         one_shot = ("migrate", "sessions", "rooms", "usage", "reconcile")
         return EXIT_USAGE if args.command in one_shot else EXIT_FAILED
+
+
+def settings_source(env_file: str | None) -> str:
+    """Where settings come from, for the message that says one is missing."""
+    if env_file:
+        return f"settings are read from the environment and {env_file}"
+    here = "" if Path(".env").is_file() else ", which does not exist here,"
+    return (
+        f"settings are read from the environment and ./.env{here} or from --env-file FILE;"
+        " .env.example lists them all"
+    )
 
 
 def dispatch(args: argparse.Namespace, settings: Settings) -> int:
@@ -209,8 +107,50 @@ def dispatch(args: argparse.Namespace, settings: Settings) -> int:
     if args.command == "simulate":
         from observer import simulate
 
+        if args.rooms < 1 or args.agents < 0 or args.users < 0 or not args.duration > 0:
+            raise UsageError(
+                "--rooms must be at least 1, --agents and --users 0 or more, --duration above 0"
+            )
         return asyncio.run(simulate.run(settings.require_livekit(), args))
     raise UsageError(f"unknown command {args.command}")
+
+
+def missing_sqlite_file(database_url: str) -> Path | None:
+    """The SQLite file the URL names, when it does not exist (connecting would create it)."""
+    from sqlalchemy.engine import make_url
+
+    url = make_url(database_url)
+    if url.get_backend_name() != "sqlite" or not url.database or url.database == ":memory:":
+        return None
+    path = Path(url.database)
+    return None if path.exists() else path.resolve()
+
+
+def open_store(settings: Settings, *, for_page: bool = False) -> Store:
+    """The database, for a command that reads it: never created here, and only with the
+    current schema. `for_page`: with the page's own threads and connections."""
+    from observer.db.store import Store
+
+    missing = missing_sqlite_file(settings.database_url)
+    if missing is not None:
+        raise UsageError(f"no database at {missing}; run `observer migrate` to create it")
+    store = (
+        Store.for_page(settings.database_url, workers=settings.page_workers)
+        if for_page
+        else Store(settings.database_url)
+    )
+    try:
+        current = store.schema_is_current()
+    except BaseException:
+        store.close()
+        raise
+    if not current:
+        store.close()
+        raise UsageError(
+            f"the database at {settings.database_url_safe} has no schema or an old one;"
+            " run `observer migrate`"
+        )
+    return store
 
 
 def cmd_migrate(settings: Settings) -> int:
@@ -222,46 +162,34 @@ def cmd_migrate(settings: Settings) -> int:
 
 
 async def cmd_check(settings: Settings) -> int:
-    from livekit import api
-
     from observer import livekit_api
-    from observer.config import LiveKitSettings
-    from observer.core import discovery
+    from observer.config import http_url_of
     from observer.db.store import Store
 
     lk = settings.require_livekit()
     ok = True
-    probed = False
-    for url in lk.urls:  # every node of the cluster on its own
-        node = LiveKitSettings(url, lk.api_key, lk.api_secret)
-        lkapi = livekit_api.client(node, 10)
-        try:
-            resp = await lkapi.room.list_rooms(api.ListRoomsRequest())
-            print(f"livekit: ok ({len(resp.rooms)} rooms) at {node.http_url}")
-            if not probed:  # the rooms are the cluster's: ask once
-                probed = True
-                names = [
-                    r.name for r in resp.rooms if discovery.matches(r.name, settings.room_patterns)
-                ]
-                orphans = await unhosted_rooms(lkapi, names)
-                if orphans:
-                    ok = False
-                    print(
-                        f"livekit: {len(orphans)} room(s) listed but hosted by no live node"
-                        f" (the observer cannot enter them): {', '.join(orphans)}"
-                    )
-        except api.TwirpError as exc:
-            ok = False
-            hint = (
-                " (check LIVEKIT_API_KEY / LIVEKIT_API_SECRET)" if exc.status in (401, 403) else ""
-            )
-            print(f"livekit: FAILED at {node.http_url}: {exc.code}: {exc.message}{hint}")
-        except livekit_api.API_ERRORS as exc:
-            ok = False
-            print(f"livekit: FAILED at {node.http_url}: unreachable ({type(exc).__name__}: {exc})")
-        finally:
-            await lkapi.aclose()
+    for probe in await livekit_api.probe(lk, 5):  # every node of the cluster on its own
+        url = http_url_of(probe.url)
+        if probe.error is None:
+            print(f"livekit: ok ({probe.rooms} rooms) at {url}")
+            continue
+        ok = False
+        if probe.refused:
+            print(f"livekit: FAILED: {livekit_api.refusal(url, lk, probe.error)}")
+        else:
+            print(f"livekit: FAILED at {url}: unreachable ({livekit_api.reason(probe.error)})")
+    orphans = await unhosted_rooms(lk, settings.room_patterns)
+    if orphans:
+        ok = False
+        print(
+            f"livekit: {len(orphans)} room(s) listed but hosted by no live node"
+            f" (the observer cannot enter them): {', '.join(orphans)}"
+        )
 
+    missing = missing_sqlite_file(settings.database_url)
+    if missing is not None:
+        print(f"database: FAILED: no database at {missing}; run `observer migrate` to create it")
+        return EXIT_FAILED
     store = Store(settings.database_url)
     try:
         await store.run(store.ping)
@@ -284,17 +212,30 @@ async def cmd_check(settings: Settings) -> int:
     return EXIT_OK if ok else EXIT_FAILED
 
 
-async def unhosted_rooms(lkapi: Any, names: list[str]) -> list[str]:
-    """The rooms among `names` that no live LiveKit node hosts (a few probes at a time)."""
+async def unhosted_rooms(lk: LiveKitSettings, patterns: Sequence[str]) -> list[str]:
+    """The watched rooms LiveKit lists that no live node hosts (a few probes at a time);
+    none when the server cannot be asked (`check` has said so already)."""
+    from livekit import api
+
     from observer import livekit_api
+    from observer.core import discovery
 
-    slots = asyncio.Semaphore(8)
+    lkapi = livekit_api.client(lk, 10)
+    try:
+        try:
+            resp = await lkapi.room.list_rooms(api.ListRoomsRequest())
+        except livekit_api.API_ERRORS:
+            return []
+        names = [r.name for r in resp.rooms if discovery.matches(r.name, tuple(patterns))]
+        slots = asyncio.Semaphore(8)
 
-    async def probe(name: str) -> bool | None:
-        async with slots:
-            return await livekit_api.room_hosted(lkapi, name)
+        async def probe(name: str) -> bool | None:
+            async with slots:
+                return await livekit_api.room_hosted(lkapi, name)
 
-    answers = await asyncio.gather(*(probe(n) for n in names))
+        answers = await asyncio.gather(*(probe(n) for n in names))
+    finally:
+        await lkapi.aclose()
     return sorted(n for n, hosted in zip(names, answers, strict=True) if hosted is False)
 
 
@@ -383,9 +324,17 @@ def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
     from observer.daemon.service import Observer
     from observer.daemon.watcher import start_native_core_quietly
     from observer.db.store import Store
+    from observer.livekit_api import first_contact
 
     lk = settings.require_livekit()
+    missing = missing_sqlite_file(settings.database_url)
+    if missing is not None and not args.migrate:
+        raise UsageError(
+            f"no database at {missing}; run `observer migrate`, or start with"
+            " `observer run --migrate`"
+        )
     hold_sqlite_run_lock(settings.database_url)  # the lock lasts as long as the process
+    asyncio.run(first_contact(lk))  # a refused key stops here (exit 2), before anything starts
     store = Store(settings.database_url)
     run_id = new_run_id()
 
@@ -394,7 +343,18 @@ def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, obs.stop)
-        return await obs.run()
+        try:
+            return await obs.run()
+        except OSError as exc:
+            if is_bind_error(exc):
+                addr = f"{settings.http_host}:{settings.http_port}"
+                raise ConfigError(
+                    [
+                        f"OBSERVER_HTTP_ADDR {addr} cannot be used ({exc.strerror or exc});"
+                        " choose a free host:port, or 'off'"
+                    ]
+                ) from None
+            raise
 
     try:
         hold_observer_id(store, settings, run_id)
@@ -410,6 +370,17 @@ def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
         return asyncio.run(main())
     finally:
         store.close()
+
+
+def is_bind_error(exc: OSError) -> bool:
+    """Whether listening on an address failed: taken, not this host's, or not allowed."""
+    import errno
+    import socket
+
+    if isinstance(exc, socket.gaierror):
+        return True
+    bind = (errno.EADDRINUSE, errno.EADDRNOTAVAIL, errno.EACCES)
+    return exc.errno in bind and "bind" in str(exc)
 
 
 # Times the reports accept: from the Unix epoch to well before datetime's own limit, so
@@ -473,7 +444,6 @@ def listing_bounds(args: argparse.Namespace) -> tuple[datetime | None, datetime 
 
 def cmd_sessions(settings: Settings, args: argparse.Namespace) -> int:
     from observer.db.reads import SessionFilter
-    from observer.db.store import Store
     from observer.reports import sessions as report
 
     since, until, limit = listing_bounds(args)
@@ -487,7 +457,7 @@ def cmd_sessions(settings: Settings, args: argparse.Namespace) -> int:
         state=args.state,
         limit=limit,
     )
-    store = Store(settings.database_url)
+    store = open_store(settings)
     try:
         rows = store.sessions(f)
     finally:
@@ -498,7 +468,6 @@ def cmd_sessions(settings: Settings, args: argparse.Namespace) -> int:
 
 def cmd_rooms(settings: Settings, args: argparse.Namespace) -> int:
     from observer.db.reads import RoomFilter
-    from observer.db.store import Store
     from observer.reports import sessions as report
 
     since, until, limit = listing_bounds(args)
@@ -509,7 +478,7 @@ def cmd_rooms(settings: Settings, args: argparse.Namespace) -> int:
         state=args.state,
         limit=limit,
     )
-    store = Store(settings.database_url)
+    store = open_store(settings)
     try:
         rows = store.rooms(f)
     finally:
@@ -524,17 +493,13 @@ def cmd_web(settings: Settings, args: argparse.Namespace) -> int:
     from aiohttp import web
 
     from observer.config import is_loopback
-    from observer.db.store import Store
     from observer.web.app import WebPage, access_middleware
 
     host, sep, port = args.addr.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 < int(port) <= 65535:
         raise UsageError(f"--addr must be host:port, got {args.addr!r}")
     host = host.strip("[]")
-    store = Store.for_page(settings.database_url, workers=settings.page_workers)
-    if not store.schema_is_current():
-        store.close()
-        raise UsageError("the database schema is not current; run `observer migrate`")
+    store = open_store(settings, for_page=True)  # no answer: exit 1, as for `run`
     log = logging.getLogger("observer.web")
     if not is_loopback(host):
         log.warning(
@@ -560,9 +525,18 @@ def cmd_web(settings: Settings, args: argparse.Namespace) -> int:
         return web.Response(text="ok\n")
 
     app.router.add_get("/healthz", healthz)
-    log.info("page listening", extra={"host": host, "port": int(port)})
+
+    def listening(_banner: str) -> None:  # aiohttp's word that the socket is bound
+        log.info("page listening", extra={"host": host, "port": int(port)})
+
     try:
-        web.run_app(app, host=host, port=int(port), print=None, access_log=None)
+        web.run_app(app, host=host, port=int(port), print=listening, access_log=None)
+    except OSError as exc:
+        if not is_bind_error(exc):
+            raise
+        raise UsageError(
+            f"--addr {args.addr} cannot be used ({exc.strerror or exc}); choose a free host:port"
+        ) from None
     finally:
         store.close()
     return EXIT_OK
@@ -585,7 +559,6 @@ def _grouping_name(raw: str) -> str:
 
 def cmd_usage(settings: Settings, args: argparse.Namespace) -> int:
     from observer.core.vocab import KINDS
-    from observer.db.store import Store
     from observer.reports import usage
 
     now = parse_time(args.now, flag="--now") if args.now is not None else datetime.now(UTC)
@@ -619,7 +592,7 @@ def cmd_usage(settings: Settings, args: argparse.Namespace) -> int:
         tokens=args.tokens,
         prices=_prices(args.prices) if args.prices is not None else None,
     )
-    store = Store(settings.database_url)
+    store = open_store(settings)
     try:
         lines = usage.compute(store, q, warn=lambda m: print(f"warning: {m}", file=sys.stderr))
     finally:
@@ -648,7 +621,6 @@ def keyed_rollups(raw: list[str]) -> list[str]:
 def cmd_reconcile(settings: Settings, args: argparse.Namespace) -> int:
     from decimal import Decimal, InvalidOperation
 
-    from observer.db.store import Store
     from observer.reports import reconcile
 
     now = parse_time(args.now, flag="--now") if args.now is not None else datetime.now(UTC)
@@ -685,7 +657,7 @@ def cmd_reconcile(settings: Settings, args: argparse.Namespace) -> int:
             prices=_prices(args.prices) if args.prices is not None else None,
             warn=lambda m: print(f"warning: {m}", file=sys.stderr),
         )
-        store = Store(settings.database_url)
+        store = open_store(settings)
         try:
             outcome = reconcile.run(store, settings.livekit, job)
         finally:

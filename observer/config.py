@@ -5,7 +5,7 @@ from __future__ import annotations
 import ipaddress
 import math
 import socket
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
@@ -77,12 +77,20 @@ SETTINGS_DOC: dict[str, tuple[str, str]] = {
 }
 
 
+MISSING = "is missing"  # how a problem says that a required setting was not given
+
+
 class ConfigError(Exception):
     """One or more settings are invalid; the message names every problem."""
 
     def __init__(self, problems: list[str]) -> None:
         self.problems = problems
         super().__init__("invalid settings: " + "; ".join(problems))
+
+    @property
+    def missing(self) -> bool:
+        """Whether a setting is missing (rather than wrong)."""
+        return any(p.endswith(MISSING) for p in self.problems)
 
 
 def http_url_of(url: str) -> str:
@@ -155,12 +163,25 @@ class Settings:
 
     def require_livekit(self) -> LiveKitSettings:
         if self.livekit is None:
-            raise ConfigError(["LIVEKIT_URL, LIVEKIT_API_KEY and LIVEKIT_API_SECRET must be set"])
+            raise ConfigError([f"LIVEKIT_URL, LIVEKIT_API_KEY and LIVEKIT_API_SECRET {MISSING}"])
         return self.livekit
 
     @classmethod
-    def from_mapping(cls, env: Mapping[str, str], *, need_livekit: bool = False) -> Settings:
-        """Build settings from a mapping, reporting every bad value at once."""
+    def from_mapping(
+        cls,
+        env: Mapping[str, str],
+        *,
+        need_livekit: bool = False,
+        uses: Collection[str] | None = None,
+    ) -> Settings:
+        """Build settings from a mapping, reporting every bad value at once.
+
+        `uses` names the settings a command reads (default: all; a name ending in `_` stands
+        for every setting it starts); the others are not read at all, so they keep their
+        defaults, and a value that would be wrong for another command is not this one's
+        problem."""
+        if uses is not None:
+            env = {k: v for k, v in env.items() if k not in SETTINGS_DOC or is_used(k, uses)}
         r = _Reader(env)
         livekit = _livekit(r, need_livekit)
         http_host, http_port = _http_addr(r)
@@ -191,6 +212,11 @@ class Settings:
         if r.problems:
             raise ConfigError(r.problems)
         return settings
+
+
+def is_used(name: str, uses: Collection[str]) -> bool:
+    """Whether setting `name` is among `uses` (names, or prefixes ending in `_`)."""
+    return any(name == u or (u.endswith("_") and name.startswith(u)) for u in uses)
 
 
 class _Reader:
@@ -252,7 +278,7 @@ def _livekit(r: _Reader, needed: bool) -> LiveKitSettings | None:
     problems = []
     urls = [u.strip().rstrip("/") for u in raw.split(",") if u.strip()]
     if not urls:
-        problems.append("LIVEKIT_URL is missing")
+        problems.append(f"LIVEKIT_URL {MISSING}")
     for url in urls:
         parts = urlsplit(url)
         if parts.scheme not in ("ws", "wss", "http", "https") or not parts.hostname:
@@ -265,9 +291,9 @@ def _livekit(r: _Reader, needed: bool) -> LiveKitSettings | None:
         except ValueError:
             problems.append(f"LIVEKIT_URL has a malformed port: {url!r}")
     if not key:
-        problems.append("LIVEKIT_API_KEY is missing")
+        problems.append(f"LIVEKIT_API_KEY {MISSING}")
     if not secret:
-        problems.append("LIVEKIT_API_SECRET is missing")
+        problems.append(f"LIVEKIT_API_SECRET {MISSING}")
     r.problems.extend(problems)
     if problems:
         return None

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import TypeVar
 
 import aiohttp
 from livekit import api
 
-from observer.config import LiveKitSettings, http_url_of, ws_url_of
+from observer.config import ConfigError, LiveKitSettings, http_url_of, ws_url_of
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +29,93 @@ API_ERRORS: tuple[type[BaseException], ...] = (
     TimeoutError,
     OSError,
 )
+
+
+REFUSED = (401, 403)  # the server's answer to a key it does not know or a wrong secret
+
+
+def is_refusal(exc: BaseException) -> bool:
+    """Whether the server refused the API key or secret (bad settings, not an outage)."""
+    return isinstance(exc, api.TwirpError) and exc.status in REFUSED
+
+
+def reason(exc: BaseException) -> str:
+    """Why a call failed, on one line."""
+    if isinstance(exc, api.TwirpError):
+        said = [x for x in (exc.code if exc.code != "unknown" else "", exc.message) if x]
+        return f"HTTP {exc.status}" + (f": {' '.join(said)}" if said else "")
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def refusal(url: str, lk: LiveKitSettings, exc: BaseException) -> str:
+    """The one line that says the server refused the key, naming the key, never the secret."""
+    return (
+        f"LiveKit at {url} refused API key {lk.api_key!r} ({reason(exc)});"
+        " check LIVEKIT_API_KEY and LIVEKIT_API_SECRET"
+    )
+
+
+def log_failure(logger: logging.Logger, lk: LiveKitSettings, exc: BaseException) -> None:
+    """Log a failed room listing of the running daemon, which retries it."""
+    urls = ", ".join(lk.urls)
+    if is_refusal(exc):
+        logger.error(
+            "livekit refused the API key; check LIVEKIT_API_KEY and LIVEKIT_API_SECRET",
+            extra={"url": urls, "api_key": lk.api_key, "error": reason(exc)},
+        )
+    else:
+        logger.warning(
+            "listing rooms failed; retrying (`observer check` tests the settings)",
+            extra={"url": urls, "error": reason(exc)},
+        )
+
+
+@dataclass(frozen=True)
+class Probe:
+    """One node's answer to a room listing."""
+
+    url: str  # as LIVEKIT_URL names it
+    rooms: int | None = None  # how many rooms it listed, when it answered
+    error: BaseException | None = None
+
+    @property
+    def refused(self) -> bool:
+        return self.error is not None and is_refusal(self.error)
+
+
+async def probe(lk: LiveKitSettings, timeout_s: float) -> list[Probe]:
+    """List rooms on each node of LIVEKIT_URL, one by one."""
+    out = []
+    for url in lk.urls:
+        node = api.LiveKitAPI(
+            http_url_of(url), lk.api_key, lk.api_secret, timeout=aiohttp.ClientTimeout(timeout_s)
+        )
+        try:
+            resp = await node.room.list_rooms(api.ListRoomsRequest())
+            out.append(Probe(url, rooms=len(resp.rooms)))
+        except API_ERRORS as exc:
+            out.append(Probe(url, error=exc))
+        finally:
+            await node.aclose()
+    return out
+
+
+async def first_contact(lk: LiveKitSettings, timeout_s: float = 5.0) -> None:
+    """At start: a refused key is bad settings (ConfigError); a server that cannot be asked
+    is only logged, and the daemon keeps trying."""
+    probes = await probe(lk, timeout_s)
+    for p in probes:
+        if p.refused:
+            assert p.error is not None
+            raise ConfigError([refusal(p.url, lk, p.error)])
+    if any(p.error is None for p in probes):
+        return
+    for p in probes:
+        log.warning(
+            "livekit did not answer at start; retrying (`observer check` tests the settings)",
+            extra={"url": p.url, "error": reason(p.error) if p.error else ""},
+        )
 
 
 def _unreachable(exc: BaseException) -> bool:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import sys
 import time
 from dataclasses import dataclass
 from datetime import timedelta
@@ -12,7 +13,7 @@ from datetime import timedelta
 from livekit import api, rtc
 
 from observer import livekit_api
-from observer.config import LiveKitSettings
+from observer.config import ConfigError, LiveKitSettings
 
 log = logging.getLogger(__name__)
 
@@ -85,10 +86,23 @@ async def leave(room: rtc.Room, stay: Stay | None = None) -> None:
 
 
 async def run(lk: LiveKitSettings, args: argparse.Namespace) -> int:
-    """`observer simulate`: rooms with users and agents that stay, then leave."""
-    if args.rooms < 1 or args.agents < 0 or args.users < 0 or args.duration <= 0:
-        print("observer: --rooms must be >= 1, --agents/--users >= 0, --duration > 0")
-        return 2
+    """`observer simulate`: rooms with users and agents that stay, then leave. A refused
+    key is bad settings (ConfigError); a server that cannot be used, one line and exit 1."""
+    errors: tuple[type[BaseException], ...] = (*livekit_api.API_ERRORS, rtc.ConnectError)
+    try:
+        return await _simulate(lk, args)
+    except errors as exc:
+        if livekit_api.is_refusal(exc):
+            raise ConfigError([livekit_api.refusal(lk.url, lk, exc)]) from None
+        print(
+            f"observer: LiveKit at {lk.url} did not answer ({livekit_api.reason(exc)});"
+            " `observer check` tests the settings",
+            file=sys.stderr,
+        )
+        return 1
+
+
+async def _simulate(lk: LiveKitSettings, args: argparse.Namespace) -> int:
     lkapi = livekit_api.client(lk, 10)
     users: list[rtc.Room] = []
     agents: list[tuple[rtc.Room, Stay]] = []

@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from livekit_server import LiveKitServer, free_tcp_port
@@ -174,3 +175,189 @@ def test_livekit_url_may_list_the_nodes_of_a_cluster() -> None:
     with pytest.raises(ConfigError) as err:
         Settings.from_mapping({**GOOD, "LIVEKIT_URL": "ws://a:7880,ftp://b"})
     assert "ftp://b" in str(err.value)
+
+
+# --------------------------------------------------------------------------- #
+# Each command asks for what it uses, and says where settings come from        #
+# --------------------------------------------------------------------------- #
+
+
+def test_each_command_reads_only_its_own_settings(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Half the LiveKit settings and a bad daemon setting trouble only the commands that
+    read them."""
+    from observer.arguments import USES
+
+    env = {"LIVEKIT_API_KEY": "k", "OBSERVER_QUEUE_MAX": "many"}
+    for command in ("migrate", "sessions", "rooms", "usage", "web"):
+        Settings.from_mapping(env, uses=USES[command])  # nothing to complain about
+    for command in ("run", "check", "reconcile"):
+        with pytest.raises(ConfigError, match="LIVEKIT_URL is missing"):
+            Settings.from_mapping(env, need_livekit=command != "reconcile", uses=USES[command])
+    with pytest.raises(ConfigError, match="OBSERVER_QUEUE_MAX"):
+        Settings.from_mapping({**GOOD, **env, "LIVEKIT_API_KEY": "k"}, uses=USES["run"])
+
+    monkeypatch.chdir(tmp_path)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert main(["migrate"]) == 0
+    assert main(["sessions"]) == 0
+    assert "(0 sessions)" in capsys.readouterr().out
+    assert main(["run"]) == 2
+    assert "LIVEKIT_URL is missing" in capsys.readouterr().err
+
+
+def test_a_missing_setting_says_where_settings_come_from(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    for name in os.environ:
+        if name.startswith(("LIVEKIT_", "OBSERVER_")):
+            monkeypatch.delenv(name)
+    capsys.readouterr()
+    assert main(["simulate"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1, err
+    missing = "LIVEKIT_URL is missing; LIVEKIT_API_KEY is missing; LIVEKIT_API_SECRET is missing"
+    assert missing in err
+    assert "read from the environment and ./.env, which does not exist here," in err
+    assert "--env-file FILE" in err and ".env.example" in err
+
+    (tmp_path / ".env").write_text("OBSERVER_LOG_LEVEL=info\n")
+    assert main(["check"]) == 2
+    err = capsys.readouterr().err
+    assert "from the environment and ./.env or from --env-file FILE" in err, err
+
+    (tmp_path / "prod.env").write_text("LIVEKIT_URL=ws://x:7880\n")
+    assert main(["run", "--env-file", "prod.env"]) == 2
+    err = capsys.readouterr().err
+    assert "LIVEKIT_URL" not in err and "read from the environment and prod.env" in err, err
+    # a wrong value is no missing value: no lecture about where settings come from
+    monkeypatch.setenv("OBSERVER_LOG_LEVEL", "loud")
+    assert main(["migrate"]) == 2
+    err = capsys.readouterr().err
+    assert "OBSERVER_LOG_LEVEL must be one of" in err and ".env" not in err, err
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["sessions"],
+        ["rooms", "--open"],
+        ["usage", "--from", "7d"],
+        ["reconcile", "--period", "2026-03", "--no-settle"],
+        ["web", "--addr", "127.0.0.1:1"],  # never reached
+    ],
+)
+def test_reading_commands_never_create_a_database(
+    args: list[str],
+    empty_db_url: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Before `observer migrate`: one line naming it, exit 2; no SQLite file left behind,
+    and nothing created in an empty PostgreSQL database."""
+    from sqlalchemy import create_engine, inspect
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("OBSERVER_DATABASE_URL", empty_db_url)
+    capsys.readouterr()
+    assert main(args) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.count("\n") == 1 and "run `observer migrate`" in err, err
+    if empty_db_url.startswith("sqlite"):
+        assert "no database at" in err and "observer.db" in err
+        assert list(tmp_path.iterdir()) == []
+    else:
+        assert "has no schema or an old one" in err
+        engine = create_engine(empty_db_url)
+        try:
+            assert inspect(engine).get_table_names() == []
+        finally:
+            engine.dispose()
+
+
+def test_run_and_check_never_create_a_database_either(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    nobody = f"ws://127.0.0.1:{free_tcp_port()}"
+    for name, value in {**GOOD, "LIVEKIT_URL": nobody, "LIVEKIT_API_SECRET": "s" * 40}.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("OBSERVER_DATABASE_URL", "sqlite:///observer.db")
+    capsys.readouterr()
+    assert main(["run"]) == 2
+    err = capsys.readouterr().err
+    assert "no database at" in err and "`observer run --migrate`" in err, err
+    assert main(["check"]) == 1
+    out = capsys.readouterr().out
+    assert "database: FAILED: no database at" in out and "run `observer migrate`" in out
+    assert list(tmp_path.iterdir()) == []
+
+
+# --------------------------------------------------------------------------- #
+# Help and bad arguments                                                       #
+# --------------------------------------------------------------------------- #
+
+
+def subcommands() -> dict[str, Any]:
+    import argparse
+
+    from observer.arguments import build_parser
+
+    (sub,) = (a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    return dict(sub.choices)
+
+
+def test_every_command_describes_itself_its_settings_and_its_options() -> None:
+    import argparse
+
+    from observer.arguments import USES
+
+    commands = subcommands()
+    assert set(commands) == set(USES)
+    for name, parser in commands.items():
+        text = parser.format_help()
+        assert parser.description and len(parser.description) > 20, name
+        assert "Reads " in text and "./.env" in text and "--env-file" in text, name
+        for action in parser._actions:
+            if not isinstance(action, argparse._HelpAction):
+                assert action.help, f"observer {name} {action.option_strings}: no help"
+    usage = commands["usage"].format_help()
+    assert "attribute:KEY" in usage and "room-metadata:KEY" in usage
+    assert "(default: none)" in usage and "(default: agent)" in usage
+    assert "Reads OBSERVER_DATABASE_URL, OBSERVER_LOG_FORMAT, OBSERVER_LOG_LEVEL." in usage
+    assert "(default: 2)" in commands["simulate"].format_help()
+    assert "LIVEKIT" not in commands["web"].format_help()
+    # one word for one kind of value
+    for name in ("usage", "reconcile"):
+        assert "--by GROUP" in commands[name].format_usage(), name
+    reconcile = commands["reconcile"].format_usage()
+    assert "--statement FILE" in reconcile and "--prices FILE" in reconcile
+    assert "--report FILE" in reconcile and "--from TIME" in reconcile
+    assert "--since TIME" in commands["sessions"].format_usage()
+
+
+def test_bad_arguments_are_one_line_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
+    capsys.readouterr()
+    assert main(["sessions", "--format", "xml"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--format" in err and "`observer sessions --help`" in err
+    assert main(["frobnicate"]) == 2
+    assert capsys.readouterr().err.count("\n") == 1
+    assert main(["simulate", "--rooms", "x"]) == 2
+    assert "invalid int value: 'x'" in capsys.readouterr().err
+    assert main(["--help"]) == 0 and "COMMAND" in capsys.readouterr().out
+
+
+def test_simulate_refuses_impossible_numbers(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for name, value in GOOD.items():
+        monkeypatch.setenv(name, value)
+    capsys.readouterr()
+    assert main(["simulate", "--rooms", "0"]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.count("\n") == 1 and "--rooms must be at least 1" in err

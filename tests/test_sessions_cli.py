@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from observer.cli import main
-from observer.core.tracker import END_RTC, Close, Open, TrackedSession
+from observer.core.tracker import END_RTC, Close, Open, RoomSeen, TrackedSession
 from observer.db.store import Store
 from observer.reports.sessions import COLUMNS
 
@@ -312,3 +312,34 @@ def test_usage_edges_name_the_flag(
     assert main(["usage", *args]) == 2
     out, err = capsys.readouterr()
     assert out == "" and len(err.strip().splitlines()) == 1 and message in err, err
+
+
+def test_rooms_are_listed_newest_first_by_the_time_shown(
+    db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Rooms an observer found at its start share one first_seen_at; they are listed by the
+    server's creation time, the one the table shows (or first seen, for a room without it)."""
+    found = NOW - timedelta(minutes=1)
+    created = {"old": NOW - timedelta(days=3), "new": NOW - timedelta(hours=1), "mid": None}
+    store = Store(db_url)
+    try:
+        store.apply(
+            [
+                RoomSeen(f"RM_{name}", name, "", when, found, 0, 0)
+                for name, when in (("new", created["new"]), ("old", created["old"]))
+            ],
+            "obs",
+        )
+        store.apply([RoomSeen("RM_mid", "mid", "", None, NOW - timedelta(days=1), 0, 0)], "obs")
+    finally:
+        store.close()
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("OBSERVER_DATABASE_URL", db_url)
+    capsys.readouterr()
+    assert main(["rooms", "--format", "json"]) == 0
+    assert [r["name"] for r in json.loads(capsys.readouterr().out)] == ["new", "mid", "old"]
+    assert main(["rooms"]) == 0
+    table = capsys.readouterr().out.splitlines()[1:4]
+    assert [line.split()[1] for line in table] == ["new", "mid", "old"], table
+    shown = [datetime.fromisoformat(line.split()[0].replace("Z", "+00:00")) for line in table]
+    assert shown == sorted(shown, reverse=True)

@@ -31,7 +31,7 @@ from observer.core.tracker import (
 from observer.daemon.fleet import Fleet
 from observer.daemon.shards import JoinFailed, RemoteWatcher, ShardPool
 from observer.daemon.watcher import RoomMismatchError, RoomWatcher, observer_token
-from observer.livekit_api import API_ERRORS, Client, room_hosted
+from observer.livekit_api import API_ERRORS, Client, log_failure, room_hosted
 
 Watcher = RoomWatcher | RemoteWatcher
 
@@ -130,7 +130,7 @@ class Rooms:
             try:
                 listed = await self._list_rooms(names)
             except API_ERRORS as exc:
-                log.warning("listing rooms failed", extra={"error": f"{type(exc).__name__}: {exc}"})
+                log_failure(log, self._lk, exc)
                 self._retry_later(confirm, verify)
                 continue
             live = {r.sid for r in listed}
@@ -229,7 +229,7 @@ class Rooms:
             try:
                 resp = await self._api.room.list_rooms(api.ListRoomsRequest())
             except API_ERRORS as exc:
-                log.warning("listing rooms failed", extra={"error": f"{type(exc).__name__}: {exc}"})
+                log_failure(log, self._lk, exc)
             else:
                 self.poll_once([discovery.ListedRoom(r.sid, r.name) for r in resp.rooms], listed_at)
             await asyncio.sleep(self._settings.poll_interval_s)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -117,18 +118,28 @@ def room_options(connect_timeout_s: float) -> rtc.RoomOptions:
     )
 
 
+# What the native core logs unless RUST_LOG says otherwise: errors, but none from
+# `rtc_session`, which reports a room's normal end as `ERROR ... publisher data channel
+# '_reliable' closed unexpectedly` (the server closes the peer connection before the SDK has
+# read the leave). Real trouble still shows: reconnect attempts (`livekit::rtc_engine`),
+# failed joins (`livekit_ffi`).
+NATIVE_LOG_DEFAULT = "error,livekit::rtc_engine::rtc_session=off"
+
+
 def start_native_core_quietly() -> None:
     """Start the SDK's native core without forwarding its logs to Python.
 
     The SDK starts the core with log capture on, at trace level: every record crosses into
     Python, which drops nearly all of them, and that is most of an idle room's CPU. Off,
-    the core logs errors to stderr itself (RUST_LOG changes that). Call before anything
-    else touches livekit.rtc; raises if the SDK's internals changed.
+    the core logs errors to stderr itself, filtered by RUST_LOG (NATIVE_LOG_DEFAULT when
+    unset; read once, as the core starts). Call before anything else touches livekit.rtc;
+    raises if the SDK's internals changed.
     """
     from livekit.rtc import _ffi_client as ffi
 
     if ffi.FfiClient._instance is not None:
         raise SdkInternalsChanged("the rtc SDK's native core was already started")
+    os.environ.setdefault("RUST_LOG", NATIVE_LOG_DEFAULT)
     real_get_lib = ffi.get_ffi_lib
     lib = real_get_lib()
 

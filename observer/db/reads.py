@@ -12,6 +12,7 @@ from sqlalchemy import (
     Engine,
     Row,
     Select,
+    func,
     select,
 )
 from sqlalchemy.orm import Session
@@ -111,7 +112,8 @@ class RoomFilter:
 
 
 def room_rows(engine: Engine, f: RoomFilter) -> list[RoomRow]:
-    """Rooms matching a filter, newest first (by when the observer first knew of them)."""
+    """Rooms matching a filter, newest first: by the server's creation time, or when it is
+    unknown (a room known only from webhooks) by when an observer first knew of the room."""
     q = select(RoomRow)
     if f.room:
         q = q.where(RoomRow.name == f.room)
@@ -123,7 +125,8 @@ def room_rows(engine: Engine, f: RoomFilter) -> list[RoomRow]:
         q = q.where(RoomRow.ended_at.is_(None))
     elif f.state == "closed":
         q = q.where(RoomRow.ended_at.is_not(None))
-    q = q.order_by(RoomRow.first_seen_at.desc(), RoomRow.sid)
+    created = func.coalesce(RoomRow.created_at, RoomRow.first_seen_at)
+    q = q.order_by(created.desc(), RoomRow.sid)
     if f.limit:
         q = q.limit(f.limit)
     with Session(engine, expire_on_commit=False) as db:
