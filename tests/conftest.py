@@ -1,4 +1,5 @@
-"""Shared pytest fixtures: real PostgreSQL and livekit-server processes on loopback."""
+"""Shared pytest fixtures: real PostgreSQL and livekit-server processes on loopback, and the
+test tiers every module declares."""
 
 from __future__ import annotations
 
@@ -9,6 +10,82 @@ from typing import Any
 import pytest
 from livekit_server import LiveKitServer, LiveKitServerFactory
 from postgres_server import PostgresServer
+
+# --------------------------------------------------------------------------- #
+# Tiers: every module says what its tests need (`pytestmark = pytest.mark.unit`) #
+# --------------------------------------------------------------------------- #
+
+TIERS = {
+    "unit": "no server process: pure logic, the command line, SQLite files",
+    "db": "the unit tests that run on PostgreSQL (a private instance); given, not declared",
+    "live": "a real livekit-server, the daemon and rtc clients",
+    "cluster": "two livekit-server nodes sharing a redis-server",
+    "browser": "the page in headless chromium, against a live daemon",
+    "install": "the package built and installed into a fresh virtualenv, or run as a process",
+}
+DECLARABLE = [tier for tier in TIERS if tier != "db"]
+# Fixtures that start a server: a unit test may not use them.
+SERVER_FIXTURES = ("livekit_server", "livekit_server_factory", "clients", "redis_server")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    for tier, what in TIERS.items():
+        config.addinivalue_line("markers", f"{tier}: tier: {what}")
+    config.addinivalue_line(
+        "markers", "databases(*kinds): run the test on these of sqlite, postgresql (default both)"
+    )
+
+
+class TierError(Exception):
+    """A test without a tier, or in one that does not allow what it uses."""
+
+
+def _tier(item: pytest.Item) -> str:
+    """The tier declared closest to the test (its own mark, its class's, its module's)."""
+    marks = [m.name for m in item.iter_markers() if m.name in TIERS]
+    if not marks:
+        raise TierError(
+            f"{item.nodeid.split('::')[0]} declares no tier: add `pytestmark = pytest.mark.unit` "
+            f"(or one of {', '.join(DECLARABLE[1:])}) after its imports"
+        )
+    tier = marks[0]
+    if tier == "unit":
+        servers = [f for f in SERVER_FIXTURES if f in item.fixturenames]
+        if servers:
+            raise TierError(
+                f"{item.nodeid} is in the unit tier but uses {', '.join(servers)}: "
+                "mark it @pytest.mark.live"
+            )
+        if _uses_postgresql(item):
+            return "db"
+    return tier
+
+
+def _uses_postgresql(item: pytest.Item) -> bool:
+    callspec = getattr(item, "callspec", None)
+    kind = callspec.params.get("database_kind") if callspec is not None else None
+    return kind == "postgresql" or "pg_url" in item.fixturenames
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Give each test exactly one tier mark (before `-m` selects by it): the one declared
+    closest to it, or `db` for a unit test on PostgreSQL, so `-m unit` starts no server."""
+    tiers: list[str] = []
+    errors: dict[str, None] = {}  # in order, each once
+    for item in items:
+        try:
+            tiers.append(_tier(item))
+        except TierError as exc:
+            errors[str(exc)] = None
+    if errors:
+        raise pytest.UsageError(*errors)
+    for item in items:
+        for node in item.listchain():
+            node.own_markers[:] = [m for m in node.own_markers if m.name not in TIERS]
+    for item, tier in zip(items, tiers, strict=True):
+        item.add_marker(tier)
+
 
 # --------------------------------------------------------------------------- #
 # PostgreSQL                                                                   #
@@ -91,10 +168,34 @@ def livekit_server_factory() -> Iterator[LiveKitServerFactory]:
 # --------------------------------------------------------------------------- #
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def empty_db_url(request: pytest.FixtureRequest, tmp_path: Any) -> str:
+DATABASES = ("sqlite", "postgresql")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """A test that takes a database runs once per kind, or on those its module or itself
+    names with `@pytest.mark.databases("sqlite")`."""
+    if "database_kind" not in metafunc.fixturenames:
+        return
+    mark = metafunc.definition.get_closest_marker("databases")
+    kinds = mark.args if mark is not None else DATABASES
+    unknown = [k for k in kinds if k not in DATABASES]
+    if unknown or not kinds:
+        raise pytest.UsageError(
+            f"{metafunc.definition.nodeid}: databases() takes some of {', '.join(DATABASES)}"
+        )
+    metafunc.parametrize("database_kind", kinds, indirect=True)
+
+
+@pytest.fixture
+def database_kind(request: pytest.FixtureRequest) -> str:
+    """sqlite or postgresql: set by pytest_generate_tests."""
+    return str(request.param)
+
+
+@pytest.fixture
+def empty_db_url(database_kind: str, request: pytest.FixtureRequest, tmp_path: Any) -> str:
     """URL of an empty database of each kind (no schema yet)."""
-    if request.param == "sqlite":
+    if database_kind == "sqlite":
         return f"sqlite:///{tmp_path / 'observer.db'}"
     return str(request.getfixturevalue("pg_url"))
 
@@ -190,7 +291,8 @@ _exit_status: list[int] = []
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    _exit_status.append(int(exitstatus))
+    if exitstatus != pytest.ExitCode.USAGE_ERROR:  # pytest prints that after unconfigure
+        _exit_status.append(int(exitstatus))
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:

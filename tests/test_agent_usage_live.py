@@ -23,6 +23,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import pytest
 from agents_worker import AgentWorker, DispatchedJob, dispatch, framework_threads
 from daemon_helpers import Clients, RunningObserver, create_room
 from livekit_server import LiveKitServer
@@ -34,6 +35,8 @@ from observer.core.agent_usage import COUNTERS
 from observer.db.schema import AgentUsageRow, SessionRow
 from observer.db.store import Store
 from observer.db.usage_sql import UsageSpec
+
+pytestmark = pytest.mark.live
 
 AGENT_NAME = "usage-desk"
 StartObserver = Callable[..., Awaitable[RunningObserver]]

@@ -25,6 +25,8 @@ from observer.core.tracker import END_RTC, Close, Open, RoomEnded, RoomSeen, Tra
 from observer.db.reads import RoomFilter
 from observer.db.store import Store
 
+pytestmark = pytest.mark.unit
+
 MAR1 = datetime(2026, 3, 1, tzinfo=UTC)
 START, END, NOW = MAR1, MAR1 + timedelta(days=3), MAR1 + timedelta(days=2, hours=12)
 CUSTOMERS = ["acme", "globex", "=cmd", None]  # None: the attribute is not set
@@ -311,6 +313,7 @@ def test_rooms_command(billed_db: list[dict[str, Any]], capsys: pytest.CaptureFi
     assert main(["rooms", "--since", "nonsense"]) == 2
 
 
+@pytest.mark.live
 async def test_rooms_and_attribution_against_the_server(
     livekit_server: Any, db_url: str, start_observer: Any, clients: Any
 ) -> None:

@@ -19,6 +19,8 @@ from livekit_server import LiveKitServer, free_tcp_port
 
 from observer.cli import main
 
+pytestmark = pytest.mark.cluster
+
 
 @pytest.fixture
 def cluster(redis_server: Any) -> Iterator[tuple[LiveKitServer, LiveKitServer]]:

@@ -21,6 +21,8 @@ from tcp_proxy import TcpProxy
 from observer.daemon.watcher import observer_token
 from observer.db.schema import SessionRow
 
+pytestmark = pytest.mark.live
+
 TOLERANCE_S = 0.5
 
 

@@ -10,6 +10,8 @@ from daemon_helpers import Clients, create_room
 from livekit_server import LiveKitServer
 from postgres_server import PostgresServer
 
+pytestmark = pytest.mark.live
+
 
 async def test_database_outage_is_survived(
     livekit_server: LiveKitServer,

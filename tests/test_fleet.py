@@ -28,6 +28,8 @@ from observer.db.reads import SessionFilter
 from observer.db.schema import SessionRow
 from observer.db.store import Store
 
+pytestmark = pytest.mark.live
+
 FAILOVER_S = 6.0
 
 

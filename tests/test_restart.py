@@ -18,6 +18,8 @@ from observer.db.reads import SessionFilter
 from observer.db.schema import SessionRow
 from observer.db.store import Store
 
+pytestmark = pytest.mark.live
+
 
 def start_daemon(server: LiveKitServer, db_url: str, log: Path) -> subprocess.Popen[bytes]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("LIVEKIT_", "OBSERVER_"))}

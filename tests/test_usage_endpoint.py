@@ -11,11 +11,14 @@ from datetime import timedelta
 from typing import Any
 
 import aiohttp
+import pytest
 from livekit import api
 from livekit_server import LiveKitServer, free_tcp_port
 from sqlalchemy.orm import Session
 
 from observer.db.schema import AgentUsageRow
+
+pytestmark = pytest.mark.live
 
 
 def signed(server: LiveKitServer, body: str, secret: str | None = None, ttl_s: float = 300) -> str:

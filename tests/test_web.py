@@ -24,6 +24,8 @@ from observer.core.tracker import END_RTC, Close, Open, RoomPresence, RoomSeen, 
 from observer.db.store import Store
 from observer.web.app import PAGES
 
+pytestmark = pytest.mark.unit
+
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "test-artifacts"
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -66,6 +68,7 @@ async def wait_for(pred: Any, timeout: float, what: str) -> float:
     return time.monotonic() - start
 
 
+@pytest.mark.browser
 async def test_live_agents_stuck_agents_and_ended_sessions_in_the_browser(
     livekit_server: LiveKitServer, db_url: str, start_observer: Any, clients: Clients, browser: Any
 ) -> None:
@@ -264,6 +267,7 @@ async def test_every_view_answers_and_bad_input_is_one_line(db_url: str, page_se
         assert status == 400 and text.count("\n") == 1, bad
 
 
+@pytest.mark.live
 async def test_with_a_token_the_page_needs_it_or_the_login_cookie(
     livekit_server: LiveKitServer, db_url: str, start_observer: Any
 ) -> None:

@@ -18,6 +18,8 @@ from postgres_server import PostgresServer
 
 from observer.db import migrate
 
+pytestmark = pytest.mark.live
+
 
 def webhook_server(factory, port: int) -> LiveKitServer:  # type: ignore[no-untyped-def]
     return factory(webhook_urls=[f"http://127.0.0.1:{port}/webhook"], departure_timeout=5)
