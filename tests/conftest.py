@@ -3,8 +3,10 @@ test tiers every module declares."""
 
 from __future__ import annotations
 
+import shutil
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -103,15 +105,36 @@ def postgres_server() -> Iterator[PostgresServer]:
         server.cleanup()
 
 
+def _database(server: PostgresServer, template: str | None = None) -> Iterator[str]:
+    name = f"test_{uuid.uuid4().hex[:16]}"
+    url = server.create_database(name, template=template)
+    yield url
+    if not server.running:  # a test stopped the server and did not bring it back
+        server.start()
+    server.drop_database(name)
+
+
 @pytest.fixture
 def pg_url(postgres_server: PostgresServer) -> Iterator[str]:
     """SQLAlchemy URL of a fresh, empty database; dropped after the test."""
-    name = f"test_{uuid.uuid4().hex[:16]}"
-    url = postgres_server.create_database(name)
-    yield url
-    if not postgres_server.running:  # a test stopped the server and did not bring it back
-        postgres_server.start()
-    postgres_server.drop_database(name)
+    yield from _database(postgres_server)
+
+
+@pytest.fixture(scope="session")
+def postgres_template(postgres_server: PostgresServer) -> str:
+    """Name of a database migrated to the newest schema once per run (so always from the
+    migrations of this checkout): each test gets a copy, not the whole chain."""
+    from observer.db import migrate
+
+    name = "template_observer"
+    migrate.upgrade(postgres_server.create_database(name))
+    return name
+
+
+@pytest.fixture
+def pg_db_url(postgres_server: PostgresServer, postgres_template: str) -> Iterator[str]:
+    """SQLAlchemy URL of a fresh database at the newest schema; dropped after the test."""
+    yield from _database(postgres_server, template=postgres_template)
 
 
 # --------------------------------------------------------------------------- #
@@ -200,13 +223,25 @@ def empty_db_url(database_kind: str, request: pytest.FixtureRequest, tmp_path: A
     return str(request.getfixturevalue("pg_url"))
 
 
-@pytest.fixture
-def db_url(empty_db_url: str) -> str:
-    """URL of a database of each kind, migrated to the newest schema."""
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A SQLite file migrated to the newest schema once per run: each test gets a copy."""
     from observer.db import migrate
 
-    migrate.upgrade(empty_db_url)
-    return empty_db_url
+    path = tmp_path_factory.mktemp("template") / "observer.db"
+    migrate.upgrade(f"sqlite:///{path}")
+    return path
+
+
+@pytest.fixture
+def db_url(database_kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """URL of a database of each kind at the newest schema: a copy of a template migrated
+    once per run. The migration tests run the chain themselves, from `empty_db_url`."""
+    if database_kind == "sqlite":
+        path = tmp_path / "observer.db"
+        shutil.copyfile(request.getfixturevalue("sqlite_template"), path)
+        return f"sqlite:///{path}"
+    return str(request.getfixturevalue("pg_db_url"))
 
 
 # --------------------------------------------------------------------------- #

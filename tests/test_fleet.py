@@ -149,9 +149,8 @@ def livekit_server(livekit_server_factory: Any) -> LiveKitServer:
 
 
 @pytest.fixture
-def fleet_db_url(pg_url: str) -> str:
-    migrate.upgrade(pg_url)
-    return pg_url
+def fleet_db_url(pg_db_url: str) -> str:
+    return pg_db_url
 
 
 async def test_three_observers_one_killed_mid_churn(

@@ -16,8 +16,6 @@ from livekit import api
 from livekit_server import LiveKitServer, free_tcp_port
 from postgres_server import PostgresServer
 
-from observer.db import migrate
-
 pytestmark = pytest.mark.live
 
 
@@ -218,11 +216,10 @@ async def test_duplicate_deliveries_are_idempotent(
 
 
 async def test_readiness_follows_the_database(
-    livekit_server: LiveKitServer, postgres_server: PostgresServer, pg_url: str, start_observer
+    livekit_server: LiveKitServer, postgres_server: PostgresServer, pg_db_url: str, start_observer
 ) -> None:
-    migrate.upgrade(pg_url)
     port = free_tcp_port()
-    await start_observer(livekit_server, pg_url, OBSERVER_HTTP_ADDR=f"127.0.0.1:{port}")
+    await start_observer(livekit_server, pg_db_url, OBSERVER_HTTP_ADDR=f"127.0.0.1:{port}")
     await asyncio.sleep(0.5)
     assert await get(port, "/readyz") == (200, "ready\n")
     await asyncio.to_thread(postgres_server.stop)
