@@ -28,7 +28,7 @@ from sqlalchemy.orm import Session
 from observer.core.timeline import span_ms
 from observer.db.schema import SessionRow, SessionSpanRow
 
-pytestmark = pytest.mark.live
+pytestmark = [pytest.mark.live, pytest.mark.databases("sqlite")]
 
 AGENT_NAME = "voice-desk"
 StartObserver = Callable[..., Awaitable[RunningObserver]]

@@ -36,7 +36,7 @@ from observer.db.schema import AgentUsageRow, SessionRow
 from observer.db.store import Store
 from observer.db.usage_sql import UsageSpec
 
-pytestmark = pytest.mark.live
+pytestmark = [pytest.mark.live, pytest.mark.databases("sqlite")]
 
 AGENT_NAME = "usage-desk"
 StartObserver = Callable[..., Awaitable[RunningObserver]]

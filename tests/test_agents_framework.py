@@ -18,7 +18,7 @@ from daemon_helpers import Clients, create_room
 from livekit import rtc
 from livekit_server import LiveKitServer
 
-pytestmark = pytest.mark.live
+pytestmark = [pytest.mark.live, pytest.mark.databases("sqlite")]
 
 AGENT_NAME = "front-desk"
 

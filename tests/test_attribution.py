@@ -314,6 +314,7 @@ def test_rooms_command(billed_db: list[dict[str, Any]], capsys: pytest.CaptureFi
 
 
 @pytest.mark.live
+@pytest.mark.databases("sqlite")
 async def test_rooms_and_attribution_against_the_server(
     livekit_server: Any, db_url: str, start_observer: Any, clients: Any
 ) -> None:

@@ -19,7 +19,7 @@ from livekit_server import LiveKitServer, free_tcp_port
 
 from observer.cli import main
 
-pytestmark = pytest.mark.cluster
+pytestmark = [pytest.mark.cluster, pytest.mark.databases("postgresql")]
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ from daemon_helpers import Clients, create_room
 from livekit import api
 from livekit_server import LiveKitServer
 
-pytestmark = pytest.mark.live
+pytestmark = [pytest.mark.live, pytest.mark.databases("sqlite")]
 
 
 async def test_agent_join_and_leave_is_recorded_accurately(

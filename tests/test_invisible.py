@@ -12,7 +12,7 @@ from livekit_server import LiveKitServer
 
 from observer.core.discovery import ListedRoom
 
-pytestmark = pytest.mark.live
+pytestmark = [pytest.mark.live, pytest.mark.databases("sqlite")]
 
 
 async def wait_gone(server: LiveKitServer, names: list[str], timeout: float) -> dict[str, float]:

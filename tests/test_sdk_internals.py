@@ -14,7 +14,7 @@ from livekit_server import LiveKitServer
 
 from observer.daemon.watcher import ROUTER
 
-pytestmark = pytest.mark.live
+pytestmark = [pytest.mark.live, pytest.mark.databases("sqlite")]
 
 
 def room_event(handle: int) -> ffi_pb2.FfiEvent:

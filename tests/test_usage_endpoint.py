@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 
 from observer.db.schema import AgentUsageRow
 
-pytestmark = pytest.mark.live
+pytestmark = [pytest.mark.live, pytest.mark.databases("sqlite")]
 
 
 def signed(server: LiveKitServer, body: str, secret: str | None = None, ttl_s: float = 300) -> str:

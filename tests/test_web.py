@@ -69,6 +69,7 @@ async def wait_for(pred: Any, timeout: float, what: str) -> float:
 
 
 @pytest.mark.browser
+@pytest.mark.databases("sqlite")
 async def test_live_agents_stuck_agents_and_ended_sessions_in_the_browser(
     livekit_server: LiveKitServer, db_url: str, start_observer: Any, clients: Clients, browser: Any
 ) -> None:
@@ -268,6 +269,7 @@ async def test_every_view_answers_and_bad_input_is_one_line(db_url: str, page_se
 
 
 @pytest.mark.live
+@pytest.mark.databases("sqlite")
 async def test_with_a_token_the_page_needs_it_or_the_login_cookie(
     livekit_server: LiveKitServer, db_url: str, start_observer: Any
 ) -> None:
