@@ -26,6 +26,10 @@ TIERS = {
     "install": "the package built and installed into a fresh virtualenv, or run as a process",
 }
 DECLARABLE = [tier for tier in TIERS if tier != "db"]
+# Seconds a test of each tier may take, setup and teardown included, before it fails with
+# the traceback of where it hung (pytest-timeout). A test that needs longer says so with
+# @pytest.mark.timeout(seconds): more than the sum of its own waits, so that they fail first.
+TIMEOUT_S = {"unit": 60, "db": 60, "live": 120, "cluster": 180, "browser": 180, "install": 600}
 # Fixtures that start a server: a unit test may not use them.
 SERVER_FIXTURES = ("livekit_server", "livekit_server_factory", "clients", "redis_server")
 
@@ -72,7 +76,8 @@ def _uses_postgresql(item: pytest.Item) -> bool:
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Give each test exactly one tier mark (before `-m` selects by it): the one declared
-    closest to it, or `db` for a unit test on PostgreSQL, so `-m unit` starts no server."""
+    closest to it, or `db` for a unit test on PostgreSQL, so `-m unit` starts no server;
+    and its tier's time limit unless it has its own."""
     tiers: list[str] = []
     errors: dict[str, None] = {}  # in order, each once
     for item in items:
@@ -87,6 +92,63 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             node.own_markers[:] = [m for m in node.own_markers if m.name not in TIERS]
     for item, tier in zip(items, tiers, strict=True):
         item.add_marker(tier)
+        if item.get_closest_marker("timeout") is None:
+            item.add_marker(pytest.mark.timeout(TIMEOUT_S[tier]))
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_timeout_set_timer(item: pytest.Item, settings: Any) -> bool | None:
+    """pytest-timeout's signal method, and the failure says where each asyncio task waits:
+    the main thread's stack of an async test that hangs ends in the event loop's poll."""
+    import signal
+    import threading
+
+    import pytest_timeout
+
+    if settings.method != "signal" or threading.current_thread() is not threading.main_thread():
+        return None
+
+    def handler(signum: int, frame: Any) -> None:
+        __tracebackhide__ = True
+        if not settings.disable_debugger_detection and pytest_timeout.is_debugging():
+            return
+        if len(threading.enumerate()) > 1:
+            pytest_timeout.dump_stacks(item.config.get_terminal_writer())
+        pytest.fail(f"Timeout (>{settings.timeout:.1f}s) from pytest-timeout.{_task_stacks()}")
+
+    def cancel() -> None:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, signal.SIG_DFL)
+
+    item.cancel_timeout = cancel  # type: ignore[attr-defined]
+    signal.signal(signal.SIGALRM, handler)
+    signal.setitimer(signal.ITIMER_REAL, settings.timeout)
+    return True
+
+
+def _task_stacks() -> str:
+    """Each asyncio task's chain of awaits, outermost first, as a traceback shows it."""
+    import asyncio
+    import traceback
+
+    try:
+        tasks = asyncio.all_tasks(asyncio.get_running_loop())
+    except RuntimeError:  # not inside an event loop
+        return ""
+    out = []
+    for task in tasks:
+        frames = []
+        awaited: Any = task.get_coro()
+        while (frame := _first(awaited, "cr_frame", "gi_frame", "ag_frame")) is not None:
+            frames.append((frame, frame.f_lineno))
+            awaited = _first(awaited, "cr_await", "gi_yieldfrom", "ag_await")
+        stack = "".join(traceback.StackSummary.extract(frames).format())
+        out.append(f"{task.get_name()}:\n{stack}")
+    return "\nWhere the asyncio tasks wait:\n" + "".join(out)
+
+
+def _first(obj: Any, *names: str) -> Any:
+    return next((v for v in (getattr(obj, n, None) for n in names) if v is not None), None)
 
 
 # --------------------------------------------------------------------------- #

@@ -22,7 +22,7 @@ from tcp_proxy import TcpProxy
 from observer.daemon.watcher import observer_token
 from observer.db.schema import SessionRow
 
-pytestmark = pytest.mark.live
+pytestmark = [pytest.mark.live, pytest.mark.timeout(300)]  # cuts of up to 90 s, then waits
 
 TOLERANCE_S = 0.5
 

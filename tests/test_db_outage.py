@@ -10,7 +10,7 @@ from daemon_helpers import Clients, create_room
 from livekit_server import LiveKitServer
 from postgres_server import PostgresServer
 
-pytestmark = pytest.mark.live
+pytestmark = [pytest.mark.live, pytest.mark.timeout(180)]  # a 30 s outage, then waits
 
 
 async def test_database_outage_is_survived(

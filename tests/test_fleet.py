@@ -28,7 +28,7 @@ from observer.db.reads import SessionFilter
 from observer.db.schema import SessionRow
 from observer.db.store import Store
 
-pytestmark = pytest.mark.live
+pytestmark = [pytest.mark.live, pytest.mark.timeout(360)]  # waits of up to 2 min, outages
 
 FAILOVER_S = 6.0
 
