@@ -20,6 +20,7 @@ import pytest
 from daemon_helpers import Clients, create_room
 from livekit import rtc
 from livekit_server import LiveKitServer
+from polling import until
 from postgres_server import PostgresServer
 
 from observer.db import fleet as fleet_db
@@ -113,10 +114,8 @@ def _now():  # type: ignore[no-untyped-def]
 
 async def wait_for(pred, timeout: float, what) -> None:  # type: ignore[no-untyped-def]
     """Until pred() holds; `what` (or what() when it fails) says what was awaited."""
-    deadline = time.monotonic() + timeout
-    while not pred():
-        assert time.monotonic() < deadline, what() if callable(what) else what
-        await asyncio.sleep(0.2)
+    said = what if callable(what) else lambda: what
+    await until(pred, timeout_s=timeout, what=lambda _: said(), interval_s=0.2)
 
 
 def fleet_story(logs: list[Path]) -> str:

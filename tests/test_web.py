@@ -18,6 +18,7 @@ import aiohttp
 import pytest
 from daemon_helpers import Clients, create_room
 from livekit_server import LiveKitServer, free_tcp_port
+from polling import until
 
 from observer.cli import main
 from observer.core.tracker import END_RTC, Close, Open, RoomPresence, RoomSeen, TrackedSession
@@ -62,9 +63,7 @@ async def shoot(page: Any, name: str) -> None:
 async def wait_for(pred: Any, timeout: float, what: str) -> float:
     """Until `await pred()` holds; returns the seconds it took."""
     start = time.monotonic()
-    while not await pred():
-        assert time.monotonic() - start < timeout, what
-        await asyncio.sleep(0.2)
+    await until(pred, timeout_s=timeout, what=what, interval_s=0.2)
     return time.monotonic() - start
 
 
