@@ -3,7 +3,6 @@ test tiers every module declares."""
 
 from __future__ import annotations
 
-import shutil
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -268,10 +267,11 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         raise pytest.UsageError(
             f"{metafunc.definition.nodeid}: databases() takes some of {', '.join(DATABASES)}"
         )
-    metafunc.parametrize("database_kind", kinds, indirect=True)
+    # per module, so that a module can fill a database once per kind (`db_template`)
+    metafunc.parametrize("database_kind", kinds, indirect=True, scope="module")
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def database_kind(request: pytest.FixtureRequest) -> str:
     """sqlite or postgresql: set by pytest_generate_tests."""
     return str(request.param)
@@ -295,15 +295,29 @@ def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+@pytest.fixture(scope="module")
+def run_template(database_kind: str, request: pytest.FixtureRequest) -> str:
+    """URL of this run's migrated template of the kind."""
+    if database_kind == "sqlite":
+        return f"sqlite:///{request.getfixturevalue('sqlite_template')}"
+    server: PostgresServer = request.getfixturevalue("postgres_server")
+    return server.url(request.getfixturevalue("postgres_template"))
+
+
+@pytest.fixture(scope="module")
+def db_template(run_template: str) -> str:
+    """URL of the database every `db_url` is a copy of: the run's migrated template. A module
+    overrides this fixture to copy one it filled once (test_attribution)."""
+    return run_template
+
+
 @pytest.fixture
-def db_url(database_kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> str:
+def db_url(db_template: str, request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """URL of a database of each kind at the newest schema: a copy of a template migrated
     once per run. The migration tests run the chain themselves, from `empty_db_url`."""
-    if database_kind == "sqlite":
-        path = tmp_path / "observer.db"
-        shutil.copyfile(request.getfixturevalue("sqlite_template"), path)
-        return f"sqlite:///{path}"
-    return str(request.getfixturevalue("pg_db_url"))
+    from databases import copy_of
+
+    return copy_of(db_template, request, tmp_path)
 
 
 # --------------------------------------------------------------------------- #
