@@ -2,7 +2,8 @@
 # Run the whole test suite on a fresh machine: installs what is missing (virtualenv and
 # packages, livekit-server, PostgreSQL, redis-server, chromium), then lints, type-checks
 # and runs pytest.
-# Extra arguments go to pytest, e.g. scripts/test.sh -k tracker
+# Extra arguments go to pytest, e.g. scripts/test.sh -m unit (the tier that needs no server;
+# README lists the tiers) or scripts/test.sh -k tracker
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

@@ -1,14 +1,154 @@
-"""Shared pytest fixtures: real PostgreSQL and livekit-server processes on loopback."""
+"""Shared pytest fixtures: real PostgreSQL and livekit-server processes on loopback, and the
+test tiers every module declares."""
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 from livekit_server import LiveKitServer, LiveKitServerFactory
 from postgres_server import PostgresServer
+
+# --------------------------------------------------------------------------- #
+# Tiers: every module says what its tests need (`pytestmark = pytest.mark.unit`) #
+# --------------------------------------------------------------------------- #
+
+TIERS = {
+    "unit": "no server process: pure logic, the command line, SQLite files",
+    "db": "the unit tests that run on PostgreSQL (a private instance); given, not declared",
+    "live": "a real livekit-server, the daemon and rtc clients",
+    "cluster": "two livekit-server nodes sharing a redis-server",
+    "browser": "the page in headless chromium, against a live daemon",
+    "install": "the package built and installed into a fresh virtualenv, or run as a process",
+}
+DECLARABLE = [tier for tier in TIERS if tier != "db"]
+# Seconds a test of each tier may take, setup and teardown included, before it fails with
+# the traceback of where it hung (pytest-timeout). A test that needs longer says so with
+# @pytest.mark.timeout(seconds): more than the sum of its own waits, so that they fail first.
+TIMEOUT_S = {"unit": 60, "db": 60, "live": 120, "cluster": 180, "browser": 180, "install": 600}
+# Fixtures that start a server: a unit test may not use them.
+SERVER_FIXTURES = ("livekit_server", "livekit_server_factory", "clients", "redis_server")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    for tier, what in TIERS.items():
+        config.addinivalue_line("markers", f"{tier}: tier: {what}")
+    config.addinivalue_line(
+        "markers", "databases(*kinds): run the test on these of sqlite, postgresql (default both)"
+    )
+
+
+class TierError(Exception):
+    """A test without a tier, or in one that does not allow what it uses."""
+
+
+def _tier(item: pytest.Item) -> str:
+    """The tier declared closest to the test (its own mark, its class's, its module's)."""
+    marks = [m.name for m in item.iter_markers() if m.name in TIERS]
+    if not marks:
+        raise TierError(
+            f"{item.nodeid.split('::')[0]} declares no tier: add `pytestmark = pytest.mark.unit` "
+            f"(or one of {', '.join(DECLARABLE[1:])}) after its imports"
+        )
+    tier = marks[0]
+    if tier == "unit":
+        servers = [f for f in SERVER_FIXTURES if f in item.fixturenames]
+        if servers:
+            raise TierError(
+                f"{item.nodeid} is in the unit tier but uses {', '.join(servers)}: "
+                "mark it @pytest.mark.live"
+            )
+        if _uses_postgresql(item):
+            return "db"
+    return tier
+
+
+def _uses_postgresql(item: pytest.Item) -> bool:
+    callspec = getattr(item, "callspec", None)
+    kind = callspec.params.get("database_kind") if callspec is not None else None
+    return kind == "postgresql" or "pg_url" in item.fixturenames
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Give each test exactly one tier mark (before `-m` selects by it): the one declared
+    closest to it, or `db` for a unit test on PostgreSQL, so `-m unit` starts no server;
+    and its tier's time limit unless it has its own."""
+    tiers: list[str] = []
+    errors: dict[str, None] = {}  # in order, each once
+    for item in items:
+        try:
+            tiers.append(_tier(item))
+        except TierError as exc:
+            errors[str(exc)] = None
+    if errors:
+        raise pytest.UsageError(*errors)
+    for item in items:
+        for node in item.listchain():
+            node.own_markers[:] = [m for m in node.own_markers if m.name not in TIERS]
+    for item, tier in zip(items, tiers, strict=True):
+        item.add_marker(tier)
+        if item.get_closest_marker("timeout") is None:
+            item.add_marker(pytest.mark.timeout(TIMEOUT_S[tier]))
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_timeout_set_timer(item: pytest.Item, settings: Any) -> bool | None:
+    """pytest-timeout's signal method, and the failure says where each asyncio task waits:
+    the main thread's stack of an async test that hangs ends in the event loop's poll."""
+    import signal
+    import threading
+
+    import pytest_timeout
+
+    if settings.method != "signal" or threading.current_thread() is not threading.main_thread():
+        return None
+
+    def handler(signum: int, frame: Any) -> None:
+        __tracebackhide__ = True
+        if not settings.disable_debugger_detection and pytest_timeout.is_debugging():
+            return
+        if len(threading.enumerate()) > 1:
+            pytest_timeout.dump_stacks(item.config.get_terminal_writer())
+        pytest.fail(f"Timeout (>{settings.timeout:.1f}s) from pytest-timeout.{_task_stacks()}")
+
+    def cancel() -> None:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, signal.SIG_DFL)
+
+    item.cancel_timeout = cancel  # type: ignore[attr-defined]
+    signal.signal(signal.SIGALRM, handler)
+    signal.setitimer(signal.ITIMER_REAL, settings.timeout)
+    return True
+
+
+def _task_stacks() -> str:
+    """Each asyncio task's chain of awaits, outermost first, as a traceback shows it."""
+    import asyncio
+    import traceback
+
+    try:
+        tasks = asyncio.all_tasks(asyncio.get_running_loop())
+    except RuntimeError:  # not inside an event loop
+        return ""
+    out = []
+    for task in tasks:
+        frames = []
+        awaited: Any = task.get_coro()
+        while (frame := _first(awaited, "cr_frame", "gi_frame", "ag_frame")) is not None:
+            frames.append((frame, frame.f_lineno))
+            awaited = _first(awaited, "cr_await", "gi_yieldfrom", "ag_await")
+        stack = "".join(traceback.StackSummary.extract(frames).format())
+        out.append(f"{task.get_name()}:\n{stack}")
+    return "\nWhere the asyncio tasks wait:\n" + "".join(out)
+
+
+def _first(obj: Any, *names: str) -> Any:
+    return next((v for v in (getattr(obj, n, None) for n in names) if v is not None), None)
+
 
 # --------------------------------------------------------------------------- #
 # PostgreSQL                                                                   #
@@ -26,15 +166,36 @@ def postgres_server() -> Iterator[PostgresServer]:
         server.cleanup()
 
 
+def _database(server: PostgresServer, template: str | None = None) -> Iterator[str]:
+    name = f"test_{uuid.uuid4().hex[:16]}"
+    url = server.create_database(name, template=template)
+    yield url
+    if not server.running:  # a test stopped the server and did not bring it back
+        server.start()
+    server.drop_database(name)
+
+
 @pytest.fixture
 def pg_url(postgres_server: PostgresServer) -> Iterator[str]:
     """SQLAlchemy URL of a fresh, empty database; dropped after the test."""
-    name = f"test_{uuid.uuid4().hex[:16]}"
-    url = postgres_server.create_database(name)
-    yield url
-    if not postgres_server.running:  # a test stopped the server and did not bring it back
-        postgres_server.start()
-    postgres_server.drop_database(name)
+    yield from _database(postgres_server)
+
+
+@pytest.fixture(scope="session")
+def postgres_template(postgres_server: PostgresServer) -> str:
+    """Name of a database migrated to the newest schema once per run (so always from the
+    migrations of this checkout): each test gets a copy, not the whole chain."""
+    from observer.db import migrate
+
+    name = "template_observer"
+    migrate.upgrade(postgres_server.create_database(name))
+    return name
+
+
+@pytest.fixture
+def pg_db_url(postgres_server: PostgresServer, postgres_template: str) -> Iterator[str]:
+    """SQLAlchemy URL of a fresh database at the newest schema; dropped after the test."""
+    yield from _database(postgres_server, template=postgres_template)
 
 
 # --------------------------------------------------------------------------- #
@@ -91,31 +252,81 @@ def livekit_server_factory() -> Iterator[LiveKitServerFactory]:
 # --------------------------------------------------------------------------- #
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def empty_db_url(request: pytest.FixtureRequest, tmp_path: Any) -> str:
+DATABASES = ("sqlite", "postgresql")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """A test that takes a database runs once per kind, or on those its module or itself
+    names with `@pytest.mark.databases("sqlite")`."""
+    if "database_kind" not in metafunc.fixturenames:
+        return
+    mark = metafunc.definition.get_closest_marker("databases")
+    kinds = mark.args if mark is not None else DATABASES
+    unknown = [k for k in kinds if k not in DATABASES]
+    if unknown or not kinds:
+        raise pytest.UsageError(
+            f"{metafunc.definition.nodeid}: databases() takes some of {', '.join(DATABASES)}"
+        )
+    # per module, so that a module can fill a database once per kind (`db_template`)
+    metafunc.parametrize("database_kind", kinds, indirect=True, scope="module")
+
+
+@pytest.fixture(scope="module")
+def database_kind(request: pytest.FixtureRequest) -> str:
+    """sqlite or postgresql: set by pytest_generate_tests."""
+    return str(request.param)
+
+
+@pytest.fixture
+def empty_db_url(database_kind: str, request: pytest.FixtureRequest, tmp_path: Any) -> str:
     """URL of an empty database of each kind (no schema yet)."""
-    if request.param == "sqlite":
+    if database_kind == "sqlite":
         return f"sqlite:///{tmp_path / 'observer.db'}"
     return str(request.getfixturevalue("pg_url"))
 
 
-@pytest.fixture
-def sqlite_url(tmp_path: Any) -> str:
-    """URL of a migrated SQLite database: for daemon scenarios that test no store."""
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A SQLite file migrated to the newest schema once per run: each test gets a copy."""
     from observer.db import migrate
 
-    url = f"sqlite:///{tmp_path / 'observer.db'}"
-    migrate.upgrade(url)
-    return url
+    path = tmp_path_factory.mktemp("template") / "observer.db"
+    migrate.upgrade(f"sqlite:///{path}")
+    return path
 
 
 @pytest.fixture
-def db_url(empty_db_url: str) -> str:
-    """URL of a database of each kind, migrated to the newest schema."""
-    from observer.db import migrate
+def sqlite_url(sqlite_template: Path, request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """URL of a SQLite database at the newest schema (a copy of the template): for daemon
+    scenarios that test no store."""
+    from databases import copy_of
 
-    migrate.upgrade(empty_db_url)
-    return empty_db_url
+    return copy_of(f"sqlite:///{sqlite_template}", request, tmp_path)
+
+
+@pytest.fixture(scope="module")
+def run_template(database_kind: str, request: pytest.FixtureRequest) -> str:
+    """URL of this run's migrated template of the kind."""
+    if database_kind == "sqlite":
+        return f"sqlite:///{request.getfixturevalue('sqlite_template')}"
+    server: PostgresServer = request.getfixturevalue("postgres_server")
+    return server.url(request.getfixturevalue("postgres_template"))
+
+
+@pytest.fixture(scope="module")
+def db_template(run_template: str) -> str:
+    """URL of the database every `db_url` is a copy of: the run's migrated template. A module
+    overrides this fixture to copy one it filled once (test_attribution)."""
+    return run_template
+
+
+@pytest.fixture
+def db_url(db_template: str, request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """URL of a database of each kind at the newest schema: a copy of a template migrated
+    once per run. The migration tests run the chain themselves, from `empty_db_url`."""
+    from databases import copy_of
+
+    return copy_of(db_template, request, tmp_path)
 
 
 # --------------------------------------------------------------------------- #
@@ -200,7 +411,8 @@ _exit_status: list[int] = []
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    _exit_status.append(int(exitstatus))
+    if exitstatus != pytest.ExitCode.USAGE_ERROR:  # pytest prints that after unconfigure
+        _exit_status.append(int(exitstatus))
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from livekit import api, rtc
 from livekit_server import LiveKitServer
+from polling import until
 
 from observer.config import LiveKitSettings, Settings
 from observer.daemon.service import Observer
@@ -54,21 +54,20 @@ class RunningObserver:
     async def wait_rows(
         self, pred: Callable[[list[SessionRow]], bool], timeout: float = 15.0, **filters: Any
     ) -> list[SessionRow]:
-        deadline = time.monotonic() + timeout
-        while True:
-            rows = self.rows(**filters)
-            if pred(rows):
-                return rows
-            if time.monotonic() > deadline:
-                raise AssertionError(f"condition not met in {timeout}s; rows: {describe(rows)}")
-            await asyncio.sleep(0.1)
+        return await until(
+            lambda: self.rows(**filters),
+            pred,
+            timeout_s=timeout,
+            what=lambda rows: f"rows: {describe(rows)}",
+        )
 
     async def wait_watching(self, room_name: str, timeout: float = 15.0) -> None:
-        deadline = time.monotonic() + timeout
-        while room_name not in self.obs.tracker.watched_rooms.values():
-            if time.monotonic() > deadline:
-                raise AssertionError(f"observer did not join {room_name}")
-            await asyncio.sleep(0.05)
+        await until(
+            lambda: room_name in self.obs.tracker.watched_rooms.values(),
+            timeout_s=timeout,
+            what=f"observer did not join {room_name}",
+            interval_s=0.05,
+        )
 
 
 def describe(rows: list[SessionRow]) -> list[tuple[Any, ...]]:

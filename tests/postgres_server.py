@@ -221,10 +221,14 @@ class PostgresServer:
 
     # -- databases -------------------------------------------------------------
 
-    def create_database(self, name: str) -> str:
-        """Create database ``name``; returns its SQLAlchemy URL."""
+    def create_database(self, name: str, *, template: str | None = None) -> str:
+        """Create database ``name`` (a copy of database ``template`` if given: nobody may be
+        connected to that one); returns its SQLAlchemy URL."""
+        query = sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name))
+        if template is not None:
+            query += sql.SQL(" TEMPLATE {}").format(sql.Identifier(template))
         with psycopg.connect(self.conninfo(), autocommit=True) as conn:
-            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+            conn.execute(query)
         return self.url(name)
 
     def drop_database(self, name: str) -> None:

@@ -17,6 +17,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 
+import pytest
 from agents_worker import AgentWorker, dispatch, framework_threads
 from daemon_helpers import Clients, RunningObserver, create_room
 from livekit import rtc
@@ -26,6 +27,8 @@ from sqlalchemy.orm import Session
 
 from observer.core.timeline import span_ms
 from observer.db.schema import SessionRow, SessionSpanRow
+
+pytestmark = [pytest.mark.live, pytest.mark.databases("sqlite")]
 
 AGENT_NAME = "voice-desk"
 StartObserver = Callable[..., Awaitable[RunningObserver]]

@@ -22,6 +22,8 @@ from observer.daemon import session_messages
 from observer.db.schema import AgentUsageRow
 from observer.db.store import Store
 
+pytestmark = pytest.mark.unit
+
 MAR = datetime(2026, 3, 1, tzinfo=UTC)
 
 

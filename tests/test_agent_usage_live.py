@@ -23,9 +23,11 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import pytest
 from agents_worker import AgentWorker, DispatchedJob, dispatch, framework_threads
 from daemon_helpers import Clients, RunningObserver, create_room
 from livekit_server import LiveKitServer
+from polling import until
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 from test_agent_states import join_caller
@@ -34,6 +36,8 @@ from observer.core.agent_usage import COUNTERS
 from observer.db.schema import AgentUsageRow, SessionRow
 from observer.db.store import Store
 from observer.db.usage_sql import UsageSpec
+
+pytestmark = [pytest.mark.live, pytest.mark.databases("sqlite")]
 
 AGENT_NAME = "usage-desk"
 StartObserver = Callable[..., Awaitable[RunningObserver]]
@@ -101,14 +105,12 @@ def holds(rows: list[AgentUsageRow], counted: Counted) -> bool:
 
 
 async def wait_usage(store: Store, counted: Counted, timeout: float = 15.0) -> list[AgentUsageRow]:
-    deadline = time.monotonic() + timeout
-    while True:
-        rows = usage_rows(store)
-        if holds(rows, counted):
-            return rows
-        if time.monotonic() > deadline:
-            raise AssertionError(f"usage not recorded in {timeout}s: {counted}; {described(rows)}")
-        await asyncio.sleep(0.1)
+    return await until(
+        lambda: usage_rows(store),
+        lambda rows: holds(rows, counted),
+        timeout_s=timeout,
+        what=lambda rows: f"usage not recorded: {counted}; {described(rows)}",
+    )
 
 
 def check_usage(

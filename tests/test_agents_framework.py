@@ -12,10 +12,13 @@ import asyncio
 import os
 import uuid
 
+import pytest
 from agents_worker import AgentWorker, dispatch, framework_threads
 from daemon_helpers import Clients, create_room
 from livekit import rtc
 from livekit_server import LiveKitServer
+
+pytestmark = [pytest.mark.live, pytest.mark.databases("sqlite")]
 
 AGENT_NAME = "front-desk"
 

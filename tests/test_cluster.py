@@ -19,6 +19,8 @@ from livekit_server import LiveKitServer, free_tcp_port
 
 from observer.cli import main
 
+pytestmark = [pytest.mark.cluster, pytest.mark.databases("postgresql")]
+
 
 @pytest.fixture
 def cluster(redis_server: Any) -> Iterator[tuple[LiveKitServer, LiveKitServer]]:
@@ -135,6 +137,7 @@ async def test_the_next_url_is_used_when_the_first_does_not_answer(
     assert f"livekit: ok (1 rooms) at {livekit_server.url}" in out
 
 
+@pytest.mark.timeout(240)  # waits of 60 s and 90 s
 @pytest.mark.parametrize("observer_url", ["dying-node-first", "surviving-node"])
 async def test_a_node_killed_with_agents_inside(
     cluster: tuple[LiveKitServer, LiveKitServer],

@@ -14,6 +14,8 @@ from livekit_server import LiveKitServer, free_tcp_port
 from observer.cli import main, parse_time
 from observer.config import ConfigError, Settings
 
+pytestmark = pytest.mark.unit
+
 GOOD = {
     "LIVEKIT_URL": "ws://127.0.0.1:7880",
     "LIVEKIT_API_KEY": "key",
@@ -136,6 +138,7 @@ def lk_env(server: LiveKitServer, db: str, secret: str | None = None) -> dict[st
     }
 
 
+@pytest.mark.live
 def test_check_against_real_server(
     livekit_server: LiveKitServer, db_url: str, tmp_path: Path
 ) -> None:
@@ -154,6 +157,7 @@ def test_check_against_real_server(
     assert gone.returncode == 1 and "unreachable" in gone.stdout
 
 
+@pytest.mark.live
 def test_check_reports_unmigrated_database(
     livekit_server: LiveKitServer, empty_db_url: str, tmp_path: Path
 ) -> None:

@@ -8,6 +8,7 @@ after they left. Every participant's own connection goes straight to the server.
 from __future__ import annotations
 
 import asyncio
+import shutil
 import time
 from collections import Counter
 from datetime import UTC, datetime, timedelta
@@ -20,6 +21,8 @@ from tcp_proxy import TcpProxy
 
 from observer.daemon.watcher import observer_token
 from observer.db.schema import SessionRow
+
+pytestmark = [pytest.mark.live, pytest.mark.timeout(300)]  # cuts of up to 90 s, then waits
 
 TOLERANCE_S = 0.5
 
@@ -87,12 +90,11 @@ async def test_signal_cut_changes_no_row(
     clients: Clients,
     proxy: TcpProxy,
 ) -> None:
-    from observer.db import migrate
-
-    db_url = (
-        f"sqlite:///{tmp_path / 'cut.db'}" if db == "sqlite" else request.getfixturevalue("pg_url")
-    )
-    migrate.upgrade(db_url)
+    if db == "sqlite":
+        shutil.copyfile(request.getfixturevalue("sqlite_template"), tmp_path / "cut.db")
+        db_url = f"sqlite:///{tmp_path / 'cut.db'}"
+    else:
+        db_url = request.getfixturevalue("pg_db_url")
     room = f"cut-{cut_s}"
     listed = await create_room(livekit_server, room)
     await clients.join(room, "user")

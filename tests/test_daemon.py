@@ -7,9 +7,12 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from daemon_helpers import Clients, create_room
 from livekit import api
 from livekit_server import LiveKitServer
+
+pytestmark = [pytest.mark.live, pytest.mark.databases("sqlite")]
 
 
 async def test_agent_join_and_leave_is_recorded_accurately(

@@ -10,22 +10,21 @@ from daemon_helpers import Clients, create_room
 from livekit_server import LiveKitServer
 from postgres_server import PostgresServer
 
+pytestmark = [pytest.mark.live, pytest.mark.timeout(180)]  # a 30 s outage, then waits
+
 
 async def test_database_outage_is_survived(
     livekit_server: LiveKitServer,
     postgres_server: PostgresServer,
-    pg_url: str,
+    pg_db_url: str,
     start_observer,
     clients: Clients,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    from observer.db import migrate
-
-    migrate.upgrade(pg_url)
     await create_room(livekit_server, "outage")
     await clients.join("outage", "user-1")
     before = await clients.agent("outage", "agent-before")
-    obs = await start_observer(livekit_server, pg_url)
+    obs = await start_observer(livekit_server, pg_db_url)
     await obs.wait_rows(lambda rows: len(rows) == 1)
 
     await asyncio.to_thread(postgres_server.stop)
@@ -79,17 +78,14 @@ async def test_database_outage_is_survived(
 async def test_full_buffer_stops_the_daemon_with_exit_code_3(
     livekit_server: LiveKitServer,
     postgres_server: PostgresServer,
-    pg_url: str,
+    pg_db_url: str,
     start_observer,
     clients: Clients,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    from observer.db import migrate
-
-    migrate.upgrade(pg_url)
     await create_room(livekit_server, "overflow")
     await clients.join("overflow", "user-1")
-    obs = await start_observer(livekit_server, pg_url, OBSERVER_QUEUE_MAX="10")
+    obs = await start_observer(livekit_server, pg_db_url, OBSERVER_QUEUE_MAX="10")
     await obs.wait_watching("overflow")
     await asyncio.to_thread(postgres_server.stop)
     try:

@@ -20,6 +20,7 @@ import pytest
 from daemon_helpers import Clients, create_room
 from livekit import rtc
 from livekit_server import LiveKitServer
+from polling import until
 from postgres_server import PostgresServer
 
 from observer.db import fleet as fleet_db
@@ -27,6 +28,8 @@ from observer.db import migrate
 from observer.db.reads import SessionFilter
 from observer.db.schema import SessionRow
 from observer.db.store import Store
+
+pytestmark = [pytest.mark.live, pytest.mark.timeout(360)]  # waits of up to 2 min, outages
 
 FAILOVER_S = 6.0
 
@@ -111,10 +114,8 @@ def _now():  # type: ignore[no-untyped-def]
 
 async def wait_for(pred, timeout: float, what) -> None:  # type: ignore[no-untyped-def]
     """Until pred() holds; `what` (or what() when it fails) says what was awaited."""
-    deadline = time.monotonic() + timeout
-    while not pred():
-        assert time.monotonic() < deadline, what() if callable(what) else what
-        await asyncio.sleep(0.2)
+    said = what if callable(what) else lambda: what
+    await until(pred, timeout_s=timeout, what=lambda _: said(), interval_s=0.2)
 
 
 def fleet_story(logs: list[Path]) -> str:
@@ -147,9 +148,8 @@ def livekit_server(livekit_server_factory: Any) -> LiveKitServer:
 
 
 @pytest.fixture
-def fleet_db_url(pg_url: str) -> str:
-    migrate.upgrade(pg_url)
-    return pg_url
+def fleet_db_url(pg_db_url: str) -> str:
+    return pg_db_url
 
 
 async def test_three_observers_one_killed_mid_churn(

@@ -16,6 +16,8 @@ from test_restart import start_daemon, wait_rows
 from observer.db.reads import SessionFilter
 from observer.db.store import Store
 
+pytestmark = [pytest.mark.live, pytest.mark.databases("sqlite"), pytest.mark.timeout(240)]
+
 LIVE_S = 0.5  # an `rtc` row's left_at within this of the real leave
 
 

@@ -17,6 +17,8 @@ import pytest
 from observer.db import migrate
 from observer.db.store import Store
 
+pytestmark = pytest.mark.install
+
 ROOT = Path(__file__).resolve().parent.parent
 
 

@@ -12,6 +12,8 @@ from livekit_server import LiveKitServer
 
 from observer.core.discovery import ListedRoom
 
+pytestmark = [pytest.mark.live, pytest.mark.databases("sqlite")]
+
 
 async def wait_gone(server: LiveKitServer, names: list[str], timeout: float) -> dict[str, float]:
     """Poll ListRooms; return when each room disappeared (time.monotonic())."""

@@ -5,9 +5,12 @@ from __future__ import annotations
 import asyncio
 import uuid
 
+import pytest
 import sqlalchemy as sa
 from livekit import api, rtc
 from livekit_server import LiveKitServer, LiveKitServerFactory
+
+pytestmark = pytest.mark.live
 
 
 def _room_name() -> str:

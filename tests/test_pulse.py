@@ -5,7 +5,11 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+import pytest
+
 from observer.daemon.pulse import Pulse
+
+pytestmark = pytest.mark.unit
 
 T0 = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 

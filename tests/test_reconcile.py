@@ -27,6 +27,8 @@ from observer.db.rollups import Rollup
 from observer.db.schema import Base, SessionRow
 from observer.db.store import Store
 
+pytestmark = pytest.mark.unit
+
 MAR = datetime(2026, 3, 1, tzinfo=UTC)
 APR = datetime(2026, 4, 1, tzinfo=UTC)
 REVISION, BEFORE = "0003", "0002"  # the rollups' migration and the one before it
@@ -450,6 +452,7 @@ def sessions_by_sid(db_url: str) -> dict[str, SessionRow]:
         store.close()
 
 
+@pytest.mark.live
 async def test_settle_closes_only_stale_sessions_whose_participant_is_gone(
     livekit_server: LiveKitServer,
     clients: Clients,
@@ -523,6 +526,7 @@ def test_concurrent_close_or_sighting_by_the_daemon_wins(db_url: str) -> None:
         store.close()
 
 
+@pytest.mark.live
 async def test_unreachable_livekit_is_exit_2_and_nothing_written(
     livekit_server: LiveKitServer,
     march_db: str,

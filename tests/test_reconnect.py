@@ -9,6 +9,8 @@ from daemon_helpers import Clients, create_room
 from livekit import rtc
 from livekit_server import LiveKitServer
 
+pytestmark = [pytest.mark.live, pytest.mark.databases("sqlite")]
+
 SCENARIOS = {
     "signal-resume": rtc.SimulateScenarioKind.SIMULATE_SIGNAL_RECONNECT,
     "full-reconnect": rtc.SimulateScenarioKind.SIMULATE_FULL_RECONNECT,

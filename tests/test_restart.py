@@ -13,10 +13,13 @@ from pathlib import Path
 import pytest
 from daemon_helpers import Clients, create_room
 from livekit_server import LiveKitServer
+from polling import until
 
 from observer.db.reads import SessionFilter
 from observer.db.schema import SessionRow
 from observer.db.store import Store
+
+pytestmark = [pytest.mark.live, pytest.mark.databases("sqlite")]
 
 
 def start_daemon(server: LiveKitServer, db_url: str, log: Path) -> subprocess.Popen[bytes]:
@@ -43,13 +46,12 @@ def start_daemon(server: LiveKitServer, db_url: str, log: Path) -> subprocess.Po
 
 
 async def wait_rows(store: Store, pred, timeout: float = 20.0) -> list[SessionRow]:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while True:
-        rows = sorted(store.sessions(SessionFilter()), key=lambda r: r.id)
-        if pred(rows):
-            return rows
-        assert time.monotonic() < deadline, [(r.participant_identity, r.left_at) for r in rows]
-        await asyncio.sleep(0.1)
+    return await until(
+        lambda: sorted(store.sessions(SessionFilter()), key=lambda r: r.id),
+        pred,
+        timeout_s=timeout,
+        what=lambda rows: [(r.participant_identity, r.left_at) for r in rows],
+    )
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["sigterm", "sigkill"])

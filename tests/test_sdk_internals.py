@@ -7,12 +7,15 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
 from daemon_helpers import Clients, create_room
 from livekit.rtc import _ffi_client
 from livekit.rtc._proto import ffi_pb2
 from livekit_server import LiveKitServer
 
 from observer.daemon.watcher import ROUTER
+
+pytestmark = [pytest.mark.live, pytest.mark.databases("sqlite")]
 
 
 def room_event(handle: int) -> ffi_pb2.FfiEvent:

@@ -16,6 +16,8 @@ from observer.core.tracker import END_RTC, Close, Open, RoomSeen, TrackedSession
 from observer.db.store import Store
 from observer.reports.sessions import COLUMNS
 
+pytestmark = pytest.mark.unit
+
 T0 = datetime(2026, 3, 1, 23, 59, 30, 123000, tzinfo=UTC)
 NOW = datetime.now(UTC).replace(microsecond=0)
 

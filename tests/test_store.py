@@ -23,6 +23,8 @@ from observer.db import migrate
 from observer.db.reads import SessionFilter
 from observer.db.store import Store
 
+pytestmark = pytest.mark.unit
+
 T0 = datetime(2026, 3, 1, 23, 59, 30, 123000, tzinfo=UTC)
 
 

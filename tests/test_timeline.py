@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+import pytest
+
 from observer.core.timeline import Timeline
 from observer.core.tracker import (
     AttributesChanged,
@@ -19,6 +21,8 @@ from observer.core.tracker import (
     Seen,
     SessionTracker,
 )
+
+pytestmark = pytest.mark.unit
 
 T0 = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 

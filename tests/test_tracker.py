@@ -47,6 +47,8 @@ from observer.core.tracker import (
     Witnessed,
 )
 
+pytestmark = pytest.mark.unit
+
 T0 = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 
 

@@ -25,6 +25,8 @@ from observer.core.tracker import (
     Verify,
 )
 
+pytestmark = pytest.mark.unit
+
 GAP_CASES: list[tuple[str, list[Event], list[str], list[tuple[object, ...]]]] = [
     (
         # stopped at 10.2, resumed at 40: the buffered leave arrives at 40.01 with its

@@ -18,6 +18,8 @@ from observer.core.tracker import END_RTC, Close, Open, TrackedSession
 from observer.db.store import Store
 from observer.reports.usage import bucket_edges
 
+pytestmark = pytest.mark.unit
+
 MAR1 = datetime(2026, 3, 1, tzinfo=UTC)
 NOW = "2026-03-02T12:00:00Z"
 ALPHA_A1: dict[str, Any] = dict(agent="alpha", identity="a1", room="r1")

@@ -11,11 +11,15 @@ from datetime import timedelta
 from typing import Any
 
 import aiohttp
+import pytest
 from livekit import api
 from livekit_server import LiveKitServer, free_tcp_port
+from polling import until
 from sqlalchemy.orm import Session
 
 from observer.db.schema import AgentUsageRow
+
+pytestmark = [pytest.mark.live, pytest.mark.databases("sqlite")]
 
 
 def signed(server: LiveKitServer, body: str, secret: str | None = None, ttl_s: float = 300) -> str:
@@ -54,12 +58,12 @@ def kept(obs: Any) -> list[AgentUsageRow]:
 
 
 async def wait_kept(obs: Any, n: int) -> list[AgentUsageRow]:
-    for _ in range(100):
-        rows = kept(obs)
-        if len(rows) == n:
-            return rows
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"{len(kept(obs))} usage rows, not {n}")
+    return await until(
+        lambda: kept(obs),
+        lambda rows: len(rows) == n,
+        timeout_s=10,
+        what=lambda rows: f"{len(rows)} usage rows, not {n}",
+    )
 
 
 async def test_posted_usage_is_kept_once_and_newer_totals_replace_it(

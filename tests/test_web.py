@@ -18,11 +18,14 @@ import aiohttp
 import pytest
 from daemon_helpers import Clients, create_room
 from livekit_server import LiveKitServer, free_tcp_port
+from polling import until
 
 from observer.cli import main
 from observer.core.tracker import END_RTC, Close, Open, RoomPresence, RoomSeen, TrackedSession
 from observer.db.store import Store
 from observer.web.app import PAGES
+
+pytestmark = pytest.mark.unit
 
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "test-artifacts"
@@ -60,12 +63,12 @@ async def shoot(page: Any, name: str) -> None:
 async def wait_for(pred: Any, timeout: float, what: str) -> float:
     """Until `await pred()` holds; returns the seconds it took."""
     start = time.monotonic()
-    while not await pred():
-        assert time.monotonic() - start < timeout, what
-        await asyncio.sleep(0.2)
+    await until(pred, timeout_s=timeout, what=what, interval_s=0.2)
     return time.monotonic() - start
 
 
+@pytest.mark.browser
+@pytest.mark.databases("sqlite")
 async def test_live_agents_stuck_agents_and_ended_sessions_in_the_browser(
     livekit_server: LiveKitServer, db_url: str, start_observer: Any, clients: Clients, browser: Any
 ) -> None:
@@ -264,6 +267,8 @@ async def test_every_view_answers_and_bad_input_is_one_line(db_url: str, page_se
         assert status == 400 and text.count("\n") == 1, bad
 
 
+@pytest.mark.live
+@pytest.mark.databases("sqlite")
 async def test_with_a_token_the_page_needs_it_or_the_login_cookie(
     livekit_server: LiveKitServer, db_url: str, start_observer: Any
 ) -> None:

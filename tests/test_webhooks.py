@@ -16,7 +16,7 @@ from livekit import api
 from livekit_server import LiveKitServer, free_tcp_port
 from postgres_server import PostgresServer
 
-from observer.db import migrate
+pytestmark = [pytest.mark.live, pytest.mark.databases("sqlite")]
 
 
 def webhook_server(factory, port: int) -> LiveKitServer:  # type: ignore[no-untyped-def]
@@ -164,6 +164,7 @@ async def test_seen_by_both_witnesses_is_one_row_and_metrics_move(
         await c.close()
 
 
+@pytest.mark.databases("sqlite", "postgresql")  # the store's webhook writes
 async def test_bad_requests_are_rejected_and_write_nothing(
     livekit_server: LiveKitServer, db_url: str, start_observer
 ) -> None:
@@ -199,6 +200,7 @@ async def test_bad_requests_are_rejected_and_write_nothing(
     assert not obs.task.done()
 
 
+@pytest.mark.databases("sqlite", "postgresql")  # the store's webhook writes
 async def test_duplicate_deliveries_are_idempotent(
     livekit_server: LiveKitServer, db_url: str, start_observer
 ) -> None:
@@ -216,11 +218,10 @@ async def test_duplicate_deliveries_are_idempotent(
 
 
 async def test_readiness_follows_the_database(
-    livekit_server: LiveKitServer, postgres_server: PostgresServer, pg_url: str, start_observer
+    livekit_server: LiveKitServer, postgres_server: PostgresServer, pg_db_url: str, start_observer
 ) -> None:
-    migrate.upgrade(pg_url)
     port = free_tcp_port()
-    await start_observer(livekit_server, pg_url, OBSERVER_HTTP_ADDR=f"127.0.0.1:{port}")
+    await start_observer(livekit_server, pg_db_url, OBSERVER_HTTP_ADDR=f"127.0.0.1:{port}")
     await asyncio.sleep(0.5)
     assert await get(port, "/readyz") == (200, "ready\n")
     await asyncio.to_thread(postgres_server.stop)
