@@ -9,8 +9,11 @@ import sys
 import textwrap
 import time
 
+import pytest
 from daemon_helpers import create_room
 from livekit_server import LiveKitServer
+
+pytestmark = pytest.mark.live
 
 # An agent in a process of its own: it leaves at the wall-clock time it is given, whatever
 # the test's event loop is doing, and prints when it asked to leave.

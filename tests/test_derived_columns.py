@@ -20,6 +20,8 @@ from observer.db import migrate
 from observer.db.schema import Base
 from observer.db.store import Store
 
+pytestmark = pytest.mark.unit
+
 ROOT = Path(__file__).resolve().parent.parent
 STATES = tuple(f"state_{s}_ms" for s in ("initializing", "idle", "listening", "thinking"))
 STATES += ("state_speaking_ms", "state_other_ms")

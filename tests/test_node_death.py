@@ -23,6 +23,8 @@ from observer.db import migrate
 from observer.db.reads import SessionFilter
 from observer.db.store import Store
 
+pytestmark = pytest.mark.cluster
+
 
 async def room_on(node: LiveKitServer, via: LiveKitServer, name: str) -> None:
     lk = via.api_client()

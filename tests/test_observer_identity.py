@@ -35,6 +35,8 @@ from observer.daemon.telemetry import Metrics
 from observer.db import fleet as fleet_db
 from observer.db.store import Store
 
+pytestmark = pytest.mark.unit
+
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 FAILOVER_S = 10.0  # dead after 5 s without a heartbeat; the fleet beats every 2 s
 

@@ -24,6 +24,8 @@ from observer.db import fleet as fleet_db
 from observer.db import migrate
 from observer.db.store import Store
 
+pytestmark = pytest.mark.live
+
 
 def lost(obs: RunningObserver) -> dict[str, float]:
     """observer_rooms_lost_total by reason."""

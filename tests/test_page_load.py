@@ -37,6 +37,8 @@ from observer.reports.sessions import COLUMNS, render_sessions, row_dict, sessio
 from observer.web import export
 from observer.web.app import WebPage, access_middleware
 
+pytestmark = pytest.mark.live
+
 
 def fill(url: str, n: int, *, first: int = 0, now: datetime | None = None) -> None:
     """`n` closed agent sessions over the last 25 days, inserted in bulk (the columns the

@@ -20,6 +20,8 @@ from observer.core.agent_usage import ModelUsage, UsageReport
 from observer.core.tracker import END_RTC, Close, Open, RecordUsage, TrackedSession
 from observer.db.store import Store
 
+pytestmark = pytest.mark.unit
+
 T = datetime(2026, 3, 10, 10, 0, tzinfo=UTC)
 MIDNIGHT = datetime(2026, 3, 11, tzinfo=UTC)
 NOW = T + timedelta(minutes=5)  # open sessions count up to here

@@ -15,6 +15,8 @@ from pathlib import Path
 import pytest
 from livekit_server import LiveKitServer, free_tcp_port
 
+pytestmark = pytest.mark.live
+
 ROOT = Path(__file__).resolve().parent.parent
 WRONG_SECRET = "w" * 40
 

@@ -16,6 +16,8 @@ from observer.core.tracker import (
     Tick,
 )
 
+pytestmark = pytest.mark.unit
+
 CASES: list[tuple[str, list[Event], list[str], list[tuple[object, ...]]]] = [
     (
         # the server removed the old connection 1 ms before the new one started, but the
