@@ -125,3 +125,38 @@ def test_a_taken_port_names_its_setting(sqlite_url: str, taken_port: int, tmp_pa
     gone = observer(["web"], {**env, "OBSERVER_DATABASE_URL": down}, tmp_path)
     assert gone.returncode == 1, gone.stderr
     assert gone.stderr.count("\n") == 1 and "database error" in gone.stderr
+
+
+def test_a_refusal_after_start_is_logged_as_an_error_naming_the_key(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A key revoked while the daemon runs (or a server that answers only later, and then
+    refuses): each listing logs an error naming the URL and the key; an outage, a warning."""
+    import logging
+
+    from livekit import api
+
+    from observer.config import LiveKitSettings
+    from observer.livekit_api import log_failure
+
+    lk = LiveKitSettings("ws://a:7880", "the-key", "the-secret-" * 4, ("ws://b:7880",))
+    log = logging.getLogger("observer.test")
+    with caplog.at_level(logging.INFO, logger="observer.test"):
+        log_failure(log, lk, api.TwirpError("unauthenticated", "", status=401))
+        log_failure(log, lk, TimeoutError())
+    refused, outage = caplog.records
+    assert refused.levelno == logging.ERROR
+    assert "check LIVEKIT_API_KEY and LIVEKIT_API_SECRET" in refused.getMessage()
+    assert vars(refused)["url"] == "ws://a:7880, ws://b:7880"
+    assert vars(refused)["api_key"] == "the-key" and "the-secret" not in caplog.text
+    assert vars(refused)["error"] == "HTTP 401: unauthenticated"
+    assert outage.levelno == logging.WARNING and vars(outage)["error"] == "TimeoutError"
+    assert "`observer check` tests the settings" in outage.getMessage()
+
+
+def test_simulate_against_nothing_is_one_line_exit_1(tmp_path: Path) -> None:
+    url = f"ws://127.0.0.1:{free_tcp_port()}"
+    r = observer(["simulate", "--rooms", "1"], env_for(url, "k", "s" * 40, "sqlite://"), tmp_path)
+    assert r.returncode == 1, r.stderr
+    assert r.stderr.count("\n") == 1 and f"LiveKit at {url} did not answer" in r.stderr
+    assert "`observer check` tests the settings" in r.stderr and "Traceback" not in r.stderr
