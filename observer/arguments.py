@@ -21,7 +21,7 @@ LOGS = ("OBSERVER_LOG_FORMAT", "OBSERVER_LOG_LEVEL")
 # in its list too.
 USES: dict[str, tuple[str, ...] | None] = {
     "migrate": (*DATABASE, *LOGS),
-    "check": (*LIVEKIT, *DATABASE, "OBSERVER_FAILOVER_S", *LOGS),
+    "check": (*LIVEKIT, *DATABASE, "OBSERVER_FAILOVER_S", "OBSERVER_ROOM_PATTERN", *LOGS),
     "run": None,
     "sessions": (*DATABASE, *LOGS),
     "rooms": (*DATABASE, *LOGS),
@@ -38,6 +38,7 @@ USES: dict[str, tuple[str, ...] | None] = {
         "OBSERVER_HTTP_TOKEN",
         "OBSERVER_STUCK_AGENT_S",
         "OBSERVER_FAILOVER_S",
+        "OBSERVER_PAGE_WORKERS",
         *LOGS,
     ),
     "simulate": (*LIVEKIT, *LOGS),
