@@ -334,7 +334,6 @@ def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
             " `observer run --migrate`"
         )
     hold_sqlite_run_lock(settings.database_url)  # the lock lasts as long as the process
-    asyncio.run(first_contact(lk))  # a refused key stops here (exit 2), before anything starts
     store = Store(settings.database_url)
     run_id = new_run_id()
 
@@ -358,6 +357,7 @@ def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
 
     try:
         hold_observer_id(store, settings, run_id)
+        asyncio.run(first_contact(lk))  # a refused key stops here (exit 2), before anything starts
         raise_fd_limit()
         if not settings.room_processes:
             start_native_core_quietly()
