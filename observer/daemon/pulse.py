@@ -86,10 +86,6 @@ class Pulse:
         self._listeners.append(on_gap)
         return lambda: self._listeners.remove(on_gap)
 
-    @property
-    def last_gap(self) -> Gap | None:
-        return self._gap
-
     def beat(self) -> Stamp:
         """Note that the process is running now; return the stamp of this moment."""
         m, w = self._mono(), self._wall()
