@@ -65,11 +65,16 @@ async def test_put_out_of_a_room_is_an_alarm_and_closes_nothing(
     await obs.wait_rows(lambda rows: len(rows) == 1)
 
     def errors() -> list[logging.LogRecord]:
-        return [r for r in caplog.records if r.levelno == logging.ERROR]
+        # the rtc SDK logs errors of its own (data channels closing) under "livekit"
+        return [
+            r
+            for r in caplog.records
+            if r.levelno == logging.ERROR and r.name.startswith("observer")
+        ]
 
     with caplog.at_level(logging.INFO, logger="observer"):
         impostor = await clients.join("removed", obs.obs.identity)  # same identity: newest wins
-        await wait_for(lambda: len(errors()) == 1, 10, "no error for DUPLICATE_IDENTITY")
+        await wait_for(lambda: len(errors()) >= 1, 10, "no error for DUPLICATE_IDENTITY")
         await impostor.disconnect()
         await obs.wait_watching("removed")
         lkapi = livekit_server.api_client()
@@ -79,7 +84,7 @@ async def test_put_out_of_a_room_is_an_alarm_and_closes_nothing(
             )
         finally:
             await lkapi.aclose()
-        await wait_for(lambda: len(errors()) == 2, 10, "no error for PARTICIPANT_REMOVED")
+        await wait_for(lambda: len(errors()) >= 2, 10, "no error for PARTICIPANT_REMOVED")
         await obs.wait_watching("removed")
     assert [
         (r.getMessage(), r.room, r.reason)  # type: ignore[attr-defined]
@@ -316,5 +321,9 @@ async def test_a_run_whose_id_another_run_took_over_stops_with_exit_2(
     )
     assert await asyncio.wait_for(obs.task, 20) == 2
     assert held_by("another-run")
-    said = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    said = [
+        r.getMessage()
+        for r in caplog.records
+        if r.levelno == logging.ERROR and r.name.startswith("observer")
+    ]
     assert said == ["another observer process took over this OBSERVER_ID; stopping"]
