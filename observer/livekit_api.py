@@ -150,6 +150,7 @@ class Client:
 
     async def call(self, fn: Callable[[api.LiveKitAPI], Awaitable[T]]) -> T:
         last: BaseException | None = None
+        answer: api.TwirpError | None = None  # a node's own error answer, the first one
         for step in range(len(self._apis)):
             i = (self._in_use + step) % len(self._apis)
             try:
@@ -158,6 +159,8 @@ class Client:
                 if not _unreachable(exc):
                     raise
                 last = exc
+                if answer is None and isinstance(exc, api.TwirpError):
+                    answer = exc
                 continue
             if i != self._in_use:
                 log.warning(
@@ -166,6 +169,10 @@ class Client:
                 )
                 self._in_use = i
             return result
+        # A node that answered says more than one that did not: a cluster's "no response
+        # from servers" (no live node hosts the room) must not read as a dead URL.
+        if answer is not None:
+            raise answer
         assert last is not None
         raise last
 

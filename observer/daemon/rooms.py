@@ -19,6 +19,7 @@ from observer.core.times import utcnow
 from observer.core.tracker import (
     Event,
     Listed,
+    Reconnecting,
     RoomClosed,
     RoomGone,
     RoomHandedOver,
@@ -48,6 +49,12 @@ CHECK_CONCURRENCY = 8
 LEAVE_CONCURRENCY = 32
 # A room is taken as hosted by no live node when two probes this far apart say so.
 UNREACHABLE_CONFIRM_S = 2.0
+# A connection still reconnecting this long is checked against the API: the node it went
+# through, or the node hosting its room, may have died (the SDK itself retries for ~20 s).
+STUCK_RECONNECT_S = 3.0
+# How often a room hosted by no live node is probed, to get back in as soon as a live node
+# hosts it again (a participant's own reconnect re-creates it there).
+UNREACHABLE_RETRY_S = 1.0
 
 
 # A join holds its turn this long at most: a join that hangs (the SDK retries for up to
@@ -105,6 +112,7 @@ class Rooms:
         self._listed_at: datetime | None = None
         self._not_mine_since: dict[str, float] = {}
         self._joining: set[str] = set()  # rooms whose join has not landed yet
+        self._joined_via: dict[str, str] = {}  # room sid -> the URL its connection went to
         self.ended: set[str] = set()
         # listed rooms that no live node hosts (their node died): sid -> name
         self.unreachable: dict[str, str] = {}
@@ -325,10 +333,48 @@ class Rooms:
                 self._forget(ev.room_sid, ended=True)
             case RoomLost():
                 self._forget(ev.room_sid, ended=False)
+            case Reconnecting():
+                watcher = self.watchers.get(ev.room_sid)
+                if watcher is not None:
+                    self._spawn(self._check_stuck(watcher), f"stuck:{watcher.room_name}")
         self._emit(ev)
+
+    async def _check_stuck(self, watcher: Watcher) -> None:
+        """A connection that is still reconnecting after STUCK_RECONNECT_S: when no live
+        node hosts its room, its sessions end at their last evidence now; when the node it
+        went through is the one that died (the API answers at another URL), the room is
+        joined afresh at once rather than after the SDK gives up."""
+        await asyncio.sleep(STUCK_RECONNECT_S)
+
+        def stuck() -> bool:
+            return self.watchers.get(watcher.room_sid) is watcher and watcher.recovering
+
+        if not stuck() or self._stopping:
+            return
+        hosted = await room_hosted(self._api, watcher.room_name)
+        if not stuck() or hosted is None:
+            return
+        moved = self._joined_via.get(watcher.room_sid) != self._api.ws_url
+        if hosted and not moved:
+            return  # the SDK may yet resume: a cut link, not a dead node
+        log.warning(
+            "connection to a room stuck reconnecting through a node that is gone; leaving it",
+            extra={"room": watcher.room_name, "room_sid": watcher.room_sid},
+        )
+        self.watchers.pop(watcher.room_sid, None)
+        self._emit(RoomLost(watcher.room_sid, "OBSERVER_REJOINING", utcnow()))
+        await self._leave_quietly(watcher)
+        room = discovery.ListedRoom(watcher.room_sid, watcher.room_name)
+        if hosted:
+            self.join_now(room)
+        elif await self._confirm_unhosted(room):
+            self._mark_unreachable(room)
+        else:
+            self.join_now(room)
 
     def _forget(self, room_sid: str, *, ended: bool) -> None:
         self.watchers.pop(room_sid, None)
+        self._joined_via.pop(room_sid, None)
         if ended:
             self.ended.add(room_sid)
             self.unreachable.pop(room_sid, None)
@@ -384,22 +430,20 @@ class Rooms:
     async def _join_once(self, watcher: Watcher) -> None:
         lk = self._lk
         token = observer_token(lk.api_key, lk.api_secret, self._identity, watcher.room_name)
-        await self._seed(watcher.room_sid)
         if watcher.room_sid in self.unreachable:
-            if await room_hosted(self._api, watcher.room_name) is False:
-                self.watchers.pop(watcher.room_sid, None)  # tried again at the next listing
-                return
-            log.info("room is hosted again", extra={"room": watcher.room_name})
-            self.unreachable.pop(watcher.room_sid, None)
+            # probed until a live node hosts it (`_reenter_when_hosted`), then joined
+            self.watchers.pop(watcher.room_sid, None)
+            return
+        await self._seed(watcher.room_sid)
+
+        def start() -> Coroutine[Any, Any, None] | None:
+            if not self._still_wanted(watcher):
+                return None
+            self._joined_via[watcher.room_sid] = self._api.ws_url
+            return watcher.join(self._api.ws_url, token, JOIN_TIMEOUT_S)
+
         try:
-            started = await join_in_turn(
-                self._slots,
-                lambda: (
-                    watcher.join(self._api.ws_url, token, JOIN_TIMEOUT_S)
-                    if self._still_wanted(watcher)
-                    else None
-                ),
-            )
+            started = await join_in_turn(self._slots, start)
             if not started:
                 if self.watchers.get(watcher.room_sid) is watcher:
                     self.watchers.pop(watcher.room_sid)
@@ -460,20 +504,43 @@ class Rooms:
         """After a failed join of a listed room: does any live node host it? A room whose
         node died stays listed, with its participants, for good, and a join would have to
         create it (which the observer's token forbids). Its sessions end at their last
-        evidence, and it is tried again at each listing."""
-        if await room_hosted(self._api, watcher.room_name) is not False:
+        evidence, and it is probed until a live node hosts it again."""
+        room = discovery.ListedRoom(watcher.room_sid, watcher.room_name)
+        if not await self._confirm_unhosted(room):
+            return False
+        self._mark_unreachable(room)
+        return True
+
+    async def _confirm_unhosted(self, room: discovery.ListedRoom) -> bool:
+        if await room_hosted(self._api, room.name) is not False:
             return False
         await asyncio.sleep(UNREACHABLE_CONFIRM_S)
-        if await room_hosted(self._api, watcher.room_name) is not False:
-            return False
-        self.unreachable[watcher.room_sid] = watcher.room_name
+        return await room_hosted(self._api, room.name) is False
+
+    def _mark_unreachable(self, room: discovery.ListedRoom) -> None:
+        if room.sid in self.unreachable or room.sid in self.ended:
+            return
+        self.unreachable[room.sid] = room.name
         log.warning(
             "room is listed but no live LiveKit node hosts it; its sessions end at their"
             " last evidence",
-            extra={"room": watcher.room_name, "room_sid": watcher.room_sid},
+            extra={"room": room.name, "room_sid": room.sid},
         )
-        self._emit(RoomUnreachable(watcher.room_sid, utcnow()))
-        return True
+        self._emit(RoomUnreachable(room.sid, utcnow()))
+        self._spawn(self._reenter_when_hosted(room), f"unreachable:{room.name}")
+
+    async def _reenter_when_hosted(self, room: discovery.ListedRoom) -> None:
+        """Probe a room no live node hosts until one does (a participant's own reconnect
+        re-creates it on a live node), then join it at once."""
+        while room.sid in self.unreachable and not self._stopping:
+            await asyncio.sleep(UNREACHABLE_RETRY_S)
+            if room.sid not in self.unreachable or room.sid in self.watchers:
+                return
+            if await room_hosted(self._api, room.name):
+                if self.unreachable.pop(room.sid, None) is not None:
+                    log.info("room is hosted again", extra={"room": room.name})
+                    self.join_now(room)
+                return
 
     async def _ended_meanwhile(self, watcher: Watcher) -> bool:
         """After a failed join: is the listed room gone? Then it is never tried again."""
