@@ -47,8 +47,9 @@ CHECK_BATCH_DELAY_S = 0.2
 CHECK_RETRY_S = 1.0
 CHECK_CONCURRENCY = 8
 LEAVE_CONCURRENCY = 32
-# A room is taken as hosted by no live node when two probes this far apart say so.
+# A room is taken as hosted by no live node when this many probes this far apart say so.
 UNREACHABLE_CONFIRM_S = 2.0
+UNREACHABLE_PROBES = 3
 # A connection still reconnecting this long is checked against the API: the node it went
 # through, or the node hosting its room, may have died (the SDK itself retries for ~20 s).
 STUCK_RECONNECT_S = 3.0
@@ -448,6 +449,8 @@ class Rooms:
                 if self.watchers.get(watcher.room_sid) is watcher:
                     self.watchers.pop(watcher.room_sid)
                 return
+            if self.watchers.get(watcher.room_sid) is watcher:
+                self.unreachable.pop(watcher.room_sid, None)  # inside: a live node hosts it
             if not self._stopping and self.watchers.get(watcher.room_sid) is not watcher:
                 # The placement gave the room to others while this join was in flight.
                 self._emit(RoomHandedOver(watcher.room_sid, utcnow()))
@@ -512,14 +515,19 @@ class Rooms:
         return True
 
     async def _confirm_unhosted(self, room: discovery.ListedRoom) -> bool:
-        if await room_hosted(self._api, room.name) is not False:
-            return False
-        await asyncio.sleep(UNREACHABLE_CONFIRM_S)
-        return await room_hosted(self._api, room.name) is False
+        """Every probe over UNREACHABLE_CONFIRM_S * (UNREACHABLE_PROBES - 1) seconds says no
+        live node hosts the room: a node that is alive but slow to answer (a loaded host)
+        answers one of them."""
+        for probe in range(UNREACHABLE_PROBES):
+            if probe:
+                await asyncio.sleep(UNREACHABLE_CONFIRM_S)
+            if await room_hosted(self._api, room.name) is not False:
+                return False
+        return True
 
     def _mark_unreachable(self, room: discovery.ListedRoom) -> None:
-        if room.sid in self.unreachable or room.sid in self.ended:
-            return
+        if room.sid in self.unreachable or room.sid in self.ended or room.sid in self.watchers:
+            return  # a join in flight (or landed) meanwhile decides
         self.unreachable[room.sid] = room.name
         log.warning(
             "room is listed but no live LiveKit node hosts it; its sessions end at their"
@@ -534,7 +542,10 @@ class Rooms:
         re-creates it on a live node), then join it at once."""
         while room.sid in self.unreachable and not self._stopping:
             await asyncio.sleep(UNREACHABLE_RETRY_S)
-            if room.sid not in self.unreachable or room.sid in self.watchers:
+            if room.sid in self.watchers:
+                self.unreachable.pop(room.sid, None)  # a join in flight decides
+                return
+            if room.sid not in self.unreachable:
                 return
             if await room_hosted(self._api, room.name):
                 if self.unreachable.pop(room.sid, None) is not None:
