@@ -38,7 +38,8 @@ from observer.db import day_sums, migrate
 from observer.db.schema import Base
 from observer.db.store import Store
 from observer.web import views
-from observer.web.app import WebPage, access_middleware
+from observer.web.app import WebPage
+from observer.web.guard import Access, guarded_app
 
 VIEWS = (
     "/now",
@@ -89,8 +90,8 @@ async def bench(name: str, url: str, rows: list[tuple[object, ...]], runs: int) 
     print(f"{name}: filled in {time.perf_counter() - t0:.0f} s; {live} live rooms", flush=True)
 
     store = Store.for_page(url, workers=2)  # as `observer web` and the daemon serve it
-    page = WebPage(store, stuck_after_s=300, dead_after_s=10, token=None, clock=lambda: now)
-    app = web.Application(middlewares=[access_middleware(None, frozenset())])
+    page = WebPage(store, stuck_after_s=300, dead_after_s=10, access=Access(), clock=lambda: now)
+    app = guarded_app(Access())
     page.add_routes(app)
     runner = web.AppRunner(app)
     await runner.setup()

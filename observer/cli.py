@@ -493,7 +493,8 @@ def cmd_web(settings: Settings, args: argparse.Namespace) -> int:
     from aiohttp import web
 
     from observer.config import is_loopback
-    from observer.web.app import WebPage, access_middleware
+    from observer.web.app import WebPage
+    from observer.web.guard import Access, guarded_app
 
     host, sep, port = args.addr.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 < int(port) <= 65535:
@@ -511,14 +512,13 @@ def cmd_web(settings: Settings, args: argparse.Namespace) -> int:
             ),
             extra={"host": host, "port": int(port)},
         )
-    app = web.Application(
-        middlewares=[access_middleware(settings.http_token, frozenset({"/healthz"}))]
-    )
+    access = Access.of(settings, host, frozenset({"/healthz"}))
+    app = guarded_app(access)
     WebPage(
         store,
         stuck_after_s=settings.stuck_agent_s,
         dead_after_s=settings.failover_s,
-        token=settings.http_token,
+        access=access,
     ).add_routes(app)
 
     async def healthz(_request: web.Request) -> web.Response:

@@ -8,8 +8,6 @@ No visitor writes: every route is a GET except the login form, which only sets a
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import hmac
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -28,34 +26,11 @@ from observer.db.store import Busy, Store
 from observer.reports.sessions import human_duration
 from observer.reports.usage import is_grouping
 from observer.web import export, views
+from observer.web.guard import COOKIE, Access, cookie_value, retry_after, same
 
 HERE = Path(__file__).parent
-COOKIE = "observer_web"
 PAGES = ("now", "minutes", "sessions", "reconcile", "health")
-# paths anyone may fetch: the login form and the page's own CSS and script
-PUBLIC_PREFIXES = ("/login", "/static/")
 Readiness = Callable[[], Awaitable[list[str]]]
-
-
-def cookie_value(token: str) -> str:
-    """What the login cookie holds: derived from the token, never the token itself."""
-    return hmac.new(token.encode(), b"observer web login", hashlib.sha256).hexdigest()
-
-
-def allowed(request: web.Request, token: str | None) -> bool:
-    """The bearer token in the header, or the login cookie; anything when no token is set."""
-    if token is None:
-        return True
-    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
-    if scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), token.encode()):
-        return True
-    cookie = request.cookies.get(COOKIE, "")
-    return hmac.compare_digest(cookie.encode(), cookie_value(token).encode())
-
-
-def wants_page(request: web.Request) -> bool:
-    """A browser asking for a page (sent to the login form rather than answered 401)."""
-    return request.method == "GET" and "text/html" in request.headers.get("Accept", "")
 
 
 def _fmt_time(v: datetime | None) -> str:
@@ -75,7 +50,7 @@ class WebPage:
         *,
         stuck_after_s: float,
         dead_after_s: float,
-        token: str | None,
+        access: Access,
         readiness: Readiness | None = None,
         refresh_s: float = 5.0,
         clock: Callable[[], datetime] = utcnow,
@@ -83,7 +58,7 @@ class WebPage:
         self._store = store
         self._stuck_after_s = stuck_after_s
         self._dead_after_s = dead_after_s
-        self._token = token
+        self._access = access
         self._readiness = readiness
         self._refresh_s = refresh_s
         self._clock = clock
@@ -109,6 +84,7 @@ class WebPage:
         app.router.add_get("/sessions.json", self._sessions_export)
         app.router.add_get("/login", self._login_form)
         app.router.add_post("/login", self._login)
+        app.router.add_post("/logout", self._logout)
         app.router.add_static("/static/", HERE / "static", name="static", append_version=True)
         app.on_startup.append(self._warm)
         app.on_cleanup.append(self._stop_warming)
@@ -126,17 +102,10 @@ class WebPage:
             pages=PAGES,
             now=self._clock(),
             static=lambda name: str(request.app.router["static"].url_for(filename=name)),
+            logout=self._access.token is not None,
             **values,
         )
-        return web.Response(
-            text=html,
-            content_type="text/html",
-            headers={
-                "Cache-Control": "no-store",
-                "Content-Security-Policy": "default-src 'self'; style-src 'self'; img-src 'self'",
-                "X-Frame-Options": "DENY",
-            },
-        )
+        return web.Response(text=html, content_type="text/html")
 
     # ---- views ------------------------------------------------------------------------------
 
@@ -160,7 +129,7 @@ class WebPage:
         now = self._clock()
         rooms = await self._run(views.now_view, self._store, now, self._stuck_after_s)
         version = f'"{views.now_version(rooms)}"'
-        headers = {"Cache-Control": "no-store", "ETag": version}
+        headers = {"ETag": version}
         if request.headers.get("If-None-Match") == version:
             return web.Response(status=304, headers=headers)
         html = self._env.get_template("now_rooms.html").render(
@@ -310,23 +279,51 @@ class WebPage:
     # ---- login ------------------------------------------------------------------------------
 
     async def _login_form(self, request: web.Request) -> web.Response:
-        return self._page("login.html", request, failed=False, needed=self._token is not None)
+        return self._login_page(request)
+
+    def _login_page(
+        self, request: web.Request, *, status: int = 200, failed: str = ""
+    ) -> web.Response:
+        response = self._page(
+            "login.html", request, failed=failed, needed=self._access.token is not None
+        )
+        response.set_status(status)
+        return response
 
     async def _login(self, request: web.Request) -> web.Response:
-        form = await request.post()
-        given = str(form.get("token", ""))
-        if self._token is None or not hmac.compare_digest(given.encode(), self._token.encode()):
-            response = self._page("login.html", request, failed=True, needed=True)
-            response.set_status(401)
+        token = self._access.token
+        if token is None:
+            raise web.HTTPSeeOther("/now")
+        wait_s = self._access.too_soon(request)
+        if wait_s:
+            response = self._login_page(
+                request,
+                status=429,
+                failed=f"Too many wrong tokens from here: try again in {retry_after(wait_s)} s.",
+            )
+            response.headers["Retry-After"] = retry_after(wait_s)
             return response
+        form = await request.post()
+        if not same(str(form.get("token", "")), token):
+            self._access.wrong_guess(request, "login")
+            return self._login_page(request, status=401, failed="That is not the token.")
+        self._access.limiter.succeeded(self._access.client(request))
         response = web.HTTPSeeOther("/now")
         response.set_cookie(
             COOKIE,
-            cookie_value(self._token),
+            cookie_value(token),
             httponly=True,
             samesite="Strict",
-            secure=request.secure,
+            secure=request.secure or self._access.trust_proxy,
             max_age=7 * 86400,
+        )
+        raise response
+
+    async def _logout(self, request: web.Request) -> web.Response:
+        """Forget the login cookie (the token stays valid: change it to lock others out)."""
+        response = web.HTTPSeeOther("/login")
+        response.del_cookie(
+            COOKIE, samesite="Strict", secure=request.secure or self._access.trust_proxy
         )
         raise response
 
@@ -343,21 +340,3 @@ async def busy_middleware(request: web.Request, handler: Any) -> web.StreamRespo
             text="the page is busy; try again in a few seconds\n",
             headers={"Retry-After": "5"},
         )
-
-
-def access_middleware(token: str | None, open_paths: frozenset[str]) -> Any:
-    """Requests need the bearer token or the login cookie (when a token is set), except
-    `open_paths` and the login form and static files; a browser is sent to the form."""
-
-    @web.middleware
-    async def check(request: web.Request, handler: Any) -> web.StreamResponse:
-        path = request.path
-        if path in open_paths or path.startswith(PUBLIC_PREFIXES) or allowed(request, token):
-            return await handler(request)  # type: ignore[no-any-return]
-        if wants_page(request):
-            raise web.HTTPSeeOther("/login")
-        return web.Response(
-            status=401, text="bearer token required\n", headers={"WWW-Authenticate": "Bearer"}
-        )
-
-    return check
