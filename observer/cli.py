@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING
 from dotenv import dotenv_values
 from sqlalchemy.exc import SQLAlchemyError
 
+from observer.core.times import EARLIEST, LATEST, OutOfRange, parse_iso
+
 if TYPE_CHECKING:
     from observer.config import LiveKitSettings
     from observer.db.store import Store
@@ -383,27 +385,23 @@ def is_bind_error(exc: OSError) -> bool:
     return exc.errno in bind and "bind" in str(exc)
 
 
-# Times the reports accept: from the Unix epoch to well before datetime's own limit, so
-# that windows, day edges and milliseconds since the epoch never overflow.
-EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
-LATEST = datetime(9000, 1, 1, tzinfo=UTC)
-
-
 def parse_time(raw: str, *, flag: str = "time", now: datetime | None = None) -> datetime:
     """ISO 8601 date or time (UTC unless it says otherwise), or `30m`, `24h`, `7d` ago."""
     now = now or datetime.now(UTC)
     units = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
     text = raw.strip()
+    unreadable = UsageError(f"{flag}: not an ISO 8601 time or a relative time like 24h: {raw!r}")
+    if not (len(text) >= 2 and text[-1] in units and text[:-1].isdigit()):
+        try:
+            return parse_iso(text)
+        except OutOfRange as exc:
+            raise UsageError(f"{flag}: {raw!r} is {exc}") from None
+        except ValueError:
+            raise unreadable from None
     try:
-        if len(text) >= 2 and text[-1] in units and text[:-1].isdigit():
-            value = now - timedelta(**{units[text[-1]]: int(text[:-1])})
-        else:
-            value = datetime.fromisoformat(text.replace("Z", "+00:00"))
-            value = value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-    except (ValueError, OverflowError):
-        raise UsageError(
-            f"{flag}: not an ISO 8601 time or a relative time like 24h: {raw!r}"
-        ) from None
+        value = now - timedelta(**{units[text[-1]]: int(text[:-1])})
+    except OverflowError:
+        raise unreadable from None
     if not EARLIEST <= value < LATEST:
         raise UsageError(
             f"{flag}: {raw!r} is out of range ({EARLIEST:%Y-%m-%d} to before {LATEST:%Y-%m-%d})"

@@ -252,3 +252,49 @@ async def test_a_host_name_not_configured_is_refused(serve: Serve) -> None:
     assert r.status == 200
     r = await http.get("/now")  # the test client names 127.0.0.1:port
     assert r.status == 200
+
+
+# ---- bad input ------------------------------------------------------------------------------
+
+
+async def test_bad_input_is_400_in_one_line_never_500(
+    serve: Serve, caplog: pytest.LogCaptureFixture
+) -> None:
+    http = await serve(Access())
+    cases = {
+        "/sessions?since=0001-01-01T00:00%2B01:00": "since: '0001-01-01T00:00+01:00' is out of",
+        "/sessions?until=9999-12-31T23:59-01:00": "until: '9999-12-31T23:59-01:00' is out of range",
+        "/sessions.csv?since=0001-01-01T00:00%2B01:00": "is out of range (1970-01-01 to before",
+        "/sessions.json?until=9999-12-31T23:59-01:00": "is out of range",
+        "/sessions?since=1969-12-31T23:59Z": "is out of range",
+        "/minutes?by=attribute:%00": "by: a KEY holds no control characters: 'attribute:\\x00'",
+        "/minutes?by=room-metadata:a%0Ab": "by: a KEY holds no control characters",
+        "/sessions?room=a%00b": "room: control characters are not allowed",
+        "/sessions.csv?identity=%1B[2J": "identity: control characters are not allowed",
+    }
+    for path, words in cases.items():
+        r = await http.get(path)
+        text = await r.text()
+        assert r.status == 400, (path, r.status, text)
+        assert text.count("\n") == 1 and words in text, (path, text)
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+    # in range, with a zone: fine
+    r = await http.get("/sessions?since=1970-01-01T01:00%2B01:00&until=8999-12-31T22:00-01:00")
+    assert r.status == 200
+    r = await http.get("/minutes?by=attribute:caf%C3%A9")
+    assert r.status == 200
+
+
+def test_the_command_line_refuses_the_same_times_and_keys(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, sqlite_url: str
+) -> None:
+    monkeypatch.setenv("OBSERVER_DATABASE_URL", sqlite_url)
+    for args, words in [
+        (["sessions", "--since", "0001-01-01T00:00+01:00"], "--since: '0001-01-01T00:00+01:00'"),
+        (["usage", "--from", "30d", "--to", "9999-12-31T23:59-01:00"], "is out of range"),
+        (["usage", "--from", "7d", "--by", "attribute:\x00"], "unknown --by 'attribute:\\x00'"),
+    ]:
+        capsys.readouterr()
+        assert main(args) == 2, args
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and words in err[0], (args, err)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import unicodedata
 from bisect import bisect_right
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -59,8 +60,23 @@ def is_group_name(g: str) -> bool:
     return (
         g in USAGE_GROUP_COLUMNS
         or g == ROOM_METADATA
-        or (g.startswith((ATTRIBUTE_PREFIX, ROOM_METADATA_PREFIX)) and g.split(":", 1)[1] != "")
+        or (
+            g.startswith((ATTRIBUTE_PREFIX, ROOM_METADATA_PREFIX))
+            and usable_key(g.split(":", 1)[1])
+        )
     )
+
+
+def usable_key(key: str) -> bool:
+    """Whether a JSON key can be looked up on both databases: not empty, and no control
+    characters (SQLite's JSON paths stop at NUL; PostgreSQL's text holds none) or halves of
+    surrogate pairs."""
+    return key != "" and not has_control(key)
+
+
+def has_control(text: str) -> bool:
+    """Whether `text` holds control characters (NUL among them) or surrogate halves."""
+    return any(unicodedata.category(c) in ("Cc", "Cs") for c in text)
 
 
 def group_key(g: str, sessions: Any, rooms: Any) -> ColumnElement[Any]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
@@ -19,10 +19,11 @@ import jinja2
 import markupsafe
 from aiohttp import web
 
-from observer.core.times import iso, utcnow
+from observer.core.times import OutOfRange, iso, parse_iso, utcnow
 from observer.core.vocab import KINDS
 from observer.db.reads import SessionFilter
 from observer.db.store import Busy, Store
+from observer.db.usage_sql import has_control, usable_key
 from observer.reports.sessions import human_duration
 from observer.reports.usage import is_grouping
 from observer.web import export, views
@@ -173,6 +174,9 @@ class WebPage:
     async def _minutes(self, request: web.Request) -> web.Response:
         by = request.query.get("by", "agent").strip() or "agent"
         if by in ("day", "month") or not is_grouping(by):
+            _name, colon, key = by.partition(":")
+            if colon and not usable_key(key):
+                raise web.HTTPBadRequest(text=f"by: a KEY holds no control characters: {by!r}\n")
             raise web.HTTPBadRequest(text=f"unknown grouping {by!r}\n")
         now = self._clock()
         chart, table = await self._run(self._minutes_data, by, now)
@@ -228,10 +232,15 @@ class WebPage:
             if not raw:
                 return None
             try:
-                t = datetime.fromisoformat(raw.replace("Z", "+00:00"))
+                return parse_iso(raw)
+            except OutOfRange as exc:
+                raise web.HTTPBadRequest(text=f"{name}: {raw!r} is {exc}\n") from None
             except ValueError:
                 raise web.HTTPBadRequest(text=f"{name}: not an ISO 8601 time: {raw!r}\n") from None
-            return t if t.tzinfo else t.replace(tzinfo=UTC)
+
+        for name, raw in q.items():
+            if has_control(raw):
+                raise web.HTTPBadRequest(text=f"{name}: control characters are not allowed\n")
 
         return SessionFilter(
             room=q.get("room", "").strip() or None,
