@@ -44,6 +44,7 @@ from observer.db.reads import (
     room_rows,
     session_rows,
     stale_sessions,
+    usage_version,
 )
 from observer.db.rollups import RollupTx
 from observer.db.schema import RoomRow, SessionRow, WebhookEventRow, make_engine
@@ -189,6 +190,10 @@ class Store:
 
     def live_agents(self) -> list[LiveAgent]:
         return live_agents(self.engine)
+
+    def usage_version(self, today: datetime, *, kind: str, rooms: bool) -> tuple[Any, ...] | None:
+        """What usage sums depend on besides the clock (`reads.usage_version`)."""
+        return usage_version(self.engine, today, kind=kind, rooms=rooms)
 
     def grouping_keys(self) -> GroupingKeys:
         """Attribute and room-metadata keys of the latest agent sessions, most seen first."""

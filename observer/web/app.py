@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
@@ -184,10 +184,17 @@ class WebPage:
         return self._page("minutes.html", request, chart=chart, table=table, by=by, choices=choices)
 
     def _minutes_data(self, by: str, now: datetime) -> tuple[Any, Any]:
-        """The chart and the month table, from the cache (see `views.TtlCache`)."""
-        data: tuple[Any, Any] = self._cache.get(
-            ("minutes", by, now.date()),
+        """The chart and the month table, true now: kept while the data they were computed
+        from stays the same (and no session is open), else computed again (the days that
+        are over then come from the kept day sums)."""
+        today = now.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+        version = self._store.usage_version(
+            today, kind=views.KIND, rooms=by.startswith("room-metadata")
+        )
+        data: tuple[Any, Any] = self._cache.current(
+            ("minutes", by, today.date()),
             lambda: views.minutes_view(self._store, self._clock(), by),
+            version,
         )
         return data
 
