@@ -298,3 +298,37 @@ def test_the_command_line_refuses_the_same_times_and_keys(
         assert main(args) == 2, args
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and words in err[0], (args, err)
+
+
+# ---- page details ---------------------------------------------------------------------------
+
+
+async def test_the_icon_is_served_and_the_views_name_their_units(
+    serve: Serve, sqlite_url: str
+) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from observer.core.tracker import END_RTC, Close, Open, TrackedSession
+
+    now = datetime.now(UTC)
+    joined = now - timedelta(minutes=30)
+    s = TrackedSession("r", "RM_1", "PA_1", "agent-1", "", "agent", "bot", {}, joined, joined)
+    left = joined + timedelta(minutes=12)
+    store = Store(sqlite_url)
+    store.apply([Open(s), Close(s.key, left, "CLIENT_INITIATED", END_RTC, None, left, s)], "o")
+    store.close()
+    http = await serve(Access(token=TOKEN))
+    r = await http.get("/favicon.ico")  # asked by browsers on every page, without a login
+    assert r.status == 200 and r.headers["Content-Type"] == "image/svg+xml"
+    assert (await r.text()).startswith("<svg")
+    html = await (await http.get("/now", headers=bearer(TOKEN))).text()
+    assert 'rel="icon"' in html
+    html = await (await http.get("/minutes", headers=bearer(TOKEN))).text()
+    assert "this month, duration" in html and "this month, billable min" in html
+    assert 'class="scale" data-minutes="12">12 min<' in html  # the chart's highest day
+    assert 'data-minutes="6">6 min<' in html
+    html = await (await http.get("/sessions", headers=bearer(TOKEN))).text()
+    assert "<th>left</th>" in html
+    assert f'<td data-label="left">{left.isoformat(timespec="seconds")[:19]}' in html
+    html = await (await http.get("/health", headers=bearer(TOKEN))).text()
+    assert 'id="livekit"><span class="badge provisional">not checked</span>' in html

@@ -281,6 +281,7 @@ class Observer:
                 dead_after_s=self.settings.failover_s,
                 access=access,
                 readiness=self.readiness,
+                livekit_url=", ".join(self.lk.urls),
             ).add_routes,
         )
         await self.web.start(self.settings.http_host, self.settings.http_port)

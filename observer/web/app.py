@@ -53,6 +53,7 @@ class WebPage:
         dead_after_s: float,
         access: Access,
         readiness: Readiness | None = None,
+        livekit_url: str | None = None,
         refresh_s: float = 5.0,
         clock: Callable[[], datetime] = utcnow,
     ) -> None:
@@ -61,6 +62,7 @@ class WebPage:
         self._dead_after_s = dead_after_s
         self._access = access
         self._readiness = readiness
+        self._livekit_url = livekit_url
         self._refresh_s = refresh_s
         self._clock = clock
         self._cache = views.TtlCache(60.0, spawn=store.submit)
@@ -86,6 +88,7 @@ class WebPage:
         app.router.add_get("/login", self._login_form)
         app.router.add_post("/login", self._login)
         app.router.add_post("/logout", self._logout)
+        app.router.add_get("/favicon.ico", self._favicon)
         app.router.add_static("/static/", HERE / "static", name="static", append_version=True)
         app.on_startup.append(self._warm)
         app.on_cleanup.append(self._stop_warming)
@@ -288,9 +291,19 @@ class WebPage:
     async def _health(self, request: web.Request) -> web.Response:
         readiness = await self._readiness() if self._readiness is not None else None
         health = await self._run(
-            views.health_view, self._store, self._clock(), self._dead_after_s, readiness
+            views.health_view,
+            self._store,
+            self._clock(),
+            self._dead_after_s,
+            readiness,
+            self._livekit_url,
         )
         return self._page("health.html", request, health=health)
+
+    async def _favicon(self, _request: web.Request) -> web.FileResponse:
+        return web.FileResponse(
+            HERE / "static" / "favicon.svg", headers={"Content-Type": "image/svg+xml"}
+        )
 
     # ---- login ------------------------------------------------------------------------------
 

@@ -22,8 +22,8 @@ from observer.config import Settings
 log = logging.getLogger(__name__)
 
 COOKIE = "observer_web"
-# paths anyone may fetch: the login form, the logout, and the page's own CSS and script
-PUBLIC_PREFIXES = ("/login", "/logout", "/static/")
+# paths anyone may fetch: the login form, the logout, the page's own CSS, script and icon
+PUBLIC_PREFIXES = ("/login", "/logout", "/static/", "/favicon.ico")
 LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
 WILDCARD_ADDRESSES = frozenset({"", "0.0.0.0", "::"})
 # the page's own files only; no frames of it anywhere, no forms posted elsewhere

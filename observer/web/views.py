@@ -112,6 +112,12 @@ class Bar:
     title: str
 
 
+@dataclass(frozen=True)
+class Tick:
+    y: float
+    minutes: int
+
+
 @dataclass
 class MinutesChart:
     by: str
@@ -122,6 +128,7 @@ class MinutesChart:
     day_totals: list[int]
     bars: list[Bar] = field(default_factory=list)
     max_total: int = 0
+    scale: list[Tick] = field(default_factory=list)  # the y axis's lines, highest first
 
 
 def minutes_view(store: Store, now: datetime, by: str = "agent") -> tuple[MinutesChart, MonthTable]:
@@ -185,6 +192,8 @@ def minutes_chart(
     chart = MinutesChart(by, days, keys, colors, minutes, day_totals)
     chart.max_total = max(day_totals, default=0)
     scale = (height - 20) / chart.max_total if chart.max_total else 0
+    for n in sorted({chart.max_total, chart.max_total // 2} - {0}, reverse=True):
+        chart.scale.append(Tick(height - n * scale, n))
     step = width / DAYS
     for i, day in enumerate(days):
         y = height
@@ -274,11 +283,16 @@ class Health:
     readiness: list[str] | None  # problems /readyz reports; None when not a daemon
     database: str  # "ok" or the error
     livekit: str  # "ok", the error, or "not checked"
+    livekit_url: str | None  # LIVEKIT_URL (None: not a daemon)
     observers: list[fleet_db.Member]
 
 
 def health_view(
-    store: Store, now: datetime, dead_after_s: float, readiness: list[str] | None
+    store: Store,
+    now: datetime,
+    dead_after_s: float,
+    readiness: list[str] | None,
+    livekit_url: str | None = None,
 ) -> Health:
     try:
         store.ping()
@@ -292,7 +306,7 @@ def health_view(
     else:
         lk = [p for p in readiness if "livekit" in p.lower()]
         livekit = "; ".join(lk) if lk else "ok"
-    return Health(readiness, database, livekit, observers)
+    return Health(readiness, database, livekit, livekit_url, observers)
 
 
 # ---- a small cache for the expensive views ---------------------------------------------------
