@@ -19,7 +19,6 @@ from observer.core.vocab import (
     END_RECONCILED,
     GroupKind,
 )
-from observer.db import day_sums
 from observer.db.closing import close_row
 from observer.db.reads import StaleSession
 from observer.db.schema import Base, SessionRow, dialect_insert
@@ -68,10 +67,10 @@ class RollupTx:
         A row that was closed or seen again since it was read is left alone, so a daemon
         still watching it wins. Returns how many rows were closed.
         """
-        closed_days = []
+        closed = 0
         for s in sessions:
             last_seen, uncertainty_ms = missed_leave(s.last_seen_at, now)
-            closed = close_row(
+            closed += close_row(
                 self.db,
                 s.id,
                 s.joined_at,
@@ -82,10 +81,7 @@ class RollupTx:
                 end_source=END_RECONCILED,
                 end_uncertainty_ms=uncertainty_ms,
             )
-            if closed is not None:
-                closed_days.append(closed.changed_day)
-        day_sums.count_changes(self.db.connection(), (d for d in closed_days if d is not None))
-        return len(closed_days)
+        return closed
 
     def usage(self, spec: UsageSpec) -> list[UsageTotal]:
         """As `Store.usage`, inside this transaction (after its settling)."""

@@ -5,8 +5,8 @@ from __future__ import annotations
 from bisect import bisect_right
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
-from datetime import UTC, date, datetime, timedelta
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from itertools import pairwise
 from typing import Any, NamedTuple
 
@@ -30,8 +30,6 @@ from sqlalchemy.sql.elements import Label, UnaryExpression
 from sqlalchemy.sql.operators import custom_op
 
 from observer.core.timeline import AGENT_STATES, OTHER_STATE
-from observer.core.times import utcnow
-from observer.db import day_sums
 from observer.db.schema import Base
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -154,7 +152,7 @@ def usage_totals(conn: Connection, spec: UsageSpec, parts: int = 1) -> list[Usag
 
 
 def usage_totals_together(
-    conn: Connection, specs: Sequence[UsageSpec], parts: int = 1, keep: bool = True
+    conn: Connection, specs: Sequence[UsageSpec], parts: int = 1
 ) -> list[list[UsageTotal]]:
     """`usage_totals` of each spec, reading the bulk of the sessions once when the specs
     differ only in their edges, each starts at a UTC midnight, all end together and cut
@@ -162,9 +160,7 @@ def usage_totals_together(
 
     The sessions that lie whole in one day, inside every window, are summed once per group
     and day (`_straight`), and each day's sums go to the bucket holding that day in each
-    window that holds it; the few others are clipped and cut for each spec alone. The sums
-    of days that are over are read from `usage_day_sums` where kept there, and (with `keep`)
-    kept there when not (`_straight_days`)."""
+    window that holds it; the few others are clipped and cut for each spec alone."""
     if not _can_share(specs):
         return [usage_totals(conn, spec, parts) for spec in specs]
     _tune(conn)
@@ -192,11 +188,11 @@ def usage_totals_together(
         cut_rows = [
             _sum_rows(conn, s, since, 1, "cut") for s, since in zip(specs, starts, strict=True)
         ]
-        straight = _straight_days(conn, days, midnights, 1, keep)
+        straight = _sum_rows(conn, days, start, 1, "straight")
     else:  # the few to cut at the same time as the bulk
         with ThreadPoolExecutor(max_workers=len(specs)) as pool:
             cuts = pool.map(cut, specs, starts)
-            straight = _straight_days(conn, days, midnights, parts, keep)
+            straight = _sum_rows(conn, days, start, parts, "straight")
             cut_rows = list(cuts)
     width = len(days.group_by)
     out: list[tuple[UsageSpec, datetime, list[Any]]] = []
@@ -217,57 +213,6 @@ def usage_totals_together(
         out.append((spec, since, [(*head, *values) for head, values in sums.items()]))
     _untune(conn)
     return [_with_states(conn, spec, since, rows) for spec, since, rows in out]
-
-
-def _straight_days(
-    conn: Connection, days: UsageSpec, midnights: list[datetime], parts: int, keep: bool
-) -> list[Any]:
-    """The rows of `_sum_rows(..., "straight")` for `days` (a bucket per midnight).
-
-    With one grouping and no states, the days that are over come from `usage_day_sums`
-    when kept there at their current version; the others are summed, and (with `keep`)
-    kept."""
-    width = len(days.group_by)
-    start, end = midnights[0], days.edges[-1]
-    if width != 1 or days.states:
-        return list(_sum_rows(conn, days, start, parts, "straight"))
-    now = utcnow()
-    one_day = timedelta(days=1)
-    dates = [  # the days that are over: a prefix of the midnights
-        m.astimezone(UTC).date()
-        for m in midnights
-        if m + one_day + day_sums.SETTLED <= now and m + one_day <= end
-    ]
-    rollup = day_sums.rollup_name(days.group_by, days.kind, days.round_to_ms)
-    current: dict[date, int] = {}
-    kept: dict[date, list[day_sums.DaySum]] = {}
-    if dates:
-        # the versions first: a change while the days are summed then makes the sums kept
-        # below outdated rather than wrong
-        current = day_sums.versions(conn, dates[0], dates[-1])
-        kept = day_sums.kept(conn, rollup, dates[0], dates[-1], current)
-    index = {d: i for i, d in enumerate(dates)}
-    rows: list[Any] = [
-        (key, index[day], n, ms, minutes)
-        for day, sums in kept.items()
-        for key, n, ms, minutes in sums
-    ]
-    missing = [i for i, d in enumerate(dates) if d not in kept]
-    first = missing[0] if missing else len(dates)
-    if first == len(midnights):
-        return rows
-    to_keep: dict[date, list[day_sums.DaySum]] = {dates[i]: [] for i in missing}
-    sub = replace(days, edges=(*midnights[first:], end))
-    for row in _sum_rows(conn, sub, midnights[first], parts, "straight"):
-        i = row[1] + first
-        if i < len(dates):
-            if dates[i] in kept:
-                continue
-            to_keep[dates[i]].append((row[0], row[2], row[3], row[4]))
-        rows.append((row[0], i, *row[2:]))
-    if keep and to_keep:
-        day_sums.keep_later(conn.engine, rollup, to_keep, current, now)
-    return rows
 
 
 def _can_share(specs: Sequence[UsageSpec]) -> bool:
