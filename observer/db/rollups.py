@@ -14,12 +14,10 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Session
 
-from observer.core.tracker import missed_leave
 from observer.core.vocab import (
-    END_RECONCILED,
     GroupKind,
 )
-from observer.db.closing import close_row
+from observer.db.closing import close_row, reconciled
 from observer.db.reads import StaleSession
 from observer.db.schema import Base, SessionRow, dialect_insert
 from observer.db.token_sql import TokenSessions, TokenTotal, token_totals
@@ -67,21 +65,17 @@ class RollupTx:
         A row that was closed or seen again since it was read is left alone, so a daemon
         still watching it wins. Returns how many rows were closed.
         """
-        closed = 0
-        for s in sessions:
-            last_seen, uncertainty_ms = missed_leave(s.last_seen_at, now)
-            closed += close_row(
+        return sum(
+            close_row(
                 self.db,
                 s.id,
                 s.joined_at,
-                last_seen,
+                reconciled(s.last_seen_at, now),
                 now=now,
                 only_if=(SessionRow.last_seen_at == s.last_seen_at,),
-                disconnect_reason=None,
-                end_source=END_RECONCILED,
-                end_uncertainty_ms=uncertainty_ms,
             )
-        return closed
+            for s in sessions
+        )
 
     def usage(self, spec: UsageSpec) -> list[UsageTotal]:
         """As `Store.usage`, inside this transaction (after its settling)."""

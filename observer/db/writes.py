@@ -20,7 +20,6 @@ from sqlalchemy import (
 from sqlalchemy.orm import Session
 
 from observer.core.agent_usage import COUNTERS, UsageReport
-from observer.core.timeline import Timeline
 from observer.core.tracker import (
     Close,
     Open,
@@ -35,7 +34,7 @@ from observer.core.tracker import (
     UpdateAttributes,
     Witnessed,
 )
-from observer.db.closing import close_row
+from observer.db.closing import close_row, ending_of
 from observer.db.schema import (
     AgentUsageRow,
     Base,
@@ -328,21 +327,7 @@ def _close(db: Session, op: Close, now: datetime) -> None:
             *_key_clause(op.key), SessionRow.left_at.is_(None)
         )
     ).first()
-    if row is None:
-        return
-    closed = close_row(
-        db,
-        row.id,
-        row.joined_at,
-        op.left_at,
-        now=now,
-        disconnect_reason=op.reason,
-        end_source=op.end_source,
-        end_uncertainty_ms=op.uncertainty_ms,
-        last_seen_at=max(op.last_seen_at, row.joined_at),
-        **_timeline_columns(op.timeline),
-    )
-    if not closed:
+    if row is None or not close_row(db, row.id, row.joined_at, ending_of(op), now=now):
         return
     if op.timeline is not None and op.timeline.spans:
         # only the observer whose end counted writes what it saw: one timeline per session
@@ -360,16 +345,6 @@ def _close(db: Session, op: Close, now: datetime) -> None:
                 for sp in op.timeline.spans
             ],
         )
-
-
-def _timeline_columns(timeline: Timeline | None) -> dict[str, Any]:
-    """What the observer saw (`state_unknown_ms`, the rest, is the database's)."""
-    if timeline is None:
-        return {}
-    states = timeline.state_ms()
-    values: dict[str, Any] = {f"state_{name}_ms": ms for name, ms in states.items()}
-    values.update(observed_from=timeline.observed_from, alone_ms=timeline.alone_ms())
-    return values
 
 
 def _touch(db: Session, keys: Iterable[SessionKey], at: datetime, now: datetime) -> None:
