@@ -384,7 +384,7 @@ def test_usage_summed_in_stretches_at_once_equals_one_query(
 ) -> None:
     """The window split by join time over several connections gives the sums of one query,
     whatever the number of stretches, with open sessions and sessions holding the cuts."""
-    from observer.db.usage_sql import UsageSpec, usage_totals
+    from observer.db.usage import UsageSpec, usage_totals
     from observer.reports.usage import bucket_edges
 
     window = [
@@ -430,17 +430,17 @@ def test_windows_summed_together_equal_each_alone(
     """Days and months that end together (the page's chart and month table) read the
     sessions once, and give what each query gives alone: with sessions across midnights,
     a month's end, the windows' starts and `now`, open ones, and in stretches."""
-    from observer.db import usage_sql
+    from observer.db.usage import totals
     from observer.reports import usage
 
     read: list[str] = []
-    sum_rows = usage_sql._sum_rows
+    sum_rows = totals.sum_rows
 
     def spy(*args: Any) -> Any:
         read.append(args[-1])
         return sum_rows(*args)
 
-    monkeypatch.setattr(usage_sql, "_sum_rows", spy)
+    monkeypatch.setattr(totals, "sum_rows", spy)
 
     def q(start: datetime, unit: str, by: str) -> usage.UsageQuery:
         return usage.UsageQuery(start, NOW, NOW, by=(unit, by), states=states)

@@ -20,8 +20,14 @@ from observer.core.vocab import (
 from observer.db.closing import close_row, reconciled
 from observer.db.reads import StaleSession
 from observer.db.schema import Base, SessionRow, dialect_insert
-from observer.db.token_sql import TokenSessions, TokenTotal, token_totals
-from observer.db.usage_sql import UsageSpec, UsageTotal, usage_totals
+from observer.db.usage import (
+    TokenSessions,
+    TokenTotal,
+    UsageSpec,
+    UsageTotal,
+    token_totals,
+    usage_totals,
+)
 
 
 @dataclass(frozen=True)

@@ -46,10 +46,12 @@ from observer.db.reads import (
 )
 from observer.db.rollups import RollupTx
 from observer.db.schema import RoomRow, SessionRow, WebhookEventRow, make_engine
-from observer.db.token_sql import TokenSessions, TokenTotal, token_totals
-from observer.db.usage_sql import (
+from observer.db.usage import (
+    TokenSessions,
+    TokenTotal,
     UsageSpec,
     UsageTotal,
+    token_totals,
     usage_totals,
     usage_totals_together,
 )
