@@ -600,7 +600,7 @@ def cmd_usage(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def keyed_rollups(raw: list[str]) -> list[str]:
-    from observer.db.usage_sql import USAGE_GROUP_COLUMNS, is_group_name
+    from observer.db.usage import USAGE_GROUP_COLUMNS, is_group_name
 
     out = []
     for arg in raw:

@@ -349,7 +349,7 @@ def test_the_page_store_has_threads_and_connections_of_its_own(db_url: str) -> N
     try:
         assert page.engine is not recording.engine
         assert page.threads.workers == 2
-        assert page.engine.pool.size() == 3  # type: ignore[attr-defined]
+        assert page.engine.pool.size() == 2  # type: ignore[attr-defined]
         assert page.usage_parts == 1  # its views sum on one connection per thread
         assert page.engine.pool._max_overflow == 0  # type: ignore[attr-defined]
     finally:

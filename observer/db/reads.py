@@ -18,7 +18,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import Session
 
 from observer.core.vocab import SessionState
-from observer.db.schema import RoomRow, SessionRow, UsageDayVersionRow
+from observer.db.schema import RoomRow, SessionRow
 
 
 @dataclass(frozen=True)
@@ -190,25 +190,20 @@ def live_agents(engine: Engine, kind: str = "agent") -> list[LiveAgent]:
         return [LiveAgent(*row) for row in db.execute(q)]
 
 
-def usage_version(
-    engine: Engine, today: datetime, *, kind: str, rooms: bool
-) -> tuple[Any, ...] | None:
+def usage_version(engine: Engine, *, kind: str, rooms: bool) -> tuple[Any, ...] | None:
     """What the usage sums of `kind`'s sessions up to now depend on besides the clock, to
-    tell whether sums computed earlier the same day are still true: None while a session of
-    that kind is open (its time grows with the clock). Else the newest session id (a
-    session recorded), the newest change of a session that joined since `today` (one
-    closed, given attributes), the days' versions (late writes to days that are over,
-    `day_sums`) and, with `rooms`, the newest change of a room (its metadata)."""
+    tell whether sums computed earlier are still true: None while a session of that kind is
+    open (its time grows with the clock). Else the newest session id (a session recorded),
+    the newest change of a closed session (one closed, late or not, or given attributes:
+    read from its index) and, with `rooms`, the newest change of a room (its metadata)."""
     s = SessionRow.__table__
     with engine.connect() as conn:
         open_now = s.c.left_at.is_(None) & (s.c.participant_kind == kind)
         if conn.scalar(select(func.count()).select_from(s).where(open_now)):
             return None
-        v = UsageDayVersionRow.__table__
         version: tuple[Any, ...] = (
             conn.scalar(select(func.max(s.c.id))),
-            conn.scalar(select(func.max(s.c.updated_at)).where(s.c.joined_at >= today)),
-            tuple(conn.execute(select(func.count(), func.sum(v.c.version))).one()),
+            conn.scalar(select(func.max(s.c.updated_at)).where(s.c.left_at.is_not(None))),
         )
         if rooms:
             version += (conn.scalar(select(func.max(RoomRow.__table__.c.updated_at))),)

@@ -2,7 +2,6 @@
 Jinja2). Served by the daemon on its HTTP port, or alone by `observer web`.
 
 No visitor writes: every route is a GET except the login form, which only sets a cookie.
-(Computing the Minutes view keeps the sums of days that are over: `observer.db.day_sums`.)
 """
 
 from __future__ import annotations
@@ -23,7 +22,7 @@ from observer.core.times import OutOfRange, iso, parse_iso, utcnow
 from observer.core.vocab import KINDS
 from observer.db.reads import SessionFilter
 from observer.db.store import Busy, Store
-from observer.db.usage_sql import has_control, usable_key
+from observer.db.usage.spec import has_control, usable_key
 from observer.reports.sessions import human_duration
 from observer.reports.usage import is_grouping
 from observer.web import export, views
@@ -188,12 +187,9 @@ class WebPage:
 
     def _minutes_data(self, by: str, now: datetime) -> tuple[Any, Any]:
         """The chart and the month table, true now: kept while the data they were computed
-        from stays the same (and no session is open), else computed again (the days that
-        are over then come from the kept day sums)."""
+        from stays the same (and no agent session is open), else computed again."""
         today = now.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
-        version = self._store.usage_version(
-            today, kind=views.KIND, rooms=by.startswith("room-metadata")
-        )
+        version = self._store.usage_version(kind=views.KIND, rooms=by.startswith("room-metadata"))
         data: tuple[Any, Any] = self._cache.current(
             ("minutes", by, today.date()),
             lambda: views.minutes_view(self._store, self._clock(), by),
@@ -217,8 +213,8 @@ class WebPage:
             await self._store.run_queued(self._minutes_data, by, self._clock())
 
     async def _warm(self, _app: web.Application) -> None:
-        """Start computing the minutes views the page offers, so that a visit finds them;
-        the first ever on a database takes seconds each, the next from the kept day sums."""
+        """Start computing the minutes views the page offers, so that a visit finds them
+        (each takes about a second over a million sessions)."""
         self.warmed = asyncio.ensure_future(self._warm_all())
         self.warmed.add_done_callback(lambda t: t.exception())  # a failure shows at the visit
 
