@@ -267,7 +267,11 @@ def bench(
     rows: list[tuple[object, ...]],
     rooms: list[tuple[object, ...]],
     runs: int,
+    parts: list[int] | None = None,
 ) -> None:
+    """`parts`: time the usage queries once for each of these numbers of stretches summed at
+    once (1: one query, which PostgreSQL's planner may run as a parallel aggregate); None:
+    as `observer usage` does."""
     migrate.upgrade(url)
     t0 = time.perf_counter()
     if url.startswith("sqlite"):
@@ -281,40 +285,47 @@ def bench(
     q = usage.UsageQuery(start=MONTH_START, end=end, now=now, by=("agent", "day"))
     job = reconcile.Job(period=reconcile.Period(MONTH_START, end, "bench"), now=now, settle=False)
     store = Store(url)
+
+    def summary(times: list[float]) -> str:
+        each = ", ".join(f"{t:.2f}" for t in times)
+        return f"median {statistics.median(times):.2f} s ({each})"
+
+    print(f"{name}: filled in {fill_s:.0f} s", flush=True)
     try:
-        groups = len(usage.compute(store, q))
-        # what `observer usage` does after start-up: the query, then the rows as CSV
-        usage_runs = timed(lambda: usage.render(q, usage.compute(store, q), "csv"), runs)
-        keyed = {}
-        for by, states in (
-            ("attribute:customer", False),
-            ("attribute:customer", True),
-            ("room-metadata:customer", False),
-        ):
-            kq = replace(q, by=(by, "day"), states=states)
-            keyed[by + (" --states" if states else "")] = (
-                len(usage.compute(store, kq)),
-                timed(lambda kq=kq: usage.render(kq, usage.compute(store, kq), "csv"), runs),
+        for n_parts in parts or [store.usage_parts]:
+            store.usage_parts = n_parts
+            groups = len(usage.compute(store, q))
+            # what `observer usage` does after start-up: the query, then the rows as CSV
+            usage_runs = timed(lambda: usage.render(q, usage.compute(store, q), "csv"), runs)
+            keyed = {}
+            for by, states in (
+                ("attribute:customer", False),
+                ("attribute:customer", True),
+                ("room-metadata:customer", False),
+            ):
+                kq = replace(q, by=(by, "day"), states=states)
+                keyed[by + (" --states" if states else "")] = (
+                    len(usage.compute(store, kq)),
+                    timed(lambda kq=kq: usage.render(kq, usage.compute(store, kq), "csv"), runs),
+                )
+            print(
+                f"  usage summed in {n_parts} stretch(es) at once\n"
+                f"  usage --by agent --by day, month ({groups:,} groups): {summary(usage_runs)}\n"
+                + "".join(
+                    f"  usage --by {by.replace(' ', ' --by day ')}"
+                    f"{'' if ' ' in by else ' --by day'}, month ({n:,} groups): {summary(t)}\n"
+                    for by, (n, t) in keyed.items()
+                ),
+                end="",
+                flush=True,
             )
         # the first run writes the month's rows; the others recompute and compare
         first = timed(lambda: reconcile.run(store, None, job), 1)[0]
         reconcile_runs = timed(lambda: reconcile.run(store, None, job), runs)
     finally:
         store.close()
-
-    def summary(times: list[float]) -> str:
-        each = ", ".join(f"{t:.2f}" for t in times)
-        return f"median {statistics.median(times):.2f} s ({each})"
-
     print(
-        f"{name}: filled in {fill_s:.0f} s\n"
-        f"  usage --by agent --by day, month ({groups:,} groups): {summary(usage_runs)}\n"
-        + "".join(
-            f"  usage --by {by.replace(' ', ' --by day ')}{'' if ' ' in by else ' --by day'},"
-            f" month ({n:,} groups): {summary(t)}\n"
-            for by, (n, t) in keyed.items()
-        )
-        + f"  reconcile month, first run (writes the rollups): {first:.2f} s\n"
+        f"  reconcile month, first run (writes the rollups): {first:.2f} s\n"
         f"  reconcile month, again: {summary(reconcile_runs)}",
         flush=True,
     )
@@ -329,7 +340,14 @@ def main() -> None:
     ap.add_argument("--pg-url", help="an empty PostgreSQL database (default: start a private one)")
     ap.add_argument("--skip-sqlite", action="store_true")
     ap.add_argument("--skip-postgres", action="store_true")
+    ap.add_argument(
+        "--parts",
+        help="time usage summed in each of these numbers of stretches at once, e.g. 1,2"
+        " (1: one query, the planner's own parallel aggregate on PostgreSQL; default: as"
+        " `observer usage` sums)",
+    )
     args = ap.parse_args()
+    parts = [int(p) for p in args.parts.split(",")] if args.parts else None
 
     print(
         f"machine: {os.cpu_count()} CPUs, {cpu_model()}; load average {os.getloadavg()[0]:.2f};"
@@ -350,7 +368,8 @@ def main() -> None:
 
     if not args.skip_sqlite:
         with tempfile.TemporaryDirectory() as tmp:
-            bench("sqlite", f"sqlite:///{tmp}/bench.db", rows, room_rows(args.rooms), args.runs)
+            url = f"sqlite:///{tmp}/bench.db"
+            bench("sqlite", url, rows, room_rows(args.rooms), args.runs, parts)
     if args.skip_postgres:
         return
     if args.pg_url:
@@ -360,6 +379,7 @@ def main() -> None:
             rows,
             room_rows(args.rooms),
             args.runs,
+            parts,
         )
         return
     import postgres_server
@@ -372,7 +392,8 @@ def main() -> None:
         print(
             f"postgresql {version[0] if version else '?'}: private instance, shared_buffers 128MB"
         )
-        bench("postgresql", pg.create_database("bench"), rows, room_rows(args.rooms), args.runs)
+        url = pg.create_database("bench")
+        bench("postgresql", url, rows, room_rows(args.rooms), args.runs, parts)
 
 
 if __name__ == "__main__":

@@ -2,11 +2,10 @@
 bench/bench_usage.py (1,000 of them open, in 1,000 live rooms), on SQLite and PostgreSQL.
 
 Times a GET of each view from the page served in-process (as `observer web` serves it),
-medians of several runs; the Minutes view computed with nothing kept (the first time a
-grouping is asked on a database), on a first visit with the sums of the days that are over
-kept (a restart, another observer), and from its cache; and how long the start-up's
-computation of every offered grouping takes with nothing kept. (The live
-view's CPU share: bench/bench_live_view.py.)
+medians of several runs; the Minutes view computed afresh (a grouping the start-up does not
+compute, or a visit during that computation), and from its cache; and how long the
+start-up's computation of every offered grouping takes. (The live view's CPU share:
+bench/bench_live_view.py.)
 
     .venv/bin/python bench/bench_web.py                 # starts a private PostgreSQL
 """
@@ -34,11 +33,11 @@ from aiohttp import web
 from sqlalchemy.engine import make_url
 
 from observer.core.tracker import RoomPresence, RoomSeen
-from observer.db import day_sums, migrate
-from observer.db.schema import Base
+from observer.db import migrate
 from observer.db.store import Store
 from observer.web import views
-from observer.web.app import WebPage, access_middleware
+from observer.web.app import WebPage
+from observer.web.guard import Access, guarded_app
 
 VIEWS = (
     "/now",
@@ -68,13 +67,6 @@ def mark_live_rooms(url: str, rows: list[tuple[object, ...]], now: datetime) -> 
     return len(live)
 
 
-def forget_day_sums(store: Store) -> None:
-    day_sums.kept_all()
-    with store.engine.begin() as conn:
-        for name in ("usage_day_sums", "usage_day_marks"):
-            conn.execute(Base.metadata.tables[name].delete())
-
-
 async def bench(name: str, url: str, rows: list[tuple[object, ...]], runs: int) -> None:
     migrate.upgrade(url)
     t0 = time.perf_counter()
@@ -89,8 +81,8 @@ async def bench(name: str, url: str, rows: list[tuple[object, ...]], runs: int) 
     print(f"{name}: filled in {time.perf_counter() - t0:.0f} s; {live} live rooms", flush=True)
 
     store = Store.for_page(url, workers=2)  # as `observer web` and the daemon serve it
-    page = WebPage(store, stuck_after_s=300, dead_after_s=10, token=None, clock=lambda: now)
-    app = web.Application(middlewares=[access_middleware(None, frozenset())])
+    page = WebPage(store, stuck_after_s=300, dead_after_s=10, access=Access(), clock=lambda: now)
+    app = guarded_app(Access())
     page.add_routes(app)
     runner = web.AppRunner(app)
     await runner.setup()
@@ -108,32 +100,24 @@ async def bench(name: str, url: str, rows: list[tuple[object, ...]], runs: int) 
                     assert r.status == 200, (path, r.status)
                 return time.perf_counter() - t
 
-            # the start-up's computation of every grouping offered, with nothing kept yet
+            # the start-up's computation of every grouping offered
             t = time.perf_counter()
             assert page.warmed is not None
             await page.warmed
             took = time.perf_counter() - t
             offered = views.worth_warming(page._grouping_choices())
-            print(f"  start-up, nothing kept: {took:.2f} s for {', '.join(offered)}", flush=True)
-            day_sums.kept_all()
+            print(f"  start-up: {took:.2f} s for {', '.join(offered)}", flush=True)
             for path in VIEWS:
                 if path.startswith("/minutes"):
-                    # nothing kept: the first computation of a grouping on a database
-                    forget_day_sums(store)
-                    page._cache = type(page._cache)(60.0)
-                    first = await get(path)
-                    day_sums.kept_all()
-                    # the first visit of a process (a restart, another observer): the days
-                    # that are over are kept
+                    # computed afresh: a grouping the start-up did not compute
                     cold = []
                     for _ in range(runs):
                         page._cache = type(page._cache)(60.0)
                         cold.append(await get(path))
                     warm = [await get(path) for _ in range(runs)]
                     print(
-                        f"  {path}: first computation on the database {first:.3f} s;"
-                        f" first visit of a process median {statistics.median(cold):.3f} s;"
-                        f" later visits median {statistics.median(warm):.3f} s",
+                        f"  {path}: computed afresh median {statistics.median(cold):.3f} s;"
+                        f" from the cache median {statistics.median(warm):.3f} s",
                         flush=True,
                     )
                 else:

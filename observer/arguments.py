@@ -36,6 +36,8 @@ USES: dict[str, tuple[str, ...] | None] = {
     "web": (
         *DATABASE,
         "OBSERVER_HTTP_TOKEN",
+        "OBSERVER_HTTP_HOSTS",
+        "OBSERVER_HTTP_TRUST_PROXY",
         "OBSERVER_STUCK_AGENT_S",
         "OBSERVER_FAILOVER_S",
         "OBSERVER_PAGE_WORKERS",

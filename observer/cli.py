@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING
 from dotenv import dotenv_values
 from sqlalchemy.exc import SQLAlchemyError
 
+from observer.core.times import EARLIEST, LATEST, OutOfRange, parse_iso
+
 if TYPE_CHECKING:
     from observer.config import LiveKitSettings
     from observer.db.store import Store
@@ -383,27 +385,23 @@ def is_bind_error(exc: OSError) -> bool:
     return exc.errno in bind and "bind" in str(exc)
 
 
-# Times the reports accept: from the Unix epoch to well before datetime's own limit, so
-# that windows, day edges and milliseconds since the epoch never overflow.
-EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
-LATEST = datetime(9000, 1, 1, tzinfo=UTC)
-
-
 def parse_time(raw: str, *, flag: str = "time", now: datetime | None = None) -> datetime:
     """ISO 8601 date or time (UTC unless it says otherwise), or `30m`, `24h`, `7d` ago."""
     now = now or datetime.now(UTC)
     units = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
     text = raw.strip()
+    unreadable = UsageError(f"{flag}: not an ISO 8601 time or a relative time like 24h: {raw!r}")
+    if not (len(text) >= 2 and text[-1] in units and text[:-1].isdigit()):
+        try:
+            return parse_iso(text)
+        except OutOfRange as exc:
+            raise UsageError(f"{flag}: {raw!r} is {exc}") from None
+        except ValueError:
+            raise unreadable from None
     try:
-        if len(text) >= 2 and text[-1] in units and text[:-1].isdigit():
-            value = now - timedelta(**{units[text[-1]]: int(text[:-1])})
-        else:
-            value = datetime.fromisoformat(text.replace("Z", "+00:00"))
-            value = value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-    except (ValueError, OverflowError):
-        raise UsageError(
-            f"{flag}: not an ISO 8601 time or a relative time like 24h: {raw!r}"
-        ) from None
+        value = now - timedelta(**{units[text[-1]]: int(text[:-1])})
+    except OverflowError:
+        raise unreadable from None
     if not EARLIEST <= value < LATEST:
         raise UsageError(
             f"{flag}: {raw!r} is out of range ({EARLIEST:%Y-%m-%d} to before {LATEST:%Y-%m-%d})"
@@ -493,7 +491,8 @@ def cmd_web(settings: Settings, args: argparse.Namespace) -> int:
     from aiohttp import web
 
     from observer.config import is_loopback
-    from observer.web.app import WebPage, access_middleware
+    from observer.web.app import WebPage
+    from observer.web.guard import Access, guarded_app
 
     host, sep, port = args.addr.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 < int(port) <= 65535:
@@ -511,14 +510,13 @@ def cmd_web(settings: Settings, args: argparse.Namespace) -> int:
             ),
             extra={"host": host, "port": int(port)},
         )
-    app = web.Application(
-        middlewares=[access_middleware(settings.http_token, frozenset({"/healthz"}))]
-    )
+    access = Access.of(settings, host, frozenset({"/healthz"}))
+    app = guarded_app(access)
     WebPage(
         store,
         stuck_after_s=settings.stuck_agent_s,
         dead_after_s=settings.failover_s,
-        token=settings.http_token,
+        access=access,
     ).add_routes(app)
 
     async def healthz(_request: web.Request) -> web.Response:
@@ -602,7 +600,7 @@ def cmd_usage(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def keyed_rollups(raw: list[str]) -> list[str]:
-    from observer.db.usage_sql import USAGE_GROUP_COLUMNS, is_group_name
+    from observer.db.usage import USAGE_GROUP_COLUMNS, is_group_name
 
     out = []
     for arg in raw:

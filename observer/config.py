@@ -17,6 +17,7 @@ from observer.core.vocab import KINDS
 LOG_FORMATS = ("text", "json")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 DEFAULT_DATABASE_URL = "sqlite:///observer.db"
+TOKEN_MIN_CHARS = 16  # a shorter OBSERVER_HTTP_TOKEN is refused at start: too easily guessed
 
 # name -> (default, meaning); the single source for `.env.example` and the README table.
 SETTINGS_DOC: dict[str, tuple[str, str]] = {
@@ -57,7 +58,17 @@ SETTINGS_DOC: dict[str, tuple[str, str]] = {
     "OBSERVER_HTTP_TOKEN": (
         "",
         "Bearer token (or the page's login) every HTTP path but /webhook, /usage and /healthz"
-        " requires; empty: none",
+        f" requires, at least {TOKEN_MIN_CHARS} characters; empty: none",
+    ),
+    "OBSERVER_HTTP_HOSTS": (
+        "",
+        "Host names the HTTP server answers besides loopback names and OBSERVER_HTTP_ADDR's"
+        " host (others: 421), comma-separated; '*' any. On 0.0.0.0 or :: (empty): any",
+    ),
+    "OBSERVER_HTTP_TRUST_PROXY": (
+        "false",
+        "true: clients reach the HTTP server through a reverse proxy that terminates TLS;"
+        " the login cookie is Secure and the client address is X-Forwarded-For's last",
     ),
     "OBSERVER_WEBHOOK_MAX_BYTES": ("1048576", "Largest webhook body accepted (larger: 413)"),
     "OBSERVER_PAGE_WORKERS": (
@@ -143,6 +154,8 @@ class Settings:
     http_host: str | None
     http_port: int
     http_token: str | None = field(repr=False)
+    http_hosts: tuple[str, ...] | None  # None: the default (see `observer.web.guard`)
+    http_trust_proxy: bool
     webhook_max_bytes: int
     page_workers: int
     room_processes: int
@@ -199,7 +212,9 @@ class Settings:
             db_retry_max_s=r.number("OBSERVER_DB_RETRY_MAX_S", minimum=0.1),
             http_host=http_host,
             http_port=http_port,
-            http_token=r.text("OBSERVER_HTTP_TOKEN") or None,
+            http_token=_token(r),
+            http_hosts=_hosts(r),
+            http_trust_proxy=r.boolean("OBSERVER_HTTP_TRUST_PROXY"),
             webhook_max_bytes=r.integer("OBSERVER_WEBHOOK_MAX_BYTES", minimum=1024),
             page_workers=r.integer("OBSERVER_PAGE_WORKERS", minimum=1),
             room_processes=r.integer("OBSERVER_ROOM_PROCESSES", minimum=0),
@@ -260,6 +275,12 @@ class _Reader:
             self.problems.append(f"{name} must be at least {minimum}, got {raw!r}")
         return int(raw)
 
+    def boolean(self, name: str) -> bool:
+        raw = self.raw(name).lower()
+        if raw not in ("true", "false", "1", "0", "yes", "no", "on", "off"):
+            self.problems.append(f"{name} must be true or false, got {raw!r}")
+        return raw in ("true", "1", "yes", "on")
+
     def choice(self, name: str, choices: tuple[str, ...]) -> str:
         value = self.raw(name).lower()
         if value not in choices:
@@ -318,6 +339,36 @@ def _kinds(r: _Reader) -> frozenset[str]:
             f" choose from {', '.join(KINDS)}"
         )
     return kinds
+
+
+def _token(r: _Reader) -> str | None:
+    token = r.text("OBSERVER_HTTP_TOKEN")
+    if token and len(token) < TOKEN_MIN_CHARS:
+        r.problems.append(
+            f"OBSERVER_HTTP_TOKEN must be at least {TOKEN_MIN_CHARS} characters, got"
+            f" {len(token)} (make one with: openssl rand -hex 16)"
+        )
+    return token or None
+
+
+def _hosts(r: _Reader) -> tuple[str, ...] | None:
+    hosts = tuple(h.lower().rstrip(".").strip("[]") for h in r.items("OBSERVER_HTTP_HOSTS"))
+    bad = [h for h in hosts if not _host_name(h)]
+    if bad:
+        r.problems.append(
+            f"OBSERVER_HTTP_HOSTS takes host names without port or scheme, got {bad[0]!r}"
+        )
+    return hosts or None
+
+
+def _host_name(h: str) -> bool:
+    """A name a Host header may hold, without its port: a DNS name, an address, or '*'."""
+    if ":" in h:
+        try:
+            return ipaddress.ip_address(h).version == 6
+        except ValueError:
+            return False
+    return h == "*" or (h != "" and not any(c in h for c in "/@ *"))
 
 
 def _http_addr(r: _Reader) -> tuple[str | None, int]:

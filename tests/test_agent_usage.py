@@ -424,7 +424,7 @@ def test_usage_before_its_session_row_links_once_the_row_exists(db_url: str) -> 
     store = Store(db_url)
     try:
         store.apply([RecordUsage(report("PA_late", at(5), llm(output_tokens=7)))], "obs")
-        from observer.db.usage_sql import UsageSpec
+        from observer.db.usage import UsageSpec
 
         spec = UsageSpec(edges=(MAR, MAR + timedelta(days=31)), group_by=("agent",))
         ((before,), (unseen,)) = store.tokens(spec)

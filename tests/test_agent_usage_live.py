@@ -35,7 +35,7 @@ from test_agent_states import join_caller
 from observer.core.agent_usage import COUNTERS
 from observer.db.schema import AgentUsageRow, SessionRow
 from observer.db.store import Store
-from observer.db.usage_sql import UsageSpec
+from observer.db.usage import UsageSpec
 
 pytestmark = [pytest.mark.live, pytest.mark.databases("sqlite")]
 

@@ -384,7 +384,7 @@ def test_usage_summed_in_stretches_at_once_equals_one_query(
 ) -> None:
     """The window split by join time over several connections gives the sums of one query,
     whatever the number of stretches, with open sessions and sessions holding the cuts."""
-    from observer.db.usage_sql import UsageSpec, usage_totals
+    from observer.db.usage import UsageSpec, usage_totals
     from observer.reports.usage import bucket_edges
 
     window = [
@@ -430,17 +430,17 @@ def test_windows_summed_together_equal_each_alone(
     """Days and months that end together (the page's chart and month table) read the
     sessions once, and give what each query gives alone: with sessions across midnights,
     a month's end, the windows' starts and `now`, open ones, and in stretches."""
-    from observer.db import usage_sql
+    from observer.db.usage import totals
     from observer.reports import usage
 
     read: list[str] = []
-    sum_rows = usage_sql._sum_rows
+    sum_rows = totals.sum_rows
 
     def spy(*args: Any) -> Any:
         read.append(args[-1])
         return sum_rows(*args)
 
-    monkeypatch.setattr(usage_sql, "_sum_rows", spy)
+    monkeypatch.setattr(totals, "sum_rows", spy)
 
     def q(start: datetime, unit: str, by: str) -> usage.UsageQuery:
         return usage.UsageQuery(start, NOW, NOW, by=(unit, by), states=states)
@@ -501,50 +501,31 @@ def test_usage_states_cut_at_a_price_change_add_up(
     assert any(s["joined"] < cut < (s["left"] or NOW) for s in billed_db)  # some hold it
 
 
-def test_sums_of_days_over_are_kept_and_outdated_by_late_writes(
-    billed_db: list[dict[str, Any]], db_url: str, monkeypatch: pytest.MonkeyPatch
+def test_the_minutes_view_follows_late_writes_to_days_that_are_over(
+    billed_db: list[dict[str, Any]], db_url: str
 ) -> None:
-    """The page's sums of days that are over are kept in `usage_day_sums` and read back.
-    A session of such a day closed late (at an observer's start, by `reconcile`'s settling)
-    or given attributes, or its room's new metadata, counts its day's version up, and that
-    day alone is summed again:
-    the numbers stay those of `observer usage`. A database the keeping cannot write to only
-    costs the keeping."""
-    from sqlalchemy import func, select
-
+    """The page's sums (the days of a chart and the months of a table read together) of
+    days that are over follow a session of such a day closed late (at an observer's start,
+    by `reconcile`'s settling), given attributes, or its room's new metadata: the numbers
+    are always those of `observer usage`, each query on its own."""
     from observer.core.tracker import UpdateAttributes
-    from observer.db import day_sums, usage_sql
-    from observer.db.schema import Base
     from observer.reports import usage
 
-    summed_from: list[datetime] = []
-    sum_rows = usage_sql._sum_rows
-
-    def spy(*args: Any) -> Any:
-        if args[-1] == "straight":
-            summed_from.append(args[1].edges[0])
-        return sum_rows(*args)
-
-    monkeypatch.setattr(usage_sql, "_sum_rows", spy)
     queries = [
         usage.UsageQuery(START - timedelta(days=3), NOW, NOW, by=("day", by))
         for by in ("agent", "attribute:customer", "room-metadata:customer")
     ] + [usage.UsageQuery(START - timedelta(days=28), NOW, NOW, by=("month", "agent"))]
-    today = datetime(2026, 3, 3, tzinfo=UTC)  # the day NOW is in: never kept
 
-    def check() -> None:
-        summed_from.clear()
+    def check() -> dict[str, set[tuple[str, str]]]:
+        """The (day, group) of each grouping's chart, once `compute_together` is checked."""
         month = queries[-1]
+        seen = {}
         for q in queries:
             pair = [q, replace(month, by=("month", q.by[1]))] if q is not month else [queries[0], q]
             together = usage.compute_together(store, pair)
             assert together == [usage.compute(store, x) for x in pair], q.by
-            day_sums.kept_all()  # (kept behind the answer)
-
-    def versions() -> dict[Any, int]:
-        t = Base.metadata.tables["usage_day_versions"]
-        with store.engine.connect() as conn:
-            return dict(conn.execute(select(t.c.day, t.c.version)).all())
+            seen[q.by[1]] = {(str(x.groups[0]), str(x.groups[1])) for x in together[0]}
+        return seen
 
     def session(n: str, joined: datetime, customer: str = "acme") -> TrackedSession:
         return TrackedSession(
@@ -562,78 +543,45 @@ def test_sums_of_days_over_are_kept_and_outdated_by_late_writes(
 
     store = Store(db_url)
     try:
-        check()  # computes and keeps
-        t = Base.metadata.tables["usage_day_sums"]
-        with store.engine.connect() as conn:
-            assert conn.execute(select(func.count()).select_from(t)).scalar_one() > 0
-        check()  # reads them: only today is summed
-        assert set(summed_from) == {today}
+        assert ("2026-03-02", "agent-late") not in check()["agent"]
 
         # a late close of a session of 2 March (an observer restarting, say)
         late = session("close", datetime(2026, 3, 2, 10, tzinfo=UTC))
         left = late.joined_at + timedelta(minutes=7)
-        before = versions()
         store.apply([Open(late)], "obs")
-        assert versions() == before  # an open row changes no day's sums
         store.apply([Close(late.key, left, None, END_RTC, None, left, late)], "obs")
-        mar2, feb28 = datetime(2026, 3, 2).date(), datetime(2026, 2, 28).date()
-        assert versions() == {**before, mar2: before.get(mar2, 0) + 1}
-        check()
-        assert min(summed_from) == datetime(2026, 3, 2, tzinfo=UTC)  # that day, not before
+        assert ("2026-03-02", "agent-late") in check()["agent"]
 
         # attributes set on that closed row
         store.apply([UpdateAttributes(late.key, {"customer": "globex"}, "agent-late")], "obs")
-        assert versions()[mar2] == before.get(mar2, 0) + 2
-        check()
+        assert ("2026-03-02", "globex") in check()["attribute:customer"]
 
-        # `observer reconcile` settling a row left open on 28 February
+        # `observer reconcile` settling a row left open on 28 February, last seen at 09:30:
+        # open, it counted up to now; settled, it ends on its day
         stale = session("stale", datetime(2026, 2, 28, 9, tzinfo=UTC), "initech")
+        stale = replace(stale, last_seen_at=stale.joined_at + timedelta(minutes=30))
         store.apply([Open(stale)], "obs")
+        assert ("2026-03-01", "initech") in check()["attribute:customer"]
         with store.rollup_transaction() as tx:
             tx.settle(store.stale_open_sessions(datetime(2026, 3, 1, tzinfo=UTC)), NOW)
-        assert versions()[feb28] == before.get(feb28, 0) + 1
-        check()
-        assert min(summed_from) == datetime(2026, 2, 28, tzinfo=UTC)
-        # a room's new metadata counts up the days of its sessions; the same metadata again,
-        # nothing; a room seen for the first time (known only from its sessions) too
+        by_customer = check()["attribute:customer"]
+        assert ("2026-02-28", "initech") in by_customer
+        assert ("2026-03-01", "initech") not in by_customer
+
+        # a room's new metadata regroups its sessions of days that are over
         at = datetime.now(UTC)
-        before = versions()
-        same = RoomSeen("RM_room-1", "room-1", METADATA[1], MAR1, at, 0, 0)
-        store.apply([same], "obs")
-        assert versions() == before
         store.apply(
             [RoomSeen("RM_room-1", "room-1", '{"customer": "umbrella"}', MAR1, at, 0, 0)], "obs"
         )
-        assert {d for d, v in versions().items() if v > before.get(d, 0)}
-        check()
-        before = versions()
-        store.apply(
-            [RoomSeen("RM_room-11", "room-11", '{"customer": "hooli"}', MAR1, at, 0, 0)], "obs"
-        )
-        assert {d for d, v in versions().items() if v > before.get(d, 0)}
-        check()
+        assert ("2026-03-02", "umbrella") in check()["room-metadata:customer"]
 
-        # a row closed across a midnight lies in no kept day: no version counted
-        night = session("night", datetime(2026, 3, 1, 23, 50, tzinfo=UTC))
+        # a row closed across a midnight counts in both days
+        night = session("night", datetime(2026, 3, 1, 23, 50, tzinfo=UTC), "hooli")
         late_left = night.joined_at + timedelta(minutes=20)
-        before = versions()
         store.apply(
             [Open(night), Close(night.key, late_left, None, END_RTC, None, late_left, night)], "obs"
         )
-        assert versions() == before
-        check()
-
-        # keeping fails (a read-only role): the sums are answered all the same
-        with store.engine.begin() as conn:
-            for name in ("usage_day_sums", "usage_day_marks"):
-                conn.execute(Base.metadata.tables[name].delete())
-
-        def refuse(*_a: Any, **_k: Any) -> Any:
-            raise PermissionError("permission denied for table usage_day_sums")
-
-        monkeypatch.setattr(day_sums, "delete", refuse)
-        check()
-        with store.engine.connect() as conn:
-            assert conn.execute(select(func.count()).select_from(t)).scalar_one() == 0
+        by_customer = check()["attribute:customer"]
+        assert {("2026-03-01", "hooli"), ("2026-03-02", "hooli")} <= by_customer
     finally:
         store.close()

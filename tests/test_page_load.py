@@ -35,7 +35,8 @@ from observer.db.schema import SessionRow
 from observer.db.store import Busy, Store
 from observer.reports.sessions import COLUMNS, render_sessions, row_dict, session_chunks
 from observer.web import export
-from observer.web.app import WebPage, access_middleware
+from observer.web.app import WebPage
+from observer.web.guard import Access, guarded_app
 
 pytestmark = pytest.mark.live
 
@@ -81,8 +82,9 @@ def fill(url: str, n: int, *, first: int = 0, now: datetime | None = None) -> No
 async def serving(store: Store) -> AsyncIterator[tuple[str, WebPage]]:
     """The page over `store` on a port of its own, with /healthz, as `observer web`
     serves it."""
-    page = WebPage(store, stuck_after_s=300, dead_after_s=10, token=None)
-    app = web.Application(middlewares=[access_middleware(None, frozenset({"/healthz"}))])
+    access = Access(open_paths=frozenset({"/healthz"}))
+    page = WebPage(store, stuck_after_s=300, dead_after_s=10, access=access)
+    app = guarded_app(access)
     page.add_routes(app)
 
     async def healthz(_request: web.Request) -> web.Response:
@@ -347,7 +349,7 @@ def test_the_page_store_has_threads_and_connections_of_its_own(db_url: str) -> N
     try:
         assert page.engine is not recording.engine
         assert page.threads.workers == 2
-        assert page.engine.pool.size() == 3  # type: ignore[attr-defined]
+        assert page.engine.pool.size() == 2  # type: ignore[attr-defined]
         assert page.usage_parts == 1  # its views sum on one connection per thread
         assert page.engine.pool._max_overflow == 0  # type: ignore[attr-defined]
     finally:

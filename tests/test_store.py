@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import operator
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, get_args
 
 import pytest
 from sqlalchemy import Join, Select, Table, inspect, text, update
@@ -220,7 +220,7 @@ def test_upgrading_keeps_attributes_and_room_metadata(empty_db_url: str) -> None
     """Migration 0012 turns both into jsonb on PostgreSQL: every value reads back alike, and
     the reports group by a key of each."""
     from observer.db.reads import RoomFilter
-    from observer.db.usage_sql import UsageSpec
+    from observer.db.usage import UsageSpec
 
     migrate.upgrade(empty_db_url, "0011")
     attributes = {"lk.agent_name": "bob", "customer": "acme", "note": 'ünï \\ "quoted"'}
@@ -260,7 +260,7 @@ def test_epoch_milliseconds_are_kept_by_the_database(empty_db_url: str) -> None:
     the rows already there, kept as rows open and close, truncated to the millisecond
     exactly as `epoch_ms` (the reports measure with them)."""
     from observer.db.schema import Base
-    from observer.db.usage_sql import epoch_ms
+    from observer.db.usage import epoch_ms
 
     migrate.upgrade(empty_db_url, "0012")
     times = [T0 + timedelta(microseconds=us) for us in (0, 1, 499, 500, 999, 877_001, 999_999)] + [
@@ -307,7 +307,7 @@ def test_the_few_sessions_to_cut_are_found_through_their_indexes(db_url: str) ->
     """The usage SQL finds the sessions holding a midnight through the partial index on
     `crosses_day`; both planners use such an index only when the query repeats its
     predicate word for word (not `crosses_day = 1` nor `crosses_day IS true`)."""
-    from observer.db.usage_sql import CROSSING
+    from observer.db.usage._dialect import CROSSING
 
     store = Store(db_url)
     try:
@@ -331,7 +331,10 @@ def test_each_part_of_the_usage_sql_reads_one_range_of_join_times(states: bool) 
     maybe the wider: a window's edge arm then read the whole window (0.2 s of 1M sessions)."""
     from sqlalchemy.dialects import postgresql, sqlite
 
-    from observer.db.usage_sql import UsageSpec, _cut_states_query, _usage_query
+    from observer.db.usage import UsageSpec
+    from observer.db.usage._query import usage_query
+    from observer.db.usage._states import cut_states_query
+    from observer.db.usage.spec import Subset
     from observer.reports.usage import bucket_edges
 
     start, now = datetime(2026, 2, 1, tzinfo=UTC), datetime(2026, 3, 31, 2, tzinfo=UTC)
@@ -340,11 +343,11 @@ def test_each_part_of_the_usage_sql_reads_one_range_of_join_times(states: bool) 
         spec = UsageSpec(edges=edges, group_by=("agent",), open_until=now, states=states)
         for dialect in (sqlite.dialect(), postgresql.dialect()):
             queries = [
-                _usage_query(spec, dialect.name, since, now, start - since, which)
-                for which in ("all", "straight", "cut")
+                usage_query(spec, dialect.name, since, now, start - since, which)
+                for which in get_args(Subset)
             ]
             if states:
-                queries.append(_cut_states_query(spec, dialect.name, since))
+                queries.append(cut_states_query(spec, dialect.name, since))
             for query in queries:
                 reads = [
                     sel for sel in iterate(query) if isinstance(sel, Select) and reads_sessions(sel)
@@ -380,44 +383,3 @@ def bounds(sel: Any, op: Any) -> int:
         and getattr(term.left, "table", None) is not None
         and term.left.table.name == "sessions"
     )
-
-
-def test_kept_day_sums_keep_the_newest_and_empty_days(db_url: str) -> None:
-    """A keeping computed at an older version of a day (a slow process, while another kept a
-    newer one) does not replace the newer; a day with no sessions is kept as such; sums
-    kept at an older version than the day's are not read."""
-    from datetime import date
-
-    from observer.db import day_sums
-
-    now = datetime(2026, 11, 30, tzinfo=UTC)
-    rollup = day_sums.rollup_name(("agent",), "agent", 1)
-    d, empty = date(2026, 3, 2), date(2026, 3, 3)
-    store = Store(db_url)
-    try:
-        day_sums.keep(store.engine, rollup, {d: [("a", 1, 1000, 1)], empty: []}, {d: 2}, now)
-        day_sums.keep(store.engine, rollup, {d: [("a", 9, 9000, 9)]}, {d: 1}, now)
-        with store.engine.connect() as conn:
-            both = day_sums.kept(conn, rollup, d, empty, {d: 2})
-            assert both == {d: [("a", 1, 1000, 1)], empty: []}
-            assert day_sums.kept(conn, rollup, d, empty, {d: 3}) == {empty: []}
-            assert day_sums.kept(conn, rollup, d, empty, {d: 2, empty: 1}) == {d: both[d]}
-        # at the current version, it replaces what was kept
-        day_sums.keep(store.engine, rollup, {d: [("b", 2, 2000, 2)]}, {d: 3}, now)
-        with store.engine.connect() as conn:
-            assert day_sums.kept(conn, rollup, d, d, {d: 3}) == {d: [("b", 2, 2000, 2)]}
-        # keeping a day lets go of the grouping's days more than `KEPT_FOR` older
-        later = d + day_sums.KEPT_FOR - timedelta(days=1)
-        day_sums.keep(store.engine, rollup, {later: [("c", 1, 1, 1)]}, {}, now)
-        with store.engine.connect() as conn:
-            assert day_sums.kept(conn, rollup, d, later, {d: 3}) == {
-                d: [("b", 2, 2000, 2)],
-                empty: [],
-                later: [("c", 1, 1, 1)],
-            }  # (2 and 3 March are within reach of that day)
-        day_sums.keep(store.engine, rollup, {later + timedelta(days=2): []}, {}, now)
-        with store.engine.connect() as conn:
-            # 2 March is let go; 3 March (100 days before) stays
-            assert set(day_sums.kept(conn, rollup, d, later, {d: 3})) == {empty, later}
-    finally:
-        store.close()

@@ -2,7 +2,7 @@
 
 /webhook and /usage are authenticated by a signature as LiveKit signs webhooks, and
 /healthz says only that the process lives; every other path requires the bearer token when
-one is set (OBSERVER_HTTP_TOKEN)."""
+one is set (OBSERVER_HTTP_TOKEN). The rules: `observer.web.guard`."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from observer.core.agent_usage import UsageReport
 from observer.core.times import utcnow
 from observer.daemon.telemetry import Metrics
 from observer.daemon.webhooks import Rejected, authenticate, usage_report, verify
-from observer.web.app import access_middleware
+from observer.web.guard import Access, guarded_app
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +34,7 @@ class WebServer:
         on_webhook: Callable[[api.WebhookEvent, str], Awaitable[str]],
         on_usage: Callable[[UsageReport], None] = lambda _r: None,
         readiness: Callable[[], Awaitable[list[str]]],
-        token: str | None = None,
+        access: Access | None = None,
         page: Callable[[web.Application], None] | None = None,
     ) -> None:
         self._receiver = receiver
@@ -43,14 +43,12 @@ class WebServer:
         self._on_webhook = on_webhook
         self._on_usage = on_usage
         self._readiness = readiness
-        self._token = token
+        self._access = access or Access(open_paths=OPEN_PATHS)
         self._page = page
         self._runner: web.AppRunner | None = None
 
     def app(self) -> web.Application:
-        app = web.Application(
-            client_max_size=self._max, middlewares=[access_middleware(self._token, OPEN_PATHS)]
-        )
+        app = guarded_app(self._access, client_max_size=self._max)
         app.router.add_post("/webhook", self._webhook)
         app.router.add_post("/usage", self._usage)
         app.router.add_get("/metrics", self._metrics_page)

@@ -30,7 +30,7 @@ from observer.core.tracker import (
 )
 from observer.daemon import pulse, telemetry, webhooks
 from observer.daemon.fleet import Fleet
-from observer.daemon.http import WebServer
+from observer.daemon.http import OPEN_PATHS, WebServer
 from observer.daemon.identity import (
     IDENTITY_PREFIX,
     IdHeld,
@@ -47,6 +47,7 @@ from observer.db.migrate import upgrade
 from observer.db.store import Store
 from observer.db.writes import WebhookRecord, Write
 from observer.web.app import WebPage
+from observer.web.guard import Access
 
 log = logging.getLogger(__name__)
 
@@ -265,6 +266,7 @@ class Observer:
         self.page_store = Store.for_page(
             self.settings.database_url, workers=self.settings.page_workers
         )
+        access = Access.of(self.settings, self.settings.http_host, OPEN_PATHS)
         self.web = WebServer(
             receiver=api.WebhookReceiver(api.TokenVerifier(self.lk.api_key, self.lk.api_secret)),
             metrics=self.metrics,
@@ -272,13 +274,14 @@ class Observer:
             on_webhook=self._on_webhook,
             on_usage=lambda report: self._emit(UsageReported(report)),
             readiness=self.readiness,
-            token=self.settings.http_token,
+            access=access,
             page=WebPage(
                 self.page_store,
                 stuck_after_s=self.settings.stuck_agent_s,
                 dead_after_s=self.settings.failover_s,
-                token=self.settings.http_token,
+                access=access,
                 readiness=self.readiness,
+                livekit_url=", ".join(self.lk.urls),
             ).add_routes,
         )
         await self.web.start(self.settings.http_host, self.settings.http_port)

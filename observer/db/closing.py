@@ -1,42 +1,93 @@
-"""Where a session row is closed: by the daemon's writes and by `observer reconcile`."""
+"""Where a session row is closed: by the daemon's writes and by `observer reconcile`.
+
+Both describe the end as an `Ending`; `closed_columns` turns it into the values written,
+and `close_row` writes them. Only the times and what the observer saw are written:
+`duration_ms`, `crosses_day` and `state_unknown_ms` are the database's, derived from them.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import date, datetime
-from typing import Any, NamedTuple
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
 
 from sqlalchemy import ColumnElement, update
 from sqlalchemy.orm import Session
 
-from observer.db import day_sums
+from observer.core.timeline import Timeline
+from observer.core.tracker import Close, missed_leave
+from observer.core.vocab import END_RECONCILED, EndSource
 from observer.db.schema import SessionRow
 
 
-class Closed(NamedTuple):
-    changed_day: date | None  # the day over whose kept usage sums the close changes, if any
+@dataclass(frozen=True)
+class Ending:
+    """How a session ended, as its row records it."""
+
+    left_at: datetime
+    end_source: EndSource
+    reason: str | None = None  # LiveKit's disconnect reason, when one was given
+    uncertainty_ms: int | None = None  # how long before it was learned the end may lie
+    last_seen_at: datetime | None = None  # None: the row's stays
+    timeline: Timeline | None = None  # what the observer saw of it; None: never watched
+
+
+def ending_of(op: Close) -> Ending:
+    """The end the tracker decided on."""
+    return Ending(
+        left_at=op.left_at,
+        end_source=op.end_source,
+        reason=op.reason,
+        uncertainty_ms=op.uncertainty_ms,
+        last_seen_at=op.last_seen_at,
+        timeline=op.timeline,
+    )
+
+
+def reconciled(last_seen_at: datetime, now: datetime) -> Ending:
+    """The end of a session nobody saw leave, settled at `now` (`observer reconcile`):
+    at the last time it was seen (`missed_leave`), its row's `last_seen_at` unchanged."""
+    left_at, uncertainty_ms = missed_leave(last_seen_at, now)
+    return Ending(left_at, END_RECONCILED, uncertainty_ms=uncertainty_ms)
+
+
+def closed_columns(joined_at: datetime, ending: Ending, now: datetime) -> dict[str, Any]:
+    """The values a close writes into the row of a session that joined at `joined_at`. No
+    time is before the join (a clock that disagreed, a leave heard before the join)."""
+    values: dict[str, Any] = dict(
+        left_at=max(ending.left_at, joined_at),
+        disconnect_reason=ending.reason,
+        end_source=ending.end_source,
+        end_uncertainty_ms=ending.uncertainty_ms,
+        updated_at=now,
+    )
+    if ending.last_seen_at is not None:
+        values["last_seen_at"] = max(ending.last_seen_at, joined_at)
+    if ending.timeline is not None:
+        states = ending.timeline.state_ms()
+        values.update({f"state_{name}_ms": ms for name, ms in states.items()})
+        values.update(
+            observed_from=ending.timeline.observed_from, alone_ms=ending.timeline.alone_ms()
+        )
+    return values
 
 
 def close_row(
     db: Session,
     row_id: int,
     joined_at: datetime,
-    left_at: datetime,
+    ending: Ending,
     *,
     now: datetime,
     only_if: Sequence[ColumnElement[bool]] = (),
-    **values: Any,
-) -> Closed | None:
-    """Close the open row `row_id`, which joined at `joined_at`, at `left_at` (never before
-    its join), with `values` for its other columns; None when it was closed already or fails
-    `only_if`. Only the times are written: `duration_ms`, `crosses_day` and
-    `state_unknown_ms` are the database's, derived from them."""
+) -> bool:
+    """Close the open row `row_id`, which joined at `joined_at`, as `ending` says; False
+    when it was closed already or fails `only_if`."""
     closed = db.execute(
         update(SessionRow)
         .where(SessionRow.id == row_id, SessionRow.left_at.is_(None), *only_if)
-        .values(left_at=max(left_at, joined_at), updated_at=now, **values)
-        .returning(SessionRow.crosses_day)
+        .values(**closed_columns(joined_at, ending, now))
+        .returning(SessionRow.id)
     ).first()
-    if closed is None:
-        return None
-    return Closed(day_sums.changed_day(joined_at, bool(closed.crosses_day), now))
+    return closed is not None

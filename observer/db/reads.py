@@ -190,6 +190,26 @@ def live_agents(engine: Engine, kind: str = "agent") -> list[LiveAgent]:
         return [LiveAgent(*row) for row in db.execute(q)]
 
 
+def usage_version(engine: Engine, *, kind: str, rooms: bool) -> tuple[Any, ...] | None:
+    """What the usage sums of `kind`'s sessions up to now depend on besides the clock, to
+    tell whether sums computed earlier are still true: None while a session of that kind is
+    open (its time grows with the clock). Else the newest session id (a session recorded),
+    the newest change of a closed session (one closed, late or not, or given attributes:
+    read from its index) and, with `rooms`, the newest change of a room (its metadata)."""
+    s = SessionRow.__table__
+    with engine.connect() as conn:
+        open_now = s.c.left_at.is_(None) & (s.c.participant_kind == kind)
+        if conn.scalar(select(func.count()).select_from(s).where(open_now)):
+            return None
+        version: tuple[Any, ...] = (
+            conn.scalar(select(func.max(s.c.id))),
+            conn.scalar(select(func.max(s.c.updated_at)).where(s.c.left_at.is_not(None))),
+        )
+        if rooms:
+            version += (conn.scalar(select(func.max(RoomRow.__table__.c.updated_at))),)
+        return version
+
+
 @dataclass(frozen=True)
 class PeriodSummary:
     """One rolled-up period: its state and totals, and its last comparison if any."""

@@ -14,17 +14,20 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Session
 
-from observer.core.tracker import missed_leave
 from observer.core.vocab import (
-    END_RECONCILED,
     GroupKind,
 )
-from observer.db import day_sums
-from observer.db.closing import close_row
+from observer.db.closing import close_row, reconciled
 from observer.db.reads import StaleSession
 from observer.db.schema import Base, SessionRow, dialect_insert
-from observer.db.token_sql import TokenSessions, TokenTotal, token_totals
-from observer.db.usage_sql import UsageSpec, UsageTotal, usage_totals
+from observer.db.usage import (
+    TokenSessions,
+    TokenTotal,
+    UsageSpec,
+    UsageTotal,
+    token_totals,
+    usage_totals,
+)
 
 
 @dataclass(frozen=True)
@@ -68,24 +71,17 @@ class RollupTx:
         A row that was closed or seen again since it was read is left alone, so a daemon
         still watching it wins. Returns how many rows were closed.
         """
-        closed_days = []
-        for s in sessions:
-            last_seen, uncertainty_ms = missed_leave(s.last_seen_at, now)
-            closed = close_row(
+        return sum(
+            close_row(
                 self.db,
                 s.id,
                 s.joined_at,
-                last_seen,
+                reconciled(s.last_seen_at, now),
                 now=now,
                 only_if=(SessionRow.last_seen_at == s.last_seen_at,),
-                disconnect_reason=None,
-                end_source=END_RECONCILED,
-                end_uncertainty_ms=uncertainty_ms,
             )
-            if closed is not None:
-                closed_days.append(closed.changed_day)
-        day_sums.count_changes(self.db.connection(), (d for d in closed_days if d is not None))
-        return len(closed_days)
+            for s in sessions
+        )
 
     def usage(self, spec: UsageSpec) -> list[UsageTotal]:
         """As `Store.usage`, inside this transaction (after its settling)."""

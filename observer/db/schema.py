@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, date, datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import (
@@ -11,7 +11,6 @@ from sqlalchemy import (
     Boolean,
     CheckConstraint,
     Computed,
-    Date,
     DateTime,
     Dialect,
     Engine,
@@ -167,6 +166,12 @@ class SessionRow(Base):
         Index("ix_sessions_joined_at", "joined_at"),
         Index("ix_sessions_duration_ms", "duration_ms"),
         Index(
+            "ix_sessions_closed_updated_at",
+            "updated_at",
+            sqlite_where=text("left_at IS NOT NULL"),
+            postgresql_where=text("left_at IS NOT NULL"),
+        ),
+        Index(
             "ix_sessions_open_joined_at",
             "joined_at",
             sqlite_where=text("left_at IS NULL"),
@@ -316,46 +321,6 @@ class StuckAlertRow(Base):
     alone_since: Mapped[datetime] = mapped_column(UTCDateTime)
     alerted_at: Mapped[datetime] = mapped_column(UTCDateTime)
     observer_id: Mapped[str] = mapped_column(Text)
-
-
-class UsageDayVersionRow(Base):
-    """How often the sums of a UTC day that was over changed since: a session of that day
-    closed late (at an observer's start, by `observer reconcile`) or had its attributes
-    set. `usage_day_sums` computed at an older version are not used."""
-
-    __tablename__ = "usage_day_versions"
-
-    day: Mapped[date] = mapped_column(Date, primary_key=True)
-    version: Mapped[int] = mapped_column(BigInteger)
-
-
-class UsageDayMarkRow(Base):
-    """That `usage_day_sums` holds a day's sums of one rollup, at a version of the day."""
-
-    __tablename__ = "usage_day_marks"
-
-    rollup: Mapped[str] = mapped_column(Text, primary_key=True)
-    day: Mapped[date] = mapped_column(Date, primary_key=True)
-    version: Mapped[int] = mapped_column(BigInteger)
-    computed_at: Mapped[datetime] = mapped_column(UTCDateTime)
-
-
-class UsageDaySumRow(Base):
-    """A cache of the reports: the standing time of one group on one UTC day that is over,
-    for the sessions that lie whole in it, summed as `observer usage` sums them. `rollup`
-    names the grouping, kind and rounding. Safe to empty at any time."""
-
-    __tablename__ = "usage_day_sums"
-
-    id: Mapped[int] = mapped_column(BigID, primary_key=True, autoincrement=True)
-    rollup: Mapped[str] = mapped_column(Text)
-    day: Mapped[date] = mapped_column(Date)
-    key: Mapped[str | None] = mapped_column(Text)
-    sessions: Mapped[int] = mapped_column(BigInteger)
-    duration_ms: Mapped[int] = mapped_column(BigInteger)
-    billable_minutes: Mapped[int] = mapped_column(BigInteger)
-
-    __table_args__ = (Index("ix_usage_day_sums_rollup_day", "rollup", "day"),)
 
 
 class PeriodRollupRow(Base):

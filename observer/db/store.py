@@ -26,7 +26,6 @@ from observer.core.times import utcnow
 from observer.core.tracker import (
     TrackedSession,
 )
-from observer.db import day_sums
 from observer.db._threads import Busy as Busy  # what a call that waited too long raises
 from observer.db._threads import Threads
 from observer.db.reads import (
@@ -44,13 +43,16 @@ from observer.db.reads import (
     room_rows,
     session_rows,
     stale_sessions,
+    usage_version,
 )
 from observer.db.rollups import RollupTx
 from observer.db.schema import RoomRow, SessionRow, WebhookEventRow, make_engine
-from observer.db.token_sql import TokenSessions, TokenTotal, token_totals
-from observer.db.usage_sql import (
+from observer.db.usage import (
+    TokenSessions,
+    TokenTotal,
     UsageSpec,
     UsageTotal,
+    token_totals,
     usage_totals,
     usage_totals_together,
 )
@@ -97,7 +99,6 @@ class Store:
         connections (and threads) at once."""
         self.engine = make_engine(url, connections=connections)
         self.usage_parts = usage_parts(url) if parallel else 1
-        self._keep_day_sums = not _in_memory(url)  # (another connection would not see them)
         self.threads = Threads(workers, wait_s=wait_s, name=name)
         # blocking work from async code: `await store.run(store.apply, ops, observer_id)`
         self.run = self.threads.run
@@ -109,22 +110,20 @@ class Store:
     def for_page(cls, url: str, *, workers: int) -> Store:
         """A store for the page: `workers` threads, each computing on one connection (no
         stretches summed at once beside it: the page takes `workers` threads of the
-        machine, no more), and a pool of its own with one more connection for keeping day
-        sums in the background. A page request waits `PAGE_WAIT_S` at most for a thread."""
+        machine, no more), and a pool of its own with a connection for each. A page request
+        waits `PAGE_WAIT_S` at most for a thread."""
         return cls(
             url,
             workers=workers,
             wait_s=PAGE_WAIT_S,
-            connections=workers + 1,
+            connections=workers,
             parallel=False,
             name="page",
         )
 
     def close(self) -> None:
-        """After the work under way and the day sums handed to the background are done
-        (kept or failed): none is lost, and no connection is opened on a closed engine."""
+        """After the work under way is done: no connection is opened on a closed engine."""
         self.threads.shutdown()
-        day_sums.kept_all()
         self.engine.dispose()
 
     def ping(self) -> None:
@@ -190,6 +189,10 @@ class Store:
     def live_agents(self) -> list[LiveAgent]:
         return live_agents(self.engine)
 
+    def usage_version(self, *, kind: str, rooms: bool) -> tuple[Any, ...] | None:
+        """What usage sums depend on besides the clock (`reads.usage_version`)."""
+        return usage_version(self.engine, kind=kind, rooms=rooms)
+
     def grouping_keys(self) -> GroupingKeys:
         """Attribute and room-metadata keys of the latest agent sessions, most seen first."""
         return grouping_keys(self.engine)
@@ -210,7 +213,7 @@ class Store:
     def usage_together(self, specs: Sequence[UsageSpec]) -> list[list[UsageTotal]]:
         """`usage` of each spec, the sessions read once where they can be."""
         with self.engine.connect() as conn:
-            return usage_totals_together(conn, specs, self.usage_parts, self._keep_day_sums)
+            return usage_totals_together(conn, specs, self.usage_parts)
 
     def stale_open_sessions(self, seen_before: datetime) -> list[StaleSession]:
         """Open sessions of every observer, last confirmed present before `seen_before`."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import datetime
 from typing import Any, assert_never
 
 from sqlalchemy import (
@@ -20,7 +20,6 @@ from sqlalchemy import (
 from sqlalchemy.orm import Session
 
 from observer.core.agent_usage import COUNTERS, UsageReport
-from observer.core.timeline import Timeline
 from observer.core.tracker import (
     Close,
     Open,
@@ -35,8 +34,7 @@ from observer.core.tracker import (
     UpdateAttributes,
     Witnessed,
 )
-from observer.db import day_sums
-from observer.db.closing import close_row
+from observer.db.closing import close_row, ending_of
 from observer.db.schema import (
     AgentUsageRow,
     Base,
@@ -94,31 +92,26 @@ def apply_ops(db: Session, ops: Sequence[Write], observer_id: str, now: datetime
     Returns the usage totals that went backwards (see `record_usage`).
     """
     backwards: list[str] = []
-    changed: set[date | None] = set()  # days over whose kept usage sums these writes change
     for op in ops:
         match op:
             case Open():
                 _open(db, op.session, observer_id, now)
             case Close():
-                changed.add(_close(db, op, now))
+                _close(db, op, now)
             case Touch():
                 _touch(db, op.keys, op.at, now)
             case UpdateAttributes():
-                updated = db.execute(
+                db.execute(
                     update(SessionRow)
                     .where(*_key_clause(op.key))
                     .values(
                         attributes=dict(op.attributes), agent_name=op.agent_name, updated_at=now
                     )
-                    .returning(SessionRow.joined_at, SessionRow.left_at, SessionRow.crosses_day)
-                ).all()
-                for joined_at, left_at, crosses in updated:
-                    if left_at is not None:
-                        changed.add(day_sums.changed_day(joined_at, bool(crosses), now))
+                )
             case Witnessed():
                 _witnessed(db, op, observer_id)
             case RoomSeen():
-                changed.update(_room_seen(db, op, now))
+                _room_seen(db, op, now)
             case RoomPresence():
                 _room_presence(db, op, now)
             case RoomEnded():
@@ -129,7 +122,6 @@ def apply_ops(db: Session, ops: Sequence[Write], observer_id: str, now: datetime
                 insert_webhook(db, op)
             case _:
                 assert_never(op)
-    day_sums.count_changes(db.connection(), (d for d in changed if d is not None))
     return backwards
 
 
@@ -144,18 +136,11 @@ def metadata_object(metadata: str | None) -> dict[str, Any] | None:
     return value if isinstance(value, dict) else None
 
 
-def _room_seen(db: Session, op: RoomSeen, now: datetime) -> set[date]:
-    """Record the room; returns the days over whose kept usage sums by room metadata its
-    new metadata changes (those holding its sessions), if it changed."""
+def _room_seen(db: Session, op: RoomSeen, now: datetime) -> None:
+    """Record the room: its metadata when this brings some, its peaks of company."""
     dialect = db.get_bind().dialect.name
     greatest = func.greatest if dialect == "postgresql" else func.max
     t = RoomRow.__table__
-    # the metadata before, when this brings some (most carry none: a new peak of agents)
-    before = (
-        None
-        if op.metadata is None
-        else db.execute(select(t.c.metadata).where(t.c.sid == op.room_sid)).first()
-    )
     values: dict[str, Any] = dict(
         sid=op.room_sid,
         name=op.room_name,
@@ -182,10 +167,6 @@ def _room_seen(db: Session, op: RoomSeen, now: datetime) -> set[date]:
     if op.metadata is not None:
         changes.update(metadata=new.metadata, metadata_json=new.metadata_json)
     db.execute(stmt.on_conflict_do_update(index_elements=[t.c.sid], set_=changes))
-    # (no row groups as "", like an empty metadata)
-    if op.metadata is None or op.metadata == (before[0] if before else ""):
-        return set()
-    return day_sums.room_days(db.connection(), op.room_sid, now)
 
 
 def _room_presence(db: Session, op: RoomPresence, now: datetime) -> None:
@@ -339,29 +320,15 @@ def _open(db: Session, s: TrackedSession, observer_id: str, now: datetime) -> No
     db.execute(stmt.on_conflict_do_nothing(index_elements=["room_sid", "participant_sid"]))
 
 
-def _close(db: Session, op: Close, now: datetime) -> date | None:
-    """Close the session; returns the day over whose kept usage sums this changes, if any."""
+def _close(db: Session, op: Close, now: datetime) -> None:
+    """Close the session, with the timeline of the observer whose end counted."""
     row = db.execute(
         select(SessionRow.id, SessionRow.joined_at).where(
             *_key_clause(op.key), SessionRow.left_at.is_(None)
         )
     ).first()
-    if row is None:
-        return None
-    closed = close_row(
-        db,
-        row.id,
-        row.joined_at,
-        op.left_at,
-        now=now,
-        disconnect_reason=op.reason,
-        end_source=op.end_source,
-        end_uncertainty_ms=op.uncertainty_ms,
-        last_seen_at=max(op.last_seen_at, row.joined_at),
-        **_timeline_columns(op.timeline),
-    )
-    if closed is None:
-        return None
+    if row is None or not close_row(db, row.id, row.joined_at, ending_of(op), now=now):
+        return
     if op.timeline is not None and op.timeline.spans:
         # only the observer whose end counted writes what it saw: one timeline per session
         db.execute(
@@ -378,17 +345,6 @@ def _close(db: Session, op: Close, now: datetime) -> date | None:
                 for sp in op.timeline.spans
             ],
         )
-    return closed.changed_day
-
-
-def _timeline_columns(timeline: Timeline | None) -> dict[str, Any]:
-    """What the observer saw (`state_unknown_ms`, the rest, is the database's)."""
-    if timeline is None:
-        return {}
-    states = timeline.state_ms()
-    values: dict[str, Any] = {f"state_{name}_ms": ms for name, ms in states.items()}
-    values.update(observed_from=timeline.observed_from, alone_ms=timeline.alone_ms())
-    return values
 
 
 def _touch(db: Session, keys: Iterable[SessionKey], at: datetime, now: datetime) -> None:

@@ -35,7 +35,7 @@ from observer.core.vocab import GROUP_KINDS, DifferenceStatus, RollupState
 from observer.db.reads import StaleSession
 from observer.db.rollups import Rollup, RollupTx
 from observer.db.store import Store
-from observer.db.usage_sql import UsageSpec, is_group_name
+from observer.db.usage import UsageSpec, is_group_name
 from observer.reports import usage
 from observer.reports.prices import PriceBook
 from observer.reports.render import csv_text

@@ -16,10 +16,11 @@ from typing import Any, NamedTuple, Protocol
 
 from observer.core.agent_usage import COUNTERS, USAGE_KINDS
 from observer.core.times import iso, next_month
-from observer.db.token_sql import TokenSessions, TokenTotal
-from observer.db.usage_sql import (
+from observer.db.usage import (
     STATE_SUMS,
     USAGE_GROUP_COLUMNS,
+    TokenSessions,
+    TokenTotal,
     UsageSpec,
     UsageTotal,
     is_group_name,

@@ -2,14 +2,11 @@
 Jinja2). Served by the daemon on its HTTP port, or alone by `observer web`.
 
 No visitor writes: every route is a GET except the login form, which only sets a cookie.
-(Computing the Minutes view keeps the sums of days that are over: `observer.db.day_sums`.)
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import hmac
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -21,41 +18,19 @@ import jinja2
 import markupsafe
 from aiohttp import web
 
-from observer.core.times import iso, utcnow
+from observer.core.times import OutOfRange, iso, parse_iso, utcnow
 from observer.core.vocab import KINDS
 from observer.db.reads import SessionFilter
 from observer.db.store import Busy, Store
+from observer.db.usage.spec import has_control, usable_key
 from observer.reports.sessions import human_duration
 from observer.reports.usage import is_grouping
 from observer.web import export, views
+from observer.web.guard import COOKIE, Access, cookie_value, retry_after, same
 
 HERE = Path(__file__).parent
-COOKIE = "observer_web"
 PAGES = ("now", "minutes", "sessions", "reconcile", "health")
-# paths anyone may fetch: the login form and the page's own CSS and script
-PUBLIC_PREFIXES = ("/login", "/static/")
 Readiness = Callable[[], Awaitable[list[str]]]
-
-
-def cookie_value(token: str) -> str:
-    """What the login cookie holds: derived from the token, never the token itself."""
-    return hmac.new(token.encode(), b"observer web login", hashlib.sha256).hexdigest()
-
-
-def allowed(request: web.Request, token: str | None) -> bool:
-    """The bearer token in the header, or the login cookie; anything when no token is set."""
-    if token is None:
-        return True
-    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
-    if scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), token.encode()):
-        return True
-    cookie = request.cookies.get(COOKIE, "")
-    return hmac.compare_digest(cookie.encode(), cookie_value(token).encode())
-
-
-def wants_page(request: web.Request) -> bool:
-    """A browser asking for a page (sent to the login form rather than answered 401)."""
-    return request.method == "GET" and "text/html" in request.headers.get("Accept", "")
 
 
 def _fmt_time(v: datetime | None) -> str:
@@ -75,16 +50,18 @@ class WebPage:
         *,
         stuck_after_s: float,
         dead_after_s: float,
-        token: str | None,
+        access: Access,
         readiness: Readiness | None = None,
+        livekit_url: str | None = None,
         refresh_s: float = 5.0,
         clock: Callable[[], datetime] = utcnow,
     ) -> None:
         self._store = store
         self._stuck_after_s = stuck_after_s
         self._dead_after_s = dead_after_s
-        self._token = token
+        self._access = access
         self._readiness = readiness
+        self._livekit_url = livekit_url
         self._refresh_s = refresh_s
         self._clock = clock
         self._cache = views.TtlCache(60.0, spawn=store.submit)
@@ -109,6 +86,8 @@ class WebPage:
         app.router.add_get("/sessions.json", self._sessions_export)
         app.router.add_get("/login", self._login_form)
         app.router.add_post("/login", self._login)
+        app.router.add_post("/logout", self._logout)
+        app.router.add_get("/favicon.ico", self._favicon)
         app.router.add_static("/static/", HERE / "static", name="static", append_version=True)
         app.on_startup.append(self._warm)
         app.on_cleanup.append(self._stop_warming)
@@ -126,17 +105,10 @@ class WebPage:
             pages=PAGES,
             now=self._clock(),
             static=lambda name: str(request.app.router["static"].url_for(filename=name)),
+            logout=self._access.token is not None,
             **values,
         )
-        return web.Response(
-            text=html,
-            content_type="text/html",
-            headers={
-                "Cache-Control": "no-store",
-                "Content-Security-Policy": "default-src 'self'; style-src 'self'; img-src 'self'",
-                "X-Frame-Options": "DENY",
-            },
-        )
+        return web.Response(text=html, content_type="text/html")
 
     # ---- views ------------------------------------------------------------------------------
 
@@ -160,7 +132,7 @@ class WebPage:
         now = self._clock()
         rooms = await self._run(views.now_view, self._store, now, self._stuck_after_s)
         version = f'"{views.now_version(rooms)}"'
-        headers = {"Cache-Control": "no-store", "ETag": version}
+        headers = {"ETag": version}
         if request.headers.get("If-None-Match") == version:
             return web.Response(status=304, headers=headers)
         html = self._env.get_template("now_rooms.html").render(
@@ -204,6 +176,9 @@ class WebPage:
     async def _minutes(self, request: web.Request) -> web.Response:
         by = request.query.get("by", "agent").strip() or "agent"
         if by in ("day", "month") or not is_grouping(by):
+            _name, colon, key = by.partition(":")
+            if colon and not usable_key(key):
+                raise web.HTTPBadRequest(text=f"by: a KEY holds no control characters: {by!r}\n")
             raise web.HTTPBadRequest(text=f"unknown grouping {by!r}\n")
         now = self._clock()
         chart, table = await self._run(self._minutes_data, by, now)
@@ -211,10 +186,14 @@ class WebPage:
         return self._page("minutes.html", request, chart=chart, table=table, by=by, choices=choices)
 
     def _minutes_data(self, by: str, now: datetime) -> tuple[Any, Any]:
-        """The chart and the month table, from the cache (see `views.TtlCache`)."""
-        data: tuple[Any, Any] = self._cache.get(
-            ("minutes", by, now.date()),
+        """The chart and the month table, true now: kept while the data they were computed
+        from stays the same (and no agent session is open), else computed again."""
+        today = now.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+        version = self._store.usage_version(kind=views.KIND, rooms=by.startswith("room-metadata"))
+        data: tuple[Any, Any] = self._cache.current(
+            ("minutes", by, today.date()),
             lambda: views.minutes_view(self._store, self._clock(), by),
+            version,
         )
         return data
 
@@ -234,8 +213,8 @@ class WebPage:
             await self._store.run_queued(self._minutes_data, by, self._clock())
 
     async def _warm(self, _app: web.Application) -> None:
-        """Start computing the minutes views the page offers, so that a visit finds them;
-        the first ever on a database takes seconds each, the next from the kept day sums."""
+        """Start computing the minutes views the page offers, so that a visit finds them
+        (each takes about a second over a million sessions)."""
         self.warmed = asyncio.ensure_future(self._warm_all())
         self.warmed.add_done_callback(lambda t: t.exception())  # a failure shows at the visit
 
@@ -259,10 +238,15 @@ class WebPage:
             if not raw:
                 return None
             try:
-                t = datetime.fromisoformat(raw.replace("Z", "+00:00"))
+                return parse_iso(raw)
+            except OutOfRange as exc:
+                raise web.HTTPBadRequest(text=f"{name}: {raw!r} is {exc}\n") from None
             except ValueError:
                 raise web.HTTPBadRequest(text=f"{name}: not an ISO 8601 time: {raw!r}\n") from None
-            return t if t.tzinfo else t.replace(tzinfo=UTC)
+
+        for name, raw in q.items():
+            if has_control(raw):
+                raise web.HTTPBadRequest(text=f"{name}: control characters are not allowed\n")
 
         return SessionFilter(
             room=q.get("room", "").strip() or None,
@@ -303,30 +287,68 @@ class WebPage:
     async def _health(self, request: web.Request) -> web.Response:
         readiness = await self._readiness() if self._readiness is not None else None
         health = await self._run(
-            views.health_view, self._store, self._clock(), self._dead_after_s, readiness
+            views.health_view,
+            self._store,
+            self._clock(),
+            self._dead_after_s,
+            readiness,
+            self._livekit_url,
         )
         return self._page("health.html", request, health=health)
+
+    async def _favicon(self, _request: web.Request) -> web.FileResponse:
+        return web.FileResponse(
+            HERE / "static" / "favicon.svg", headers={"Content-Type": "image/svg+xml"}
+        )
 
     # ---- login ------------------------------------------------------------------------------
 
     async def _login_form(self, request: web.Request) -> web.Response:
-        return self._page("login.html", request, failed=False, needed=self._token is not None)
+        return self._login_page(request)
+
+    def _login_page(
+        self, request: web.Request, *, status: int = 200, failed: str = ""
+    ) -> web.Response:
+        response = self._page(
+            "login.html", request, failed=failed, needed=self._access.token is not None
+        )
+        response.set_status(status)
+        return response
 
     async def _login(self, request: web.Request) -> web.Response:
-        form = await request.post()
-        given = str(form.get("token", ""))
-        if self._token is None or not hmac.compare_digest(given.encode(), self._token.encode()):
-            response = self._page("login.html", request, failed=True, needed=True)
-            response.set_status(401)
+        token = self._access.token
+        if token is None:
+            raise web.HTTPSeeOther("/now")
+        wait_s = self._access.too_soon(request)
+        if wait_s:
+            response = self._login_page(
+                request,
+                status=429,
+                failed=f"Too many wrong tokens from here: try again in {retry_after(wait_s)} s.",
+            )
+            response.headers["Retry-After"] = retry_after(wait_s)
             return response
+        form = await request.post()
+        if not same(str(form.get("token", "")), token):
+            self._access.wrong_guess(request, "login")
+            return self._login_page(request, status=401, failed="That is not the token.")
+        self._access.limiter.succeeded(self._access.client(request))
         response = web.HTTPSeeOther("/now")
         response.set_cookie(
             COOKIE,
-            cookie_value(self._token),
+            cookie_value(token),
             httponly=True,
             samesite="Strict",
-            secure=request.secure,
+            secure=request.secure or self._access.trust_proxy,
             max_age=7 * 86400,
+        )
+        raise response
+
+    async def _logout(self, request: web.Request) -> web.Response:
+        """Forget the login cookie (the token stays valid: change it to lock others out)."""
+        response = web.HTTPSeeOther("/login")
+        response.del_cookie(
+            COOKIE, samesite="Strict", secure=request.secure or self._access.trust_proxy
         )
         raise response
 
@@ -343,21 +365,3 @@ async def busy_middleware(request: web.Request, handler: Any) -> web.StreamRespo
             text="the page is busy; try again in a few seconds\n",
             headers={"Retry-After": "5"},
         )
-
-
-def access_middleware(token: str | None, open_paths: frozenset[str]) -> Any:
-    """Requests need the bearer token or the login cookie (when a token is set), except
-    `open_paths` and the login form and static files; a browser is sent to the form."""
-
-    @web.middleware
-    async def check(request: web.Request, handler: Any) -> web.StreamResponse:
-        path = request.path
-        if path in open_paths or path.startswith(PUBLIC_PREFIXES) or allowed(request, token):
-            return await handler(request)  # type: ignore[no-any-return]
-        if wants_page(request):
-            raise web.HTTPSeeOther("/login")
-        return web.Response(
-            status=401, text="bearer token required\n", headers={"WWW-Authenticate": "Bearer"}
-        )
-
-    return check

@@ -23,6 +23,7 @@ from observer.reports import usage
 log = logging.getLogger(__name__)
 
 DAYS = 30
+KIND = "agent"  # the participants the Minutes view counts (`usage.UsageQuery`'s default)
 TOP_SERIES = 8  # the chart shows this many groups, the rest as "other"
 PALETTE = (
     "#4e79a7",
@@ -111,6 +112,12 @@ class Bar:
     title: str
 
 
+@dataclass(frozen=True)
+class Tick:
+    y: float
+    minutes: int
+
+
 @dataclass
 class MinutesChart:
     by: str
@@ -121,6 +128,7 @@ class MinutesChart:
     day_totals: list[int]
     bars: list[Bar] = field(default_factory=list)
     max_total: int = 0
+    scale: list[Tick] = field(default_factory=list)  # the y axis's lines, highest first
 
 
 def minutes_view(store: Store, now: datetime, by: str = "agent") -> tuple[MinutesChart, MonthTable]:
@@ -150,7 +158,7 @@ def worth_warming(choices: list[str]) -> list[str]:
 def chart_query(now: datetime, by: str) -> usage.UsageQuery:
     """The chart's: the last `DAYS` UTC days up to `now`, by day and `by`."""
     today = now.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
-    return usage.UsageQuery(today - timedelta(days=DAYS - 1), now, now, by=("day", by))
+    return usage.UsageQuery(today - timedelta(days=DAYS - 1), now, now, by=("day", by), kind=KIND)
 
 
 def minutes_chart(
@@ -184,6 +192,8 @@ def minutes_chart(
     chart = MinutesChart(by, days, keys, colors, minutes, day_totals)
     chart.max_total = max(day_totals, default=0)
     scale = (height - 20) / chart.max_total if chart.max_total else 0
+    for n in sorted({chart.max_total, chart.max_total // 2} - {0}, reverse=True):
+        chart.scale.append(Tick(height - n * scale, n))
     step = width / DAYS
     for i, day in enumerate(days):
         y = height
@@ -222,7 +232,7 @@ def month_query(now: datetime, by: str) -> usage.UsageQuery:
     query cut at the first of this month gives the numbers of a query for each month.)"""
     this_start = now.astimezone(UTC).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
     last_start = (this_start - timedelta(days=1)).replace(day=1)
-    return usage.UsageQuery(last_start, now, now, by=("month", by))
+    return usage.UsageQuery(last_start, now, now, by=("month", by), kind=KIND)
 
 
 def month_table(both: list[usage.UsageLine], now: datetime) -> MonthTable:
@@ -273,11 +283,16 @@ class Health:
     readiness: list[str] | None  # problems /readyz reports; None when not a daemon
     database: str  # "ok" or the error
     livekit: str  # "ok", the error, or "not checked"
+    livekit_url: str | None  # LIVEKIT_URL (None: not a daemon)
     observers: list[fleet_db.Member]
 
 
 def health_view(
-    store: Store, now: datetime, dead_after_s: float, readiness: list[str] | None
+    store: Store,
+    now: datetime,
+    dead_after_s: float,
+    readiness: list[str] | None,
+    livekit_url: str | None = None,
 ) -> Health:
     try:
         store.ping()
@@ -291,16 +306,18 @@ def health_view(
     else:
         lk = [p for p in readiness if "livekit" in p.lower()]
         livekit = "; ".join(lk) if lk else "ok"
-    return Health(readiness, database, livekit, observers)
+    return Health(readiness, database, livekit, livekit_url, observers)
 
 
 # ---- a small cache for the expensive views ---------------------------------------------------
 
 
 class TtlCache:
-    """Values of the heavy views, answered at once. A value older than `ttl_s` is still
-    answered, while a thread computes the next one; only a key never seen is computed
-    while the caller waits, once: callers asking while it is computed (the start-up's
+    """Values of the heavy views, answered at once, kept by age (`get`) or by the version
+    of the data they were computed from (`current`). By age, a value older than `ttl_s` is
+    still answered while a thread computes the next one. By version, a value is answered
+    only while the data's version is the one it was computed at. A value to compute while
+    the caller waits is computed once: callers asking while it is computed (the start-up's
     warm-up, say) wait for that computation. Thread-safe."""
 
     def __init__(
@@ -314,10 +331,36 @@ class TtlCache:
         self._ttl = ttl_s
         self._clock = clock
         self._spawn = spawn or (lambda fn: threading.Thread(target=fn, daemon=True).start())
-        self._values: dict[Any, tuple[float, Any]] = {}
+        self._values: dict[Any, tuple[float, Any, Any]] = {}  # key -> (at, value, version)
         self._refreshing: set[Any] = set()
-        self._first: dict[Any, Future[Any]] = {}  # keys never seen, being computed
+        self._first: dict[Any, Future[Any]] = {}  # keys being computed while callers wait
         self._lock = threading.Lock()
+
+    def current(self, key: Any, make: Callable[[], Any], version: Any) -> Any:
+        """The value computed at this `version` of the data, else (or when `version` is
+        None: the value changes with the clock) one computed now."""
+        with self._lock:
+            hit = self._values.get(key)
+            if hit is not None and version is not None and hit[2] == version:
+                return hit[1]
+            first = self._first.get(key)
+            computing = first is not None
+            if first is None:
+                first = self._first[key] = Future()
+        return first.result() if computing else self._compute(first, key, make, version)
+
+    def _compute(self, first: Future[Any], key: Any, make: Callable[[], Any], version: Any) -> Any:
+        try:
+            value = self._store(key, make, version)
+        except BaseException as exc:
+            first.set_exception(exc)
+            raise
+        else:
+            first.set_result(value)
+            return value
+        finally:
+            with self._lock:
+                del self._first[key]
 
     def get(self, key: Any, make: Callable[[], Any]) -> Any:
         with self._lock:
@@ -333,19 +376,7 @@ class TtlCache:
                 if first is None:
                     first = self._first[key] = Future()
         if first is not None:
-            if computing:
-                return first.result()
-            try:
-                value = self._store(key, make)
-            except BaseException as exc:
-                first.set_exception(exc)
-                raise
-            else:
-                first.set_result(value)
-                return value
-            finally:
-                with self._lock:
-                    del self._first[key]
+            return first.result() if computing else self._compute(first, key, make, None)
         assert hit is not None
         if refresh:
             self._spawn(lambda: self._refresh(key, make))
@@ -360,11 +391,11 @@ class TtlCache:
             with self._lock:
                 self._refreshing.discard(key)
 
-    def _store(self, key: Any, make: Callable[[], Any]) -> Any:
+    def _store(self, key: Any, make: Callable[[], Any], version: Any = None) -> Any:
         at = self._clock()
         value = make()
         with self._lock:
-            self._values[key] = (at, value)
+            self._values[key] = (at, value, version)
             if len(self._values) > 64:
                 oldest = min(self._values, key=lambda k: self._values[k][0])
                 del self._values[oldest]

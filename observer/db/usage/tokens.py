@@ -20,15 +20,9 @@ from sqlalchemy import (
 
 from observer.core.agent_usage import COUNTERS
 from observer.db.schema import Base
-from observer.db.usage_sql import (
-    ROOM_METADATA,
-    UsageSpec,
-    bucketing,
-    epoch_ms,
-    epoch_ms_sql,
-    group_key,
-    priced_key,
-)
+from observer.db.usage._columns import bucketing, group_key, priced_key
+from observer.db.usage._dialect import epoch_ms_sql
+from observer.db.usage.spec import ROOM_METADATA, UsageSpec, epoch_ms
 
 
 class TokenTotal(NamedTuple):

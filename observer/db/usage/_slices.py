@@ -1,0 +1,83 @@
+"""Parallel slices: a usage query's sessions split by when they joined into stretches of
+the window, each summed at the same time on a connection of its own, and the sums added
+up. Each session is in one stretch, so every sum is the same as in one query."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import Connection, func, select
+
+from observer.db.schema import Base
+from observer.db.usage._dialect import tune
+from observer.db.usage._query import usage_query
+from observer.db.usage.spec import Subset, UsageSpec, key_width
+
+
+def sum_rows(
+    conn: Connection, spec: UsageSpec, since: datetime, parts: int, which: Subset
+) -> Sequence[Any]:
+    """The rows of `usage_query` (`which` of its sessions), in `parts` stretches at once
+    (see `usage_totals`)."""
+    t = Base.metadata.tables["sessions"]
+    dialect = conn.dialect.name
+    start, end = spec.edges[0], spec.edges[-1]
+    if parts <= 1:
+        return conn.execute(usage_query(spec, dialect, since, end, start - since, which)).all()
+    # Cut between the first and the last join inside the window, rather than across the
+    # window, which can reach far past the sessions (a month not over yet). Each of the
+    # two comes from the index on its own.
+    in_window = (t.c.joined_at >= start, t.c.joined_at < end)
+    first, last = conn.execute(
+        select(
+            select(func.min(t.c.joined_at)).where(*in_window).scalar_subquery(),
+            select(func.max(t.c.joined_at)).where(*in_window).scalar_subquery(),
+        )
+    ).one()
+    first, last = (start, end) if first is None else (first, last)
+    step = (last - first) / parts
+    cuts = [first + step * i for i in range(1, parts)]
+    if which == "straight":
+        # each session counts in the day of its join: cut at midnights, no group and day
+        # is in two stretches, and their rows need no adding up
+        cuts = sorted(
+            {c.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0) for c in cuts}
+        )
+        cuts = [c for c in cuts if since < c < end]
+    bounds = [since, *cuts, end]
+
+    def stretch(lo: datetime, hi: datetime) -> list[Any]:
+        with conn.engine.connect() as own:
+            tune(own, parallel=False)  # the stretches are the parallelism
+            query = usage_query(spec, dialect, lo, hi, start - since, which)
+            return list(own.execute(query).all())
+
+    with ThreadPoolExecutor(max_workers=parts) as pool:
+        results = pool.map(stretch, bounds[:-1], bounds[1:])
+        if which == "straight":
+            return [row for rows in results for row in rows]
+        return added_up(results, key_width(spec))
+
+
+def added_up(results: Iterable[list[Any]], width: int) -> list[tuple[Any, ...]]:
+    """Rows of (keys..., bucket, sums...) from several stretches, summed per keys and
+    bucket; a sum that is NULL in every stretch stays NULL."""
+    out: dict[tuple[Any, ...], list[Any]] = {}
+    for rows in results:
+        for row in rows:
+            add_into(out, tuple(row[: width + 1]), row[width + 1 :])
+    return [(*head, *sums) for head, sums in out.items()]
+
+
+def add_into(out: dict[tuple[Any, ...], list[Any]], head: tuple[Any, ...], sums: Any) -> None:
+    """Adds the sums to those of `head` in `out`; a NULL sum adds nothing."""
+    had = out.get(head)
+    if had is None:
+        out[head] = list(sums)
+        return
+    for i, v in enumerate(sums):
+        if v is not None:
+            had[i] = v if had[i] is None else had[i] + v
