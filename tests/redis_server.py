@@ -11,6 +11,10 @@ from pathlib import Path
 
 from livekit_server import free_tcp_port
 
+# Each cluster a test starts gets a database of its own (`next_db`): a dead node's rooms
+# stay listed in the shared state for good, and must not show up in the next cluster.
+DATABASES = 1000
+
 
 class RedisServer:
     def __init__(self) -> None:
@@ -21,10 +25,17 @@ class RedisServer:
         self.port = free_tcp_port()
         self._dir = Path(tempfile.mkdtemp(prefix="redis-"))
         self._proc: subprocess.Popen[bytes] | None = None
+        self._used = 0
 
     @property
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
+
+    def next_db(self) -> int:
+        """A database no cluster has used yet."""
+        self._used += 1
+        assert self._used < DATABASES
+        return self._used
 
     def start(self, timeout: float = 15.0) -> None:
         log = (self._dir / "redis.log").open("ab")
@@ -39,6 +50,8 @@ class RedisServer:
                 "",
                 "--appendonly",
                 "no",
+                "--databases",
+                str(DATABASES),
                 "--dir",
                 str(self._dir),
             ],

@@ -24,7 +24,7 @@ pytestmark = [pytest.mark.cluster, pytest.mark.databases("postgresql")]
 
 @pytest.fixture
 def cluster(redis_server: Any) -> Iterator[tuple[LiveKitServer, LiveKitServer]]:
-    config = {"redis": {"address": redis_server.address}}
+    config = {"redis": {"address": redis_server.address, "db": redis_server.next_db()}}
     a = LiveKitServer(empty_timeout=60, departure_timeout=5, extra_config=config)
     b = LiveKitServer(
         empty_timeout=60, departure_timeout=5, extra_config=config, api_secret=a.api_secret

@@ -85,6 +85,9 @@ async def test_rooms_of_a_dead_node_are_settled(
         assert gone.left_at + timedelta(milliseconds=gone.end_uncertainty_ms) >= killed
         assert by["agent-alive"].left_at is None
         assert by["agent-orphan-reconcile"].left_at is not None
+        assert obs.obs.rooms is not None
+        unreachable = set(obs.obs.rooms.unreachable.values())
+        assert unreachable == {"orphan-daemon", "orphan-reconcile"}, obs.obs.rooms.unreachable
         assert obs.obs.metrics.value("observer_rooms_unreachable") == 2
         # the listing still shows the dead node's room and its participants
         await asyncio.sleep(2)

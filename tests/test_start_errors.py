@@ -61,10 +61,8 @@ def test_a_refused_key_stops_run_and_simulate_with_exit_2(
     server = livekit_server
     for key, secret in ((server.api_key, WRONG_SECRET), ("no-such-key", server.api_secret)):
         env = env_for(server.ws_url, key, secret, sqlite_url)
-        started = time.monotonic()
-        r = observer(["run"], env, tmp_path)
+        r = observer(["run"], env, tmp_path)  # within its 60 s: a refusal is not retried
         assert r.returncode == 2, r.stderr
-        assert time.monotonic() - started < 20
         assert r.stderr.count("\n") == 1, r.stderr  # nothing else: it did not start
         assert f"LiveKit at {server.ws_url} refused API key {key!r} (HTTP 401)" in r.stderr
         assert "check LIVEKIT_API_KEY and LIVEKIT_API_SECRET" in r.stderr
@@ -91,12 +89,19 @@ def test_an_unreachable_server_is_retried_and_named(sqlite_url: str, tmp_path: P
         stderr=subprocess.PIPE,
         text=True,
     )
+    lines: list[str] = []
     try:
-        time.sleep(3)
-        assert proc.poll() is None
+        assert proc.stderr is not None
+        for line in proc.stderr:  # up and running (signals handled) once it says so
+            lines.append(line)
+            if "did not answer at start" in line:
+                break
+        time.sleep(1)
+        assert proc.poll() is None, "".join(lines)
     finally:
         proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=30)
+        _, rest = proc.communicate(timeout=30)
+    err = "".join(lines) + rest
     assert proc.returncode == 0, err
     first = next(line for line in err.splitlines() if "did not answer at start" in line)
     assert f"url={url}" in first and "Connect call failed" in first
