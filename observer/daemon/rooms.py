@@ -30,7 +30,8 @@ from observer.core.tracker import (
     WebhookRoomFinished,
 )
 from observer.daemon.fleet import Fleet
-from observer.daemon.shards import JoinFailed, RemoteWatcher, ShardPool
+from observer.daemon.join_turn import join_in_turn
+from observer.daemon.room_processes.pool import JoinFailed, RemoteWatcher, RoomProcessPool
 from observer.daemon.watcher import RoomMismatchError, RoomWatcher, observer_token
 from observer.livekit_api import API_ERRORS, Client, log_failure, room_hosted
 
@@ -58,31 +59,6 @@ STUCK_RECONNECT_S = 3.0
 UNREACHABLE_RETRY_S = 1.0
 
 
-# A join holds its turn this long at most: a join that hangs (the SDK retries for up to
-# ~40 s) must not hold up the joins behind it.
-SLOW_JOIN_S = 1.0
-
-
-async def join_in_turn(
-    slots: asyncio.Semaphore, start: Callable[[], Coroutine[Any, Any, None] | None]
-) -> bool:
-    """When a slot is free, `start()` a join (None: don't) and run it to the end; the slot is
-    given up once the join is done or after SLOW_JOIN_S, whichever is first. A join in
-    flight is never cancelled (the SDK's native core kills the process when a connect is
-    cancelled). Returns whether a join was started."""
-    await slots.acquire()
-    try:
-        join = start()
-        if join is None:
-            return False
-        task = asyncio.ensure_future(join)
-        await asyncio.wait({task}, timeout=SLOW_JOIN_S)
-    finally:
-        slots.release()
-    await task
-    return True
-
-
 class Rooms:
     def __init__(
         self,
@@ -94,7 +70,7 @@ class Rooms:
         emit: Callable[[Event], None],
         spawn: Callable[[Coroutine[Any, Any, Any], str], asyncio.Task[Any]],
         unwatched_with_sessions: Callable[[], Mapping[str, str]],
-        pool: ShardPool | None = None,
+        pool: RoomProcessPool | None = None,
         fleet: Fleet | None = None,
         open_in_room: Callable[[str], Awaitable[list[TrackedSession]]] | None = None,
     ) -> None:
@@ -118,7 +94,7 @@ class Rooms:
         # listed rooms that no live node hosts (their node died): sid -> name
         self.unreachable: dict[str, str] = {}
         self._first_seen: dict[str, float] = {}
-        self._slots = asyncio.Semaphore(len(pool.shards) if pool is not None else 1)
+        self._slots = asyncio.Semaphore(len(pool.processes) if pool is not None else 1)
         self._joins: set[asyncio.Task[Any]] = set()
         self._stopping = False
         self._to_confirm: dict[str, Watcher] = {}  # room sid -> watcher after a reconnect
