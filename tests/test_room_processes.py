@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from observer.core.tracker import RoomLost
+from observer.core.events import RoomLost
 from observer.daemon.room_processes import channel
 from observer.daemon.room_processes.proto import (
     Join,

@@ -15,8 +15,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from observer.config import LiveKitSettings, Settings
 from observer.core import discovery
-from observer.core.times import utcnow
-from observer.core.tracker import (
+from observer.core.events import (
     Event,
     Listed,
     Reconnecting,
@@ -29,6 +28,8 @@ from observer.core.tracker import (
     TrackedSession,
     WebhookRoomFinished,
 )
+from observer.core.times import utcnow
+from observer.core.vocab import OBSERVER_REJOINING, OBSERVER_STOPPED
 from observer.daemon.fleet import Fleet
 from observer.daemon.join_turn import join_in_turn
 from observer.daemon.room_processes.pool import JoinFailed, RemoteWatcher, RoomProcessPool
@@ -339,7 +340,7 @@ class Rooms:
             extra={"room": watcher.room_name, "room_sid": watcher.room_sid},
         )
         self.watchers.pop(watcher.room_sid, None)
-        self._emit(RoomLost(watcher.room_sid, "OBSERVER_REJOINING", utcnow()))
+        self._emit(RoomLost(watcher.room_sid, OBSERVER_REJOINING, utcnow()))
         await self._leave_quietly(watcher)
         room = discovery.ListedRoom(watcher.room_sid, watcher.room_name)
         if hosted:
@@ -375,7 +376,7 @@ class Rooms:
                 await self._leave_quietly(watcher)
 
         for sid in self.watchers:
-            self._emit(RoomLost(sid, "OBSERVER_STOPPED", now))
+            self._emit(RoomLost(sid, OBSERVER_STOPPED, now))
         await asyncio.gather(*(leave(w) for w in list(self.watchers.values())))
         self.watchers.clear()
 
@@ -434,7 +435,7 @@ class Rooms:
                 return
             if self._stopping:
                 self.watchers.pop(watcher.room_sid, None)
-                self._emit(RoomLost(watcher.room_sid, "OBSERVER_STOPPED", utcnow()))
+                self._emit(RoomLost(watcher.room_sid, OBSERVER_STOPPED, utcnow()))
                 await watcher.leave()
         except RoomMismatchError as exc:
             # The listed room ended and a client (an agent's or user's SDK rejoining by name)

@@ -15,19 +15,18 @@ from sqlalchemy.exc import SQLAlchemyError
 from observer import livekit_api
 from observer.config import LiveKitSettings, Settings
 from observer.core import discovery
-from observer.core.times import backoff_s, utcnow
-from observer.core.tracker import (
+from observer.core.changes import StuckAgents, Verify
+from observer.core.events import (
     Blind,
     Event,
     Reconnecting,
     RoomJoined,
     RoomLost,
-    SessionTracker,
-    StuckAgents,
     Tick,
     UsageReported,
-    Verify,
 )
+from observer.core.times import backoff_s, utcnow
+from observer.core.tracker import SessionTracker
 from observer.daemon import pulse, telemetry, webhooks
 from observer.daemon.fleet import Fleet
 from observer.daemon.http import OPEN_PATHS, WebServer

@@ -14,7 +14,7 @@ from typing import Any
 
 from livekit import rtc
 
-from observer.core.tracker import Blind
+from observer.core.events import Blind
 from observer.daemon import pulse
 from observer.daemon.join_turn import join_in_turn
 from observer.daemon.room_processes import channel

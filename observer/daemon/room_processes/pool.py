@@ -10,7 +10,8 @@ import sys
 from collections.abc import Callable
 from datetime import UTC, datetime
 
-from observer.core.tracker import Event, Reconnecting, RoomClosed, RoomLost
+from observer.core.events import Event, Reconnecting, RoomClosed, RoomLost
+from observer.core.vocab import OBSERVER_PROCESS_EXITED
 from observer.daemon.room_processes import channel
 from observer.daemon.room_processes.proto import (
     Join,
@@ -233,7 +234,7 @@ class RoomProcessPool:
         for w in lost.values():
             w.answered(JoinFailedReply(w.room_sid, "room process exited"))
             w.left()
-            self._emit(RoomLost(w.room_sid, "OBSERVER_PROCESS_EXITED", now))
+            self._emit(RoomLost(w.room_sid, OBSERVER_PROCESS_EXITED, now))
         await asyncio.sleep(1)
         if not self._stopping:
             await self._spawn(process)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from observer.core.tracker import Event
+from observer.core.events import Event
 
 
 @dataclass(frozen=True, slots=True)
