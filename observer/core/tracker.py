@@ -3,8 +3,8 @@
 Pure logic. It takes events (`observer.core.events`: a room joined with a snapshot of who is
 there, a participant joined or left, the observer's own reconnect, a room closed or gone,
 the clock) and returns an `Outcome` (`observer.core.changes`) for the store. No I/O, no
-asyncio, no LiveKit or SQL types. The sessions' own lifecycle is `observer.core.sessions`,
-who is in each room `observer.core.occupancy`.
+asyncio, no LiveKit or SQL types. The sessions' lifecycle is `observer.core.sessions` (its rules)
+and `observer.core.session_book` (its moves), who is in each room `observer.core.occupancy`.
 """
 
 from __future__ import annotations
