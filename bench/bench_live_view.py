@@ -23,14 +23,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from observer.core.tracker import (
-    END_RTC,
-    Close,
-    Open,
-    RoomPresence,
-    RoomSeen,
-    TrackedSession,
-)
+from observer.core.changes import Close, Open, RoomPresence, RoomSeen
+from observer.core.events import TrackedSession
+from observer.core.vocab import END_RTC
 from observer.db import migrate
 from observer.db.store import Store
 

@@ -38,6 +38,7 @@ from observer.config import normalize_database_url
 from observer.db import migrate
 from observer.db.store import Store
 from observer.reports import reconcile, usage
+from observer.reports.periods import Period
 
 MONTH_START = datetime(2026, 3, 1, tzinfo=UTC)
 DAYS = 30
@@ -283,7 +284,7 @@ def bench(
     end = MONTH_START + timedelta(days=DAYS)
     now = end + timedelta(hours=2)
     q = usage.UsageQuery(start=MONTH_START, end=end, now=now, by=("agent", "day"))
-    job = reconcile.Job(period=reconcile.Period(MONTH_START, end, "bench"), now=now, settle=False)
+    job = reconcile.Job(period=Period(MONTH_START, end, "bench"), now=now, settle=False)
     store = Store(url)
 
     def summary(times: list[float]) -> str:

@@ -32,7 +32,7 @@ import bench_usage
 from aiohttp import web
 from sqlalchemy.engine import make_url
 
-from observer.core.tracker import RoomPresence, RoomSeen
+from observer.core.changes import RoomPresence, RoomSeen
 from observer.db import migrate
 from observer.db.store import Store
 from observer.web import views

@@ -17,7 +17,9 @@ from livekit.protocol.agent_pb import agent_session as pb
 
 from observer.cli import main
 from observer.core.agent_usage import ModelUsage, UsageReport
-from observer.core.tracker import END_RTC, Close, Open, RecordUsage, RoomSeen, TrackedSession
+from observer.core.changes import Close, Open, RecordUsage, RoomSeen
+from observer.core.events import TrackedSession
+from observer.core.vocab import END_RTC
 from observer.daemon import session_messages
 from observer.db.schema import AgentUsageRow
 from observer.db.store import Store

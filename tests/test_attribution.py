@@ -17,8 +17,10 @@ import pytest
 from databases import copy_of
 
 from observer.cli import main
+from observer.core.changes import Close, Open, RoomEnded, RoomSeen
+from observer.core.events import TrackedSession
 from observer.core.timeline import AGENT_STATES, Span, Timeline
-from observer.core.tracker import END_RTC, Close, Open, RoomEnded, RoomSeen, TrackedSession
+from observer.core.vocab import END_RTC
 from observer.db.store import Store
 
 pytestmark = pytest.mark.unit
@@ -508,7 +510,7 @@ def test_the_minutes_view_follows_late_writes_to_days_that_are_over(
     days that are over follow a session of such a day closed late (at an observer's start,
     by `reconcile`'s settling), given attributes, or its room's new metadata: the numbers
     are always those of `observer usage`, each query on its own."""
-    from observer.core.tracker import UpdateAttributes
+    from observer.core.changes import UpdateAttributes
     from observer.reports import usage
 
     queries = [

@@ -10,8 +10,9 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
+from observer.core.changes import Close, Open
+from observer.core.events import TrackedSession
 from observer.core.timeline import Span, Timeline
-from observer.core.tracker import Close, Open, TrackedSession
 from observer.core.vocab import END_RECONCILED, END_ROOM_CLOSED, END_RTC, END_WEBHOOK
 from observer.db.closing import Ending, closed_columns, ending_of, reconciled
 from observer.db.schema import SessionRow

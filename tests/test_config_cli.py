@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 from livekit_server import LiveKitServer, free_tcp_port
 
-from observer.cli import main, parse_time
+from observer.cli import main
+from observer.commands.parse import parse_time
 from observer.config import ConfigError, Settings
 
 pytestmark = pytest.mark.unit

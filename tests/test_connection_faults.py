@@ -260,7 +260,7 @@ async def test_a_room_process_that_dies_changes_no_row(
     )
     await obs.wait_rows(lambda rows: len(rows) == 3)
     assert obs.obs.pool is not None
-    victim = max(obs.obs.pool.shards, key=lambda s: len(s.watchers))
+    victim = max(obs.obs.pool.processes, key=lambda p: len(p.watchers))
     held = set(victim.watchers)
     assert held
     assert victim.proc is not None

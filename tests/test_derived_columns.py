@@ -15,7 +15,9 @@ from sqlalchemy import Engine, inspect, text
 from sqlalchemy.exc import DBAPIError
 
 from observer.cli import main
-from observer.core.tracker import END_RTC, Close, Open, TrackedSession
+from observer.core.changes import Close, Open
+from observer.core.events import TrackedSession
+from observer.core.vocab import END_RTC
 from observer.db import migrate
 from observer.db.schema import Base
 from observer.db.store import Store

@@ -308,7 +308,9 @@ async def test_the_icon_is_served_and_the_views_name_their_units(
 ) -> None:
     from datetime import UTC, datetime, timedelta
 
-    from observer.core.tracker import END_RTC, Close, Open, TrackedSession
+    from observer.core.changes import Close, Open
+    from observer.core.events import TrackedSession
+    from observer.core.vocab import END_RTC
 
     now = datetime.now(UTC)
     joined = now - timedelta(minutes=30)

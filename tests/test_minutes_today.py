@@ -12,7 +12,9 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from observer.core.tracker import END_RTC, Close, Open, TrackedSession
+from observer.core.changes import Close, Open
+from observer.core.events import TrackedSession
+from observer.core.vocab import END_RTC
 from observer.db.store import Store
 from observer.web import views
 from observer.web.app import WebPage

@@ -11,16 +11,9 @@ import pytest
 from livekit import api
 
 from observer.config import Settings
-from observer.core.tracker import (
-    Close,
-    Listed,
-    ParticipantLeft,
-    RoomJoined,
-    RoomLost,
-    Seen,
-    SessionTracker,
-    Tick,
-)
+from observer.core.changes import Close
+from observer.core.events import Listed, ParticipantLeft, RoomJoined, RoomLost, Seen, Tick
+from observer.core.tracker import SessionTracker
 from observer.daemon import telemetry, webhooks
 from observer.daemon.identity import (
     IDENTITY_PREFIX,

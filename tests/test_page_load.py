@@ -26,7 +26,8 @@ from aiohttp import web
 from livekit_server import LiveKitServer, free_tcp_port
 from sqlalchemy import func, insert, select
 
-from observer.core.tracker import Open, TrackedSession
+from observer.core.changes import Open
+from observer.core.events import TrackedSession
 from observer.daemon.service import backed_up
 from observer.daemon.writer import Writer
 from observer.db import store as store_module

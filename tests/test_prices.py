@@ -17,7 +17,9 @@ import pytest
 
 from observer.cli import main
 from observer.core.agent_usage import ModelUsage, UsageReport
-from observer.core.tracker import END_RTC, Close, Open, RecordUsage, TrackedSession
+from observer.core.changes import Close, Open, RecordUsage
+from observer.core.events import TrackedSession
+from observer.core.vocab import END_RTC
 from observer.db.store import Store
 
 pytestmark = pytest.mark.unit

@@ -20,7 +20,9 @@ from livekit_server import LiveKitServer, free_tcp_port
 from sqlalchemy import inspect, text
 
 from observer.cli import main
-from observer.core.tracker import END_RECONCILED, END_RTC, Close, Open, Touch, TrackedSession
+from observer.core.changes import Close, Open, Touch
+from observer.core.events import TrackedSession
+from observer.core.vocab import END_RECONCILED, END_RTC
 from observer.db import migrate
 from observer.db.reads import SessionFilter
 from observer.db.rollups import Rollup

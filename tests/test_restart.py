@@ -108,7 +108,7 @@ async def test_restart_continues_rows_and_reconciles_the_gap(
 def test_open_files_limit_is_raised_to_the_hard_limit() -> None:
     import resource
 
-    from observer.cli import FDS_PER_ROOM, raise_fd_limit
+    from observer.commands.process import FDS_PER_ROOM, raise_fd_limit
 
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     try:

@@ -12,7 +12,7 @@ from livekit import api
 
 from observer.config import LiveKitSettings, Settings
 from observer.core import discovery
-from observer.core.tracker import Event, RoomUnreachable
+from observer.core.events import Event, RoomUnreachable
 from observer.daemon import rooms
 from observer.daemon.rooms import Rooms
 from observer.livekit_api import Client

@@ -12,7 +12,9 @@ from typing import Any
 import pytest
 
 from observer.cli import main
-from observer.core.tracker import END_RTC, Close, Open, RoomSeen, TrackedSession
+from observer.core.changes import Close, Open, RoomSeen
+from observer.core.events import TrackedSession
+from observer.core.vocab import END_RTC
 from observer.db.store import Store
 from observer.reports.sessions import COLUMNS
 

@@ -11,14 +11,9 @@ from sqlalchemy import Join, Select, Table, inspect, text, update
 from sqlalchemy.sql.elements import BinaryExpression
 from sqlalchemy.sql.visitors import iterate
 
-from observer.core.tracker import (
-    END_RTC,
-    Close,
-    Open,
-    Touch,
-    TrackedSession,
-    UpdateAttributes,
-)
+from observer.core.changes import Close, Open, Touch, UpdateAttributes
+from observer.core.events import TrackedSession
+from observer.core.vocab import END_RTC
 from observer.db import migrate
 from observer.db.reads import SessionFilter
 from observer.db.store import Store
@@ -182,7 +177,7 @@ def test_naive_datetimes_are_refused(db_url: str) -> None:
 
 
 def test_a_stuck_alert_is_claimed_once_per_occurrence(db_url: str) -> None:
-    from observer.core.tracker import RoomEnded, RoomPresence, RoomSeen
+    from observer.core.changes import RoomEnded, RoomPresence, RoomSeen
     from observer.db import fleet as fleet_db
 
     store = Store(db_url)

@@ -6,10 +6,9 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from observer.core.timeline import Timeline
-from observer.core.tracker import (
+from observer.core.changes import Close
+from observer.core.events import (
     AttributesChanged,
-    Close,
     Event,
     ParticipantJoined,
     ParticipantLeft,
@@ -19,8 +18,9 @@ from observer.core.tracker import (
     RoomJoined,
     RoomLost,
     Seen,
-    SessionTracker,
 )
+from observer.core.timeline import Timeline
+from observer.core.tracker import SessionTracker
 
 pytestmark = pytest.mark.unit
 
@@ -134,7 +134,7 @@ def test_a_leave_nobody_saw_ends_the_timeline_where_the_agent_was_last_seen() ->
 
 
 def test_a_session_known_only_from_a_webhook_has_no_timeline() -> None:
-    from observer.core.tracker import WebhookLeft
+    from observer.core.events import WebhookLeft
 
     tl = timeline_of(
         [WebhookLeft("r", "RM", agent("A", 0.0), "CLIENT_INITIATED", t(3.0))],
@@ -144,7 +144,8 @@ def test_a_session_known_only_from_a_webhook_has_no_timeline() -> None:
 
 def test_usage_is_recorded_and_flagged_once_per_session() -> None:
     from observer.core.agent_usage import ModelUsage, UsageReport
-    from observer.core.tracker import RecordUsage, UsageFlagged, UsageReported
+    from observer.core.changes import RecordUsage, UsageFlagged
+    from observer.core.events import UsageReported
 
     tr = SessionTracker(frozenset({"agent"}), heartbeat_s=10)
     tr.handle(RoomJoined("r", "RM", (user("U1"), agent("A", 0.0)), t(0)))
@@ -163,7 +164,8 @@ def test_usage_is_recorded_and_flagged_once_per_session() -> None:
 
 def test_unchanged_usage_totals_are_not_written_again() -> None:
     from observer.core.agent_usage import ModelUsage, UsageReport
-    from observer.core.tracker import RecordUsage, UsageReported
+    from observer.core.changes import RecordUsage
+    from observer.core.events import UsageReported
 
     tr = SessionTracker(frozenset({"agent"}), heartbeat_s=10)
     tr.handle(RoomJoined("r", "RM", (user("U1"), agent("A", 0.0)), t(0)))

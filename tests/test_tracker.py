@@ -6,46 +6,45 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from observer.core.tracker import (
-    END_RECONCILED,
-    END_ROOM_CLOSED,
-    END_RTC,
-    END_WEBHOOK,
-    AttributesChanged,
+from observer.core.changes import (
     Close,
-    Event,
-    Listed,
     Op,
     Open,
     Outcome,
+    RoomEnded,
+    RoomPresence,
+    RoomSeen,
+    StuckAgents,
+    Touch,
+    UpdateAttributes,
+    Verify,
+    Witnessed,
+)
+from observer.core.events import (
+    AttributesChanged,
+    Event,
+    Listed,
     ParticipantJoined,
     ParticipantLeft,
     Reconnected,
     Reconnecting,
     RoomClosed,
-    RoomEnded,
     RoomGone,
     RoomHandedOver,
     RoomJoined,
     RoomLost,
     RoomMetadataChanged,
-    RoomPresence,
-    RoomSeen,
     Seeded,
     Seen,
     SessionKey,
-    SessionTracker,
-    StuckAgents,
     Tick,
-    Touch,
     TrackedSession,
-    UpdateAttributes,
-    Verify,
     WebhookJoined,
     WebhookLeft,
     WebhookRoomFinished,
-    Witnessed,
 )
+from observer.core.tracker import SessionTracker
+from observer.core.vocab import END_RECONCILED, END_ROOM_CLOSED, END_RTC, END_WEBHOOK
 
 pytestmark = pytest.mark.unit
 

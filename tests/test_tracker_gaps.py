@@ -6,10 +6,8 @@ from __future__ import annotations
 import pytest
 from test_tracker import agent, closes, opens, run, stucks, t, user
 
-from observer.core.tracker import (
-    END_RECONCILED,
-    END_ROOM_CLOSED,
-    END_RTC,
+from observer.core.changes import Touch, Verify
+from observer.core.events import (
     Blind,
     Event,
     Listed,
@@ -19,11 +17,10 @@ from observer.core.tracker import (
     Reconnecting,
     RoomClosed,
     RoomJoined,
-    SessionTracker,
     Tick,
-    Touch,
-    Verify,
 )
+from observer.core.tracker import SessionTracker
+from observer.core.vocab import END_RECONCILED, END_ROOM_CLOSED, END_RTC
 
 pytestmark = pytest.mark.unit
 
@@ -196,7 +193,7 @@ def test_one_stuck_alert_per_spell_through_a_gap_and_a_full_reconnect() -> None:
 def test_an_unconfirmed_leave_changes_no_room_numbers() -> None:
     """The SDK's fake leaves around its own reconnect must not tell the database that the
     room's agents are gone (that would end a stuck-agent spell another observer alerted)."""
-    from observer.core.tracker import RoomPresence
+    from observer.core.changes import RoomPresence
 
     tr = SessionTracker(frozenset({"agent"}))
     run([RoomJoined("r", "RM1", (agent("PA1"),), t(0))], tr)
@@ -250,7 +247,7 @@ def test_a_broken_connection_vouches_for_nothing_in_its_window() -> None:
 
 
 def test_a_room_no_live_node_hosts_ends_its_sessions_at_their_last_evidence() -> None:
-    from observer.core.tracker import RoomUnreachable
+    from observer.core.events import RoomUnreachable
 
     tr = SessionTracker(frozenset({"agent"}), heartbeat_s=1, trouble_window_s=20)
     events: list[Event] = [RoomJoined("r", "RM1", (agent("PA1"),), t(0))]

@@ -6,15 +6,8 @@ from __future__ import annotations
 import pytest
 from test_tracker import agent, closes, opens, run, t
 
-from observer.core.tracker import (
-    END_RECONCILED,
-    END_RTC,
-    Event,
-    ParticipantJoined,
-    ParticipantLeft,
-    RoomJoined,
-    Tick,
-)
+from observer.core.events import Event, ParticipantJoined, ParticipantLeft, RoomJoined, Tick
+from observer.core.vocab import END_RECONCILED, END_RTC
 
 pytestmark = pytest.mark.unit
 

@@ -14,7 +14,9 @@ import pytest
 from livekit_server import free_tcp_port
 
 from observer.cli import main
-from observer.core.tracker import END_RTC, Close, Open, TrackedSession
+from observer.core.changes import Close, Open
+from observer.core.events import TrackedSession
+from observer.core.vocab import END_RTC
 from observer.db.store import Store
 from observer.reports.usage import bucket_edges
 

@@ -21,7 +21,9 @@ from livekit_server import LiveKitServer, free_tcp_port
 from polling import until
 
 from observer.cli import main
-from observer.core.tracker import END_RTC, Close, Open, RoomPresence, RoomSeen, TrackedSession
+from observer.core.changes import Close, Open, RoomPresence, RoomSeen
+from observer.core.events import TrackedSession
+from observer.core.vocab import END_RTC
 from observer.db.store import Store
 from observer.web.app import PAGES
 

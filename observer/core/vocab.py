@@ -32,6 +32,35 @@ END_RECONCILED: Final = "reconciled"  # the leave happened while the observer co
 END_WEBHOOK: Final = "webhook"  # learned from LiveKit's webhook, not seen by the observer
 END_SOURCES: Final[tuple[EndSource, ...]] = get_args(EndSource)
 
+# Why a participant's connection ended: LiveKit's `DisconnectReason` name, passed on as it
+# is (stored in `disconnect_reason`). These two the tracker acts on.
+UNKNOWN_REASON: Final = "UNKNOWN_REASON"  # none given; the SDK says so around its reconnects
+DUPLICATE_IDENTITY: Final = "DUPLICATE_IDENTITY"  # the identity joined again: the older is out
+
+# Why a room ended (stored in `rooms.end_reason`): the server's reason when the observer saw
+# the room end, else how the observer learned of it.
+RoomEndReason = Literal["ROOM_DELETED", "ROOM_CLOSED", "ROOM_FINISHED", "GONE"]
+ROOM_DELETED: Final = "ROOM_DELETED"
+ROOM_CLOSED: Final = "ROOM_CLOSED"  # closed by the server's timeouts
+ROOM_FINISHED: Final = "ROOM_FINISHED"  # LiveKit's `room_finished` webhook
+ROOM_GONE: Final = "GONE"  # missing from the server's listing
+# The disconnect reasons that mean the room itself ended.
+ROOM_ENDED: Final[frozenset[RoomEndReason]] = frozenset({ROOM_DELETED, ROOM_CLOSED})
+
+# Why the observer is out of a room that goes on, when it was its own doing (`RoomLost`;
+# otherwise the reason is the server's `DisconnectReason` name).
+ObserverLeft = Literal[
+    "OBSERVER_STOPPED",  # the daemon stops
+    "OBSERVER_PROCESS_EXITED",  # the room process holding the room died
+    "OBSERVER_REJOINING",  # a connection stuck reconnecting through a dead node, given up
+    "OBSERVER_OVERFLOW",  # too many events held while reconnecting
+]
+OBSERVER_STOPPED: Final = "OBSERVER_STOPPED"
+OBSERVER_PROCESS_EXITED: Final = "OBSERVER_PROCESS_EXITED"
+OBSERVER_REJOINING: Final = "OBSERVER_REJOINING"
+OBSERVER_OVERFLOW: Final = "OBSERVER_OVERFLOW"
+OBSERVER_LEFT: Final[tuple[ObserverLeft, ...]] = get_args(ObserverLeft)
+
 # Whether a session is still open, for filters.
 SessionState = Literal["open", "closed"]
 

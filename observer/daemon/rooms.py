@@ -1,5 +1,7 @@
 """Finding rooms and keeping one hidden watcher in each: listings, webhook announcements,
-joins (a few at a time), and the clean-up when a join found the room already gone."""
+joins (a few at a time), and the clean-up when a join found the room already gone or
+hosted by no live node. What only the server's API can settle is asked through
+`observer.daemon.room_checks`."""
 
 from __future__ import annotations
 
@@ -15,10 +17,8 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from observer.config import LiveKitSettings, Settings
 from observer.core import discovery
-from observer.core.times import utcnow
-from observer.core.tracker import (
+from observer.core.events import (
     Event,
-    Listed,
     Reconnecting,
     RoomClosed,
     RoomGone,
@@ -29,8 +29,12 @@ from observer.core.tracker import (
     TrackedSession,
     WebhookRoomFinished,
 )
+from observer.core.times import utcnow
+from observer.core.vocab import OBSERVER_REJOINING, OBSERVER_STOPPED
 from observer.daemon.fleet import Fleet
-from observer.daemon.shards import JoinFailed, RemoteWatcher, ShardPool
+from observer.daemon.join_turn import join_in_turn
+from observer.daemon.room_checks import RoomChecks, list_rooms
+from observer.daemon.room_processes.pool import JoinFailed, RemoteWatcher, RoomProcessPool
 from observer.daemon.watcher import RoomMismatchError, RoomWatcher, observer_token
 from observer.livekit_api import API_ERRORS, Client, log_failure, room_hosted
 
@@ -42,10 +46,6 @@ JOIN_TIMEOUT_S = 10.0
 # Joins that overlap in one rtc SDK multiply the sockets each room keeps (3 per room joined
 # alone, 6-28 with 2-8 at once): each process joins one room at a time (`join_in_turn`).
 
-# Questions to the server's API about rooms, asked in batches.
-CHECK_BATCH_DELAY_S = 0.2
-CHECK_RETRY_S = 1.0
-CHECK_CONCURRENCY = 8
 LEAVE_CONCURRENCY = 32
 # A room is taken as hosted by no live node when this many probes this far apart say so.
 UNREACHABLE_CONFIRM_S = 2.0
@@ -56,31 +56,6 @@ STUCK_RECONNECT_S = 3.0
 # How often a room hosted by no live node is probed, to get back in as soon as a live node
 # hosts it again (a participant's own reconnect re-creates it there).
 UNREACHABLE_RETRY_S = 1.0
-
-
-# A join holds its turn this long at most: a join that hangs (the SDK retries for up to
-# ~40 s) must not hold up the joins behind it.
-SLOW_JOIN_S = 1.0
-
-
-async def join_in_turn(
-    slots: asyncio.Semaphore, start: Callable[[], Coroutine[Any, Any, None] | None]
-) -> bool:
-    """When a slot is free, `start()` a join (None: don't) and run it to the end; the slot is
-    given up once the join is done or after SLOW_JOIN_S, whichever is first. A join in
-    flight is never cancelled (the SDK's native core kills the process when a connect is
-    cancelled). Returns whether a join was started."""
-    await slots.acquire()
-    try:
-        join = start()
-        if join is None:
-            return False
-        task = asyncio.ensure_future(join)
-        await asyncio.wait({task}, timeout=SLOW_JOIN_S)
-    finally:
-        slots.release()
-    await task
-    return True
 
 
 class Rooms:
@@ -94,7 +69,7 @@ class Rooms:
         emit: Callable[[Event], None],
         spawn: Callable[[Coroutine[Any, Any, Any], str], asyncio.Task[Any]],
         unwatched_with_sessions: Callable[[], Mapping[str, str]],
-        pool: ShardPool | None = None,
+        pool: RoomProcessPool | None = None,
         fleet: Fleet | None = None,
         open_in_room: Callable[[str], Awaitable[list[TrackedSession]]] | None = None,
     ) -> None:
@@ -118,105 +93,30 @@ class Rooms:
         # listed rooms that no live node hosts (their node died): sid -> name
         self.unreachable: dict[str, str] = {}
         self._first_seen: dict[str, float] = {}
-        self._slots = asyncio.Semaphore(len(pool.shards) if pool is not None else 1)
+        self._slots = asyncio.Semaphore(len(pool.processes) if pool is not None else 1)
         self._joins: set[asyncio.Task[Any]] = set()
         self._stopping = False
-        self._to_confirm: dict[str, Watcher] = {}  # room sid -> watcher after a reconnect
-        self._to_verify: dict[str, str] = {}  # room sid -> name, whose participants to list
-        self._checks_wanted = asyncio.Event()
+        self._checks: RoomChecks[Watcher] = RoomChecks(
+            lk,
+            lkapi,
+            emit=emit,
+            spawn=spawn,
+            current=self.watchers.get,
+            ended=self.ended,
+            give_up=self._give_up,
+        )
 
     async def check_forever(self) -> None:
-        """Answer, in batches, the questions that only the server's API can settle: is a
-        room the SDK reconnected to still the one watched, and who is in a room."""
-        while True:
-            await self._checks_wanted.wait()
-            await asyncio.sleep(CHECK_BATCH_DELAY_S)
-            self._checks_wanted.clear()
-            confirm, self._to_confirm = self._to_confirm, {}
-            verify, self._to_verify = self._to_verify, {}
-            names = {w.room_name for w in confirm.values()} | set(verify.values())
-            requested_at = utcnow()
-            try:
-                listed = await self._list_rooms(names)
-            except API_ERRORS as exc:
-                log_failure(log, self._lk, exc)
-                self._retry_later(confirm, verify)
-                continue
-            live = {r.sid for r in listed}
-            for sid, watcher in confirm.items():
-                await self._confirm(watcher, sid in live, requested_at)
-            gone = {sid: name for sid, name in verify.items() if sid not in live}
-            for sid in gone:
-                self.ended.add(sid)
-                self._emit(Listed(sid, False, frozenset(), requested_at, utcnow()))
-            rest = {sid: name for sid, name in verify.items() if sid in live}
-            slots = asyncio.Semaphore(CHECK_CONCURRENCY)
-            answers = await asyncio.gather(
-                *(self._list_participants(sid, name, slots) for sid, name in rest.items())
-            )
-            failed = {
-                sid: name for (sid, name), ok in zip(rest.items(), answers, strict=True) if not ok
-            }
-            if failed:
-                self._retry_later({}, failed)
-
-    async def _list_participants(self, sid: str, name: str, slots: asyncio.Semaphore) -> bool:
-        async with slots:
-            asked = utcnow()
-            try:
-                resp = await self._api.room.list_participants(
-                    api.ListParticipantsRequest(room=name)
-                )
-            except API_ERRORS as exc:
-                log.warning(
-                    "listing participants failed",
-                    extra={"room": name, "error": f"{type(exc).__name__}: {exc}"},
-                )
-                return False
-        present = frozenset(p.sid for p in resp.participants)
-        self._emit(Listed(sid, True, present, asked, utcnow()))
-        return True
-
-    def _retry_later(self, confirm: Mapping[str, Watcher], verify: Mapping[str, str]) -> None:
-        async def again() -> None:
-            await asyncio.sleep(CHECK_RETRY_S)
-            for sid, w in confirm.items():
-                if self.watchers.get(sid) is w and w.recovering:
-                    self._to_confirm[sid] = w
-            for sid, name in verify.items():
-                self._to_verify.setdefault(sid, name)
-            self._checks_wanted.set()
-
-        self._spawn(again(), "check-retry")
-
-    async def _list_rooms(self, names: set[str]) -> list[api.Room]:
-        if not names:
-            return []
-        resp = await self._api.room.list_rooms(api.ListRoomsRequest(names=sorted(names)))
-        return list(resp.rooms)
+        """Answer, in batches, the questions only the server's API can settle."""
+        await self._checks.check_forever()
 
     def verify(self, room_sid: str, room_name: str) -> None:
         """Ask the server who is in this room; the answer arrives as a `Listed` event."""
-        self._to_verify[room_sid] = room_name
-        self._checks_wanted.set()
+        self._checks.verify(room_sid, room_name)
 
     def recovered(self, watcher: Watcher) -> None:
         """The SDK reconnected this watcher: check it is still in the room it watched."""
-        self._to_confirm[watcher.room_sid] = watcher
-        self._checks_wanted.set()
-
-    async def _confirm(self, watcher: Watcher, same_room: bool, listed_at: datetime) -> None:
-        if self.watchers.get(watcher.room_sid) is not watcher or not watcher.recovering:
-            return
-        if same_room:
-            watcher.recovered(True)
-            return
-        # The SDK's full reconnect joined a new room of the same name: the watched one ended.
-        log.warning(
-            "room ended while the observer reconnected; left its successor",
-            extra={"room": watcher.room_name, "room_sid": watcher.room_sid},
-        )
-        await self._give_up(watcher, listed_at)
+        self._checks.recovered(watcher)
 
     async def _give_up(self, watcher: Watcher, listed_at: datetime) -> None:
         """The watched room no longer exists: its sessions are settled as gone, and the
@@ -363,7 +263,7 @@ class Rooms:
             extra={"room": watcher.room_name, "room_sid": watcher.room_sid},
         )
         self.watchers.pop(watcher.room_sid, None)
-        self._emit(RoomLost(watcher.room_sid, "OBSERVER_REJOINING", utcnow()))
+        self._emit(RoomLost(watcher.room_sid, OBSERVER_REJOINING, utcnow()))
         await self._leave_quietly(watcher)
         room = discovery.ListedRoom(watcher.room_sid, watcher.room_name)
         if hosted:
@@ -399,7 +299,7 @@ class Rooms:
                 await self._leave_quietly(watcher)
 
         for sid in self.watchers:
-            self._emit(RoomLost(sid, "OBSERVER_STOPPED", now))
+            self._emit(RoomLost(sid, OBSERVER_STOPPED, now))
         await asyncio.gather(*(leave(w) for w in list(self.watchers.values())))
         self.watchers.clear()
 
@@ -458,7 +358,7 @@ class Rooms:
                 return
             if self._stopping:
                 self.watchers.pop(watcher.room_sid, None)
-                self._emit(RoomLost(watcher.room_sid, "OBSERVER_STOPPED", utcnow()))
+                self._emit(RoomLost(watcher.room_sid, OBSERVER_STOPPED, utcnow()))
                 await watcher.leave()
         except RoomMismatchError as exc:
             # The listed room ended and a client (an agent's or user's SDK rejoining by name)
@@ -556,7 +456,7 @@ class Rooms:
     async def _ended_meanwhile(self, watcher: Watcher) -> bool:
         """After a failed join: is the listed room gone? Then it is never tried again."""
         try:
-            live = {r.sid for r in await self._list_rooms({watcher.room_name})}
+            live = {r.sid for r in await list_rooms(self._api, {watcher.room_name})}
         except API_ERRORS:
             return False
         if watcher.room_sid in live:

@@ -15,19 +15,18 @@ from sqlalchemy.exc import SQLAlchemyError
 from observer import livekit_api
 from observer.config import LiveKitSettings, Settings
 from observer.core import discovery
-from observer.core.times import backoff_s, utcnow
-from observer.core.tracker import (
+from observer.core.changes import StuckAgents, Verify
+from observer.core.events import (
     Blind,
     Event,
     Reconnecting,
     RoomJoined,
     RoomLost,
-    SessionTracker,
-    StuckAgents,
     Tick,
     UsageReported,
-    Verify,
 )
+from observer.core.times import backoff_s, utcnow
+from observer.core.tracker import SessionTracker
 from observer.daemon import pulse, telemetry, webhooks
 from observer.daemon.fleet import Fleet
 from observer.daemon.http import OPEN_PATHS, WebServer
@@ -38,8 +37,8 @@ from observer.daemon.identity import (
     new_run_id,
     participant_identity,
 )
+from observer.daemon.room_processes.pool import RoomProcessPool
 from observer.daemon.rooms import Rooms
-from observer.daemon.shards import ShardPool
 from observer.daemon.telemetry import Metrics
 from observer.daemon.writer import BufferFull, Writer
 from observer.db import fleet as fleet_db
@@ -116,7 +115,7 @@ class Observer:
         )
         self.rooms: Rooms | None = None
         self.fleet: Fleet | None = None
-        self.pool: ShardPool | None = None
+        self.pool: RoomProcessPool | None = None
         self.web: WebServer | None = None
         self.page_store: Store | None = None  # the page's threads and connections
         self.exit_code = EXIT_OK
@@ -135,7 +134,7 @@ class Observer:
         """Watch until stopped; return the process exit code."""
         self._api = livekit_api.client(self.lk, 10)
         if self.settings.room_processes:
-            self.pool = ShardPool(
+            self.pool = RoomProcessPool(
                 self.settings.room_processes,
                 emit=lambda ev: self.rooms.emit(ev) if self.rooms else self._emit(ev),
                 on_recovered=lambda w: self.rooms.recovered(w) if self.rooms else None,

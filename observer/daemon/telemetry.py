@@ -12,15 +12,12 @@ from typing import assert_never
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from observer.core.timeline import span_ms
-from observer.core.times import utcnow
-from observer.core.tracker import (
+from observer.core.changes import (
     Close,
     Notice,
     Open,
     RecordUsage,
     RoomEnded,
-    RoomLost,
     RoomPresence,
     RoomSeen,
     RowWrite,
@@ -32,7 +29,10 @@ from observer.core.tracker import (
     Verify,
     Witnessed,
 )
-from observer.core.vocab import END_RECONCILED
+from observer.core.events import RoomLost
+from observer.core.timeline import span_ms
+from observer.core.times import utcnow
+from observer.core.vocab import END_RECONCILED, OBSERVER_LEFT, UNKNOWN_REASON
 
 log = logging.getLogger(__name__)
 
@@ -237,9 +237,9 @@ def record_room_lost(m: Metrics, ev: RoomLost, room_names: Callable[[], Mapping[
     the next listing joins the room again. Nothing recorded changes because of it (the
     tracker closes no session on it). Losses the observer causes itself (`OBSERVER_*`: its
     stop, a room process exiting, too many held events) are logged where they happen."""
-    if ev.reason.startswith("OBSERVER_"):
+    if ev.reason in OBSERVER_LEFT:
         return
-    reason = ev.reason or "UNKNOWN_REASON"
+    reason = ev.reason or UNKNOWN_REASON
     m.rooms_lost.labels(reason=reason).inc()
     log.error(
         "put out of a room; watching it again from the next listing",

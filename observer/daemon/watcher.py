@@ -18,7 +18,7 @@ from typing import Any
 from livekit import api, rtc
 
 from observer.core.agent_usage import UsageReport
-from observer.core.tracker import (
+from observer.core.events import (
     AttributesChanged,
     Event,
     ParticipantJoined,
@@ -33,14 +33,11 @@ from observer.core.tracker import (
     UsageReported,
     UsageUndecodable,
 )
-from observer.core.vocab import kind_named
+from observer.core.vocab import OBSERVER_OVERFLOW, ROOM_ENDED, UNKNOWN_REASON, kind_named
 from observer.daemon import pulse, session_messages
 
 log = logging.getLogger(__name__)
 
-
-# The room itself ended: its sessions end now, and the room must never be joined again.
-ROOM_ENDED = frozenset({"ROOM_DELETED", "ROOM_CLOSED"})
 
 # A room preset no server defines. livekit-server applies a token's preset only when the
 # join would create the room, and refuses the join when the preset is unknown: so neither
@@ -82,7 +79,7 @@ def observer_token(key: str, secret: str, identity: str, room_name: str) -> str:
 
 def reason_name(reason: int | None) -> str:
     if reason is None:
-        return "UNKNOWN_REASON"
+        return UNKNOWN_REASON
     try:
         return rtc.DisconnectReason.Name(reason)  # type: ignore[arg-type]
     except ValueError:
@@ -338,7 +335,7 @@ class RoomWatcher:
             )
             self._held = None
             self._active = False
-            self._emit_now(RoomLost(self.room_sid, "OBSERVER_OVERFLOW", pulse.stamp().at))
+            self._emit_now(RoomLost(self.room_sid, OBSERVER_OVERFLOW, pulse.stamp().at))
 
     async def join(self, ws_url: str, token: str, connect_timeout_s: float = 10.0) -> None:
         """Connect, check the room is the one listed, then report who is present."""

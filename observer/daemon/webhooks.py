@@ -11,7 +11,7 @@ from livekit import api
 from livekit.protocol import models
 
 from observer.core.agent_usage import BadUsage, UsageReport, model_usage
-from observer.core.tracker import Event, Seen, WebhookJoined, WebhookLeft, WebhookRoomFinished
+from observer.core.events import Event, Seen, WebhookJoined, WebhookLeft, WebhookRoomFinished
 from observer.core.vocab import kind_named
 from observer.db.writes import WebhookRecord
 

@@ -15,8 +15,8 @@ from typing import Any
 from sqlalchemy import ColumnElement, update
 from sqlalchemy.orm import Session
 
+from observer.core.changes import Close, missed_leave
 from observer.core.timeline import Timeline
-from observer.core.tracker import Close, missed_leave
 from observer.core.vocab import END_RECONCILED, EndSource
 from observer.db.schema import SessionRow
 

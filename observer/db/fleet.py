@@ -9,8 +9,8 @@ from datetime import datetime, timedelta
 from sqlalchemy import Engine, delete, false, func, select
 from sqlalchemy.orm import Session
 
+from observer.core.events import TrackedSession
 from observer.core.times import utcnow
-from observer.core.tracker import TrackedSession
 from observer.db.schema import (
     ObserverRow,
     SessionRow,

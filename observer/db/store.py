@@ -22,10 +22,8 @@ from sqlalchemy import (
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session
 
+from observer.core.events import TrackedSession
 from observer.core.times import utcnow
-from observer.core.tracker import (
-    TrackedSession,
-)
 from observer.db._threads import Busy as Busy  # what a call that waited too long raises
 from observer.db._threads import Threads
 from observer.db.reads import (

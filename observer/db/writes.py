@@ -20,7 +20,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import Session
 
 from observer.core.agent_usage import COUNTERS, UsageReport
-from observer.core.tracker import (
+from observer.core.changes import (
     Close,
     Open,
     RecordUsage,
@@ -28,12 +28,11 @@ from observer.core.tracker import (
     RoomPresence,
     RoomSeen,
     RowWrite,
-    SessionKey,
     Touch,
-    TrackedSession,
     UpdateAttributes,
     Witnessed,
 )
+from observer.core.events import SessionKey, TrackedSession
 from observer.db.closing import close_row, ending_of
 from observer.db.schema import (
     AgentUsageRow,

@@ -1,0 +1,3 @@
+from observer.daemon.room_processes.child import main
+
+main()

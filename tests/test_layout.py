@@ -1,0 +1,69 @@
+"""The package's shape: no module over 500 lines (past that a module holds two concerns),
+and every package of it is one that gets installed."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.unit
+
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGE = ROOT / "observer"
+MAX_LINES = 500
+
+
+def long_modules(root: Path, max_lines: int = MAX_LINES) -> dict[str, int]:
+    """Modules under `root` longer than `max_lines`, with their length."""
+    out = {}
+    for path in sorted(root.rglob("*.py")):
+        lines = len(path.read_text().splitlines())
+        if lines > max_lines:
+            out[str(path.relative_to(root.parent))] = lines
+    return out
+
+
+def test_the_line_count_finds_a_long_module(tmp_path: Path) -> None:
+    pkg = tmp_path / "observer"
+    pkg.mkdir()
+    (pkg / "short.py").write_text("x = 1\n" * MAX_LINES)
+    (pkg / "long.py").write_text("x = 1\n" * (MAX_LINES + 1))
+    assert long_modules(pkg) == {"observer/long.py": MAX_LINES + 1}
+
+
+def test_no_module_is_over_500_lines() -> None:
+    assert len(list(PACKAGE.rglob("*.py"))) > 40
+    assert long_modules(PACKAGE) == {}
+
+
+def test_every_package_is_installed() -> None:
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    listed = set(config["tool"]["setuptools"]["packages"])
+    packages = {".".join(p.parent.relative_to(ROOT).parts) for p in PACKAGE.rglob("__init__.py")}
+    assert packages - listed == set()
+
+
+def undocumented_modules(doc: str, root: Path) -> list[str]:
+    """Modules that docs/ARCHITECTURE.md does not name under their folder's heading
+    (### `observer/core/`); a module of a sub-package counts under the nearest heading."""
+    sections: dict[str, str] = {}
+    for part in doc.split("\n### ")[1:]:
+        heading, _, body = part.partition("\n")
+        sections[heading.split("`")[1]] = body
+    missing = []
+    for path in sorted(root.rglob("*.py")):
+        if path.name in ("__init__.py", "__main__.py"):
+            continue
+        rel = path.relative_to(root.parent).as_posix()
+        folders = [f for f in sections if rel.startswith(f)]
+        if not folders or f"`{path.name}`" not in sections[max(folders, key=len)]:
+            missing.append(rel)
+    return missing
+
+
+def test_architecture_names_every_module() -> None:
+    doc = (ROOT / "docs" / "ARCHITECTURE.md").read_text()
+    assert undocumented_modules("### `observer/`\n- `cli.py`: x\n", PACKAGE)  # it can fail
+    assert undocumented_modules(doc, PACKAGE) == []
