@@ -15,4 +15,6 @@ export LIVEKIT_SERVER_BIN="${LIVEKIT_SERVER_BIN:-$(scripts/install-livekit-serve
 
 .venv/bin/ruff check observer tests migrations bench
 .venv/bin/mypy
-.venv/bin/python -m pytest "$@"
+# Tests run in parallel worker processes (pytest-xdist; most of a live test is waiting on
+# the server's clocks). OBSERVER_TEST_WORKERS=0 runs them in this process.
+.venv/bin/python -m pytest -n "${OBSERVER_TEST_WORKERS:-3}" "$@"

@@ -93,6 +93,23 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         item.add_marker(tier)
         if item.get_closest_marker("timeout") is None:
             item.add_marker(pytest.mark.timeout(TIMEOUT_S[tier]))
+    # Longest first, so that parallel workers (pytest-xdist) start them early and finish
+    # together: tests that asked for a longer limit, then by tier. Stable: each module's
+    # tests stay together and in their order.
+    order = {t: i for i, t in enumerate(("cluster", "live", "browser", "install", "db", "unit"))}
+    rank = {
+        item.nodeid: (0 if _asks_longer(item, tier) else 1, order[tier])
+        for item, tier in zip(items, tiers, strict=True)
+    }
+    items.sort(key=lambda item: rank[item.nodeid])
+
+
+def _asks_longer(item: pytest.Item, tier: str) -> bool:
+    mark = item.get_closest_marker("timeout")
+    if mark is None:
+        return False
+    seconds = mark.args[0] if mark.args else mark.kwargs.get("timeout")
+    return isinstance(seconds, int | float) and seconds > TIMEOUT_S[tier]
 
 
 @pytest.hookimpl(tryfirst=True)
