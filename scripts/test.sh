@@ -16,5 +16,14 @@ export LIVEKIT_SERVER_BIN="${LIVEKIT_SERVER_BIN:-$(scripts/install-livekit-serve
 .venv/bin/ruff check observer tests migrations bench
 .venv/bin/mypy
 # Tests run in parallel worker processes (pytest-xdist; most of a live test is waiting on
-# the server's clocks). OBSERVER_TEST_WORKERS=0 runs them in this process.
-.venv/bin/python -m pytest -n "${OBSERVER_TEST_WORKERS:-3}" "$@"
+# the server's clocks), handed out one at a time, longest first (see tests/conftest.py), so
+# that the long ones spread over the workers. OBSERVER_TEST_WORKERS=0 runs them in this
+# process.
+# Tests that measure their own pace under load (marked `alone`) then run by themselves.
+workers="${OBSERVER_TEST_WORKERS:-3}"
+.venv/bin/python -m pytest -n "$workers" --maxschedchunk 1 "$@"
+if [[ "$workers" != 0 ]]; then
+    rc=0
+    .venv/bin/python -m pytest --alone "$@" || rc=$?
+    [[ $rc == 0 || $rc == 5 ]] || exit "$rc" # 5: none of them selected
+fi

@@ -33,9 +33,22 @@ TIMEOUT_S = {"unit": 60, "db": 60, "live": 120, "cluster": 180, "browser": 180, 
 SERVER_FIXTURES = ("livekit_server", "livekit_server_factory", "clients", "redis_server")
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--alone",
+        action="store_true",
+        help="run only the tests marked `alone` (scripts/test.sh runs them after the others)",
+    )
+
+
 def pytest_configure(config: pytest.Config) -> None:
     for tier, what in TIERS.items():
         config.addinivalue_line("markers", f"{tier}: tier: {what}")
+    config.addinivalue_line(
+        "markers",
+        "alone: measures its own pace (latency under load), so it runs with no other test"
+        " beside it: left out of a parallel run (pytest-xdist), run by --alone",
+    )
     config.addinivalue_line(
         "markers", "databases(*kinds): run the test on these of sqlite, postgresql (default both)"
     )
@@ -73,7 +86,7 @@ def _uses_postgresql(item: pytest.Item) -> bool:
 
 
 @pytest.hookimpl(tryfirst=True)
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Give each test exactly one tier mark (before `-m` selects by it): the one declared
     closest to it, or `db` for a unit test on PostgreSQL, so `-m unit` starts no server;
     and its tier's time limit unless it has its own."""
@@ -102,6 +115,20 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         for item, tier in zip(items, tiers, strict=True)
     }
     items.sort(key=lambda item: rank[item.nodeid])
+    _select_alone(config, items)
+
+
+def _select_alone(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """With --alone only the `alone` tests; in a parallel run none of them."""
+    parallel = bool(getattr(config.option, "numprocesses", None)) or hasattr(config, "workerinput")
+    only = config.getoption("--alone")
+    if not (only or parallel):
+        return
+    keep = [i for i in items if (i.get_closest_marker("alone") is not None) == only]
+    dropped = [i for i in items if i not in keep]
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = keep
 
 
 def _asks_longer(item: pytest.Item, tier: str) -> bool:

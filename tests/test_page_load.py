@@ -268,6 +268,7 @@ async def test_a_page_with_every_thread_busy_answers_503_after_its_wait(db_url: 
         store.close()
 
 
+@pytest.mark.alone
 async def test_recording_keeps_its_pace_while_the_page_is_loaded(db_url: str) -> None:
     """An unfiltered export and 50 Minutes views for groupings never computed, at once:
     meanwhile each write through the writer lands within 0.5 s, the event loop answers
@@ -367,6 +368,7 @@ def test_readiness_names_what_is_backed_up() -> None:
     assert backed_up(0, 51, 100) == ["database writes backed up; 51 changes waiting"]
 
 
+@pytest.mark.alone
 async def test_readyz_healthz_and_writes_answer_while_every_page_thread_is_busy(
     livekit_server: LiveKitServer, db_url: str, start_observer: Any
 ) -> None:
