@@ -16,12 +16,12 @@ export LIVEKIT_SERVER_BIN="${LIVEKIT_SERVER_BIN:-$(scripts/install-livekit-serve
 .venv/bin/ruff check observer tests migrations bench
 .venv/bin/mypy
 # Tests run in parallel worker processes (pytest-xdist; most of a live test is waiting on
-# the server's clocks), handed out one at a time, longest first (see tests/conftest.py), so
-# that the long ones spread over the workers. OBSERVER_TEST_WORKERS=0 runs them in this
-# process.
+# the server's clocks), handed out a few at a time, longest first (see tests/conftest.py),
+# so that the long ones spread over the workers; a module's tests that must not run beside
+# each other share an xdist_group. OBSERVER_TEST_WORKERS=0 runs them in this process.
 # Tests that measure their own pace under load (marked `alone`) then run by themselves.
 workers="${OBSERVER_TEST_WORKERS:-3}"
-.venv/bin/python -m pytest -n "$workers" --maxschedchunk 1 "$@"
+.venv/bin/python -m pytest -n "$workers" --dist loadgroup "$@"
 if [[ "$workers" != 0 ]]; then
     rc=0
     .venv/bin/python -m pytest --alone "$@" || rc=$?

@@ -29,7 +29,9 @@ from observer.db.reads import SessionFilter
 from observer.db.schema import SessionRow
 from observer.db.store import Store
 
-pytestmark = [pytest.mark.live, pytest.mark.timeout(360)]  # waits of up to 2 min, outages
+# Waits of up to 2 min, outages. Three observers over 60 rooms load this 2-core machine:
+# in a parallel run these tests go to one worker, one after another (--dist loadgroup).
+pytestmark = [pytest.mark.live, pytest.mark.timeout(360), pytest.mark.xdist_group("fleet")]
 
 FAILOVER_S = 6.0
 
