@@ -84,16 +84,22 @@ async def test_put_out_of_a_room_is_an_alarm_and_closes_nothing(
             )
         finally:
             await lkapi.aclose()
-        await wait_for(lambda: len(errors()) >= 2, 10, "no error for PARTICIPANT_REMOVED")
+        await wait_for(
+            lambda: any(r.reason == "PARTICIPANT_REMOVED" for r in errors()),  # type: ignore[attr-defined]
+            10,
+            "no error for PARTICIPANT_REMOVED",
+        )
         await obs.wait_watching("removed")
-    assert [
-        (r.getMessage(), r.room, r.reason)  # type: ignore[attr-defined]
-        for r in errors()
-    ] == [
+    put_out = [(r.getMessage(), r.room, r.reason) for r in errors()]  # type: ignore[attr-defined]
+    # Under load the impostor's own connect may retry (the SDK does, up to 3 times) after the
+    # observer came back, putting it out once more: each time is a line of its own.
+    duplicates = len(put_out) - 1
+    assert duplicates >= 1
+    assert put_out == [
         ("put out of a room; watching it again from the next listing", "removed", reason)
-        for reason in ("DUPLICATE_IDENTITY", "PARTICIPANT_REMOVED")
+        for reason in ["DUPLICATE_IDENTITY"] * duplicates + ["PARTICIPANT_REMOVED"]
     ]
-    assert lost(obs) == {"DUPLICATE_IDENTITY": 1.0, "PARTICIPANT_REMOVED": 1.0}
+    assert lost(obs) == {"DUPLICATE_IDENTITY": float(duplicates), "PARTICIPANT_REMOVED": 1.0}
     (row,) = obs.rows()
     assert row.left_at is None, describe([row])
 
@@ -184,8 +190,11 @@ async def test_two_observers_with_one_id_both_record_every_stay_exactly(
             assert row.left_at is not None and row.duration_ms is not None
             assert s.connecting - 0.1 < row.joined_at.timestamp() < s.connected + 0.1
             assert s.leaving - 0.1 < row.left_at.timestamp() < s.left + 0.5
-            measured_ms = (s.leaving - s.connected) * 1000
-            assert abs(row.duration_ms - measured_ms) < 500, (row.duration_ms, measured_ms)
+            # the join lands while connect() runs, the leave while disconnect() runs: the
+            # duration lies between the shortest and the longest stay those calls allow
+            shortest_ms = (s.leaving - s.connected - 0.2) * 1000
+            longest_ms = (s.left - s.connecting + 0.6) * 1000
+            assert shortest_ms < row.duration_ms < longest_ms, (row.duration_ms, s)
     assert "DUPLICATE_IDENTITY" not in "".join(
         line
         for line in livekit_server.log_path.read_text(errors="replace").splitlines()
@@ -195,7 +204,7 @@ async def test_two_observers_with_one_id_both_record_every_stay_exactly(
 
 # ---- one running observer per OBSERVER_ID, as processes on PostgreSQL -----------------------
 
-FAILOVER_S = 4.0  # beats every 0.8 s, dead after 2 s
+FAILOVER_S = 10.0  # beats every 2 s, dead after 5 s: longer than a loaded start-up
 
 
 def run_env(db_url: str) -> dict[str, str]:
@@ -281,7 +290,9 @@ def test_a_second_run_with_a_live_id_refuses_and_a_restart_takes_over(
         row = wait_holder(store, restarted, 30)
         # taken over once the killed run's heartbeat was stale, not before
         stale_for_s = (row.started_at - killed.heartbeat_at).total_seconds()
-        assert FAILOVER_S / 2 < stale_for_s < FAILOVER_S / 2 + 2, stale_for_s
+        # (the upper bound leaves room for the start of a Python process on a loaded machine,
+        # and stays under a whole OBSERVER_FAILOVER_S)
+        assert FAILOVER_S / 2 < stale_for_s < FAILOVER_S / 2 + 4, stale_for_s
         time.sleep(FAILOVER_S / 2)
         assert restarted.poll() is None
         row = fleet_db.holder(store.engine, "twin")
