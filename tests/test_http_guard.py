@@ -9,7 +9,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
-from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from observer.cli import main
@@ -34,18 +33,13 @@ Serve = Callable[..., Awaitable[TestClient[Any, Any]]]
 
 @pytest.fixture
 async def serve(sqlite_url: str) -> AsyncIterator[Serve]:
-    """Starts the page with the given access rules (and /healthz, as `observer web` has)."""
+    """Starts the page with the given access rules (the guarded app brings /healthz)."""
     started: list[tuple[TestClient[Any, Any], Store]] = []
 
     async def start(access: Access) -> TestClient[Any, Any]:
         store = Store(sqlite_url)
         app = guarded_app(access)
         WebPage(store, stuck_after_s=300, dead_after_s=10, access=access).add_routes(app)
-
-        async def healthz(_request: web.Request) -> web.Response:
-            return web.Response(text="ok\n")
-
-        app.router.add_get("/healthz", healthz)
         client: TestClient[Any, Any] = TestClient(TestServer(app))
         await client.start_server()
         started.append((client, store))

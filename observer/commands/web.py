@@ -43,11 +43,6 @@ def cmd_web(settings: Settings, args: argparse.Namespace) -> int:
             access=access,
         ).add_routes(app)
 
-        async def healthz(_request: web.Request) -> web.Response:
-            return web.Response(text="ok\n")
-
-        app.router.add_get("/healthz", healthz)
-
         def listening(_banner: str) -> None:  # aiohttp's word that the socket is bound
             log.info("page listening", extra={"host": host, "port": int(port)})
 

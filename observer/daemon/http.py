@@ -52,7 +52,6 @@ class WebServer:
         app.router.add_post("/webhook", self._webhook)
         app.router.add_post("/usage", self._usage)
         app.router.add_get("/metrics", self._metrics_page)
-        app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/readyz", self._readyz)
         if self._page is not None:
             self._page(app)
@@ -114,9 +113,6 @@ class WebServer:
     async def _metrics_page(self, _request: web.Request) -> web.Response:
         body = generate_latest(self._metrics.registry)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
-
-    async def _healthz(self, _request: web.Request) -> web.Response:
-        return web.Response(text="ok\n")
 
     async def _readyz(self, _request: web.Request) -> web.Response:
         problems = await self._readiness()

@@ -290,11 +290,16 @@ async def security_headers(request: web.Request, response: web.StreamResponse) -
         response.headers.setdefault("Cache-Control", "no-store")
 
 
+async def _alive(_request: web.Request) -> web.Response:
+    return web.Response(text="ok\n")
+
+
 def guarded_app(access: Access, **kwargs: Any) -> web.Application:
     """An application with `access`'s rules: Host names, then the token; every response
-    with `security_headers`."""
+    with `security_headers`; and /healthz, which says only that the process lives."""
     app = web.Application(
         middlewares=[host_middleware(access), access_middleware(access)], **kwargs
     )
     app.on_response_prepare.append(security_headers)
+    app.router.add_get("/healthz", _alive)
     return app
