@@ -280,9 +280,12 @@ def test_grouping_by_a_key_that_json_escapes(db_url: str) -> None:
                 "": (1, 50_000),
             }
             for g in (f"attribute:{k}", f"room-metadata:{k}"):
-                spec = UsageSpec(edges=(T0, T0 + timedelta(hours=1)), group_by=(g,))
-                got = {t.keys[0]: (t.sessions, t.duration_ms) for t in store.usage(spec)}
-                assert got == want, g
+                for states in (False, True):  # (time in states is read through other SQL)
+                    spec = UsageSpec(
+                        edges=(T0, T0 + timedelta(hours=1)), group_by=(g,), states=states
+                    )
+                    got = {t.keys[0]: (t.sessions, t.duration_ms) for t in store.usage(spec)}
+                    assert got == want, (g, states)
     finally:
         store.close()
 
