@@ -250,6 +250,46 @@ def test_upgrading_keeps_attributes_and_room_metadata(empty_db_url: str) -> None
         store.close()
 
 
+# keys that JSON text holds escaped (SQLite's stored JSON is ASCII), and a plain one
+ESCAPED_KEYS = ("kunde_ü", 'a"b', "a\\b", "emoji_😀", 'ü"\\', "plain")
+
+
+def test_grouping_by_a_key_that_json_escapes(db_url: str) -> None:
+    """An attribute or room-metadata key with non-ASCII characters, `"` or `\\` groups the
+    sessions by its values (escaped too) on both databases, as a plain key does; sessions
+    without the key under ""."""
+    import json
+
+    from observer.core.changes import RoomSeen
+    from observer.db.usage import UsageSpec
+
+    store = Store(db_url)
+    try:
+        ops: list[Any] = []
+        for i in range(5):
+            members = {k: f'wert-{i % 2}-äß€😀"\\-{k}' for k in ESCAPED_KEYS} if i < 4 else {}
+            room = f"room-{i}"
+            ops.append(RoomSeen(f"RM{i}", room, json.dumps(members), None, T0, 1, 1))
+            s = session(sid=f"PA{i}", room_sid=f"RM{i}", room_name=room, attributes=members)
+            ops += [Open(s), close(s, T0 + timedelta(seconds=10 * (i + 1)))]
+        store.apply(ops, "obs-1")
+        for k in ESCAPED_KEYS:
+            want = {
+                f'wert-0-äß€😀"\\-{k}': (2, 40_000),  # 10 s and 30 s
+                f'wert-1-äß€😀"\\-{k}': (2, 60_000),
+                "": (1, 50_000),
+            }
+            for g in (f"attribute:{k}", f"room-metadata:{k}"):
+                for states in (False, True):  # (time in states is read through other SQL)
+                    spec = UsageSpec(
+                        edges=(T0, T0 + timedelta(hours=1)), group_by=(g,), states=states
+                    )
+                    got = {t.keys[0]: (t.sessions, t.duration_ms) for t in store.usage(spec)}
+                    assert got == want, (g, states)
+    finally:
+        store.close()
+
+
 def test_epoch_milliseconds_are_kept_by_the_database(empty_db_url: str) -> None:
     """Migration 0013 adds `joined_ms` and `left_ms`, generated from the times: filled for
     the rows already there, kept as rows open and close, truncated to the millisecond

@@ -11,6 +11,7 @@ import shutil
 import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
+from html import unescape
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ from polling import until
 from observer.cli import main
 from observer.core.changes import Close, Open, RoomPresence, RoomSeen
 from observer.core.events import TrackedSession
+from observer.core.times import iso
 from observer.core.vocab import END_RTC
 from observer.db.store import Store
 from observer.web.app import PAGES
@@ -73,7 +75,12 @@ async def wait_for(pred: Any, timeout: float, what: str) -> float:
 @pytest.mark.browser
 @pytest.mark.databases("sqlite")
 async def test_live_agents_stuck_agents_and_ended_sessions_in_the_browser(
-    livekit_server: LiveKitServer, db_url: str, start_observer: Any, clients: Clients, browser: Any
+    livekit_server: LiveKitServer,
+    db_url: str,
+    start_observer: Any,
+    clients: Clients,
+    browser: Any,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     port = free_tcp_port()
     await create_room(livekit_server, "with-caller")
@@ -130,6 +137,13 @@ async def test_live_agents_stuck_agents_and_ended_sessions_in_the_browser(
     # the exports of the same filter
     href = await page.locator("#export-csv").get_attribute("href")
     assert href is not None and href.startswith("/sessions.csv")
+
+    # this month rolled up, so that the Reconcile view shows its rows per agent
+    monkeypatch.setenv("OBSERVER_DATABASE_URL", db_url)
+    month = datetime.now(UTC).strftime("%Y-%m")
+    assert await asyncio.to_thread(main, ["reconcile", "--period", month, "--no-settle"]) == 0
+    await page.goto(f"{base}/reconcile")
+    assert "support-bot" in await page.locator('tr.agent[data-agent="support-bot"]').inner_text()
 
     for name in PAGES:
         for size, (w, h) in SIZES.items():
@@ -254,6 +268,52 @@ async def test_the_month_totals_are_observer_usage(
     # each row too: the minutes per group add up to the total
     rows = re.findall(r'class="num this-minutes">(\d+)<', html)
     assert sum(int(n) for n in rows) == int(this[2])
+
+
+async def test_the_reconcile_view_per_agent_is_observer_reconcile_and_usage(
+    db_url: str,
+    page_server: str,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Last month's rows per agent name on the page are those `observer reconcile` rolled
+    up, equal to `observer usage --by agent` for the month, and add up to its total."""
+    now = datetime.now(UTC)
+    this_start = now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    last_start = (this_start - timedelta(days=1)).replace(day=1)
+    period, at = last_start.strftime("%Y-%m"), iso(now)
+    monkeypatch.setenv("OBSERVER_DATABASE_URL", db_url)
+    assert main(["reconcile", "--period", period, "--now", at, "--no-settle"]) == 0
+    capsys.readouterr()
+    args = ["--from", iso(last_start), "--to", iso(this_start), "--now", at, "--format", "json"]
+    assert main(["usage", *args, "--by", "agent"]) == 0
+    usage = {
+        line["agent"] or "": (line["sessions"], line["duration_ms"], line["billable_minutes"])
+        for line in json.loads(capsys.readouterr().out)
+    }
+
+    status, html = await get(f"{page_server}/reconcile")
+    assert status == 200
+    section = re.search(
+        rf'<section class="period" data-start="{re.escape(iso(last_start))}">(.*?)</section>',
+        html,
+        re.S,
+    )
+    assert section is not None
+    numbers = r'class="num sessions">(\d+)<.*?data-ms="(\d+)".*?class="num minutes">(\d+)<'
+    rows = {
+        unescape(name): (int(n), int(ms), int(minutes))
+        for name, n, ms, minutes in re.findall(
+            rf'<tr class="agent" data-agent="([^"]*)">.*?{numbers}', section[1], re.S
+        )
+    }
+    assert len(rows) >= 4 and "" in rows  # agent-0..3 and sessions without a name
+    assert rows == usage
+    total = re.search(rf'<tr class="total">.*?{numbers}', section[1], re.S)
+    assert total is not None
+    sums = tuple(sum(r[i] for r in rows.values()) for i in range(3))
+    assert sums == (int(total[1]), int(total[2]), int(total[3]))
+    assert sums[2] > 0
 
 
 async def test_every_view_answers_and_bad_input_is_one_line(db_url: str, page_server: str) -> None:

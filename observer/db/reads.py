@@ -211,24 +211,39 @@ def usage_version(engine: Engine, *, kind: str, rooms: bool) -> tuple[Any, ...] 
 
 
 @dataclass(frozen=True)
+class PeriodAgent:
+    """One agent name's row of a rolled-up period ("" for sessions without one)."""
+
+    agent_name: str
+    sessions: int
+    duration_ms: int
+    billable_minutes: int
+    cost: str | None
+
+
+@dataclass(frozen=True)
 class PeriodSummary:
-    """One rolled-up period: its state and totals, and its last comparison if any."""
+    """One rolled-up period: its state and totals, its agents (most billable minutes
+    first), and its last comparison if any."""
 
     start: datetime
     end: datetime
     finalized_at: datetime | None
     computed_at: datetime
     sessions: int
+    duration_ms: int
     billable_minutes: int
     cost: str | None
     compared_at: datetime | None
     statement: str | None
     groups_compared: int | None
     differences: list[dict[str, object]]
+    agents: list[PeriodAgent]
 
 
 def period_summaries(engine: Engine, limit: int = 12) -> list[PeriodSummary]:
-    """The latest rolled-up periods (by start), newest first."""
+    """The latest rolled-up periods (by start), newest first, with the rows `observer
+    reconcile` stored for them per agent name (which add up to the total)."""
     from observer.db.schema import PeriodRollupRow, ReconcileComparisonRow
 
     p, c = PeriodRollupRow, ReconcileComparisonRow
@@ -239,6 +254,7 @@ def period_summaries(engine: Engine, limit: int = 12) -> list[PeriodSummary]:
             p.finalized_at,
             p.computed_at,
             p.sessions,
+            p.duration_ms,
             p.billable_minutes,
             p.cost,
             c.compared_at,
@@ -252,7 +268,44 @@ def period_summaries(engine: Engine, limit: int = 12) -> list[PeriodSummary]:
         .limit(limit)
     )
     with Session(engine) as db:
-        return [PeriodSummary(*row[:10], differences=list(row[10] or [])) for row in db.execute(q)]
+        rows = db.execute(q).all()
+        agents: dict[tuple[datetime, datetime], list[PeriodAgent]] = {}
+        if rows:
+            per_agent = (
+                select(
+                    p.period_start,
+                    p.period_end,
+                    p.group_key,
+                    p.sessions,
+                    p.duration_ms,
+                    p.billable_minutes,
+                    p.cost,
+                )
+                .where(p.group_kind == "agent", p.period_start.in_({r[0] for r in rows}))
+                .order_by(p.billable_minutes.desc(), p.group_key)
+            )
+            for a in db.execute(per_agent):
+                agents.setdefault((a.period_start, a.period_end), []).append(
+                    PeriodAgent(a.group_key, a.sessions, a.duration_ms, a.billable_minutes, a.cost)
+                )
+    return [
+        PeriodSummary(
+            start=row.period_start,
+            end=row.period_end,
+            finalized_at=row.finalized_at,
+            computed_at=row.computed_at,
+            sessions=row.sessions,
+            duration_ms=row.duration_ms,
+            billable_minutes=row.billable_minutes,
+            cost=row.cost,
+            compared_at=row.compared_at,
+            statement=row.statement,
+            groups_compared=row.groups_compared,
+            differences=list(row.differences or []),
+            agents=agents.get((row.period_start, row.period_end), []),
+        )
+        for row in rows
+    ]
 
 
 @dataclass(frozen=True)

@@ -272,6 +272,7 @@ def sessions_view(store: Store, f: SessionFilter) -> list[SessionRow]:
 
 
 def reconcile_view(store: Store) -> list[PeriodSummary]:
+    """The latest periods as `observer reconcile` rolled them up: totals and per agent."""
     return store.periods()
 
 

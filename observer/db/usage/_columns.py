@@ -8,9 +8,10 @@ from datetime import datetime
 from itertools import pairwise
 from typing import Any
 
-from sqlalchemy import BigInteger, ColumnElement, Text, case, cast, func, literal, literal_column
+from sqlalchemy import BigInteger, ColumnElement, case, func, literal, literal_column
 from sqlalchemy.sql.elements import Label
 
+from observer.db.usage._dialect import json_member
 from observer.db.usage.spec import (
     ATTRIBUTE_PREFIX,
     ROOM_METADATA,
@@ -20,7 +21,7 @@ from observer.db.usage.spec import (
 )
 
 
-def group_key(g: str, sessions: Any, rooms: Any) -> ColumnElement[Any]:
+def group_key(g: str, sessions: Any, rooms: Any, dialect: str) -> ColumnElement[Any]:
     """The SQL of a session's value for the grouping `g` (from its row, or its room's)."""
     if g in USAGE_GROUP_COLUMNS:
         return sessions.c[USAGE_GROUP_COLUMNS[g]]  # type: ignore[no-any-return]
@@ -31,7 +32,7 @@ def group_key(g: str, sessions: Any, rooms: Any) -> ColumnElement[Any]:
         if g.startswith(ATTRIBUTE_PREFIX)
         else (rooms.c.metadata_json, g.removeprefix(ROOM_METADATA_PREFIX))
     )
-    return func.coalesce(cast(column[key].as_string(), Text), "")
+    return func.coalesce(json_member(column, key, dialect), "")
 
 
 def priced_key(at: ColumnElement[datetime], spec: UsageSpec) -> ColumnElement[int]:
@@ -43,9 +44,9 @@ def priced_key(at: ColumnElement[datetime], spec: UsageSpec) -> ColumnElement[in
     return case(*((at < cut, i) for i, cut in enumerate(cuts)), else_=len(cuts))
 
 
-def sum_keys(spec: UsageSpec, t: Any, rooms: Any) -> list[Label[Any]]:
+def sum_keys(spec: UsageSpec, t: Any, rooms: Any, dialect: str) -> list[Label[Any]]:
     """The keys of the sessions' sums, labelled k0...: the groups', then `priced_key`'s."""
-    keys = [group_key(g, t, rooms) for g in spec.group_by]
+    keys = [group_key(g, t, rooms, dialect) for g in spec.group_by]
     if spec.price_cuts:
         keys.append(priced_key(t.c.joined_at, spec))
     return [k.label(f"k{i}") for i, k in enumerate(keys)]

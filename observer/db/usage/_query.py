@@ -69,7 +69,7 @@ def usage_query(
     start, end = spec.edges[0], spec.edges[-1]
     until = min(until, end)
     of_kind = [] if spec.kind is None else [t.c.participant_kind == spec.kind]
-    keys = sum_keys(spec, t, rooms)
+    keys = sum_keys(spec, t, rooms, dialect)
     source: Any = t
     if any(g.startswith(ROOM_METADATA) for g in spec.group_by):
         source = t.outerjoin(rooms, rooms.c.sid == t.c.room_sid)
@@ -288,7 +288,7 @@ def straight_pieces(
     t = Base.metadata.tables["sessions"]
     rooms = Base.metadata.tables["rooms"]
     edges = [epoch_ms(e) for e in spec.edges]
-    keys = not_by_index([group_key(g, t, rooms) for g in spec.group_by], dialect)
+    keys = not_by_index([group_key(g, t, rooms, dialect) for g in spec.group_by], dialect)
     if spec.price_cuts:
         keys.append(priced_key(t.c.joined_at, spec))
     bucket = literal_column("0") if len(edges) == 2 else bucketing(edges)[0](t.c.joined_ms)

@@ -98,7 +98,7 @@ def cut_states_query(spec: UsageSpec, dialect: str, since: datetime) -> Any:
     sp = Base.metadata.tables["session_spans"]
     rooms = Base.metadata.tables["rooms"]
     start, end = spec.edges[0], spec.edges[-1]
-    keys = sum_keys(spec, t, rooms)
+    keys = sum_keys(spec, t, rooms, dialect)
     source: Any = t.join(
         sp, and_(sp.c.room_sid == t.c.room_sid, sp.c.participant_sid == t.c.participant_sid)
     )

@@ -81,7 +81,7 @@ def token_totals(conn: Connection, spec: UsageSpec) -> tuple[list[TokenTotal], l
     # one row per session and model
     r = (
         select(
-            *(group_key(g, t, rooms).label(f"k{i}") for i, g in enumerate(spec.group_by)),
+            *(group_key(g, t, rooms, dialect).label(f"k{i}") for i, g in enumerate(spec.group_by)),
             bucket.label("bucket"),
             priced_key(u.c.reported_at, spec).label("priced"),
             u.c.room_sid,
