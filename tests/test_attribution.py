@@ -386,7 +386,9 @@ def test_usage_summed_in_stretches_at_once_equals_one_query(
 ) -> None:
     """The window split by join time over several connections gives the sums of one query,
     whatever the number of stretches, with open sessions and sessions holding the cuts."""
-    from observer.db.usage import UsageSpec, usage_totals
+    from concurrent.futures import ThreadPoolExecutor
+
+    from observer.db.usage import Fanout, UsageSpec, usage_totals
     from observer.reports.usage import bucket_edges
 
     window = [
@@ -420,7 +422,10 @@ def test_usage_summed_in_stretches_at_once_equals_one_query(
                 one = sorted(usage_totals(conn, spec))
                 assert one and sum(t.sessions for t in one) > 20
                 for parts in (2, 3, 7):
-                    assert sorted(usage_totals(conn, spec, parts)) == one, (edges, by, parts)
+                    with ThreadPoolExecutor(max_workers=parts) as threads:
+                        fanout = Fanout(parts, threads, store.engine.connect)
+                        got = sorted(usage_totals(conn, spec, fanout))
+                    assert got == one, (edges, by, parts)
     finally:
         store.close()
 

@@ -175,13 +175,13 @@ def shared(store: Store) -> bool:
 
 def test_a_free_id_and_a_dead_runs_id_are_taken_at_once(db_url: str, store: Store) -> None:
     vt = VirtualTime()
-    hold(store.engine, settings(db_url, "obs"), "run-1", clock=vt.clock, sleep=vt.sleep)
+    hold(store, settings(db_url, "obs"), "run-1", clock=vt.clock, sleep=vt.sleep)
     row = fleet_db.holder(store.engine, "obs")
     assert row is not None and row.run_id == "run-1" and row.heartbeat_at == t(0)
 
     fleet_db.leave(store.engine, "obs", "run-1")
     beat(store, "run-0", t(-5.1))  # a run that died 5.1 s ago
-    hold(store.engine, settings(db_url, "obs"), "run-2", clock=vt.clock, sleep=vt.sleep)
+    hold(store, settings(db_url, "obs"), "run-2", clock=vt.clock, sleep=vt.sleep)
     row = fleet_db.holder(store.engine, "obs")
     assert row is not None and row.run_id == "run-2" and vt.slept == 0
 
@@ -192,12 +192,12 @@ def test_a_live_run_keeps_its_id(db_url: str, store: Store) -> None:
     beat(store, "live", t(-1))
     vt = VirtualTime(lambda now: beat(store, "live", now) if vt.slept >= 2 else None)
     if not shared(store):
-        hold(store.engine, settings(db_url, "obs"), "me", clock=vt.clock, sleep=vt.sleep)
+        hold(store, settings(db_url, "obs"), "me", clock=vt.clock, sleep=vt.sleep)
         row = fleet_db.holder(store.engine, "obs")
         assert row is not None and row.run_id == "me"
         return
     with pytest.raises(IdHeld) as err:
-        hold(store.engine, settings(db_url, "obs"), "me", clock=vt.clock, sleep=vt.sleep)
+        hold(store, settings(db_url, "obs"), "me", clock=vt.clock, sleep=vt.sleep)
     assert "'obs' is held by another live observer (host other-host, pid 4242)" in str(err.value)
     assert "\n" not in str(err.value)
     assert vt.slept <= FAILOVER_S / 5 + FAILOVER_S / 20
@@ -210,7 +210,7 @@ def test_a_run_killed_a_moment_ago_is_replaced_once_its_heartbeat_is_stale(
 ) -> None:
     beat(store, "killed", t(-1))  # SIGKILL right after this beat; restarted 1 s later
     vt = VirtualTime()
-    hold(store.engine, settings(db_url, "obs"), "restarted", clock=vt.clock, sleep=vt.sleep)
+    hold(store, settings(db_url, "obs"), "restarted", clock=vt.clock, sleep=vt.sleep)
     row = fleet_db.holder(store.engine, "obs")
     assert row is not None and row.run_id == "restarted"
     if shared(store):
@@ -230,7 +230,7 @@ def test_a_run_stopping_cleanly_is_waited_for(db_url: str, store: Store) -> None
             fleet_db.leave(store.engine, "obs", "stopping")
 
     vt = VirtualTime(others)
-    hold(store.engine, settings(db_url, "obs"), "next", clock=vt.clock, sleep=vt.sleep)
+    hold(store, settings(db_url, "obs"), "next", clock=vt.clock, sleep=vt.sleep)
     row = fleet_db.holder(store.engine, "obs")
     assert row is not None and row.run_id == "next"
     assert vt.slept <= (4.5 if shared(store) else 0)

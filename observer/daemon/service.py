@@ -41,7 +41,6 @@ from observer.daemon.room_processes.pool import RoomProcessPool
 from observer.daemon.rooms import Rooms
 from observer.daemon.telemetry import Metrics
 from observer.daemon.writer import BufferFull, Writer
-from observer.db import fleet as fleet_db
 from observer.db.migrate import upgrade
 from observer.db.store import Store
 from observer.db.writes import WebhookRecord, Write
@@ -158,7 +157,7 @@ class Observer:
             unwatched_with_sessions=self.tracker.unwatched_rooms,
             pool=self.pool,
             fleet=self.fleet,
-            open_in_room=lambda sid: self.store.run(fleet_db.open_in_room, self.store.engine, sid),
+            open_in_room=lambda sid: self.store.run(self.store.open_in_room, sid),
         )
         loop = asyncio.get_running_loop()
         # a gap in this process's life is a gap in what it saw (see observer.daemon.pulse)
@@ -245,7 +244,7 @@ class Observer:
     async def _hold_id(self) -> bool:
         """Become the one run of this observer id (see `identity.hold`)."""
         try:
-            await self.store.run(hold, self.store.engine, self.settings, self.run_id)
+            await self.store.run(hold, self.store, self.settings, self.run_id)
         except IdHeld as exc:
             log.error(
                 "this OBSERVER_ID is held by another live observer; give each its own",
@@ -396,8 +395,7 @@ class Observer:
         alert; the room's other observers stay quiet. If the claim cannot be written, alert."""
         try:
             claimed = await self.store.run(
-                fleet_db.claim_stuck_alert,
-                self.store.engine,
+                self.store.claim_stuck_alert,
                 room_sid=notice.room_sid,
                 room_name=notice.room_name,
                 alone_since=notice.alone_since,

@@ -13,6 +13,7 @@ and model usage (tokens).
 - `tokens`: model usage per group and bucket (`observer usage --tokens`)
 """
 
+from observer.db.usage._slices import Fanout
 from observer.db.usage.spec import (
     STATE_SUMS,
     USAGE_GROUP_COLUMNS,
@@ -27,6 +28,7 @@ from observer.db.usage.totals import usage_totals, usage_totals_together
 __all__ = [
     "STATE_SUMS",
     "USAGE_GROUP_COLUMNS",
+    "Fanout",
     "TokenSessions",
     "TokenTotal",
     "UsageSpec",
