@@ -12,7 +12,14 @@ from livekit import api
 
 from observer.config import Settings
 from observer.core.changes import Close
-from observer.core.events import Listed, ParticipantLeft, RoomJoined, RoomLost, Seen, Tick
+from observer.core.events import (
+    ParticipantLeft,
+    RoomJoined,
+    RoomLost,
+    SeenParticipant,
+    ServerListing,
+    Tick,
+)
 from observer.core.tracker import SessionTracker
 from observer.daemon import telemetry, webhooks
 from observer.daemon.identity import (
@@ -262,12 +269,12 @@ def test_a_run_whose_id_was_taken_over_learns_it_at_its_heartbeat(store: Store) 
 # ---- put out of a room: an alarm, never the agents' leave --------------------------------
 
 
-def agent(sid: str, joined: float = 0.0) -> Seen:
-    return Seen(sid, f"agent-{sid}", "", "agent", {}, t(joined))
+def agent(sid: str, joined: float = 0.0) -> SeenParticipant:
+    return SeenParticipant(sid, f"agent-{sid}", "", "agent", {}, t(joined))
 
 
-def user(sid: str) -> Seen:
-    return Seen(sid, f"user-{sid}", "", "standard", {}, t(0))
+def user(sid: str) -> SeenParticipant:
+    return SeenParticipant(sid, f"user-{sid}", "", "standard", {}, t(0))
 
 
 @pytest.mark.parametrize("reason", ["DUPLICATE_IDENTITY", "PARTICIPANT_REMOVED"])
@@ -283,7 +290,7 @@ def test_being_removed_from_a_room_closes_nothing(reason: str) -> None:
         RoomLost("RM1", reason, t(2)),
         *(Tick(t(2 + s)) for s in range(1, 120)),
         RoomJoined("r", "RM1", (agent("PA1"), agent("PA2"), user("PU1")), t(125)),
-        Listed("RM1", True, frozenset({"PA1", "PA2", "PU1"}), t(125), t(125.1)),
+        ServerListing("RM1", True, frozenset({"PA1", "PA2", "PU1"}), t(125), t(125.1)),
         Tick(t(126)),
     ]:
         writes += tr.handle(ev).writes

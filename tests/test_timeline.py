@@ -17,7 +17,7 @@ from observer.core.events import (
     RoomGone,
     RoomJoined,
     RoomLost,
-    Seen,
+    SeenParticipant,
 )
 from observer.core.timeline import Timeline
 from observer.core.tracker import SessionTracker
@@ -31,13 +31,13 @@ def t(s: float) -> datetime:
     return T0 + timedelta(seconds=s)
 
 
-def agent(sid: str, joined: float, state: str | None = None) -> Seen:
+def agent(sid: str, joined: float, state: str | None = None) -> SeenParticipant:
     attrs = {"lk.agent.state": state} if state else {}
-    return Seen(sid, f"id-{sid}", "", "agent", attrs, t(joined))
+    return SeenParticipant(sid, f"id-{sid}", "", "agent", attrs, t(joined))
 
 
-def user(sid: str) -> Seen:
-    return Seen(sid, f"user-{sid}", "", "standard", {}, t(0))
+def user(sid: str) -> SeenParticipant:
+    return SeenParticipant(sid, f"user-{sid}", "", "standard", {}, t(0))
 
 
 def state(sid: str, value: str, at: float) -> AttributesChanged:

@@ -2,7 +2,7 @@
 
 Pure logic. It takes events (`observer.core.events`: a room joined with a snapshot of who is
 there, a participant joined or left, the observer's own reconnect, a room closed or gone,
-the clock) and returns an `Outcome` (`observer.core.changes`) for the store. No I/O, no
+the clock) and returns an `EventChanges` (`observer.core.changes`) for the store. No I/O, no
 asyncio, no LiveKit or SQL types. The sessions' lifecycle is `observer.core.sessions` (its rules)
 and `observer.core.session_book` (its moves), who is in each room `observer.core.occupancy`.
 """
@@ -14,12 +14,11 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Literal, assert_never
 
-from observer.core.changes import Op, Outcome, RoomEnded, UsageDropped, Verify
+from observer.core.changes import EventChanges, Op, RequestListing, RoomEnded, UsageDropped
 from observer.core.events import (
     AttributesChanged,
     Blind,
     Event,
-    Listed,
     ParticipantJoined,
     ParticipantLeft,
     Reconnected,
@@ -31,9 +30,10 @@ from observer.core.events import (
     RoomLost,
     RoomMetadataChanged,
     RoomUnreachable,
-    Seeded,
-    Seen,
+    SeenParticipant,
+    ServerListing,
     SessionKey,
+    StoredOpenSessions,
     Tick,
     TrackedSession,
     UsageReported,
@@ -74,10 +74,10 @@ class SessionTracker:
     announced it with a reason while the observer was watching (closed at that moment), or
     when the server's API confirms the participant is gone. A leave without a reason (the
     SDK reports every remote participant that way around its own reconnects) only makes
-    the session a suspect: a `Verify` asks the API, and `Listed` settles it. A leave that
-    happened while the observer could not see is closed `reconciled` between when the
-    participant was last seen and when its absence was learned, or at the webhook's time
-    when LiveKit's webhook told it.
+    the session a suspect: a `RequestListing` asks the API, and `ServerListing` settles
+    it. A leave that happened while the observer could not see is closed `reconciled`
+    between when the participant was last seen and when its absence was learned, or at the
+    webhook's time when LiveKit's webhook told it.
 
     The API is wrong in one case: a cluster node that died leaves its participants listed
     in Redis. A participant the observer had seen, missing from a fresh join of its room
@@ -154,9 +154,9 @@ class SessionTracker:
             if sid not in self._rooms
         }
 
-    def handle(self, ev: Event) -> Outcome:
+    def handle(self, ev: Event) -> EventChanges:
         """Apply one event; return the writes that record its effect and the notices."""
-        return Outcome.of(self._apply(ev))
+        return EventChanges.of(self._apply(ev))
 
     def _apply(self, ev: Event) -> list[Op]:
         match ev:
@@ -176,7 +176,7 @@ class SessionTracker:
                 self._rooms.pop(ev.room_sid, None)
                 self._s.handed_over(ev.room_sid)
                 return []
-            case Seeded():
+            case StoredOpenSessions():
                 for s in ev.sessions:
                     if s.key not in self._open and s.key not in self._s.recently_closed:
                         self._open[s.key] = s
@@ -206,8 +206,8 @@ class SessionTracker:
                 self._forget_room(ev.room_sid)
                 self._rooms.pop(ev.room_sid, None)
                 return self._s.bounded(ev.room_sid, ev.at)
-            case Listed():
-                return self._listed(ev)
+            case ServerListing():
+                return self._server_listing(ev)
             case Tick():
                 return self._blind_news(ev.blind_since, ev.at) + self._tick(ev.at)
             case Blind():
@@ -276,7 +276,7 @@ class SessionTracker:
         self,
         room_sid: str,
         room_name: str,
-        present: tuple[Seen, ...],
+        present: tuple[SeenParticipant, ...],
         at: datetime,
         *,
         fresh: bool = False,
@@ -332,7 +332,7 @@ class SessionTracker:
         if name is None:
             return []
         self._verify_asked[room_sid] = at
-        return [Verify(room_sid, name)]
+        return [RequestListing(room_sid, name)]
 
     # ---- participants -------------------------------------------------------------------
 
@@ -450,7 +450,7 @@ class SessionTracker:
         self._rooms.pop(room_sid, None)
         return ops + self._s.bounded(room_sid, at, listed_at)
 
-    def _listed(self, ev: Listed) -> list[Op]:
+    def _server_listing(self, ev: ServerListing) -> list[Op]:
         self._verify_asked.pop(ev.room_sid, None)
         if not ev.exists:
             return self._gone(ev.room_sid, ev.at, ev.requested_at)

@@ -1,5 +1,5 @@
 """Questions about rooms that only the server's API can settle, asked in batches: is a room
-the SDK reconnected to still the one watched, and who is in a room (`Listed`)."""
+the SDK reconnected to still the one watched, and who is in a room (`ServerListing`)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from typing import Any, Generic, Protocol, TypeVar
 from livekit import api
 
 from observer.config import LiveKitSettings
-from observer.core.events import Event, Listed
+from observer.core.events import Event, ServerListing
 from observer.core.times import utcnow
 from observer.livekit_api import API_ERRORS, Client, log_failure
 
@@ -72,7 +72,7 @@ class RoomChecks(Generic[W]):
         self._wanted = asyncio.Event()
 
     def verify(self, room_sid: str, room_name: str) -> None:
-        """Ask the server who is in this room; the answer arrives as a `Listed` event."""
+        """Ask the server who is in this room; the answer arrives as a `ServerListing` event."""
         self._to_verify[room_sid] = room_name
         self._wanted.set()
 
@@ -103,7 +103,7 @@ class RoomChecks(Generic[W]):
             gone = {sid: name for sid, name in verify.items() if sid not in live}
             for sid in gone:
                 self._ended.add(sid)
-                self._emit(Listed(sid, False, frozenset(), requested_at, utcnow()))
+                self._emit(ServerListing(sid, False, frozenset(), requested_at, utcnow()))
             rest = {sid: name for sid, name in verify.items() if sid in live}
             slots = asyncio.Semaphore(CHECK_CONCURRENCY)
             answers = await asyncio.gather(
@@ -129,7 +129,7 @@ class RoomChecks(Generic[W]):
                 )
                 return False
         present = frozenset(p.sid for p in resp.participants)
-        self._emit(Listed(sid, True, present, asked, utcnow()))
+        self._emit(ServerListing(sid, True, present, asked, utcnow()))
         return True
 
     def _retry_later(self, confirm: Mapping[str, W], verify: Mapping[str, str]) -> None:

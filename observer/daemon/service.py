@@ -15,7 +15,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from observer import livekit_api
 from observer.config import LiveKitSettings, Settings
 from observer.core import discovery
-from observer.core.changes import StuckAgents, Verify
+from observer.core.changes import RequestListing, StuckAgents
 from observer.core.events import (
     Blind,
     Event,
@@ -377,7 +377,7 @@ class Observer:
                 telemetry.record_notice(
                     self.metrics, notice, stuck_limit_s=self.settings.stuck_agent_s
                 )
-                if isinstance(notice, Verify) and self.rooms is not None:
+                if isinstance(notice, RequestListing) and self.rooms is not None:
                     self.rooms.verify(notice.room_sid, notice.room_name)
             self.queue.task_done()
 

@@ -17,16 +17,16 @@ from observer.core.changes import (
     Notice,
     Open,
     RecordUsage,
+    RefreshLastSeen,
+    RequestListing,
     RoomEnded,
     RoomPresence,
     RoomSeen,
     RowWrite,
     StuckAgents,
-    Touch,
     UpdateAttributes,
     UsageDropped,
     UsageFlagged,
-    Verify,
     Witnessed,
 )
 from observer.core.events import RoomLost
@@ -220,7 +220,7 @@ def record_writes(m: Metrics, writes: Sequence[RowWrite]) -> None:
                 if w.report.source == "room":  # posted reports are counted as they arrive
                     m.usage_reports.labels(source="room", outcome="accepted").inc()
             case (
-                Touch()
+                RefreshLastSeen()
                 | UpdateAttributes()
                 | Witnessed()
                 | RoomSeen()
@@ -289,7 +289,7 @@ def record_notice(m: Metrics, notice: Notice, *, stuck_limit_s: float) -> None:
                 "unreadable agent session message",
                 extra={"room_sid": notice.room_sid, "identity": notice.identity},
             )
-        case Verify():
+        case RequestListing():
             pass
         case _:
             assert_never(notice)
