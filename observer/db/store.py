@@ -4,7 +4,7 @@ write in its own transaction, and owns the threads that run them for async code
 migrations) touches the engine.
 
 The connection budget: a store's pool holds exactly `workers` connections for its threads,
-one for each thread that `usage` sums stretches on at once (`usage_parts`), and one for
+one for each thread that `usage` sums slices on at once (`usage_parts`), and one for
 the thread that owns the store (start-up, a command's own reads); it never opens more
 (no overflow), and no thread holds more than one, so no call waits for a connection.
 
@@ -83,7 +83,7 @@ def _in_memory(url: str) -> bool:
 
 
 def usage_parts(url: str) -> int:
-    """`usage` sums stretches of the window at once on this many connections: one per core,
+    """`usage` sums slices of the window at once on this many connections: one per core,
     up to 4 (one for an in-memory SQLite, which each connection sees afresh)."""
     return 1 if _in_memory(url) else max(1, min(os.cpu_count() or 1, 4))
 
@@ -109,7 +109,7 @@ class Store:
         self.connections = workers + fan_out + 1
         self.engine = make_engine(url, connections=self.connections)
         self.threads = Threads(workers, wait_s=wait_s, name=name)
-        # the threads `usage` sums stretches on, beside the thread that asked
+        # the threads `usage` sums slices on, beside the thread that asked
         self._fan_out = (
             ThreadPoolExecutor(max_workers=fan_out, thread_name_prefix=f"{name}-parts")
             if fan_out
@@ -124,7 +124,7 @@ class Store:
     @classmethod
     def for_page(cls, url: str, *, workers: int) -> Store:
         """A store for the page: `workers` threads, each computing on one connection (no
-        stretches summed at once beside it: the page takes `workers` threads of the
+        slices summed at once beside it: the page takes `workers` threads of the
         machine, no more), and a pool of its own (`workers` + 1 connections). A page
         request waits `PAGE_WAIT_S` at most for a thread."""
         return cls(url, workers=workers, wait_s=PAGE_WAIT_S, parallel=False, name="page")
