@@ -101,7 +101,7 @@ class Observer:
             max_pending=settings.queue_max,
             on_error=lambda _exc: self.metrics.db_errors.inc(),
             on_retry=self.metrics.db_retries.inc,
-            on_written=lambda writes: telemetry.record_written(self.metrics, writes),
+            on_written=lambda writes: telemetry.observe_stored_writes(self.metrics, writes),
             on_backwards=lambda notes: telemetry.record_backwards(self.metrics, notes),
         )
         self.metrics.read_gauges(
@@ -368,7 +368,7 @@ class Observer:
             if isinstance(ev, RoomJoined):
                 self._joined(ev)
             out = self.tracker.handle(ev)
-            telemetry.record_writes(self.metrics, out.writes)
+            telemetry.count_decided_writes(self.metrics, out.writes)
             self._submit(out.writes)
             for notice in out.notices:
                 if isinstance(notice, StuckAgents) and self.fleet is not None and self.fleet.shared:

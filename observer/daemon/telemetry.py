@@ -180,7 +180,7 @@ class Metrics:
         self.db_pending_ops.set_function(db_pending_ops)
 
 
-def record_writes(m: Metrics, writes: Sequence[RowWrite]) -> None:
+def count_decided_writes(m: Metrics, writes: Sequence[RowWrite]) -> None:
     """Count and log what the tracker decided to write."""
     for w in writes:
         match w:
@@ -295,7 +295,7 @@ def record_notice(m: Metrics, notice: Notice, *, stuck_limit_s: float) -> None:
             assert_never(notice)
 
 
-def record_written(m: Metrics, writes: Sequence[object]) -> None:
+def observe_stored_writes(m: Metrics, writes: Sequence[object]) -> None:
     """A batch reached the database: how long after each live leave its row was closed."""
     now = utcnow()
     for w in writes:
