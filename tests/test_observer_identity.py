@@ -282,7 +282,7 @@ def test_being_removed_from_a_room_closes_nothing(reason: str) -> None:
     """Removed, out of the room for a long while (ticks past every heartbeat and stuck
     limit), joined again with the agents still there: no session is closed or shortened,
     and each later leave is the agent's own."""
-    tr = SessionTracker(frozenset({"agent"}), heartbeat_s=1, stuck_after_s=5)
+    tr = SessionTracker(frozenset({"agent"}), last_seen_refresh_s=1, stuck_after_s=5)
     writes = []
     for ev in [
         RoomJoined("r", "RM1", (agent("PA1"), agent("PA2"), user("PU1")), t(0)),

@@ -74,7 +74,7 @@ def step(tr: SessionTracker, ev: Event) -> list[Op]:
 
 
 def run(events: list[Event], tracker: SessionTracker | None = None) -> list[Op]:
-    tr = tracker or SessionTracker(frozenset({"agent"}), heartbeat_s=10)
+    tr = tracker or SessionTracker(frozenset({"agent"}), last_seen_refresh_s=10)
     ops: list[Op] = []
     for ev in events:
         ops += step(tr, ev)
@@ -371,7 +371,7 @@ def test_restart_continues_open_sessions_and_closes_missing_ones() -> None:
 
 
 def test_heartbeat_touches_only_watched_rooms() -> None:
-    tr = SessionTracker(frozenset({"agent"}), heartbeat_s=10)
+    tr = SessionTracker(frozenset({"agent"}), last_seen_refresh_s=10)
     run(
         [
             RoomJoined("r", "RM1", (agent("PA1"),), t(0)),
@@ -694,7 +694,7 @@ def test_a_listing_that_stays_stale_after_a_fresh_join_ends_the_session() -> Non
     """A cluster node died: its participants stay listed in Redis, but a fresh join of the
     room (now on another node) does not show them. After `stale_listing_s` the session is
     closed, between when it was last seen and then."""
-    tr = SessionTracker(frozenset({"agent"}), heartbeat_s=100, stale_listing_s=30)
+    tr = SessionTracker(frozenset({"agent"}), last_seen_refresh_s=100, stale_listing_s=30)
     step(tr, RoomJoined("r", "RM1", (agent("PA1"), user("PU1")), t(0)))
     step(tr, RoomLost("RM1", "", t(5)))  # the observer's connection went with the node
     step(tr, RoomJoined("r", "RM1", (user("PU1"),), t(12)))
@@ -712,7 +712,7 @@ def test_a_listing_that_stays_stale_after_a_fresh_join_ends_the_session() -> Non
 
 
 def test_a_listed_participant_back_in_view_is_not_stale() -> None:
-    tr = SessionTracker(frozenset({"agent"}), heartbeat_s=100, stale_listing_s=30)
+    tr = SessionTracker(frozenset({"agent"}), last_seen_refresh_s=100, stale_listing_s=30)
     step(tr, RoomJoined("r", "RM1", (agent("PA1"),), t(0)))
     step(tr, RoomLost("RM1", "", t(5)))
     step(tr, RoomJoined("r", "RM1", (), t(12)))
@@ -724,7 +724,7 @@ def test_a_listed_participant_back_in_view_is_not_stale() -> None:
 def test_the_listing_is_trusted_for_sessions_never_seen_over_rtc() -> None:
     """A session known only from the database or a webhook (a hidden participant, say) is
     not closed because a join does not show it: the server's listing decides."""
-    tr = SessionTracker(frozenset({"agent"}), heartbeat_s=100, stale_listing_s=30)
+    tr = SessionTracker(frozenset({"agent"}), last_seen_refresh_s=100, stale_listing_s=30)
     seeded = TrackedSession("r", "RM1", "PA1", "id-PA1", "", "agent", None, {}, t(0), t(0))
     step(tr, StoredOpenSessions("RM1", (seeded,)))
     step(tr, RoomJoined("r", "RM1", (), t(12)))

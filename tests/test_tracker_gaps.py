@@ -141,7 +141,7 @@ def test_gap_sequences(
 
 
 def test_last_seen_moves_only_on_evidence_after_a_gap() -> None:
-    tr = SessionTracker(frozenset({"agent"}), heartbeat_s=10)
+    tr = SessionTracker(frozenset({"agent"}), last_seen_refresh_s=10)
     ops = run([RoomJoined("r", "RM1", (agent("PA1"),), t(0)), Tick(t(0.5)), Tick(t(10.5))], tr)
     assert [o.at for o in ops if isinstance(o, RefreshLastSeen)] == [t(10.5)]
     ops = run([Tick(t(40), blind_since=t(10.6))], tr)
@@ -159,7 +159,7 @@ def test_last_seen_moves_only_on_evidence_after_a_gap() -> None:
 
 
 def test_reconnecting_is_no_evidence() -> None:
-    tr = SessionTracker(frozenset({"agent"}), heartbeat_s=10)
+    tr = SessionTracker(frozenset({"agent"}), last_seen_refresh_s=10)
     ops = run([RoomJoined("r", "RM1", (agent("PA1"),), t(0)), Reconnecting("RM1", t(25))], tr)
     assert not [o for o in ops if isinstance(o, RefreshLastSeen)]
     (s,) = tr.open_sessions.values()
@@ -231,7 +231,7 @@ def test_a_broken_connection_vouches_for_nothing_in_its_window() -> None:
     """The heartbeat says only that the connection did not report anyone gone; when the
     connection turns out broken, what it claimed in the `trouble_window_s` before is no
     evidence. Events from the room are."""
-    tr = SessionTracker(frozenset({"agent"}), heartbeat_s=1, trouble_window_s=20)
+    tr = SessionTracker(frozenset({"agent"}), last_seen_refresh_s=1, trouble_window_s=20)
     events: list[Event] = [RoomJoined("r", "RM1", (agent("PA1"), agent("PA2")), t(0))]
     events += [Tick(t(i)) for i in range(0, 41)]
     events.append(ParticipantJoined("r", "RM1", agent("PA2"), t(25)))  # evidence for PA2
@@ -251,7 +251,7 @@ def test_a_broken_connection_vouches_for_nothing_in_its_window() -> None:
 def test_a_room_no_live_node_hosts_ends_its_sessions_at_their_last_evidence() -> None:
     from observer.core.events import RoomUnreachable
 
-    tr = SessionTracker(frozenset({"agent"}), heartbeat_s=1, trouble_window_s=20)
+    tr = SessionTracker(frozenset({"agent"}), last_seen_refresh_s=1, trouble_window_s=20)
     events: list[Event] = [RoomJoined("r", "RM1", (agent("PA1"),), t(0))]
     events += [Tick(t(i)) for i in range(0, 31)]
     events.append(Reconnecting("RM1", t(30)))  # the node died at about 28

@@ -68,12 +68,12 @@ class RoomChecks(Generic[W]):
         self._ended = ended
         self._give_up = give_up
         self._to_confirm: dict[str, W] = {}  # room sid -> connection after a reconnect
-        self._to_verify: dict[str, str] = {}  # room sid -> name, whose participants to list
+        self._to_list: dict[str, str] = {}  # room sid -> name, whose participants to list
         self._wanted = asyncio.Event()
 
     def verify(self, room_sid: str, room_name: str) -> None:
         """Ask the server who is in this room; the answer arrives as a `ServerListing` event."""
-        self._to_verify[room_sid] = room_name
+        self._to_list[room_sid] = room_name
         self._wanted.set()
 
     def recovered(self, watcher: W) -> None:
@@ -88,7 +88,7 @@ class RoomChecks(Generic[W]):
             await asyncio.sleep(CHECK_BATCH_DELAY_S)
             self._wanted.clear()
             confirm, self._to_confirm = self._to_confirm, {}
-            verify, self._to_verify = self._to_verify, {}
+            verify, self._to_list = self._to_list, {}
             names = {w.room_name for w in confirm.values()} | set(verify.values())
             requested_at = utcnow()
             try:
@@ -139,7 +139,7 @@ class RoomChecks(Generic[W]):
                 if self._current(sid) is w and w.recovering:
                     self._to_confirm[sid] = w
             for sid, name in verify.items():
-                self._to_verify.setdefault(sid, name)
+                self._to_list.setdefault(sid, name)
             self._wanted.set()
 
         self._spawn(again(), "check-retry")

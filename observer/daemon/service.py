@@ -90,7 +90,7 @@ class Observer:
         self.identity = participant_identity(settings.observer_id, self.run_id)
         self.tracker = SessionTracker(
             tracked_kinds=settings.track_kinds,
-            heartbeat_s=settings.heartbeat_s,
+            last_seen_refresh_s=settings.last_seen_refresh_s,
             stuck_after_s=settings.stuck_agent_s,
         )
         self.queue: asyncio.Queue[Event] = asyncio.Queue(maxsize=settings.queue_max)
