@@ -270,7 +270,7 @@ def bench(
     runs: int,
     parts: list[int] | None = None,
 ) -> None:
-    """`parts`: time the usage queries once for each of these numbers of stretches summed at
+    """`parts`: time the usage queries once for each of these numbers of slices summed at
     once (1: one query, which PostgreSQL's planner may run as a parallel aggregate); None:
     as `observer usage` does."""
     migrate.upgrade(url)
@@ -310,7 +310,7 @@ def bench(
                     timed(lambda kq=kq: usage.render(kq, usage.compute(store, kq), "csv"), runs),
                 )
             print(
-                f"  usage summed in {n_parts} stretch(es) at once\n"
+                f"  usage summed in {n_parts} slice(es) at once\n"
                 f"  usage --by agent --by day, month ({groups:,} groups): {summary(usage_runs)}\n"
                 + "".join(
                     f"  usage --by {by.replace(' ', ' --by day ')}"
@@ -343,7 +343,7 @@ def main() -> None:
     ap.add_argument("--skip-postgres", action="store_true")
     ap.add_argument(
         "--parts",
-        help="time usage summed in each of these numbers of stretches at once, e.g. 1,2"
+        help="time usage summed in each of these numbers of slices at once, e.g. 1,2"
         " (1: one query, the planner's own parallel aggregate on PostgreSQL; default: as"
         " `observer usage` sums)",
     )

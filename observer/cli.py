@@ -8,6 +8,7 @@ on: 2 for bad input or settings, or when nothing was done; 1 for a failure on th
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -22,6 +23,8 @@ from observer.arguments import NEEDS_LIVEKIT, USES, build_parser
 from observer.commands import daemon, reports, web
 from observer.config import ConfigError, Settings
 from observer.errors import EXIT_FAILED, EXIT_USAGE, CommandError
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -67,6 +70,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             env, need_livekit=args.command in NEEDS_LIVEKIT, uses=USES[args.command]
         )
         logs.setup(settings.log_level, settings.log_format)
+        for d in settings.deprecations:
+            log.warning(
+                "deprecated setting name; it goes in the next release",
+                extra={"setting": d.old, "use": d.new, "ignored": d.ignored},
+            )
         return command.run(settings, args)
     except ConfigError as exc:
         where = f" ({settings_source(args.env_file)})" if exc.missing else ""

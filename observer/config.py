@@ -7,6 +7,7 @@ import math
 import socket
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
+from typing import NamedTuple
 from urllib.parse import urlsplit
 
 from sqlalchemy.engine import URL, make_url
@@ -48,7 +49,11 @@ SETTINGS_DOC: dict[str, tuple[str, str]] = {
     "OBSERVER_ROOM_PATTERN": ("*", "Glob of room names to watch (comma-separated globs allowed)"),
     "OBSERVER_TRACK_KINDS": ("agent", "Participant kinds to record, comma-separated"),
     "OBSERVER_POLL_INTERVAL_S": ("5", "Seconds between room listings (ListRooms)"),
-    "OBSERVER_HEARTBEAT_S": ("15", "Seconds between last_seen_at refreshes of open sessions"),
+    "OBSERVER_LAST_SEEN_REFRESH_S": (
+        "15",
+        "Seconds between last_seen_at refreshes of open sessions (was OBSERVER_HEARTBEAT_S,"
+        " still read, deprecated)",
+    ),
     "OBSERVER_QUEUE_MAX": ("100000", "Events buffered before the daemon stops with exit code 3"),
     "OBSERVER_DB_RETRY_MAX_S": ("10", "Longest wait between database retries, seconds"),
     "OBSERVER_HTTP_ADDR": (
@@ -86,6 +91,31 @@ SETTINGS_DOC: dict[str, tuple[str, str]] = {
     "OBSERVER_LOG_FORMAT": ("text", "Log format: text or json"),
     "OBSERVER_LOG_LEVEL": ("info", "Log level: debug, info, warning or error"),
 }
+
+
+# old name -> new name: the old one is still read, with a warning, for one release
+RENAMED_SETTINGS: dict[str, str] = {"OBSERVER_HEARTBEAT_S": "OBSERVER_LAST_SEEN_REFRESH_S"}
+
+
+class Deprecated(NamedTuple):
+    """A setting given under its old name; `ignored`: its new name was given as well."""
+
+    old: str
+    new: str
+    ignored: bool
+
+
+def renamed(env: Mapping[str, str]) -> tuple[dict[str, str], tuple[Deprecated, ...]]:
+    """`env` with each old setting name given under its new one (the new one wins when both
+    are set), and what was given under an old name."""
+    out = dict(env)
+    given: list[Deprecated] = []
+    for old, new in RENAMED_SETTINGS.items():
+        if old in out:
+            value = out.pop(old)
+            given.append(Deprecated(old, new, ignored=new in out))
+            out.setdefault(new, value)
+    return out, tuple(given)
 
 
 MISSING = "is missing"  # how a problem says that a required setting was not given
@@ -148,7 +178,7 @@ class Settings:
     room_patterns: tuple[str, ...]
     track_kinds: frozenset[str]
     poll_interval_s: float
-    heartbeat_s: float
+    last_seen_refresh_s: float
     queue_max: int
     db_retry_max_s: float
     http_host: str | None
@@ -164,6 +194,8 @@ class Settings:
     finalize_delay_s: float
     log_format: str
     log_level: str
+    # settings given under a deprecated name, logged once at start
+    deprecations: tuple[Deprecated, ...] = ()
 
     @property
     def database_url_safe(self) -> str:
@@ -193,8 +225,10 @@ class Settings:
         for every setting it starts); the others are not read at all, so they keep their
         defaults, and a value that would be wrong for another command is not this one's
         problem."""
+        env, deprecations = renamed(env)
         if uses is not None:
             env = {k: v for k, v in env.items() if k not in SETTINGS_DOC or is_used(k, uses)}
+            deprecations = tuple(d for d in deprecations if is_used(d.new, uses))
         r = _Reader(env)
         livekit = _livekit(r, need_livekit)
         http_host, http_port = _http_addr(r)
@@ -207,7 +241,7 @@ class Settings:
             room_patterns=tuple(p for p in r.items("OBSERVER_ROOM_PATTERN")) or ("*",),
             track_kinds=_kinds(r),
             poll_interval_s=r.number("OBSERVER_POLL_INTERVAL_S", minimum=0.1),
-            heartbeat_s=r.number("OBSERVER_HEARTBEAT_S", minimum=0.1),
+            last_seen_refresh_s=r.number("OBSERVER_LAST_SEEN_REFRESH_S", minimum=0.1),
             queue_max=r.integer("OBSERVER_QUEUE_MAX", minimum=10),
             db_retry_max_s=r.number("OBSERVER_DB_RETRY_MAX_S", minimum=0.1),
             http_host=http_host,
@@ -223,6 +257,7 @@ class Settings:
             finalize_delay_s=r.number("OBSERVER_FINALIZE_DELAY_S", minimum=0),
             log_format=r.choice("OBSERVER_LOG_FORMAT", LOG_FORMATS),
             log_level=r.choice("OBSERVER_LOG_LEVEL", LOG_LEVELS),
+            deprecations=deprecations,
         )
         if r.problems:
             raise ConfigError(r.problems)

@@ -26,7 +26,7 @@ def settings_for(server: LiveKitServer, db_url: str, **extra: str) -> Settings:
         "OBSERVER_DATABASE_URL": db_url,
         "OBSERVER_ID": "test-observer",
         "OBSERVER_POLL_INTERVAL_S": "0.3",
-        "OBSERVER_HEARTBEAT_S": "1",
+        "OBSERVER_LAST_SEEN_REFRESH_S": "1",
         "OBSERVER_DB_RETRY_MAX_S": "1",
         "OBSERVER_HTTP_ADDR": "off",
         **extra,

@@ -385,8 +385,10 @@ def test_usage_summed_in_stretches_at_once_equals_one_query(
     billed_db: list[dict[str, Any]], db_url: str, states: bool
 ) -> None:
     """The window split by join time over several connections gives the sums of one query,
-    whatever the number of stretches, with open sessions and sessions holding the cuts."""
-    from observer.db.usage import UsageSpec, usage_totals
+    whatever the number of slices, with open sessions and sessions holding the cuts."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from observer.db.usage import Fanout, UsageSpec, usage_totals
     from observer.reports.usage import bucket_edges
 
     window = [
@@ -396,7 +398,7 @@ def test_usage_summed_in_stretches_at_once_equals_one_query(
     ]
     store = Store(db_url)
     try:
-        # sessions that join right on a cut (2 and 3 stretches of the day window cut there)
+        # sessions that join right on a cut (2 and 3 slices of the day window cut there)
         for n, at in enumerate((MAR1 + timedelta(days=1), MAR1 + timedelta(days=1, hours=12))):
             s = TrackedSession(
                 room_name="room-1",
@@ -420,7 +422,10 @@ def test_usage_summed_in_stretches_at_once_equals_one_query(
                 one = sorted(usage_totals(conn, spec))
                 assert one and sum(t.sessions for t in one) > 20
                 for parts in (2, 3, 7):
-                    assert sorted(usage_totals(conn, spec, parts)) == one, (edges, by, parts)
+                    with ThreadPoolExecutor(max_workers=parts) as threads:
+                        fanout = Fanout(parts, threads, store.engine.connect)
+                        got = sorted(usage_totals(conn, spec, fanout))
+                    assert got == one, (edges, by, parts)
     finally:
         store.close()
 
@@ -431,7 +436,7 @@ def test_windows_summed_together_equal_each_alone(
 ) -> None:
     """Days and months that end together (the page's chart and month table) read the
     sessions once, and give what each query gives alone: with sessions across midnights,
-    a month's end, the windows' starts and `now`, open ones, and in stretches."""
+    a month's end, the windows' starts and `now`, open ones, and in slices."""
     from observer.db.usage import totals
     from observer.reports import usage
 
@@ -461,14 +466,14 @@ def test_windows_summed_together_equal_each_alone(
                 assert sum(line.sessions for line in alone[1]) > 100
                 read.clear()
                 assert usage.compute_together(store, queries) == alone, (by, parts)
-                assert sorted(read) == ["cut", "cut", "cut", "straight"]  # the bulk read once
+                assert sorted(read) == ["cut", "cut", "cut", "whole"]  # the bulk read once
         # what cannot be read together (a window not starting at a midnight, or not ending
         # with the others) is read alone, with the same result
         odd = [q(START + timedelta(hours=3), "day", "agent"), q(START, "month", "agent")]
         odd.append(usage.UsageQuery(START, END, NOW, by=("day", "agent"), states=states))
         read.clear()
         assert usage.compute_together(store, odd) == [usage.compute(store, x) for x in odd]
-        assert "straight" not in read
+        assert "whole" not in read
     finally:
         store.close()
 

@@ -48,7 +48,7 @@ def test_every_problem_is_named_at_once() -> None:
         "LIVEKIT_API_KEY": "k",
         "OBSERVER_DATABASE_URL": "mysql://x/y",
         "OBSERVER_POLL_INTERVAL_S": "soon",
-        "OBSERVER_HEARTBEAT_S": "nan",
+        "OBSERVER_LAST_SEEN_REFRESH_S": "nan",
         "OBSERVER_QUEUE_MAX": "1.5",
         "OBSERVER_TRACK_KINDS": "agent,robot",
         "OBSERVER_LOG_FORMAT": "xml",
@@ -61,7 +61,7 @@ def test_every_problem_is_named_at_once() -> None:
         "LIVEKIT_API_SECRET",
         "mysql",
         "OBSERVER_POLL_INTERVAL_S",
-        "OBSERVER_HEARTBEAT_S must be a number, got 'nan'",
+        "OBSERVER_LAST_SEEN_REFRESH_S must be a number, got 'nan'",
         "OBSERVER_QUEUE_MAX must be an integer",
         "robot",
         "OBSERVER_LOG_FORMAT",
@@ -366,3 +366,69 @@ def test_simulate_refuses_impossible_numbers(
     assert main(["simulate", "--rooms", "0"]) == 2
     out, err = capsys.readouterr()
     assert out == "" and err.count("\n") == 1 and "--rooms must be at least 1" in err
+
+
+@pytest.mark.parametrize(
+    ("given", "value", "deprecated"),
+    [
+        ({"OBSERVER_LAST_SEEN_REFRESH_S": "7"}, 7.0, ()),
+        ({"OBSERVER_HEARTBEAT_S": "8"}, 8.0, (("OBSERVER_HEARTBEAT_S", False),)),
+        (
+            {"OBSERVER_HEARTBEAT_S": "8", "OBSERVER_LAST_SEEN_REFRESH_S": "7"},
+            7.0,
+            (("OBSERVER_HEARTBEAT_S", True),),
+        ),
+    ],
+    ids=["new", "old", "both"],
+)
+def test_the_last_seen_refresh_is_read_under_its_old_name_too(
+    given: dict[str, str], value: float, deprecated: tuple[tuple[str, bool], ...]
+) -> None:
+    """The old name still works, and is reported; when both are given the new one wins."""
+    s = Settings.from_mapping(given)
+    assert s.last_seen_refresh_s == value
+    assert tuple((d.old, d.ignored) for d in s.deprecations) == deprecated
+    assert all(d.new == "OBSERVER_LAST_SEEN_REFRESH_S" for d in s.deprecations)
+    # a command that does not read the setting says nothing about its name
+    assert Settings.from_mapping(given, uses=("OBSERVER_LOG_",)).deprecations == ()
+
+
+def test_the_old_name_of_a_setting_is_warned_about_once_at_start(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import logging
+
+    from observer import cli
+
+    seen: list[float] = []
+
+    def run(settings: Settings, _args: object) -> int:
+        seen.append(settings.last_seen_refresh_s)
+        return 0
+
+    monkeypatch.setitem(cli.COMMANDS, "run", cli.Command(run))
+    monkeypatch.setattr(
+        cli,
+        "read_env",
+        lambda _f: {
+            "LIVEKIT_URL": "ws://127.0.0.1:7880",
+            "LIVEKIT_API_KEY": "k",
+            "LIVEKIT_API_SECRET": "s",
+            "OBSERVER_HEARTBEAT_S": "8",
+            "OBSERVER_LAST_SEEN_REFRESH_S": "7",
+        },
+    )
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    try:
+        assert cli.main(["run"]) == 0
+    finally:
+        for h in list(root.handlers):
+            root.removeHandler(h)
+        for h in handlers:
+            root.addHandler(h)
+        root.setLevel(level)
+    assert seen == [7.0]
+    lines = [x for x in capsys.readouterr().err.splitlines() if "deprecated" in x]
+    assert len(lines) == 1, lines
+    assert "OBSERVER_HEARTBEAT_S" in lines[0] and "OBSERVER_LAST_SEEN_REFRESH_S" in lines[0]

@@ -45,7 +45,7 @@ def start(server: LiveKitServer, db_url: str, observer_id: str, log: Path, **ext
         OBSERVER_DATABASE_URL=db_url,
         OBSERVER_ID=observer_id,
         OBSERVER_POLL_INTERVAL_S="0.5",
-        OBSERVER_HEARTBEAT_S="1",
+        OBSERVER_LAST_SEEN_REFRESH_S="1",
         OBSERVER_FAILOVER_S=str(FAILOVER_S),
         OBSERVER_LOG_FORMAT="json",
         OBSERVER_HTTP_ADDR="off",

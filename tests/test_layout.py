@@ -3,6 +3,7 @@ and every package of it is one that gets installed."""
 
 from __future__ import annotations
 
+import ast
 import tomllib
 from pathlib import Path
 
@@ -67,3 +68,42 @@ def test_architecture_names_every_module() -> None:
     doc = (ROOT / "docs" / "ARCHITECTURE.md").read_text()
     assert undocumented_modules("### `observer/`\n- `cli.py`: x\n", PACKAGE)  # it can fail
     assert undocumented_modules(doc, PACKAGE) == []
+
+
+# the store's threads are the one way to run blocking database work; the pulse's thread
+# notices this process's pauses and touches no database
+THREAD_MAKERS = {"ThreadPoolExecutor", "Thread", "to_thread", "run_in_executor"}
+OWN_THREADS = {"observer/db/_threads.py", "observer/db/store.py", "observer/daemon/pulse.py"}
+
+
+def past_the_gateway(root: Path) -> list[str]:
+    """Uses outside `observer/db/` of a store's engine, and threads or executors made
+    outside the modules that own them, as 'module:line name'."""
+    out = []
+    for path in sorted(root.rglob("*.py")):
+        module = str(path.relative_to(root.parent))
+        for node in ast.walk(ast.parse(path.read_text())):
+            name = None
+            if isinstance(node, ast.Attribute) and node.attr == "engine":
+                name = None if module.startswith("observer/db/") else "engine"
+            elif isinstance(node, ast.Call):
+                f = node.func
+                called = f.attr if isinstance(f, ast.Attribute) else getattr(f, "id", None)
+                if called in THREAD_MAKERS and module not in OWN_THREADS:
+                    name = called
+            if name is not None:
+                out.append(f"{module}:{node.lineno} {name}")
+    return out
+
+
+def test_the_gateway_check_finds_an_engine_and_a_thread(tmp_path: Path) -> None:
+    pkg = tmp_path / "observer"
+    (pkg / "web").mkdir(parents=True)
+    (pkg / "db").mkdir()
+    (pkg / "web" / "v.py").write_text("x = store.engine\nthreading.Thread(target=f)\n")
+    (pkg / "db" / "r.py").write_text("x = store.engine\n")
+    assert past_the_gateway(pkg) == ["observer/web/v.py:1 engine", "observer/web/v.py:2 Thread"]
+
+
+def test_only_the_store_reaches_the_engine_and_runs_database_threads() -> None:
+    assert past_the_gateway(PACKAGE) == []

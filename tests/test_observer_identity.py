@@ -12,7 +12,14 @@ from livekit import api
 
 from observer.config import Settings
 from observer.core.changes import Close
-from observer.core.events import Listed, ParticipantLeft, RoomJoined, RoomLost, Seen, Tick
+from observer.core.events import (
+    ParticipantLeft,
+    RoomJoined,
+    RoomLost,
+    SeenParticipant,
+    ServerListing,
+    Tick,
+)
 from observer.core.tracker import SessionTracker
 from observer.daemon import telemetry, webhooks
 from observer.daemon.identity import (
@@ -175,13 +182,13 @@ def shared(store: Store) -> bool:
 
 def test_a_free_id_and_a_dead_runs_id_are_taken_at_once(db_url: str, store: Store) -> None:
     vt = VirtualTime()
-    hold(store.engine, settings(db_url, "obs"), "run-1", clock=vt.clock, sleep=vt.sleep)
+    hold(store, settings(db_url, "obs"), "run-1", clock=vt.clock, sleep=vt.sleep)
     row = fleet_db.holder(store.engine, "obs")
     assert row is not None and row.run_id == "run-1" and row.heartbeat_at == t(0)
 
     fleet_db.leave(store.engine, "obs", "run-1")
     beat(store, "run-0", t(-5.1))  # a run that died 5.1 s ago
-    hold(store.engine, settings(db_url, "obs"), "run-2", clock=vt.clock, sleep=vt.sleep)
+    hold(store, settings(db_url, "obs"), "run-2", clock=vt.clock, sleep=vt.sleep)
     row = fleet_db.holder(store.engine, "obs")
     assert row is not None and row.run_id == "run-2" and vt.slept == 0
 
@@ -192,12 +199,12 @@ def test_a_live_run_keeps_its_id(db_url: str, store: Store) -> None:
     beat(store, "live", t(-1))
     vt = VirtualTime(lambda now: beat(store, "live", now) if vt.slept >= 2 else None)
     if not shared(store):
-        hold(store.engine, settings(db_url, "obs"), "me", clock=vt.clock, sleep=vt.sleep)
+        hold(store, settings(db_url, "obs"), "me", clock=vt.clock, sleep=vt.sleep)
         row = fleet_db.holder(store.engine, "obs")
         assert row is not None and row.run_id == "me"
         return
     with pytest.raises(IdHeld) as err:
-        hold(store.engine, settings(db_url, "obs"), "me", clock=vt.clock, sleep=vt.sleep)
+        hold(store, settings(db_url, "obs"), "me", clock=vt.clock, sleep=vt.sleep)
     assert "'obs' is held by another live observer (host other-host, pid 4242)" in str(err.value)
     assert "\n" not in str(err.value)
     assert vt.slept <= FAILOVER_S / 5 + FAILOVER_S / 20
@@ -210,7 +217,7 @@ def test_a_run_killed_a_moment_ago_is_replaced_once_its_heartbeat_is_stale(
 ) -> None:
     beat(store, "killed", t(-1))  # SIGKILL right after this beat; restarted 1 s later
     vt = VirtualTime()
-    hold(store.engine, settings(db_url, "obs"), "restarted", clock=vt.clock, sleep=vt.sleep)
+    hold(store, settings(db_url, "obs"), "restarted", clock=vt.clock, sleep=vt.sleep)
     row = fleet_db.holder(store.engine, "obs")
     assert row is not None and row.run_id == "restarted"
     if shared(store):
@@ -230,7 +237,7 @@ def test_a_run_stopping_cleanly_is_waited_for(db_url: str, store: Store) -> None
             fleet_db.leave(store.engine, "obs", "stopping")
 
     vt = VirtualTime(others)
-    hold(store.engine, settings(db_url, "obs"), "next", clock=vt.clock, sleep=vt.sleep)
+    hold(store, settings(db_url, "obs"), "next", clock=vt.clock, sleep=vt.sleep)
     row = fleet_db.holder(store.engine, "obs")
     assert row is not None and row.run_id == "next"
     assert vt.slept <= (4.5 if shared(store) else 0)
@@ -262,12 +269,12 @@ def test_a_run_whose_id_was_taken_over_learns_it_at_its_heartbeat(store: Store) 
 # ---- put out of a room: an alarm, never the agents' leave --------------------------------
 
 
-def agent(sid: str, joined: float = 0.0) -> Seen:
-    return Seen(sid, f"agent-{sid}", "", "agent", {}, t(joined))
+def agent(sid: str, joined: float = 0.0) -> SeenParticipant:
+    return SeenParticipant(sid, f"agent-{sid}", "", "agent", {}, t(joined))
 
 
-def user(sid: str) -> Seen:
-    return Seen(sid, f"user-{sid}", "", "standard", {}, t(0))
+def user(sid: str) -> SeenParticipant:
+    return SeenParticipant(sid, f"user-{sid}", "", "standard", {}, t(0))
 
 
 @pytest.mark.parametrize("reason", ["DUPLICATE_IDENTITY", "PARTICIPANT_REMOVED"])
@@ -275,7 +282,7 @@ def test_being_removed_from_a_room_closes_nothing(reason: str) -> None:
     """Removed, out of the room for a long while (ticks past every heartbeat and stuck
     limit), joined again with the agents still there: no session is closed or shortened,
     and each later leave is the agent's own."""
-    tr = SessionTracker(frozenset({"agent"}), heartbeat_s=1, stuck_after_s=5)
+    tr = SessionTracker(frozenset({"agent"}), last_seen_refresh_s=1, stuck_after_s=5)
     writes = []
     for ev in [
         RoomJoined("r", "RM1", (agent("PA1"), agent("PA2"), user("PU1")), t(0)),
@@ -283,7 +290,7 @@ def test_being_removed_from_a_room_closes_nothing(reason: str) -> None:
         RoomLost("RM1", reason, t(2)),
         *(Tick(t(2 + s)) for s in range(1, 120)),
         RoomJoined("r", "RM1", (agent("PA1"), agent("PA2"), user("PU1")), t(125)),
-        Listed("RM1", True, frozenset({"PA1", "PA2", "PU1"}), t(125), t(125.1)),
+        ServerListing("RM1", True, frozenset({"PA1", "PA2", "PU1"}), t(125), t(125.1)),
         Tick(t(126)),
     ]:
         writes += tr.handle(ev).writes

@@ -351,9 +351,14 @@ def test_the_page_store_has_threads_and_connections_of_its_own(db_url: str) -> N
     try:
         assert page.engine is not recording.engine
         assert page.threads.workers == 2
-        assert page.engine.pool.size() == 2  # type: ignore[attr-defined]
+        # one connection per thread, and one for the thread that owns it
+        assert page.engine.pool.size() == page.connections == 3  # type: ignore[attr-defined]
         assert page.usage_parts == 1  # its views sum on one connection per thread
         assert page.engine.pool._max_overflow == 0  # type: ignore[attr-defined]
+        # recording's: its threads, the threads `usage` sums stretches on, its owner's
+        budget = recording.threads.workers + recording.usage_parts + 1
+        assert recording.engine.pool.size() == recording.connections == budget  # type: ignore[attr-defined]
+        assert recording.engine.pool._max_overflow == 0  # type: ignore[attr-defined]
     finally:
         page.close()
         recording.close()

@@ -20,7 +20,7 @@ from livekit_server import LiveKitServer, free_tcp_port
 from sqlalchemy import inspect, text
 
 from observer.cli import main
-from observer.core.changes import Close, Open, Touch
+from observer.core.changes import Close, Open, RefreshLastSeen
 from observer.core.events import TrackedSession
 from observer.core.vocab import END_RECONCILED, END_RTC
 from observer.db import migrate
@@ -514,7 +514,7 @@ def test_concurrent_close_or_sighting_by_the_daemon_wins(db_url: str) -> None:
         store.apply(
             [
                 Close(closed.key, left, "CLIENT_INITIATED", END_RTC, None, left, closed),
-                Touch((seen.key,), datetime.now(UTC)),
+                RefreshLastSeen((seen.key,), datetime.now(UTC)),
             ],
             "obs",
         )

@@ -31,7 +31,7 @@ def start_daemon(server: LiveKitServer, db_url: str, log: Path) -> subprocess.Po
         OBSERVER_DATABASE_URL=db_url,
         OBSERVER_ID="restart-test",
         OBSERVER_POLL_INTERVAL_S="0.3",
-        OBSERVER_HEARTBEAT_S="1",
+        OBSERVER_LAST_SEEN_REFRESH_S="1",
         OBSERVER_LOG_FORMAT="json",
         OBSERVER_HTTP_ADDR="off",
     )

@@ -11,7 +11,7 @@ from sqlalchemy import Join, Select, Table, inspect, text, update
 from sqlalchemy.sql.elements import BinaryExpression
 from sqlalchemy.sql.visitors import iterate
 
-from observer.core.changes import Close, Open, Touch, UpdateAttributes
+from observer.core.changes import Close, Open, RefreshLastSeen, UpdateAttributes
 from observer.core.events import TrackedSession
 from observer.core.vocab import END_RTC
 from observer.db import migrate
@@ -115,7 +115,7 @@ def test_touch_attributes_and_open_sessions(db_url: str) -> None:
         later = T0 + timedelta(minutes=5)
         store.apply(
             [
-                Touch((a.key, c.key), later),
+                RefreshLastSeen((a.key, c.key), later),
                 UpdateAttributes(b.key, {"lk.agent.name": "eve"}, "eve"),
             ],
             "obs",

@@ -17,7 +17,7 @@ from observer.core.events import (
     RoomGone,
     RoomJoined,
     RoomLost,
-    Seen,
+    SeenParticipant,
 )
 from observer.core.timeline import Timeline
 from observer.core.tracker import SessionTracker
@@ -31,13 +31,13 @@ def t(s: float) -> datetime:
     return T0 + timedelta(seconds=s)
 
 
-def agent(sid: str, joined: float, state: str | None = None) -> Seen:
+def agent(sid: str, joined: float, state: str | None = None) -> SeenParticipant:
     attrs = {"lk.agent.state": state} if state else {}
-    return Seen(sid, f"id-{sid}", "", "agent", attrs, t(joined))
+    return SeenParticipant(sid, f"id-{sid}", "", "agent", attrs, t(joined))
 
 
-def user(sid: str) -> Seen:
-    return Seen(sid, f"user-{sid}", "", "standard", {}, t(0))
+def user(sid: str) -> SeenParticipant:
+    return SeenParticipant(sid, f"user-{sid}", "", "standard", {}, t(0))
 
 
 def state(sid: str, value: str, at: float) -> AttributesChanged:
@@ -45,7 +45,7 @@ def state(sid: str, value: str, at: float) -> AttributesChanged:
 
 
 def timeline_of(events: list[Event], sid: str = "A") -> Timeline | None:
-    tr = SessionTracker(frozenset({"agent"}), heartbeat_s=10)
+    tr = SessionTracker(frozenset({"agent"}), last_seen_refresh_s=10)
     found: list[Close] = []
     for ev in events:
         found += [w for w in tr.handle(ev).writes if isinstance(w, Close)]
@@ -147,7 +147,7 @@ def test_usage_is_recorded_and_flagged_once_per_session() -> None:
     from observer.core.changes import RecordUsage, UsageFlagged
     from observer.core.events import UsageReported
 
-    tr = SessionTracker(frozenset({"agent"}), heartbeat_s=10)
+    tr = SessionTracker(frozenset({"agent"}), last_seen_refresh_s=10)
     tr.handle(RoomJoined("r", "RM", (user("U1"), agent("A", 0.0)), t(0)))
     realtime = ModelUsage("llm", "openai", "gpt-realtime", input_tokens=5, session_ms=4000)
 
@@ -167,7 +167,7 @@ def test_unchanged_usage_totals_are_not_written_again() -> None:
     from observer.core.changes import RecordUsage
     from observer.core.events import UsageReported
 
-    tr = SessionTracker(frozenset({"agent"}), heartbeat_s=10)
+    tr = SessionTracker(frozenset({"agent"}), last_seen_refresh_s=10)
     tr.handle(RoomJoined("r", "RM", (user("U1"), agent("A", 0.0)), t(0)))
     llm = ModelUsage("llm", "openai", "gpt-x", input_tokens=5)
     tts = ModelUsage("tts", "acme", "voice", characters=3)

@@ -8,22 +8,21 @@ import pytest
 
 from observer.core.changes import (
     Close,
+    EventChanges,
     Op,
     Open,
-    Outcome,
+    RefreshLastSeen,
+    RequestListing,
     RoomEnded,
     RoomPresence,
     RoomSeen,
     StuckAgents,
-    Touch,
     UpdateAttributes,
-    Verify,
     Witnessed,
 )
 from observer.core.events import (
     AttributesChanged,
     Event,
-    Listed,
     ParticipantJoined,
     ParticipantLeft,
     Reconnected,
@@ -34,9 +33,10 @@ from observer.core.events import (
     RoomJoined,
     RoomLost,
     RoomMetadataChanged,
-    Seeded,
-    Seen,
+    SeenParticipant,
+    ServerListing,
     SessionKey,
+    StoredOpenSessions,
     Tick,
     TrackedSession,
     WebhookJoined,
@@ -55,12 +55,14 @@ def t(s: float) -> datetime:
     return T0 + timedelta(seconds=s)
 
 
-def agent(sid: str, joined: float = 0.0, identity: str | None = None, **attrs: str) -> Seen:
-    return Seen(sid, identity or f"id-{sid}", "", "agent", attrs, t(joined))
+def agent(
+    sid: str, joined: float = 0.0, identity: str | None = None, **attrs: str
+) -> SeenParticipant:
+    return SeenParticipant(sid, identity or f"id-{sid}", "", "agent", attrs, t(joined))
 
 
-def user(sid: str) -> Seen:
-    return Seen(sid, f"user-{sid}", "", "standard", {}, t(0))
+def user(sid: str) -> SeenParticipant:
+    return SeenParticipant(sid, f"user-{sid}", "", "standard", {}, t(0))
 
 
 def step(tr: SessionTracker, ev: Event) -> list[Op]:
@@ -72,7 +74,7 @@ def step(tr: SessionTracker, ev: Event) -> list[Op]:
 
 
 def run(events: list[Event], tracker: SessionTracker | None = None) -> list[Op]:
-    tr = tracker or SessionTracker(frozenset({"agent"}), heartbeat_s=10)
+    tr = tracker or SessionTracker(frozenset({"agent"}), last_seen_refresh_s=10)
     ops: list[Op] = []
     for ev in events:
         ops += step(tr, ev)
@@ -104,7 +106,7 @@ CASES: list[tuple[str, list[Event], list[str], list[tuple[object, ...]]]] = [
             Tick(t(20)),
             Reconnecting("RM1", t(20)),
             Reconnected("RM1", (agent("PA2", 12, identity="bot"),), t(22)),
-            Listed("RM1", True, ("PA2",), t(22), t(23)),
+            ServerListing("RM1", True, ("PA2",), t(22), t(23)),
         ],
         ["PA1", "PA2"],
         [("PA1", t(0), "DUPLICATE_IDENTITY", END_RECONCILED, 12000)],
@@ -130,7 +132,7 @@ CASES: list[tuple[str, list[Event], list[str], list[tuple[object, ...]]]] = [
             Tick(t(11)),
             Reconnecting("RM1", t(12)),
             Reconnected("RM1", (agent("PA2", 30, identity="bot"),), t(31)),
-            Listed("RM1", True, ("PA2",), t(31), t(32)),
+            ServerListing("RM1", True, ("PA2",), t(31), t(32)),
         ],
         ["PA1", "PA2"],
         [("PA1", t(0), "DUPLICATE_IDENTITY", END_RECONCILED, 30000)],
@@ -194,7 +196,7 @@ CASES: list[tuple[str, list[Event], list[str], list[tuple[object, ...]]]] = [
             Reconnecting("RM1", t(10)),
             Reconnected("RM1", (agent("PA1"),), t(13)),
             Tick(t(20)),
-            Listed("RM1", True, frozenset({"PA1"}), t(14), t(14.2)),
+            ServerListing("RM1", True, frozenset({"PA1"}), t(14), t(14.2)),
         ],
         ["PA1", "PA2"],
         [("PA2", t(0), None, END_RECONCILED, 14200)],
@@ -215,7 +217,7 @@ CASES: list[tuple[str, list[Event], list[str], list[tuple[object, ...]]]] = [
         [
             RoomJoined("r", "RM1", (agent("PA1"),), t(0)),
             ParticipantLeft("RM1", "PA1", "UNKNOWN_REASON", t(5)),
-            Listed("RM1", True, frozenset(), t(5.5), t(5.6)),
+            ServerListing("RM1", True, frozenset(), t(5.5), t(5.6)),
         ],
         ["PA1"],
         [("PA1", t(5), None, END_RECONCILED, 600)],
@@ -225,9 +227,9 @@ CASES: list[tuple[str, list[Event], list[str], list[tuple[object, ...]]]] = [
         [
             RoomJoined("r", "RM1", (agent("PA1"),), t(0)),
             ParticipantLeft("RM1", "PA1", "UNKNOWN_REASON", t(5)),
-            Listed("RM1", True, frozenset({"PA1"}), t(4), t(5.1)),  # asked before the leave
-            Listed("RM1", True, frozenset({"PA1"}), t(6), t(6.1)),
-            Listed("RM1", True, frozenset(), t(7), t(7.1)),
+            ServerListing("RM1", True, frozenset({"PA1"}), t(4), t(5.1)),  # asked before the leave
+            ServerListing("RM1", True, frozenset({"PA1"}), t(6), t(6.1)),
+            ServerListing("RM1", True, frozenset(), t(7), t(7.1)),
             ParticipantLeft("RM1", "PA1", "CLIENT_INITIATED", t(9)),
         ],
         ["PA1"],
@@ -257,7 +259,7 @@ CASES: list[tuple[str, list[Event], list[str], list[tuple[object, ...]]]] = [
             Tick(t(15)),
             ParticipantJoined("r", "RM1", agent("PA1"), t(16)),
             Reconnected("RM1", (agent("PA1"),), t(16)),
-            Listed("RM1", True, frozenset({"PA1"}), t(16.5), t(16.6)),
+            ServerListing("RM1", True, frozenset({"PA1"}), t(16.5), t(16.6)),
             Tick(t(40)),
         ],
         ["PA1"],
@@ -280,7 +282,7 @@ CASES: list[tuple[str, list[Event], list[str], list[tuple[object, ...]]]] = [
         [
             RoomJoined("r", "RM1", (agent("PA1"),), t(0)),
             Reconnecting("RM1", t(10)),
-            Listed("RM1", False, frozenset(), t(12), t(12.1)),
+            ServerListing("RM1", False, frozenset(), t(12), t(12.1)),
         ],
         ["PA1"],
         [("PA1", t(0), None, END_RECONCILED, 12100)],
@@ -359,15 +361,17 @@ def test_restart_continues_open_sessions_and_closes_missing_ones() -> None:
     ops = step(tr, RoomJoined("r", "RM1", (agent("PA1"),), t(80)))
     assert opens(ops) == []
     assert closes(ops) == []  # absent from the SDK's view: the server's API decides
-    assert [o for o in ops if isinstance(o, Touch)] == [Touch((SessionKey("RM1", "PA1"),), t(80))]
-    assert [o for o in ops if isinstance(o, Verify)] == [Verify("RM1", "r")]
-    ops = step(tr, Listed("RM1", True, frozenset({"PA1"}), t(81), t(81.1)))
+    assert [o for o in ops if isinstance(o, RefreshLastSeen)] == [
+        RefreshLastSeen((SessionKey("RM1", "PA1"),), t(80))
+    ]
+    assert [o for o in ops if isinstance(o, RequestListing)] == [RequestListing("RM1", "r")]
+    ops = step(tr, ServerListing("RM1", True, frozenset({"PA1"}), t(81), t(81.1)))
     assert closes(ops) == [("PA2", t(50), None, END_RECONCILED, 31100)]
     assert tr.unwatched_rooms() == {}
 
 
 def test_heartbeat_touches_only_watched_rooms() -> None:
-    tr = SessionTracker(frozenset({"agent"}), heartbeat_s=10)
+    tr = SessionTracker(frozenset({"agent"}), last_seen_refresh_s=10)
     run(
         [
             RoomJoined("r", "RM1", (agent("PA1"),), t(0)),
@@ -379,7 +383,7 @@ def test_heartbeat_touches_only_watched_rooms() -> None:
     assert step(tr, Tick(t(2))) == []  # first tick only starts the clock
     assert step(tr, Tick(t(5))) == []
     ops = step(tr, Tick(t(12.5)))
-    assert ops == [Touch((SessionKey("RM1", "PA1"),), t(12.5))]
+    assert ops == [RefreshLastSeen((SessionKey("RM1", "PA1"),), t(12.5))]
 
 
 def test_attribute_change_updates_agent_name() -> None:
@@ -392,7 +396,7 @@ def test_attribute_change_updates_agent_name() -> None:
 
 def test_tracked_kinds_setting() -> None:
     tr = SessionTracker(frozenset({"agent", "sip"}))
-    sip = Seen("PS1", "caller", "", "sip", {}, t(0))
+    sip = SeenParticipant("PS1", "caller", "", "sip", {}, t(0))
     ops = run([RoomJoined("r", "RM1", (sip, user("PU1")), t(0))], tr)
     assert opens(ops) == ["PS1"]
 
@@ -414,7 +418,7 @@ WEBHOOK_CASES: list[tuple[str, list[Event], list[str], list[tuple[object, ...]]]
             Tick(t(20)),
             Reconnecting("RM1", t(20)),
             Reconnected("RM1", (agent("PA2", 12, identity="bot"),), t(22)),
-            Listed("RM1", True, ("PA2",), t(22), t(23)),
+            ServerListing("RM1", True, ("PA2",), t(22), t(23)),
         ],
         ["PA1", "PA2"],
         [("PA1", t(0), "DUPLICATE_IDENTITY", END_RECONCILED, 12000)],
@@ -440,7 +444,7 @@ WEBHOOK_CASES: list[tuple[str, list[Event], list[str], list[tuple[object, ...]]]
             Tick(t(11)),
             Reconnecting("RM1", t(12)),
             Reconnected("RM1", (agent("PA2", 30, identity="bot"),), t(31)),
-            Listed("RM1", True, ("PA2",), t(31), t(32)),
+            ServerListing("RM1", True, ("PA2",), t(31), t(32)),
         ],
         ["PA1", "PA2"],
         [("PA1", t(0), "DUPLICATE_IDENTITY", END_RECONCILED, 30000)],
@@ -518,7 +522,7 @@ WEBHOOK_CASES: list[tuple[str, list[Event], list[str], list[tuple[object, ...]]]
             RoomJoined("r", "RM1", (agent("PA1"),), t(0)),
             webhook_left("PA1", 5),
             ParticipantLeft("RM1", "PA1", "UNKNOWN_REASON", t(5.5)),
-            Listed("RM1", True, frozenset(), t(6), t(6.1)),
+            ServerListing("RM1", True, frozenset(), t(6), t(6.1)),
         ],
         ["PA1"],
         [("PA1", t(5), "CLIENT_INITIATED", END_WEBHOOK, None)],
@@ -598,10 +602,10 @@ def test_notices_are_kept_apart_from_writes() -> None:
     tr.handle(Tick(t(1)))
     out = tr.handle(Tick(t(7)))
     assert [type(n).__name__ for n in out.notices] == ["StuckAgents"]
-    assert all(isinstance(w, (Open, Close, Touch, UpdateAttributes)) for w in out.writes)
+    assert all(isinstance(w, (Open, Close, RefreshLastSeen, UpdateAttributes)) for w in out.writes)
     out = tr.handle(ParticipantLeft("RM1", "PA1", "UNKNOWN_REASON", t(8)))
     assert not [w for w in out.writes if isinstance(w, Close)]
-    assert out.notices == (Verify("RM1", "r"),)
+    assert out.notices == (RequestListing("RM1", "r"),)
 
 
 def test_placement_is_even_and_scale_out_moves_a_quarter() -> None:
@@ -655,31 +659,31 @@ def test_seeded_rows_of_a_room_continue_and_are_settled_when_gone() -> None:
         TrackedSession("r", "RM1", sid, f"id-{sid}", "", "agent", None, {}, t(-50), t(-10))
         for sid in ("PA1", "PA2")
     )
-    assert tr.handle(Seeded("RM1", rows)) == Outcome()
+    assert tr.handle(StoredOpenSessions("RM1", rows)) == EventChanges()
     ops = step(tr, RoomJoined("r", "RM1", (agent("PA1", -50),), t(0)))
-    assert opens(ops) == [] and Verify("RM1", "r") in ops
+    assert opens(ops) == [] and RequestListing("RM1", "r") in ops
     # seen by another observer 10 s ago: its real leave may still reach that observer (a
     # participant that publishes nothing is announced on the server's 3 s ticker)
-    ops = step(tr, Listed("RM1", True, frozenset({"PA1"}), t(0.5), t(0.6)))
+    ops = step(tr, ServerListing("RM1", True, frozenset({"PA1"}), t(0.5), t(0.6)))
     assert closes(ops) == []
-    assert Verify("RM1", "r") in step(tr, Tick(t(3.6)))
-    ops = step(tr, Listed("RM1", True, frozenset({"PA1"}), t(4.5), t(4.6)))
+    assert RequestListing("RM1", "r") in step(tr, Tick(t(3.6)))
+    ops = step(tr, ServerListing("RM1", True, frozenset({"PA1"}), t(4.5), t(4.6)))
     assert closes(ops) == [("PA2", t(-10), None, END_RECONCILED, 14600)]
 
 
 def test_a_row_seen_long_ago_by_another_observer_is_settled_at_once_when_gone() -> None:
     tr = SessionTracker(frozenset({"agent"}))
     row = TrackedSession("r", "RM1", "PA2", "id-PA2", "", "agent", None, {}, t(-90), t(-60))
-    tr.handle(Seeded("RM1", (row,)))
+    tr.handle(StoredOpenSessions("RM1", (row,)))
     step(tr, RoomJoined("r", "RM1", (), t(0)))
-    ops = step(tr, Listed("RM1", True, frozenset(), t(0.5), t(0.6)))
+    ops = step(tr, ServerListing("RM1", True, frozenset(), t(0.5), t(0.6)))
     assert closes(ops) == [("PA2", t(-60), None, END_RECONCILED, 60600)]
 
 
 def test_a_room_handed_over_is_forgotten_without_a_write() -> None:
     tr = SessionTracker(frozenset({"agent"}))
     run([RoomJoined("r", "RM1", (agent("PA1"),), t(0))], tr)
-    assert tr.handle(RoomHandedOver("RM1", t(5))) == Outcome()
+    assert tr.handle(RoomHandedOver("RM1", t(5))) == EventChanges()
     assert tr.open_sessions == {} and tr.watched_rooms == {}
     assert tr.unwatched_rooms() == {}
     # the room ending later changes nothing here: its new watcher records that
@@ -690,35 +694,41 @@ def test_a_listing_that_stays_stale_after_a_fresh_join_ends_the_session() -> Non
     """A cluster node died: its participants stay listed in Redis, but a fresh join of the
     room (now on another node) does not show them. After `stale_listing_s` the session is
     closed, between when it was last seen and then."""
-    tr = SessionTracker(frozenset({"agent"}), heartbeat_s=100, stale_listing_s=30)
+    tr = SessionTracker(frozenset({"agent"}), last_seen_refresh_s=100, stale_listing_s=30)
     step(tr, RoomJoined("r", "RM1", (agent("PA1"), user("PU1")), t(0)))
     step(tr, RoomLost("RM1", "", t(5)))  # the observer's connection went with the node
     step(tr, RoomJoined("r", "RM1", (user("PU1"),), t(12)))
-    assert closes(step(tr, Listed("RM1", True, frozenset({"PA1", "PU1"}), t(12), t(12.1)))) == []
-    assert closes(step(tr, Listed("RM1", True, frozenset({"PA1", "PU1"}), t(30), t(30.1)))) == []
+    assert (
+        closes(step(tr, ServerListing("RM1", True, frozenset({"PA1", "PU1"}), t(12), t(12.1))))
+        == []
+    )
+    assert (
+        closes(step(tr, ServerListing("RM1", True, frozenset({"PA1", "PU1"}), t(30), t(30.1))))
+        == []
+    )
     assert "PA1" in {k.participant_sid for k in tr.suspects}  # still asked about
-    got = closes(step(tr, Listed("RM1", True, frozenset({"PA1", "PU1"}), t(42), t(42.1))))
+    got = closes(step(tr, ServerListing("RM1", True, frozenset({"PA1", "PU1"}), t(42), t(42.1))))
     assert got == [("PA1", t(5), None, END_RECONCILED, 37100)]
 
 
 def test_a_listed_participant_back_in_view_is_not_stale() -> None:
-    tr = SessionTracker(frozenset({"agent"}), heartbeat_s=100, stale_listing_s=30)
+    tr = SessionTracker(frozenset({"agent"}), last_seen_refresh_s=100, stale_listing_s=30)
     step(tr, RoomJoined("r", "RM1", (agent("PA1"),), t(0)))
     step(tr, RoomLost("RM1", "", t(5)))
     step(tr, RoomJoined("r", "RM1", (), t(12)))
     step(tr, ParticipantJoined("r", "RM1", agent("PA1"), t(13)))  # it was only slow
-    assert closes(step(tr, Listed("RM1", True, frozenset({"PA1"}), t(50), t(50.1)))) == []
+    assert closes(step(tr, ServerListing("RM1", True, frozenset({"PA1"}), t(50), t(50.1)))) == []
     assert tr.suspects == {}
 
 
 def test_the_listing_is_trusted_for_sessions_never_seen_over_rtc() -> None:
     """A session known only from the database or a webhook (a hidden participant, say) is
     not closed because a join does not show it: the server's listing decides."""
-    tr = SessionTracker(frozenset({"agent"}), heartbeat_s=100, stale_listing_s=30)
+    tr = SessionTracker(frozenset({"agent"}), last_seen_refresh_s=100, stale_listing_s=30)
     seeded = TrackedSession("r", "RM1", "PA1", "id-PA1", "", "agent", None, {}, t(0), t(0))
-    step(tr, Seeded("RM1", (seeded,)))
+    step(tr, StoredOpenSessions("RM1", (seeded,)))
     step(tr, RoomJoined("r", "RM1", (), t(12)))
-    assert closes(step(tr, Listed("RM1", True, frozenset({"PA1"}), t(50), t(50.1)))) == []
+    assert closes(step(tr, ServerListing("RM1", True, frozenset({"PA1"}), t(50), t(50.1)))) == []
     assert tr.suspects == {}
     assert "PA1" in {k.participant_sid for k in tr.open_sessions}
 
@@ -764,7 +774,7 @@ def test_a_room_found_gone_ends_as_gone() -> None:
         [
             RoomJoined("r", "RM1", (agent("PA1"),), t(0)),
             Reconnecting("RM1", t(5)),
-            Listed("RM1", False, frozenset(), t(8), t(8.1)),
+            ServerListing("RM1", False, frozenset(), t(8), t(8.1)),
         ],
     )
     assert got[-1] == ("ended", t(8.1), "GONE")
@@ -785,14 +795,14 @@ def test_the_same_participant_seen_again_with_a_finer_join_time_is_not_supersede
 def test_a_row_listed_again_waits_afresh_when_it_goes_missing_later() -> None:
     tr = SessionTracker(frozenset({"agent"}))
     row = TrackedSession("r", "RM1", "PA2", "id-PA2", "", "agent", None, {}, t(-20), t(-2))
-    tr.handle(Seeded("RM1", (row,)))
+    tr.handle(StoredOpenSessions("RM1", (row,)))
     step(tr, RoomJoined("r", "RM1", (), t(0)))
-    assert closes(step(tr, Listed("RM1", True, frozenset(), t(0.5), t(0.6)))) == []
+    assert closes(step(tr, ServerListing("RM1", True, frozenset(), t(0.5), t(0.6)))) == []
     # listed after all (the first listing was wrong, say): no longer a suspect
-    assert closes(step(tr, Listed("RM1", True, frozenset({"PA2"}), t(3.5), t(3.6)))) == []
+    assert closes(step(tr, ServerListing("RM1", True, frozenset({"PA2"}), t(3.5), t(3.6)))) == []
     step(tr, Reconnecting("RM1", t(8)))
     step(tr, Reconnected("RM1", (), t(9)))
     # absent again: the 4 s wait starts again, rather than from the first absence
-    assert closes(step(tr, Listed("RM1", True, frozenset(), t(9.5), t(9.6)))) == []
-    ops = step(tr, Listed("RM1", True, frozenset(), t(13.5), t(13.7)))
+    assert closes(step(tr, ServerListing("RM1", True, frozenset(), t(9.5), t(9.6)))) == []
+    ops = step(tr, ServerListing("RM1", True, frozenset(), t(13.5), t(13.7)))
     assert [c[0] for c in closes(ops)] == ["PA2"]

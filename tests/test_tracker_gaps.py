@@ -6,17 +6,17 @@ from __future__ import annotations
 import pytest
 from test_tracker import agent, closes, opens, run, stucks, t, user
 
-from observer.core.changes import Touch, Verify
+from observer.core.changes import RefreshLastSeen, RequestListing
 from observer.core.events import (
     Blind,
     Event,
-    Listed,
     ParticipantJoined,
     ParticipantLeft,
     Reconnected,
     Reconnecting,
     RoomClosed,
     RoomJoined,
+    ServerListing,
     Tick,
 )
 from observer.core.tracker import SessionTracker
@@ -52,7 +52,7 @@ GAP_CASES: list[tuple[str, list[Event], list[str], list[tuple[object, ...]]]] = 
             Tick(t(10)),
             Tick(t(40), blind_since=t(10.2)),
             Tick(t(55)),
-            Listed("RM1", True, frozenset({"PA1"}), t(41), t(41.1)),
+            ServerListing("RM1", True, frozenset({"PA1"}), t(41), t(41.1)),
         ],
         ["PA1", "PA2"],
         [("PA2", t(10), None, END_RECONCILED, 31100)],
@@ -70,7 +70,7 @@ GAP_CASES: list[tuple[str, list[Event], list[str], list[tuple[object, ...]]]] = 
             Reconnecting("RM1", t(40.0)),
             Tick(t(40.1), blind_since=t(10.2)),
             Reconnected("RM1", (agent("PA1"),), t(42)),
-            Listed("RM1", True, frozenset({"PA1"}), t(42), t(42.2)),
+            ServerListing("RM1", True, frozenset({"PA1"}), t(42), t(42.2)),
         ],
         ["PA1", "PA2"],
         [("PA2", t(10), None, END_RECONCILED, 32200)],
@@ -107,7 +107,7 @@ GAP_CASES: list[tuple[str, list[Event], list[str], list[tuple[object, ...]]]] = 
             Tick(t(10)),
             Blind(t(10.2), t(40), frozenset({"RM2"})),
             ParticipantLeft("RM1", "PA1", "CLIENT_INITIATED", t(41)),
-            Listed("RM2", True, frozenset(), t(41), t(41.2)),
+            ServerListing("RM2", True, frozenset(), t(41), t(41.2)),
         ],
         ["PA1", "PB1"],
         [
@@ -141,27 +141,27 @@ def test_gap_sequences(
 
 
 def test_last_seen_moves_only_on_evidence_after_a_gap() -> None:
-    tr = SessionTracker(frozenset({"agent"}), heartbeat_s=10)
+    tr = SessionTracker(frozenset({"agent"}), last_seen_refresh_s=10)
     ops = run([RoomJoined("r", "RM1", (agent("PA1"),), t(0)), Tick(t(0.5)), Tick(t(10.5))], tr)
-    assert [o.at for o in ops if isinstance(o, Touch)] == [t(10.5)]
+    assert [o.at for o in ops if isinstance(o, RefreshLastSeen)] == [t(10.5)]
     ops = run([Tick(t(40), blind_since=t(10.6))], tr)
-    assert not [o for o in ops if isinstance(o, Touch)]
-    assert [o for o in ops if isinstance(o, Verify)] == [Verify("RM1", "r")]
+    assert not [o for o in ops if isinstance(o, RefreshLastSeen)]
+    assert [o for o in ops if isinstance(o, RequestListing)] == [RequestListing("RM1", "r")]
     # the heartbeat leaves an unconfirmed session alone, however long
     ops = run([Tick(t(40.5)), Tick(t(55)), Tick(t(70))], tr)
-    assert not [o for o in ops if isinstance(o, Touch)]
+    assert not [o for o in ops if isinstance(o, RefreshLastSeen)]
     # a listing asked before the gap ended is no evidence; one asked after is
-    ops = run([Listed("RM1", True, frozenset({"PA1"}), t(39), t(41))], tr)
-    assert not [o for o in ops if isinstance(o, Touch)]
-    ops = run([Listed("RM1", True, frozenset({"PA1"}), t(71), t(71.1))], tr)
-    assert [o.at for o in ops if isinstance(o, Touch)] == [t(71)]
+    ops = run([ServerListing("RM1", True, frozenset({"PA1"}), t(39), t(41))], tr)
+    assert not [o for o in ops if isinstance(o, RefreshLastSeen)]
+    ops = run([ServerListing("RM1", True, frozenset({"PA1"}), t(71), t(71.1))], tr)
+    assert [o.at for o in ops if isinstance(o, RefreshLastSeen)] == [t(71)]
     assert tr.open_sessions[next(iter(tr.open_sessions))].last_seen_at == t(71)
 
 
 def test_reconnecting_is_no_evidence() -> None:
-    tr = SessionTracker(frozenset({"agent"}), heartbeat_s=10)
+    tr = SessionTracker(frozenset({"agent"}), last_seen_refresh_s=10)
     ops = run([RoomJoined("r", "RM1", (agent("PA1"),), t(0)), Reconnecting("RM1", t(25))], tr)
-    assert not [o for o in ops if isinstance(o, Touch)]
+    assert not [o for o in ops if isinstance(o, RefreshLastSeen)]
     (s,) = tr.open_sessions.values()
     assert s.last_seen_at == t(0)
 
@@ -178,7 +178,7 @@ def test_one_stuck_alert_per_spell_through_a_gap_and_a_full_reconnect() -> None:
         Reconnecting("RM1", t(100.1)),
         Tick(t(101)),
         Reconnected("RM1", (agent("PA1"),), t(102)),
-        Listed("RM1", True, frozenset({"PA1"}), t(102), t(102.1)),
+        ServerListing("RM1", True, frozenset({"PA1"}), t(102), t(102.1)),
     ]
     events += [Tick(t(102 + i)) for i in range(1, 200, 10)]
     assert stucks(tr, events) == []
@@ -199,7 +199,7 @@ def test_an_unconfirmed_leave_changes_no_room_numbers() -> None:
     run([RoomJoined("r", "RM1", (agent("PA1"),), t(0))], tr)
     out = tr.handle(ParticipantLeft("RM1", "PA1", "", t(5)))
     assert not [w for w in out.writes if isinstance(w, RoomPresence)]
-    out = tr.handle(Listed("RM1", True, frozenset(), t(6), t(6.1)))
+    out = tr.handle(ServerListing("RM1", True, frozenset(), t(6), t(6.1)))
     (presence,) = [w for w in out.writes if isinstance(w, RoomPresence)]
     assert presence.agents == 0
 
@@ -220,7 +220,7 @@ def test_the_sdk_announcing_everyone_again_after_a_gap_ends_nobody() -> None:
             ParticipantJoined("r", "RM1", present[0], t(40.5), blind_since=t(10.2)),
             ParticipantJoined("r", "RM1", present[1], t(40.5), blind_since=t(10.2)),
             ParticipantJoined("r", "RM1", agent("PA3", 20, identity="c"), t(40.5), t(10.2)),
-            Listed("RM1", True, frozenset({"PA1", "PA2", "PA3"}), t(41), t(41.1)),
+            ServerListing("RM1", True, frozenset({"PA1", "PA2", "PA3"}), t(41), t(41.1)),
         ]
     )
     assert opens(ops) == ["PA1", "PA2", "PA3"]
@@ -231,7 +231,7 @@ def test_a_broken_connection_vouches_for_nothing_in_its_window() -> None:
     """The heartbeat says only that the connection did not report anyone gone; when the
     connection turns out broken, what it claimed in the `trouble_window_s` before is no
     evidence. Events from the room are."""
-    tr = SessionTracker(frozenset({"agent"}), heartbeat_s=1, trouble_window_s=20)
+    tr = SessionTracker(frozenset({"agent"}), last_seen_refresh_s=1, trouble_window_s=20)
     events: list[Event] = [RoomJoined("r", "RM1", (agent("PA1"), agent("PA2")), t(0))]
     events += [Tick(t(i)) for i in range(0, 41)]
     events.append(ParticipantJoined("r", "RM1", agent("PA2"), t(25)))  # evidence for PA2
@@ -239,7 +239,9 @@ def test_a_broken_connection_vouches_for_nothing_in_its_window() -> None:
     run(events, tr)
     seen = {k.participant_sid: s.last_seen_at for k, s in tr.open_sessions.items()}
     assert seen == {"PA1": t(20), "PA2": t(25)}
-    ops = run([Reconnected("RM1", (), t(45)), Listed("RM1", True, frozenset(), t(45), t(46))], tr)
+    ops = run(
+        [Reconnected("RM1", (), t(45)), ServerListing("RM1", True, frozenset(), t(45), t(46))], tr
+    )
     assert closes(ops) == [
         ("PA1", t(20), None, END_RECONCILED, 26000),
         ("PA2", t(25), None, END_RECONCILED, 21000),
@@ -249,7 +251,7 @@ def test_a_broken_connection_vouches_for_nothing_in_its_window() -> None:
 def test_a_room_no_live_node_hosts_ends_its_sessions_at_their_last_evidence() -> None:
     from observer.core.events import RoomUnreachable
 
-    tr = SessionTracker(frozenset({"agent"}), heartbeat_s=1, trouble_window_s=20)
+    tr = SessionTracker(frozenset({"agent"}), last_seen_refresh_s=1, trouble_window_s=20)
     events: list[Event] = [RoomJoined("r", "RM1", (agent("PA1"),), t(0))]
     events += [Tick(t(i)) for i in range(0, 31)]
     events.append(Reconnecting("RM1", t(30)))  # the node died at about 28

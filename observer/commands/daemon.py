@@ -118,10 +118,9 @@ async def unhosted_rooms(lk: LiveKitSettings, patterns: Sequence[str]) -> list[s
 
 def print_observers(store: Store, settings: Settings) -> None:
     """The observers whose heartbeats are current, and the rooms each is inside."""
-    from observer.db import fleet
     from observer.reports.render import printable
 
-    alive = fleet.members(store.engine, datetime.now(UTC), settings.failover_s / 2)
+    alive = store.observers(datetime.now(UTC), settings.failover_s / 2)
     print(f"observers: {len(alive)} alive")
     for m in alive:
         state = " (stopping)" if m.stopping else ""
@@ -141,7 +140,7 @@ def hold_observer_id(store: Store, settings: Settings, run_id: str) -> None:
     try:
         if not store.schema_is_current():
             return
-        hold(store.engine, settings, run_id)
+        hold(store, settings, run_id)
     except SQLAlchemyError:
         return
     except IdHeld as exc:

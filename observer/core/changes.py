@@ -1,4 +1,4 @@
-"""What the tracker gives out for one event (`Outcome`): row writes for the writer, and
+"""What the tracker gives out for one event (`EventChanges`): row writes for the writer, and
 notices for the daemon to act on (never written). Plain data, and the one rule for a leave
 nobody saw (`missed_leave`)."""
 
@@ -33,7 +33,9 @@ class Close:
 
 
 @dataclass(frozen=True)
-class Touch:
+class RefreshLastSeen:
+    """These open sessions' participants were present at `at`: move their `last_seen_at`."""
+
     keys: tuple[SessionKey, ...]
     at: datetime
 
@@ -109,8 +111,8 @@ class StuckAgents:
 
 
 @dataclass(frozen=True)
-class Verify:
-    """Ask the server's API who is in this room; the answer comes back as `Listed`.
+class RequestListing:
+    """Ask the server's API who is in this room; the answer comes back as `ServerListing`.
     Not a database write."""
 
     room_sid: str
@@ -140,7 +142,7 @@ class UsageFlagged:
 RowWrite = (
     Open
     | Close
-    | Touch
+    | RefreshLastSeen
     | UpdateAttributes
     | Witnessed
     | RoomSeen
@@ -149,20 +151,20 @@ RowWrite = (
     | RecordUsage
 )  # changes to the rows
 Notice = (
-    StuckAgents | Verify | UsageDropped | UsageFlagged
+    StuckAgents | RequestListing | UsageDropped | UsageFlagged
 )  # for the daemon to act on; never written
 Op = RowWrite | Notice
 
 
 @dataclass(frozen=True)
-class Outcome:
+class EventChanges:
     """What one event changes: row writes for the writer, notices for the daemon."""
 
     writes: tuple[RowWrite, ...] = ()
     notices: tuple[Notice, ...] = ()
 
     @classmethod
-    def of(cls, ops: Iterable[Op]) -> Outcome:
+    def of(cls, ops: Iterable[Op]) -> EventChanges:
         writes: list[RowWrite] = []
         notices: list[Notice] = []
         for op in ops:
@@ -170,7 +172,7 @@ class Outcome:
                 case (
                     Open()
                     | Close()
-                    | Touch()
+                    | RefreshLastSeen()
                     | UpdateAttributes()
                     | Witnessed()
                     | RoomSeen()
@@ -179,7 +181,7 @@ class Outcome:
                     | RecordUsage()
                 ):
                     writes.append(op)
-                case StuckAgents() | Verify() | UsageDropped() | UsageFlagged():
+                case StuckAgents() | RequestListing() | UsageDropped() | UsageFlagged():
                     notices.append(op)
                 case _:
                     assert_never(op)

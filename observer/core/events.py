@@ -18,7 +18,7 @@ class SessionKey:
 
 
 @dataclass(frozen=True)
-class Seen:
+class SeenParticipant:
     """A participant as the observer saw it."""
 
     sid: str
@@ -59,7 +59,7 @@ class RoomJoined:
 
     room_name: str
     room_sid: str
-    present: tuple[Seen, ...]
+    present: tuple[SeenParticipant, ...]
     at: datetime
     metadata: str = ""
     created_at: datetime | None = None
@@ -79,7 +79,7 @@ class ParticipantJoined:
 
     room_name: str
     room_sid: str
-    participant: Seen
+    participant: SeenParticipant
     at: datetime
     blind_since: datetime | None = None
 
@@ -116,7 +116,7 @@ class Reconnecting:
 @dataclass(frozen=True)
 class Reconnected:
     room_sid: str
-    present: tuple[Seen, ...]
+    present: tuple[SeenParticipant, ...]
     at: datetime
 
 
@@ -164,7 +164,7 @@ class RoomUnreachable:
 
 
 @dataclass(frozen=True)
-class Listed:
+class ServerListing:
     """What the server's API says about a room, asked at `requested_at`.
 
     `exists` is False when no room of that name has this sid any more; `present` holds the
@@ -211,7 +211,7 @@ class RoomHandedOver:
 
 
 @dataclass(frozen=True)
-class Seeded:
+class StoredOpenSessions:
     """The open rows of a room about to be joined, as the database has them (whichever
     observer wrote them): sessions to continue, and to settle if their participant is gone."""
 
@@ -225,7 +225,7 @@ class WebhookJoined:
 
     room_name: str
     room_sid: str
-    participant: Seen
+    participant: SeenParticipant
     at: datetime
 
 
@@ -235,7 +235,7 @@ class WebhookLeft:
 
     room_name: str
     room_sid: str
-    participant: Seen
+    participant: SeenParticipant
     reason: str
     at: datetime
 
@@ -274,10 +274,10 @@ Event = (
     | RoomLost
     | RoomGone
     | RoomUnreachable
-    | Listed
+    | ServerListing
     | Tick
     | Blind
-    | Seeded
+    | StoredOpenSessions
     | RoomHandedOver
     | WebhookJoined
     | WebhookLeft

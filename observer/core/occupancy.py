@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from observer.core.changes import RoomPresence, RoomSeen, StuckAgents
-from observer.core.events import Seen, SessionKey, TrackedSession
+from observer.core.events import SeenParticipant, SessionKey, TrackedSession
 from observer.core.open_sessions import OpenSessions
 from observer.core.vocab import COMPANY_KINDS
 
@@ -43,7 +43,7 @@ class Occupancy:
         """Agents in rooms flagged as stuck, as of the last check."""
         return self._stuck_count
 
-    def snapshot(self, room_sid: str, present: Sequence[Seen]) -> None:
+    def snapshot(self, room_sid: str, present: Sequence[SeenParticipant]) -> None:
         """Everyone in the room, as a (re)join shows it."""
         self._company[room_sid] = {p.sid for p in present if p.kind in COMPANY_KINDS}
         self._present[room_sid] = {p.sid: p.kind for p in present}

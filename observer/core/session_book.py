@@ -10,10 +10,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 
-from observer.core.changes import Close, Op, Open, Touch, Witnessed, missed_leave
+from observer.core.changes import Close, Op, Open, RefreshLastSeen, Witnessed, missed_leave
 from observer.core.events import (
     ParticipantLeft,
-    Seen,
+    SeenParticipant,
     SessionKey,
     TrackedSession,
     WebhookLeft,
@@ -65,7 +65,13 @@ class SessionBook:
     timelines: Timelines = field(default_factory=Timelines)
 
     def opened(
-        self, room_name: str, room_sid: str, p: Seen, at: datetime, *, blind: bool = False
+        self,
+        room_name: str,
+        room_sid: str,
+        p: SeenParticipant,
+        at: datetime,
+        *,
+        blind: bool = False,
     ) -> list[Op]:
         """Open a session for a tracked participant (or touch its open one). `blind`: the
         news came just after a gap in the observer's life, so only the participant's own
@@ -103,7 +109,7 @@ class SessionBook:
             if s is not None and at > s.last_seen_at:
                 self.open[key] = replace(s, last_seen_at=at)
                 touched.append(key)
-        return [Touch(tuple(touched), at)] if touched else []
+        return [RefreshLastSeen(tuple(touched), at)] if touched else []
 
     def trouble(self, room_sid: str, at: datetime) -> None:
         """The observer's connection to the room broke, noticed at `at`: it may have been

@@ -12,9 +12,9 @@ from datetime import datetime, timedelta
 from observer.core.changes import Op, UpdateAttributes
 from observer.core.events import (
     AttributesChanged,
-    Listed,
     ParticipantLeft,
-    Seen,
+    SeenParticipant,
+    ServerListing,
     SessionKey,
     WebhookLeft,
     agent_name_of,
@@ -90,7 +90,7 @@ class Sessions(SessionBook):
 
     def listed(
         self,
-        ev: Listed,
+        ev: ServerListing,
         *,
         watching: bool,
         alone: Callable[[], bool],
@@ -220,7 +220,7 @@ class Sessions(SessionBook):
     def replaced(
         self,
         room_sid: str,
-        p: Seen,
+        p: SeenParticipant,
         at: datetime,
         *,
         live: bool = False,
@@ -246,7 +246,7 @@ class Sessions(SessionBook):
     def superseded(
         self,
         room_sid: str,
-        p: Seen,
+        p: SeenParticipant,
         at: datetime,
         *,
         live: bool = False,

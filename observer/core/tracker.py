@@ -2,7 +2,7 @@
 
 Pure logic. It takes events (`observer.core.events`: a room joined with a snapshot of who is
 there, a participant joined or left, the observer's own reconnect, a room closed or gone,
-the clock) and returns an `Outcome` (`observer.core.changes`) for the store. No I/O, no
+the clock) and returns an `EventChanges` (`observer.core.changes`) for the store. No I/O, no
 asyncio, no LiveKit or SQL types. The sessions' lifecycle is `observer.core.sessions` (its rules)
 and `observer.core.session_book` (its moves), who is in each room `observer.core.occupancy`.
 """
@@ -14,12 +14,11 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Literal, assert_never
 
-from observer.core.changes import Op, Outcome, RoomEnded, UsageDropped, Verify
+from observer.core.changes import EventChanges, Op, RequestListing, RoomEnded, UsageDropped
 from observer.core.events import (
     AttributesChanged,
     Blind,
     Event,
-    Listed,
     ParticipantJoined,
     ParticipantLeft,
     Reconnected,
@@ -31,9 +30,10 @@ from observer.core.events import (
     RoomLost,
     RoomMetadataChanged,
     RoomUnreachable,
-    Seeded,
-    Seen,
+    SeenParticipant,
+    ServerListing,
     SessionKey,
+    StoredOpenSessions,
     Tick,
     TrackedSession,
     UsageReported,
@@ -74,10 +74,10 @@ class SessionTracker:
     announced it with a reason while the observer was watching (closed at that moment), or
     when the server's API confirms the participant is gone. A leave without a reason (the
     SDK reports every remote participant that way around its own reconnects) only makes
-    the session a suspect: a `Verify` asks the API, and `Listed` settles it. A leave that
-    happened while the observer could not see is closed `reconciled` between when the
-    participant was last seen and when its absence was learned, or at the webhook's time
-    when LiveKit's webhook told it.
+    the session a suspect: a `RequestListing` asks the API, and `ServerListing` settles
+    it. A leave that happened while the observer could not see is closed `reconciled`
+    between when the participant was last seen and when its absence was learned, or at the
+    webhook's time when LiveKit's webhook told it.
 
     The API is wrong in one case: a cluster node that died leaves its participants listed
     in Redis. A participant the observer had seen, missing from a fresh join of its room
@@ -85,9 +85,9 @@ class SessionTracker:
     """
 
     tracked_kinds: frozenset[str]
-    heartbeat_s: float = 15.0
+    last_seen_refresh_s: float = 15.0
     stuck_after_s: float = 300.0
-    verify_retry_s: float = 3.0
+    listing_retry_s: float = 3.0
     webhook_hold_s: float = 3.0
     # How long the server's listing may show a participant that a fresh join of the room
     # does not: a cluster node that died leaves its participants listed in Redis for good.
@@ -99,8 +99,8 @@ class SessionTracker:
     # timeout, or a relay through a cluster node that died (seen: about 10 s)
     trouble_window_s: float = 20.0
     _rooms: dict[str, _Room] = field(default_factory=dict)
-    _verify_asked: dict[str, datetime] = field(default_factory=dict)
-    _last_heartbeat: datetime | None = None
+    _listing_asked: dict[str, datetime] = field(default_factory=dict)
+    _last_refresh: datetime | None = None
     # the start of the latest gap handled, for every room (None) and for single rooms
     _blind_handled: dict[str | None, datetime] = field(default_factory=dict)
     _usage: UsageLedger = field(default_factory=UsageLedger)
@@ -154,9 +154,9 @@ class SessionTracker:
             if sid not in self._rooms
         }
 
-    def handle(self, ev: Event) -> Outcome:
+    def handle(self, ev: Event) -> EventChanges:
         """Apply one event; return the writes that record its effect and the notices."""
-        return Outcome.of(self._apply(ev))
+        return EventChanges.of(self._apply(ev))
 
     def _apply(self, ev: Event) -> list[Op]:
         match ev:
@@ -176,7 +176,7 @@ class SessionTracker:
                 self._rooms.pop(ev.room_sid, None)
                 self._s.handed_over(ev.room_sid)
                 return []
-            case Seeded():
+            case StoredOpenSessions():
                 for s in ev.sessions:
                     if s.key not in self._open and s.key not in self._s.recently_closed:
                         self._open[s.key] = s
@@ -206,8 +206,8 @@ class SessionTracker:
                 self._forget_room(ev.room_sid)
                 self._rooms.pop(ev.room_sid, None)
                 return self._s.bounded(ev.room_sid, ev.at)
-            case Listed():
-                return self._listed(ev)
+            case ServerListing():
+                return self._server_listing(ev)
             case Tick():
                 return self._blind_news(ev.blind_since, ev.at) + self._tick(ev.at)
             case Blind():
@@ -276,7 +276,7 @@ class SessionTracker:
         self,
         room_sid: str,
         room_name: str,
-        present: tuple[Seen, ...],
+        present: tuple[SeenParticipant, ...],
         at: datetime,
         *,
         fresh: bool = False,
@@ -302,7 +302,7 @@ class SessionTracker:
                 s.timelines.seen(key, at, p.attributes, self._occupancy.alone(room_sid))
         ops += s.record_seen([SessionKey(room_sid, p.sid) for p in present], at)
         if missing:
-            ops += self._verify(room_sid, at)
+            ops += self._request_listing(room_sid, at)
         return ops
 
     def _room_seen(
@@ -327,12 +327,12 @@ class SessionTracker:
         alone = self._occupancy.alone(room_sid)
         self._s.timelines.alone(self._keys_in(room_sid), alone, at)
 
-    def _verify(self, room_sid: str, at: datetime) -> list[Op]:
+    def _request_listing(self, room_sid: str, at: datetime) -> list[Op]:
         name = self._room_name(room_sid)
         if name is None:
             return []
-        self._verify_asked[room_sid] = at
-        return [Verify(room_sid, name)]
+        self._listing_asked[room_sid] = at
+        return [RequestListing(room_sid, name)]
 
     # ---- participants -------------------------------------------------------------------
 
@@ -391,7 +391,7 @@ class SessionTracker:
             fresh = watching and ev.blind_since is None
             ops: list[Op] = self._s.touch([key], ev.at, evidence=False) if fresh else []
             self._suspect.setdefault(key, ev)
-            return ops + self._verify(ev.room_sid, ev.at)
+            return ops + self._request_listing(ev.room_sid, ev.at)
         if ev.blind_since is not None:
             # The news arrived, but the leave happened while the observer was not running.
             return [self._s.reconciled(key, ev.at, reason=ev.reason)]
@@ -423,12 +423,12 @@ class SessionTracker:
         listing; until then its `last_seen_at` stays where the last evidence put it."""
         for room in [None] if rooms is None else rooms:
             self._blind_handled[room] = max(since, self._blind_handled.get(room, since))
-        self._last_heartbeat = until  # the next heartbeat comes a whole period later
+        self._last_refresh = until  # the next refresh comes a whole period later
         affected = set(self._rooms) if rooms is None else set(rooms) & set(self._rooms)
         ops: list[Op] = []
         for room_sid in sorted(affected):
             if self._s.doubt(room_sid, since, until):
-                ops += self._verify(room_sid, until)
+                ops += self._request_listing(room_sid, until)
         return ops
 
     # ---- rooms ending, and the server's word ------------------------------------------------
@@ -450,8 +450,8 @@ class SessionTracker:
         self._rooms.pop(room_sid, None)
         return ops + self._s.bounded(room_sid, at, listed_at)
 
-    def _listed(self, ev: Listed) -> list[Op]:
-        self._verify_asked.pop(ev.room_sid, None)
+    def _server_listing(self, ev: ServerListing) -> list[Op]:
+        self._listing_asked.pop(ev.room_sid, None)
         if not ev.exists:
             return self._gone(ev.room_sid, ev.at, ev.requested_at)
         return self._s.listed(
@@ -466,16 +466,16 @@ class SessionTracker:
     def _tick(self, at: datetime) -> list[Op]:
         ops: list[Op] = self._s.release_replaced(at)
         ops += self._s.release_witnessed(at)
-        retry = timedelta(seconds=self.verify_retry_s)
+        retry = timedelta(seconds=self.listing_retry_s)
         for room_sid in {k.room_sid for k in self._suspect}:
-            asked = self._verify_asked.get(room_sid)
+            asked = self._listing_asked.get(room_sid)
             if asked is None or at - asked >= retry:
-                ops += self._verify(room_sid, at)
+                ops += self._request_listing(room_sid, at)
         ops += self._stuck(at)
-        if self._last_heartbeat is None:
-            self._last_heartbeat = at
-        elif (at - self._last_heartbeat).total_seconds() >= self.heartbeat_s:
-            self._last_heartbeat = at
+        if self._last_refresh is None:
+            self._last_refresh = at
+        elif (at - self._last_refresh).total_seconds() >= self.last_seen_refresh_s:
+            self._last_refresh = at
             watching = {sid for sid, r in self._rooms.items() if r.state == "watching"}
             keys = [k for k in self._open if k.room_sid in watching and k not in self._suspect]
             ops += self._s.touch(keys, at, evidence=False)

@@ -94,8 +94,7 @@ class Fleet:
     async def beat(self) -> None:
         try:
             members = await self._store.run(
-                fleet_db.heartbeat,
-                self._store.engine,
+                self._store.heartbeat,
                 observer_id=self.me,
                 run_id=self.run_id,
                 host=self._host,
@@ -138,7 +137,7 @@ class Fleet:
         self._beats += 1
         if self.shared and self._beats % 10 == 1:
             try:
-                several = await self._store.run(fleet_db.open_seen_by_several, self._store.engine)
+                several = await self._store.run(self._store.open_seen_by_several)
             except SQLAlchemyError:
                 return
             self._metrics.sessions_seen_by_several.set(several)
@@ -184,6 +183,6 @@ class Fleet:
 
     async def leave(self) -> None:
         try:
-            await self._store.run(fleet_db.leave, self._store.engine, self.me, self.run_id)
+            await self._store.run(self._store.leave_fleet, self.me, self.run_id)
         except SQLAlchemyError:
             pass  # the row goes stale by itself

@@ -25,11 +25,10 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Literal
 
-from sqlalchemy import Engine
-
 from observer.config import Settings
 from observer.core.times import utcnow
 from observer.db import fleet as fleet_db
+from observer.db.store import Store
 
 # Webhooks about participants whose identity starts with this are the observers' own.
 IDENTITY_PREFIX = "lk-observer-"
@@ -83,7 +82,7 @@ def judge(
 
 
 def hold(
-    engine: Engine,
+    store: Store,
     settings: Settings,
     run_id: str,
     *,
@@ -101,7 +100,7 @@ def hold(
     host, pid = socket.gethostname(), os.getpid()
     first: fleet_db.Member | None = None
     while True:
-        row = fleet_db.holder(engine, observer_id)
+        row = store.id_holder(observer_id)
         now = clock()
         verdict = (
             "take"
@@ -113,8 +112,7 @@ def hold(
             raise IdHeld(observer_id, row)
         if verdict == "take":
             replacing = None if row is None else row.run_id
-            if fleet_db.take(
-                engine,
+            if store.take_id(
                 observer_id=observer_id,
                 run_id=run_id,
                 host=host,

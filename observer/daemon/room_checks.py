@@ -1,5 +1,5 @@
 """Questions about rooms that only the server's API can settle, asked in batches: is a room
-the SDK reconnected to still the one watched, and who is in a room (`Listed`)."""
+the SDK reconnected to still the one watched, and who is in a room (`ServerListing`)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from typing import Any, Generic, Protocol, TypeVar
 from livekit import api
 
 from observer.config import LiveKitSettings
-from observer.core.events import Event, Listed
+from observer.core.events import Event, ServerListing
 from observer.core.times import utcnow
 from observer.livekit_api import API_ERRORS, Client, log_failure
 
@@ -68,12 +68,12 @@ class RoomChecks(Generic[W]):
         self._ended = ended
         self._give_up = give_up
         self._to_confirm: dict[str, W] = {}  # room sid -> connection after a reconnect
-        self._to_verify: dict[str, str] = {}  # room sid -> name, whose participants to list
+        self._to_list: dict[str, str] = {}  # room sid -> name, whose participants to list
         self._wanted = asyncio.Event()
 
     def verify(self, room_sid: str, room_name: str) -> None:
-        """Ask the server who is in this room; the answer arrives as a `Listed` event."""
-        self._to_verify[room_sid] = room_name
+        """Ask the server who is in this room; the answer arrives as a `ServerListing` event."""
+        self._to_list[room_sid] = room_name
         self._wanted.set()
 
     def recovered(self, watcher: W) -> None:
@@ -88,7 +88,7 @@ class RoomChecks(Generic[W]):
             await asyncio.sleep(CHECK_BATCH_DELAY_S)
             self._wanted.clear()
             confirm, self._to_confirm = self._to_confirm, {}
-            verify, self._to_verify = self._to_verify, {}
+            verify, self._to_list = self._to_list, {}
             names = {w.room_name for w in confirm.values()} | set(verify.values())
             requested_at = utcnow()
             try:
@@ -103,7 +103,7 @@ class RoomChecks(Generic[W]):
             gone = {sid: name for sid, name in verify.items() if sid not in live}
             for sid in gone:
                 self._ended.add(sid)
-                self._emit(Listed(sid, False, frozenset(), requested_at, utcnow()))
+                self._emit(ServerListing(sid, False, frozenset(), requested_at, utcnow()))
             rest = {sid: name for sid, name in verify.items() if sid in live}
             slots = asyncio.Semaphore(CHECK_CONCURRENCY)
             answers = await asyncio.gather(
@@ -129,7 +129,7 @@ class RoomChecks(Generic[W]):
                 )
                 return False
         present = frozenset(p.sid for p in resp.participants)
-        self._emit(Listed(sid, True, present, asked, utcnow()))
+        self._emit(ServerListing(sid, True, present, asked, utcnow()))
         return True
 
     def _retry_later(self, confirm: Mapping[str, W], verify: Mapping[str, str]) -> None:
@@ -139,7 +139,7 @@ class RoomChecks(Generic[W]):
                 if self._current(sid) is w and w.recovering:
                     self._to_confirm[sid] = w
             for sid, name in verify.items():
-                self._to_verify.setdefault(sid, name)
+                self._to_list.setdefault(sid, name)
             self._wanted.set()
 
         self._spawn(again(), "check-retry")

@@ -25,7 +25,7 @@ from observer.core.events import (
     RoomHandedOver,
     RoomLost,
     RoomUnreachable,
-    Seeded,
+    StoredOpenSessions,
     TrackedSession,
     WebhookRoomFinished,
 )
@@ -111,7 +111,7 @@ class Rooms:
         await self._checks.check_forever()
 
     def verify(self, room_sid: str, room_name: str) -> None:
-        """Ask the server who is in this room; the answer arrives as a `Listed` event."""
+        """Ask the server who is in this room; the answer arrives as a `ServerListing` event."""
         self._checks.verify(room_sid, room_name)
 
     def recovered(self, watcher: Watcher) -> None:
@@ -401,7 +401,7 @@ class Rooms:
             )
             return
         if sessions:
-            self._emit(Seeded(room_sid, tuple(sessions)))
+            self._emit(StoredOpenSessions(room_sid, tuple(sessions)))
 
     async def _unhosted(self, watcher: Watcher) -> bool:
         """After a failed join of a listed room: does any live node host it? A room whose

@@ -15,7 +15,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from observer import livekit_api
 from observer.config import LiveKitSettings, Settings
 from observer.core import discovery
-from observer.core.changes import StuckAgents, Verify
+from observer.core.changes import RequestListing, StuckAgents
 from observer.core.events import (
     Blind,
     Event,
@@ -41,7 +41,6 @@ from observer.daemon.room_processes.pool import RoomProcessPool
 from observer.daemon.rooms import Rooms
 from observer.daemon.telemetry import Metrics
 from observer.daemon.writer import BufferFull, Writer
-from observer.db import fleet as fleet_db
 from observer.db.migrate import upgrade
 from observer.db.store import Store
 from observer.db.writes import WebhookRecord, Write
@@ -91,7 +90,7 @@ class Observer:
         self.identity = participant_identity(settings.observer_id, self.run_id)
         self.tracker = SessionTracker(
             tracked_kinds=settings.track_kinds,
-            heartbeat_s=settings.heartbeat_s,
+            last_seen_refresh_s=settings.last_seen_refresh_s,
             stuck_after_s=settings.stuck_agent_s,
         )
         self.queue: asyncio.Queue[Event] = asyncio.Queue(maxsize=settings.queue_max)
@@ -102,7 +101,7 @@ class Observer:
             max_pending=settings.queue_max,
             on_error=lambda _exc: self.metrics.db_errors.inc(),
             on_retry=self.metrics.db_retries.inc,
-            on_written=lambda writes: telemetry.record_written(self.metrics, writes),
+            on_written=lambda writes: telemetry.observe_stored_writes(self.metrics, writes),
             on_backwards=lambda notes: telemetry.record_backwards(self.metrics, notes),
         )
         self.metrics.read_gauges(
@@ -158,7 +157,7 @@ class Observer:
             unwatched_with_sessions=self.tracker.unwatched_rooms,
             pool=self.pool,
             fleet=self.fleet,
-            open_in_room=lambda sid: self.store.run(fleet_db.open_in_room, self.store.engine, sid),
+            open_in_room=lambda sid: self.store.run(self.store.open_in_room, sid),
         )
         loop = asyncio.get_running_loop()
         # a gap in this process's life is a gap in what it saw (see observer.daemon.pulse)
@@ -245,7 +244,7 @@ class Observer:
     async def _hold_id(self) -> bool:
         """Become the one run of this observer id (see `identity.hold`)."""
         try:
-            await self.store.run(hold, self.store.engine, self.settings, self.run_id)
+            await self.store.run(hold, self.store, self.settings, self.run_id)
         except IdHeld as exc:
             log.error(
                 "this OBSERVER_ID is held by another live observer; give each its own",
@@ -369,7 +368,7 @@ class Observer:
             if isinstance(ev, RoomJoined):
                 self._joined(ev)
             out = self.tracker.handle(ev)
-            telemetry.record_writes(self.metrics, out.writes)
+            telemetry.count_decided_writes(self.metrics, out.writes)
             self._submit(out.writes)
             for notice in out.notices:
                 if isinstance(notice, StuckAgents) and self.fleet is not None and self.fleet.shared:
@@ -378,7 +377,7 @@ class Observer:
                 telemetry.record_notice(
                     self.metrics, notice, stuck_limit_s=self.settings.stuck_agent_s
                 )
-                if isinstance(notice, Verify) and self.rooms is not None:
+                if isinstance(notice, RequestListing) and self.rooms is not None:
                     self.rooms.verify(notice.room_sid, notice.room_name)
             self.queue.task_done()
 
@@ -396,8 +395,7 @@ class Observer:
         alert; the room's other observers stay quiet. If the claim cannot be written, alert."""
         try:
             claimed = await self.store.run(
-                fleet_db.claim_stuck_alert,
-                self.store.engine,
+                self.store.claim_stuck_alert,
                 room_sid=notice.room_sid,
                 room_name=notice.room_name,
                 alone_since=notice.alone_since,

@@ -17,16 +17,16 @@ from observer.core.changes import (
     Notice,
     Open,
     RecordUsage,
+    RefreshLastSeen,
+    RequestListing,
     RoomEnded,
     RoomPresence,
     RoomSeen,
     RowWrite,
     StuckAgents,
-    Touch,
     UpdateAttributes,
     UsageDropped,
     UsageFlagged,
-    Verify,
     Witnessed,
 )
 from observer.core.events import RoomLost
@@ -180,7 +180,7 @@ class Metrics:
         self.db_pending_ops.set_function(db_pending_ops)
 
 
-def record_writes(m: Metrics, writes: Sequence[RowWrite]) -> None:
+def count_decided_writes(m: Metrics, writes: Sequence[RowWrite]) -> None:
     """Count and log what the tracker decided to write."""
     for w in writes:
         match w:
@@ -220,7 +220,7 @@ def record_writes(m: Metrics, writes: Sequence[RowWrite]) -> None:
                 if w.report.source == "room":  # posted reports are counted as they arrive
                     m.usage_reports.labels(source="room", outcome="accepted").inc()
             case (
-                Touch()
+                RefreshLastSeen()
                 | UpdateAttributes()
                 | Witnessed()
                 | RoomSeen()
@@ -289,13 +289,13 @@ def record_notice(m: Metrics, notice: Notice, *, stuck_limit_s: float) -> None:
                 "unreadable agent session message",
                 extra={"room_sid": notice.room_sid, "identity": notice.identity},
             )
-        case Verify():
+        case RequestListing():
             pass
         case _:
             assert_never(notice)
 
 
-def record_written(m: Metrics, writes: Sequence[object]) -> None:
+def observe_stored_writes(m: Metrics, writes: Sequence[object]) -> None:
     """A batch reached the database: how long after each live leave its row was closed."""
     now = utcnow()
     for w in writes:

@@ -29,7 +29,7 @@ from observer.core.events import (
     RoomJoined,
     RoomLost,
     RoomMetadataChanged,
-    Seen,
+    SeenParticipant,
     UsageReported,
     UsageUndecodable,
 )
@@ -86,8 +86,8 @@ def reason_name(reason: int | None) -> str:
         return f"REASON_{reason}"
 
 
-def seen(p: rtc.RemoteParticipant, now: datetime) -> Seen:
-    return Seen(
+def seen_participant(p: rtc.RemoteParticipant, now: datetime) -> SeenParticipant:
+    return SeenParticipant(
         sid=p.sid,
         identity=p.identity,
         name=p.name,
@@ -354,7 +354,7 @@ class RoomWatcher:
             raise RoomMismatchError(self.room_sid, joined_sid)
         # Participants already present fire no participant_connected: seed from the room.
         now = pulse.stamp().at
-        present = tuple(seen(p, now) for p in self._room.remote_participants.values())
+        present = tuple(seen_participant(p, now) for p in self._room.remote_participants.values())
         self._active = True
         try:
             created_at: datetime | None = self._room.creation_time
@@ -399,7 +399,7 @@ class RoomWatcher:
             st = self._arrived()
             self._emit(
                 ParticipantJoined(
-                    self.room_name, self.room_sid, seen(p, st.at), st.at, st.blind_since
+                    self.room_name, self.room_sid, seen_participant(p, st.at), st.at, st.blind_since
                 )
             )
 
@@ -467,7 +467,9 @@ class RoomWatcher:
             if self._held is None:  # reported without a `reconnecting` first
                 self._emit_now(Reconnecting(self.room_sid, now))
                 self._held = []
-            present = tuple(seen(p, now) for p in self._room.remote_participants.values())
+            present = tuple(
+                seen_participant(p, now) for p in self._room.remote_participants.values()
+            )
             self._emit(Reconnected(self.room_sid, present, now))
             self._on_recovered(self)
 

@@ -11,7 +11,13 @@ from livekit import api
 from livekit.protocol import models
 
 from observer.core.agent_usage import BadUsage, UsageReport, model_usage
-from observer.core.events import Event, Seen, WebhookJoined, WebhookLeft, WebhookRoomFinished
+from observer.core.events import (
+    Event,
+    SeenParticipant,
+    WebhookJoined,
+    WebhookLeft,
+    WebhookRoomFinished,
+)
 from observer.core.vocab import kind_named
 from observer.db.writes import WebhookRecord
 
@@ -148,9 +154,9 @@ def created_at(ev: api.WebhookEvent) -> datetime:
     return datetime.fromtimestamp(ev.created_at, UTC)
 
 
-def seen(p: models.ParticipantInfo, fallback: datetime) -> Seen:
+def seen_participant(p: models.ParticipantInfo, fallback: datetime) -> SeenParticipant:
     joined_ms = p.joined_at_ms or p.joined_at * 1000
-    return Seen(
+    return SeenParticipant(
         sid=p.sid,
         identity=p.identity,
         name=p.name,
@@ -170,7 +176,7 @@ def translate(ev: api.WebhookEvent, ignore_identity_prefix: str) -> list[Event]:
     p = ev.participant
     if not p.sid or not ev.room.sid or p.identity.startswith(ignore_identity_prefix):
         return []
-    who = seen(p, at)
+    who = seen_participant(p, at)
     if ev.event == "participant_joined":
         return [WebhookJoined(ev.room.name, ev.room.sid, who, at)]
     reason = models.DisconnectReason.Name(p.disconnect_reason) if p.disconnect_reason else ""

@@ -1,8 +1,15 @@
-"""The store: owns the engine and runs each read or write in its own transaction, and owns
-the threads that run them for async code (`Store.run`) and their connection budget.
+"""The store: the one gateway to the database. It owns the engine and runs each read or
+write in its own transaction, and owns the threads that run them for async code
+(`Store.run`) and their connection budget; nothing outside `observer/db/` (but the
+migrations) touches the engine.
+
+The connection budget: a store's pool holds exactly `workers` connections for its threads,
+one for each thread that `usage` sums slices on at once (`usage_parts`), and one for
+the thread that owns the store (start-up, a command's own reads); it never opens more
+(no overflow), and no thread holds more than one, so no call waits for a connection.
 
 The daemon has two: the recording store (the writer, webhooks, the fleet, readiness) and
-the page's (`Store.for_page`), with threads and connections of its own, so that nothing a
+the page's (`Store.for_page`), with threads and a pool of their own, so that nothing a
 reader of the page does can take a thread or a connection that recording needs."""
 
 from __future__ import annotations
@@ -10,6 +17,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Generator, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
@@ -24,8 +32,10 @@ from sqlalchemy.orm import Session
 
 from observer.core.events import TrackedSession
 from observer.core.times import utcnow
+from observer.db import fleet
 from observer.db._threads import Busy as Busy  # what a call that waited too long raises
 from observer.db._threads import Threads
+from observer.db.fleet import Member
 from observer.db.reads import (
     GroupingKeys,
     LiveAgent,
@@ -46,6 +56,7 @@ from observer.db.reads import (
 from observer.db.rollups import RollupTx
 from observer.db.schema import RoomRow, SessionRow, WebhookEventRow, make_engine
 from observer.db.usage import (
+    Fanout,
     TokenSessions,
     TokenTotal,
     UsageSpec,
@@ -72,7 +83,7 @@ def _in_memory(url: str) -> bool:
 
 
 def usage_parts(url: str) -> int:
-    """`usage` sums stretches of the window at once on this many connections: one per core,
+    """`usage` sums slices of the window at once on this many connections: one per core,
     up to 4 (one for an in-memory SQLite, which each connection sees afresh)."""
     return 1 if _in_memory(url) else max(1, min(os.cpu_count() or 1, 4))
 
@@ -87,17 +98,23 @@ class Store:
         *,
         workers: int = RECORDING_WORKERS,
         wait_s: float | None = None,
-        connections: int | None = None,
         parallel: bool = True,
         name: str = "store",
     ) -> None:
         """`workers` threads run the store's work for async code; a call waits for one at
-        most `wait_s` (None: as long as it takes); `connections` caps the engine's pool
-        (None: SQLAlchemy's default pool); `parallel`: `usage` may sum on several
-        connections (and threads) at once."""
-        self.engine = make_engine(url, connections=connections)
+        most `wait_s` (None: as long as it takes); `parallel`: `usage` may sum on several
+        connections (and threads) at once. The pool is sized to the budget (module doc)."""
         self.usage_parts = usage_parts(url) if parallel else 1
+        fan_out = self.usage_parts if parallel else 0
+        self.connections = workers + fan_out + 1
+        self.engine = make_engine(url, connections=self.connections)
         self.threads = Threads(workers, wait_s=wait_s, name=name)
+        # the threads `usage` sums slices on, beside the thread that asked
+        self._fan_out = (
+            ThreadPoolExecutor(max_workers=fan_out, thread_name_prefix=f"{name}-parts")
+            if fan_out
+            else None
+        )
         # blocking work from async code: `await store.run(store.apply, ops, observer_id)`
         self.run = self.threads.run
         self.run_queued = self.threads.run_queued
@@ -107,21 +124,16 @@ class Store:
     @classmethod
     def for_page(cls, url: str, *, workers: int) -> Store:
         """A store for the page: `workers` threads, each computing on one connection (no
-        stretches summed at once beside it: the page takes `workers` threads of the
-        machine, no more), and a pool of its own with a connection for each. A page request
-        waits `PAGE_WAIT_S` at most for a thread."""
-        return cls(
-            url,
-            workers=workers,
-            wait_s=PAGE_WAIT_S,
-            connections=workers,
-            parallel=False,
-            name="page",
-        )
+        slices summed at once beside it: the page takes `workers` threads of the
+        machine, no more), and a pool of its own (`workers` + 1 connections). A page
+        request waits `PAGE_WAIT_S` at most for a thread."""
+        return cls(url, workers=workers, wait_s=PAGE_WAIT_S, parallel=False, name="page")
 
     def close(self) -> None:
         """After the work under way is done: no connection is opened on a closed engine."""
         self.threads.shutdown()
+        if self._fan_out is not None:
+            self._fan_out.shutdown(wait=True)
         self.engine.dispose()
 
     def ping(self) -> None:
@@ -206,12 +218,17 @@ class Store:
     def usage(self, spec: UsageSpec) -> list[UsageTotal]:
         """Standing time per group and bucket, computed in SQL."""
         with self.engine.connect() as conn:
-            return usage_totals(conn, spec, self.usage_parts)
+            return usage_totals(conn, spec, self._fanout())
 
     def usage_together(self, specs: Sequence[UsageSpec]) -> list[list[UsageTotal]]:
         """`usage` of each spec, the sessions read once where they can be."""
         with self.engine.connect() as conn:
-            return usage_totals_together(conn, specs, self.usage_parts)
+            return usage_totals_together(conn, specs, self._fanout())
+
+    def _fanout(self) -> Fanout | None:
+        if self._fan_out is None or self.usage_parts <= 1:
+            return None
+        return Fanout(self.usage_parts, self._fan_out, self.engine.connect)
 
     def stale_open_sessions(self, seen_before: datetime) -> list[StaleSession]:
         """Open sessions of every observer, last confirmed present before `seen_before`."""
@@ -222,3 +239,90 @@ class Store:
         """One transaction for a reconcile run: committed when the block ends normally."""
         with Session(self.engine) as db, db.begin():
             yield RollupTx(db)
+
+    # ---- the fleet: observers' rows, their heartbeats, alerts (`db/fleet.py`) ----------------
+
+    def heartbeat(
+        self,
+        *,
+        observer_id: str,
+        run_id: str,
+        host: str,
+        pid: int,
+        started_at: datetime,
+        stopping: bool,
+        rooms: Sequence[str],
+        dead_after_s: float,
+    ) -> list[Member]:
+        """This run's beat (`fleet.heartbeat`): every live observer, this one included."""
+        return fleet.heartbeat(
+            self.engine,
+            observer_id=observer_id,
+            run_id=run_id,
+            host=host,
+            pid=pid,
+            started_at=started_at,
+            stopping=stopping,
+            rooms=rooms,
+            dead_after_s=dead_after_s,
+        )
+
+    def id_holder(self, observer_id: str) -> Member | None:
+        """The row of the run holding an observer id, if any."""
+        return fleet.holder(self.engine, observer_id)
+
+    def take_id(
+        self,
+        *,
+        observer_id: str,
+        run_id: str,
+        host: str,
+        pid: int,
+        replacing: str | None,
+        now: datetime,
+    ) -> bool:
+        """Make `run_id` the holder of the id (`fleet.take`)."""
+        return fleet.take(
+            self.engine,
+            observer_id=observer_id,
+            run_id=run_id,
+            host=host,
+            pid=pid,
+            replacing=replacing,
+            now=now,
+        )
+
+    def observers(self, now: datetime, dead_after_s: float) -> list[Member]:
+        """The observers whose heartbeats are current."""
+        return fleet.members(self.engine, now, dead_after_s)
+
+    def leave_fleet(self, observer_id: str, run_id: str) -> None:
+        """Remove this run's row: a clean stop."""
+        fleet.leave(self.engine, observer_id, run_id)
+
+    def claim_stuck_alert(
+        self,
+        *,
+        room_sid: str,
+        room_name: str,
+        alone_since: datetime,
+        observer_id: str,
+        now: datetime,
+    ) -> bool:
+        """Whether this observer raises the alert for agents alone in a room."""
+        return fleet.claim_stuck_alert(
+            self.engine,
+            room_sid=room_sid,
+            room_name=room_name,
+            alone_since=alone_since,
+            observer_id=observer_id,
+            now=now,
+        )
+
+    def open_in_room(self, room_sid: str) -> list[TrackedSession]:
+        """Open rows of one room, whichever observer wrote them."""
+        return fleet.open_in_room(self.engine, room_sid)
+
+    def open_seen_by_several(self) -> int:
+        """Open sessions that more than one observer saw in the room itself."""
+        return fleet.open_seen_by_several(self.engine)

@@ -24,11 +24,11 @@ from observer.core.changes import (
     Close,
     Open,
     RecordUsage,
+    RefreshLastSeen,
     RoomEnded,
     RoomPresence,
     RoomSeen,
     RowWrite,
-    Touch,
     UpdateAttributes,
     Witnessed,
 )
@@ -97,7 +97,7 @@ def apply_ops(db: Session, ops: Sequence[Write], observer_id: str, now: datetime
                 _open(db, op.session, observer_id, now)
             case Close():
                 _close(db, op, now)
-            case Touch():
+            case RefreshLastSeen():
                 _touch(db, op.keys, op.at, now)
             case UpdateAttributes():
                 db.execute(

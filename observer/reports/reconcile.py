@@ -66,7 +66,7 @@ class Job:
 
 
 @dataclass(frozen=True)
-class Outcome:
+class ReconcileResult:
     job: Job
     settle: SettleSummary
     plan: RollupPlan
@@ -80,7 +80,7 @@ class Outcome:
         return 1 if self.differences or drift else 0
 
 
-def run(store: Store, lk: LiveKitSettings | None, job: Job) -> Outcome:
+def run(store: Store, lk: LiveKitSettings | None, job: Job) -> ReconcileResult:
     """Run the job; raises CommandError (or a database error) with nothing written."""
     statement = read_statement(job.statement) if job.statement else None
     fmt = report_format(job.report, job.report_format) if job.report else None
@@ -132,13 +132,13 @@ def run(store: Store, lk: LiveKitSettings | None, job: Job) -> Outcome:
     summary = replace(summary, closed=closed)
 
     if statement is None:
-        return Outcome(job, summary, plan)
+        return ReconcileResult(job, summary, plan)
     if job.report and fmt:
         write_report(job.report, fmt, p, job.tolerance_minutes, diffs)
-    return Outcome(job, summary, plan, compared, tuple(diffs))
+    return ReconcileResult(job, summary, plan, compared, tuple(diffs))
 
 
-def render(o: Outcome) -> str:
+def render(o: ReconcileResult) -> str:
     """A short summary for stdout."""
     job, plan = o.job, o.plan
     out = [f"reconcile {job.period.label}: [{iso(job.period.start)}, {iso(job.period.end)})"]

@@ -298,7 +298,7 @@ def health_view(
     try:
         store.ping()
         database = "ok"
-        observers = fleet_db.members(store.engine, now, dead_after_s)
+        observers = store.observers(now, dead_after_s)
     except Exception as exc:  # the page says what failed, whatever it was
         database = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
         observers = []
@@ -326,12 +326,13 @@ class TtlCache:
         ttl_s: float,
         clock: Callable[[], float] = time.monotonic,
         *,
-        spawn: Callable[[Callable[[], None]], None] | None = None,
+        spawn: Callable[[Callable[[], None]], None],
     ) -> None:
-        """`spawn` runs a refresh in the background (default: a thread of its own)."""
+        """`spawn` runs a refresh in the background (the store's `submit`: one of its
+        threads, on one of its connections)."""
         self._ttl = ttl_s
         self._clock = clock
-        self._spawn = spawn or (lambda fn: threading.Thread(target=fn, daemon=True).start())
+        self._spawn = spawn
         self._values: dict[Any, tuple[float, Any, Any]] = {}  # key -> (at, value, version)
         self._refreshing: set[Any] = set()
         self._first: dict[Any, Future[Any]] = {}  # keys being computed while callers wait

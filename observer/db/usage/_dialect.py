@@ -26,9 +26,9 @@ from observer.db.usage.spec import UsageSpec, at_midnights
 CROSSING: ColumnElement[bool] = literal_column("sessions.crosses_day")
 
 
-def tune(conn: Connection, parallel: bool = True) -> None:
+def set_usage_planner(conn: Connection, parallel: bool = True) -> None:
     """Set the planner up for a usage query, for this transaction. `parallel`: PostgreSQL
-    may run it as a parallel aggregate (False: the caller sums stretches at once instead)."""
+    may run it as a parallel aggregate (False: the caller sums slices at once instead)."""
     if conn.dialect.name == "postgresql":
         # For this transaction only: the planner's cost estimate is high enough to start JIT
         # compiling, which takes longer than the query itself; and with the default work_mem
@@ -43,7 +43,7 @@ def tune(conn: Connection, parallel: bool = True) -> None:
             conn.exec_driver_sql("SET LOCAL max_parallel_workers_per_gather = 0")
 
 
-def untune(conn: Connection) -> None:
+def allow_sorting_again(conn: Connection) -> None:
     if conn.dialect.name == "postgresql":
         conn.exec_driver_sql("RESET enable_sort")  # for the rest of the caller's transaction
 

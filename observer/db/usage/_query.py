@@ -2,8 +2,8 @@
 milliseconds.
 
 Nearly every session is closed, lies whole in the window and holds no midnight: with days
-or months (or one bucket) it lies whole in the bucket of its join, and is summed straight
-from its columns (`straight_pieces`). The few others (`arms_to_cut`) are clipped to the
+or months (or one bucket) it lies whole in the bucket of its join, and is summed as they are
+from its columns (`whole_pieces`). The few others (`join_ranges_to_clip`) are clipped to the
 window and cut at the buckets' edges (`clipped`, `cut_pieces`)."""
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ from observer.db.usage.spec import (
     UsageSpec,
     epoch_ms,
     state_column,
-    straight_sums,
+    whole_in_join_bucket,
 )
 
 
@@ -80,19 +80,19 @@ def usage_query(
     names = [f"st{i}" for i in range(n_states)]
     direct: Select[Any] | None
     match which:
-        case "straight":
+        case "whole":
             not_crossing = t.c.crosses_day.is_(False)
-            straight = straight_pieces(spec, dialect, source, [*closed_inside, not_crossing])
-            return summed(straight, spec, len(keys), names)
-        case "all" if straight_sums(spec):
+            whole = whole_pieces(spec, dialect, source, [*closed_inside, not_crossing])
+            return summed(whole, spec, len(keys), names)
+        case "all" if whole_in_join_bucket(spec):
             in_one_bucket = [] if len(spec.edges) == 2 else [t.c.crosses_day.is_(False)]
-            direct = straight_pieces(spec, dialect, source, [*closed_inside, *in_one_bucket])
+            direct = whole_pieces(spec, dialect, source, [*closed_inside, *in_one_bucket])
         case "all" | "cut":
             direct = None
         case _:
             assert_never(which)
-    arms = arms_to_cut(spec, reach)
-    c = clipped(spec, dialect, source, keys, arms, since, until).c
+    ranges = join_ranges_to_clip(spec, reach)
+    c = clipped(spec, dialect, source, keys, ranges, since, until).c
     ckeys = [c[f"k{i}"] for i in range(len(keys))]
     parts = cut_pieces(spec, dialect, c, ckeys, names)
     if direct is not None:
@@ -111,11 +111,11 @@ def clipped(
     dialect: str,
     source: Any,
     keys: list[Label[Any]],
-    arms: list[Arm],
+    ranges: list[JoinRange],
     since: datetime,
     until: datetime,
 ) -> Any:
-    """(keys k0..., s, e, states st0...) of the sessions in `arms`: their times in ms
+    """(keys k0..., s, e, states st0...) of the sessions in `ranges`: their times in ms
     clipped to the window (an open one ending at `spec.open_until`), and with states their
     own state columns while they lie whole in the window, NULL otherwise (when `cut_states`
     counts them from their spans). A subquery."""
@@ -149,9 +149,9 @@ def clipped(
         *state_cols,
     ).select_from(source)
     query: Any = (
-        clip.where(*arms[0].where(since, until), *wanted)
-        if len(arms) == 1
-        else union_all(*(clip.where(*arm.where(since, until), *wanted) for arm in arms))
+        clip.where(*ranges[0].where(since, until), *wanted)
+        if len(ranges) == 1
+        else union_all(*(clip.where(*r.where(since, until), *wanted) for r in ranges))
     )
     return unflattened(query, dialect).subquery("clipped")
 
@@ -245,7 +245,7 @@ def joined_between(lo: datetime, hi: datetime) -> list[ColumnElement[bool]]:
     return [t.c.joined_at >= lo, t.c.joined_at < hi]
 
 
-class Arm(NamedTuple):
+class JoinRange(NamedTuple):
     """Sessions that joined in [lo, hi) (None: unbounded) and meet `conds`."""
 
     lo: datetime | None
@@ -253,34 +253,34 @@ class Arm(NamedTuple):
     conds: tuple[ColumnElement[bool], ...] = ()
 
     def where(self, lo: datetime, hi: datetime) -> list[ColumnElement[bool]]:
-        """The arm's conditions inside [lo, hi), with one range of join times."""
+        """The range's conditions inside [lo, hi), with one range of join times."""
         lo = lo if self.lo is None else max(lo, self.lo)
         hi = hi if self.hi is None else min(hi, self.hi)
         return [*joined_between(lo, hi), *self.conds]
 
 
-def arms_to_cut(spec: UsageSpec, reach: timedelta) -> list[Arm]:
+def join_ranges_to_clip(spec: UsageSpec, reach: timedelta) -> list[JoinRange]:
     """The sessions that joined from the window's start less `reach` (no closed one lasts
     longer) to its end and may not lie whole in one bucket: each found through an index of
-    its own, and no session in two arms.
+    its own, and no session in two ranges.
 
-    With `straight_sums`: those that joined before the window, are open, left after it,
+    With `whole_in_join_bucket`: those that joined before the window, are open, left after it,
     or (with more than one bucket) hold a midnight. Otherwise every session."""
-    if not straight_sums(spec):
-        return [Arm(None, None)]
+    if not whole_in_join_bucket(spec):
+        return [JoinRange(None, None)]
     t = Base.metadata.tables["sessions"]
     start, end = spec.edges[0], spec.edges[-1]
-    arms = [
-        Arm(None, start),
-        Arm(start, None, (t.c.left_at.is_(None),)),
-        Arm(max(start, end - reach), None, (t.c.left_at > end,)),
+    ranges = [
+        JoinRange(None, start),
+        JoinRange(start, None, (t.c.left_at.is_(None),)),
+        JoinRange(max(start, end - reach), None, (t.c.left_at > end,)),
     ]
     if len(spec.edges) > 2:
-        arms.append(Arm(start, None, (CROSSING, t.c.left_at <= end)))
-    return arms
+        ranges.append(JoinRange(start, None, (CROSSING, t.c.left_at <= end)))
+    return ranges
 
 
-def straight_pieces(
+def whole_pieces(
     spec: UsageSpec, dialect: str, source: Any, wanted: list[ColumnElement[bool]]
 ) -> Select[Any]:
     """(keys..., bucket, ms, states...) of the sessions in `wanted`, each of which lies

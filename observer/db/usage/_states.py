@@ -15,7 +15,7 @@ from observer.core.timeline import AGENT_STATES, OTHER_STATE
 from observer.db.schema import Base
 from observer.db.usage._columns import sum_keys
 from observer.db.usage._dialect import columns_unless_crossing, epoch_ms_sql
-from observer.db.usage._query import arms_to_cut
+from observer.db.usage._query import join_ranges_to_clip
 from observer.db.usage.spec import (
     ROOM_METADATA,
     STATE_SUMS,
@@ -62,7 +62,7 @@ def cut_states(
     their spans cut at the window's and buckets' edges.
 
     Those are the few that hold the window's start or end, or (when every inner edge is a
-    UTC midnight, as with days and months) hold a midnight: `arms_to_cut`."""
+    UTC midnight, as with days and months) hold a midnight: `join_ranges_to_clip`."""
     dialect = conn.dialect.name
     edges = [epoch_ms(e) for e in spec.edges]
     unless_crossing = columns_unless_crossing(spec, dialect)
@@ -111,7 +111,7 @@ def cut_states_query(spec: UsageSpec, dialect: str, since: datetime) -> Any:
     columns = [*keys, case((whole, 1), else_=0), t.c.crosses_day, sp.c.kind, sp.c.value]
     columns += [t.c.joined_ms, t.c.left_ms]
     columns += [epoch_ms_sql(c, dialect) for c in (sp.c.started_at, sp.c.ended_at)]
-    arms = arms_to_cut(spec, start - since)
+    ranges = join_ranges_to_clip(spec, start - since)
     return union_all(
-        *(select(*columns).select_from(source).where(*a.where(since, end), *common) for a in arms)
+        *(select(*columns).select_from(source).where(*a.where(since, end), *common) for a in ranges)
     )

@@ -110,15 +110,15 @@ def at_midnights(spec: UsageSpec) -> bool:
     return bool(inner) and all(e.astimezone(UTC).time() == datetime.min.time() for e in inner)
 
 
-def straight_sums(spec: UsageSpec) -> bool:
+def whole_in_join_bucket(spec: UsageSpec) -> bool:
     """Whether a closed session inside the window that holds no midnight lies whole in the
     bucket of its join: with one bucket, or buckets cut at UTC midnights (days, months)."""
     return len(spec.edges) == 2 or at_midnights(spec)
 
 
-# Which sessions a usage query reads: "all" of them; "straight", only the closed ones that
+# Which sessions a usage query reads: "all" of them; "whole", only the closed ones that
 # lie whole in the window and hold no midnight (each lies whole in the bucket of its join
-# when `straight_sums`), summed from their columns; "cut", only the others, clipped to the
-# window and cut at its edges. "straight" and "cut" add up to "all" for a spec whose
+# when `whole_in_join_bucket`), summed from their columns; "cut", only the others, clipped to the
+# window and cut at its edges. "whole" and "cut" add up to "all" for a spec whose
 # buckets are cut at midnights.
-Subset = Literal["all", "straight", "cut"]
+Subset = Literal["all", "whole", "cut"]

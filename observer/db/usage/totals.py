@@ -5,47 +5,48 @@ from __future__ import annotations
 
 from bisect import bisect_right
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Connection, func, select
 
 from observer.db.schema import Base
-from observer.db.usage._dialect import tune, untune
-from observer.db.usage._slices import add_into, sum_rows
+from observer.db.usage._dialect import allow_sorting_again, set_usage_planner
+from observer.db.usage._slices import Fanout, add_into, sum_rows
 from observer.db.usage._states import with_states
 from observer.db.usage.spec import UsageSpec, UsageTotal, at_midnights, epoch_ms
 
 
-def usage_totals(conn: Connection, spec: UsageSpec, parts: int = 1) -> list[UsageTotal]:
+def usage_totals(
+    conn: Connection, spec: UsageSpec, fanout: Fanout | None = None
+) -> list[UsageTotal]:
     """Standing time (and states) per group and bucket.
 
-    With `parts` > 1 the sessions are split by when they joined into that many stretches of
-    the window, each summed at the same time on a connection of its own (`conn.engine`), and
-    the sums added up: each session is in one stretch, so every sum is the same as in one
+    With a `fanout` the sessions are split by when they joined into `fanout.parts`
+    slices of the window, each summed at the same time on a connection of its own, and
+    the sums added up: each session is in one slice, so every sum is the same as in one
     query, and a machine with several cores uses them. Without, all is read in `conn`'s
     transaction (reconcile relies on that)."""
-    tune(conn)
+    set_usage_planner(conn)
     since = reach_back(conn, spec)[0]
-    rows = sum_rows(conn, spec, since, parts, "all")
-    untune(conn)
+    rows = sum_rows(conn, spec, since, fanout, "all")
+    allow_sorting_again(conn)
     return with_states(conn, spec, since, rows)
 
 
 def usage_totals_together(
-    conn: Connection, specs: Sequence[UsageSpec], parts: int = 1
+    conn: Connection, specs: Sequence[UsageSpec], fanout: Fanout | None = None
 ) -> list[list[UsageTotal]]:
     """`usage_totals` of each spec, reading the bulk of the sessions once when the specs
     differ only in their edges, each starts at a UTC midnight, all end together and cut
     their buckets at midnights (the days of a chart and the months of a table, say).
 
     The sessions that lie whole in one day, inside every window, are summed once per group
-    and day (`straight_pieces`), and each day's sums go to the bucket holding that day in each
+    and day (`whole_pieces`), and each day's sums go to the bucket holding that day in each
     window that holds it; the few others are clipped and cut for each spec alone."""
     if not can_share(specs):
-        return [usage_totals(conn, spec, parts) for spec in specs]
-    tune(conn)
+        return [usage_totals(conn, spec, fanout) for spec in specs]
+    set_usage_planner(conn)
     start, end = min(s.edges[0] for s in specs), specs[0].edges[-1]
     midnights = [start]
     while midnights[-1] + timedelta(days=1) < end:
@@ -61,21 +62,23 @@ def usage_totals_together(
     _, back = reach_back(conn, days)
     starts = [back(spec.edges[0]) for spec in specs]
 
-    def cut(spec: UsageSpec, since: datetime) -> Sequence[Any]:
-        with conn.engine.connect() as own:
-            tune(own, parallel=False)
-            return sum_rows(own, spec, since, 1, "cut")
-
-    if parts <= 1:
+    if fanout is None or fanout.parts <= 1:
         cut_rows = [
-            sum_rows(conn, s, since, 1, "cut") for s, since in zip(specs, starts, strict=True)
+            sum_rows(conn, s, since, None, "cut") for s, since in zip(specs, starts, strict=True)
         ]
-        straight = sum_rows(conn, days, start, 1, "straight")
-    else:  # the few to cut at the same time as the bulk
-        with ThreadPoolExecutor(max_workers=len(specs)) as pool:
-            cuts = pool.map(cut, specs, starts)
-            straight = sum_rows(conn, days, start, parts, "straight")
-            cut_rows = list(cuts)
+        whole = sum_rows(conn, days, start, None, "whole")
+    else:  # the few to cut at the same time as the bulk, on the same threads
+        connect = fanout.connect
+
+        def cut(spec: UsageSpec, since: datetime) -> Sequence[Any]:
+            with connect() as own:
+                set_usage_planner(own, parallel=False)
+                return sum_rows(own, spec, since, None, "cut")
+
+        pairs = zip(specs, starts, strict=True)
+        cuts = [fanout.threads.submit(cut, s, since) for s, since in pairs]
+        whole = sum_rows(conn, days, start, fanout, "whole")
+        cut_rows = [c.result() for c in cuts]
     width = len(days.group_by)
     out: list[tuple[UsageSpec, datetime, list[Any]]] = []
     for spec, since, rows in zip(specs, starts, cut_rows, strict=True):
@@ -86,14 +89,14 @@ def usage_totals_together(
             for at in (epoch_ms(d) for d in midnights)
         ]
         sums: dict[tuple[Any, ...], list[Any]] = {}
-        for row in straight:
+        for row in whole:
             b = bucket[row[width]]
             if b is not None:
                 add_into(sums, (*row[:width], b), row[width + 1 :])
         for row in rows:
             add_into(sums, tuple(row[: width + 1]), row[width + 1 :])
         out.append((spec, since, [(*head, *values) for head, values in sums.items()]))
-    untune(conn)
+    allow_sorting_again(conn)
     return [with_states(conn, spec, since, rows) for spec, since, rows in out]
 
 
