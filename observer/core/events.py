@@ -27,6 +27,7 @@ class Seen:
     kind: str
     attributes: Mapping[str, str]
     joined_at: datetime
+    kind_details: tuple[str, ...] = ()  # protocol names, or DETAIL_<number> (protocol_values)
 
 
 def agent_name_of(attributes: Mapping[str, str]) -> str | None:
