@@ -55,8 +55,25 @@ async def test_the_server_passes_named_kinds_and_makes_unknown_claims_standard(
             "odd": "standard",
             "num": "standard",
         }
+        assert {r.join_precision_ms for r in rows} == {1}  # v1.13.5 gives milliseconds
         m = obs.obs.metrics
         assert m.value("observer_unknown_values_total", {"field": "participant_kind"}) == 0
+    finally:
+        await c.close()
+
+
+async def test_a_release_in_whole_seconds_marks_its_join_times(
+    livekit_server: LiveKitServer, db_url: str, start_observer
+) -> None:
+    c = Clients(livekit_server)
+    try:
+        await create_room(livekit_server, "seconds")
+        obs = await start_observer(livekit_server, db_url)
+        obs.obs.join_precision_ms = 1000  # what `observer run` sets for a server before 1.8.4
+        await obs.wait_watching("seconds")
+        await c.agent("seconds", "agent-early")
+        (row,) = await obs.wait_rows(lambda rows: len(rows) == 1)
+        assert row.join_precision_ms == 1000
     finally:
         await c.close()
 
@@ -81,14 +98,23 @@ async def test_webhooks_with_unknown_events_and_values_are_kept_and_counted(
     assert await post(port, job, signed(livekit_server, job)) == (200, "accepted\n")
     ended = body("agent_job_ended", agentJob={"id": "AJ_1"})
     assert await post(port, ended, signed(livekit_server, ended)) == (200, "accepted\n")
-    joined = body("participant_joined", participant=participant)
+    detailed = {**participant, "kindDetails": [99, "CLOUD_AGENT"]}
+    joined = body("participant_joined", participant=detailed)
     assert await post(port, joined, signed(livekit_server, joined)) == (200, "accepted\n")
+    # as a server before 1.8.4 sends it: the join time in whole seconds only
+    old = {"sid": "PA_older", "identity": "older", "kind": 9, "joinedAt": str(now_ms // 1000)}
+    older = body("participant_joined", participant=old, id="EV_older")
+    assert await post(port, older, signed(livekit_server, older)) == (200, "accepted\n")
     odd = {**participant, "disconnectReason": 99, "kindDetails": [99, "CLOUD_AGENT"]}
     left = body("participant_left", participant=odd)
     assert await post(port, left, signed(livekit_server, left)) == (200, "accepted\n")
-    (row,) = await obs.wait_rows(lambda rows: len(rows) == 1 and rows[0].left_at, timeout=10)
-    assert row.participant_kind == "kind_9"
+    rows = await obs.wait_rows(lambda rs: len(rs) == 2 and any(r.left_at for r in rs), timeout=10)
+    row, old_row = sorted(rows, key=lambda r: r.participant_identity != "newer")
+    assert row.participant_kind == "kind_9" and old_row.participant_kind == "kind_9"
     assert row.disconnect_reason == "REASON_99"
+    assert row.participant_kind_details == "DETAIL_99,CLOUD_AGENT"
+    assert (row.join_precision_ms, old_row.join_precision_ms) == (1, 1000)
+    assert old_row.joined_at.timestamp() == now_ms // 1000
     stored = {e.event for e in obs.store.webhook_events()}
     assert stored == {
         "agent_job_started",
@@ -99,6 +125,6 @@ async def test_webhooks_with_unknown_events_and_values_are_kept_and_counted(
     m = obs.obs.metrics
     assert m.value("observer_unknown_values_total", {"field": "webhook_event"}) == 2
     assert m.value("observer_unknown_values_total", {"field": "disconnect_reason"}) == 1
-    assert m.value("observer_unknown_values_total", {"field": "kind_detail"}) == 1
-    assert m.value("observer_unknown_values_total", {"field": "participant_kind"}) == 2
+    assert m.value("observer_unknown_values_total", {"field": "kind_detail"}) == 2
+    assert m.value("observer_unknown_values_total", {"field": "participant_kind"}) == 3
     assert not obs.task.done()

@@ -28,6 +28,7 @@ class Seen:
     attributes: Mapping[str, str]
     joined_at: datetime
     kind_details: tuple[str, ...] = ()  # protocol names, or DETAIL_<number> (protocol_values)
+    join_precision_ms: int = 1  # 1000 when LiveKit gave the join time in whole seconds
 
 
 def agent_name_of(attributes: Mapping[str, str]) -> str | None:
@@ -47,6 +48,8 @@ class TrackedSession:
     attributes: Mapping[str, str]
     joined_at: datetime
     last_seen_at: datetime
+    kind_details: tuple[str, ...] = ()
+    join_precision_ms: int = 1
 
     @property
     def key(self) -> SessionKey:

@@ -163,6 +163,7 @@ def seen(p: models.ParticipantInfo, fallback: datetime) -> Seen:
         kind_details=tuple(
             detail_value(_name(models.ParticipantInfo.KindDetail, d), d) for d in p.kind_details
         ),
+        join_precision_ms=1 if p.joined_at_ms else 1000,  # before server 1.8.4: seconds
     )
 
 
