@@ -5,7 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
+import subprocess
+import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -128,3 +132,34 @@ async def test_webhooks_with_unknown_events_and_values_are_kept_and_counted(
     assert m.value("observer_unknown_values_total", {"field": "kind_detail"}) == 2
     assert m.value("observer_unknown_values_total", {"field": "participant_kind"}) == 3
     assert not obs.task.done()
+
+
+def test_the_daemon_logs_the_release_once_at_start(
+    livekit_server: LiveKitServer, sqlite_url: str, tmp_path: Path
+) -> None:
+    from test_start_errors import env_for
+
+    env = env_for(
+        livekit_server.ws_url, livekit_server.api_key, livekit_server.api_secret, sqlite_url
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "observer", "run", "--migrate"],
+        env=env,
+        cwd=tmp_path,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    lines: list[str] = []
+    try:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            lines.append(line)
+            if "observer started" in line:
+                break
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, rest = proc.communicate(timeout=30)
+    assert proc.returncode == 0, "".join(lines) + rest
+    (release,) = [x for x in lines if "livekit release" in x]
+    assert "version=1.13.5" in release and f"url={livekit_server.ws_url}" in release
+    assert "join times in milliseconds (joined_at_ms): yes" in release
