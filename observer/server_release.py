@@ -65,9 +65,9 @@ async def ask_all(lk: LiveKitSettings, timeout_s: float = 5.0) -> list[NodeRelea
     return list(await asyncio.gather(*(ask(u, lk, timeout_s) for u in lk.urls)))
 
 
-def at_start(nodes: list[NodeRelease]) -> releases.Release | None:
+def at_start(nodes: list[NodeRelease]) -> None:
     """Log what each release seen supports, once per release; refuse (exit 2) a release
-    that would let the observer create rooms. Returns the oldest release seen, if any."""
+    that would let the observer create rooms."""
     seen: set[str] = set()
     for n in nodes:
         if n.error or not n.version:
@@ -90,5 +90,3 @@ def at_start(nodes: list[NodeRelease]) -> releases.Release | None:
         )
         if n.release is not None and not releases.safe(n.release):
             raise CommandError(releases.refusal(n.release))
-    known = [n.release for n in nodes if n.release is not None]
-    return min(known) if known else None

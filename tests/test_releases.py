@@ -5,20 +5,19 @@ from __future__ import annotations
 
 import logging
 from datetime import UTC, datetime
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
 
-from observer.core.events import ParticipantJoined, ParticipantLeft, RoomJoined, Seen
 from observer.core.releases import (
     OLDEST_SAFE,
     Release,
-    join_precision_ms,
     parse,
     refusal,
     safe,
     summary,
     supports,
-    with_join_precision,
 )
 from observer.errors import EXIT_USAGE, CommandError
 from observer.server_release import NodeRelease, at_start
@@ -66,11 +65,10 @@ def test_what_each_release_supports(
     assert supports(r, "disconnect_reason") is reasons
     assert supports(r, "connection_aborted") is aborted
     assert safe(r) is is_safe
-    assert join_precision_ms(r) == (1 if join_ms else 1000)
 
 
 def test_an_unknown_release_is_taken_as_current() -> None:
-    assert safe(None) and join_precision_ms(None) == 1
+    assert safe(None) and supports(None, "join_ms")
     assert summary("cloud") == ["release not recognised: taken to support all the observer uses"]
 
 
@@ -99,7 +97,7 @@ def test_start_refuses_a_release_that_would_create_rooms() -> None:
     assert str(err.value) == refusal(Release(1, 8, 0))
 
 
-def test_start_logs_each_release_once_and_returns_the_oldest(
+def test_start_logs_each_release_once(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.INFO, logger="observer.server_release")
@@ -109,25 +107,38 @@ def test_start_logs_each_release_once_and_returns_the_oldest(
         NodeRelease("ws://c", "1.8.3", "ND_c"),
         NodeRelease("ws://d", error="ClientConnectorError"),
     ]
-    assert at_start(nodes) == Release(1, 8, 3)
+    at_start(nodes)
     logged = [r for r in caplog.records if r.getMessage() == "livekit release"]
     assert [r.version for r in logged] == ["1.13.5", "1.8.3"]  # type: ignore[attr-defined]
     assert "no (since 1.8.4)" in logged[1].supports  # type: ignore[attr-defined]
     assert any("release unknown" in r.getMessage() for r in caplog.records)
-    assert at_start([NodeRelease("ws://d", error="refused")]) is None
 
 
-def seen(precision: int = 1) -> Seen:
-    return Seen("PA_1", "a", "", "agent", {}, NOW, (), precision)
+def rtc_participant(joined_at: datetime | None) -> Any:
+    """What `watcher.seen` reads of an rtc participant (the SDK's object needs a live room)."""
+    from livekit import rtc
+
+    kind = rtc.ParticipantKind.PARTICIPANT_KIND_AGENT
+    detail = rtc.ParticipantKindDetail.PARTICIPANT_KIND_DETAIL_CLOUD_AGENT
+    return SimpleNamespace(
+        sid="PA_1",
+        identity="a",
+        name="",
+        kind=kind,
+        attributes={},
+        joined_at=joined_at,
+        kind_details=[detail, 99],
+    )
 
 
-def test_join_times_of_a_release_in_seconds_are_marked() -> None:
-    joined = ParticipantJoined("r", "RM_1", seen(), NOW)
-    assert with_join_precision(joined, 1) is joined
-    marked = with_join_precision(joined, 1000)
-    assert isinstance(marked, ParticipantJoined) and marked.participant.join_precision_ms == 1000
-    room = with_join_precision(RoomJoined("r", "RM_1", (seen(), seen(1000)), NOW), 1000)
-    assert isinstance(room, RoomJoined)
-    assert [p.join_precision_ms for p in room.present] == [1000, 1000]
-    left = ParticipantLeft("RM_1", "PA_1", "CLIENT_INITIATED", NOW)
-    assert with_join_precision(left, 1000) is left
+def test_a_join_time_the_sdk_does_not_give_is_the_first_sight_and_marked() -> None:
+    """The rtc SDK reads only joined_at_ms, which servers before 1.8.4 leave at 0 (checked
+    against v1.8.0: `joined_at` is None there)."""
+    from observer.daemon.watcher import seen
+
+    s = seen(rtc_participant(None), NOW)
+    assert (s.joined_at, s.join_precision_ms) == (NOW, None)
+    joined = datetime(2026, 12, 5, 11, 59, 58, 123000, tzinfo=UTC)
+    s = seen(rtc_participant(joined), NOW)
+    assert (s.joined_at, s.join_precision_ms) == (joined, 1)
+    assert s.kind == "agent" and s.kind_details == ("CLOUD_AGENT", "DETAIL_99")

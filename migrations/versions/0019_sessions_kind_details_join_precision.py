@@ -20,11 +20,10 @@ depends_on: str | Sequence[str] | None = None
 def upgrade() -> None:
     # Rows written before this revision hold 1: the releases the observer ran against gave
     # milliseconds. A row is opened without either column unless it says something (a kind
-    # detail, a join time in whole seconds), as the writer opened rows before.
+    # detail, a join time in whole seconds or none at all), as the writer opened rows before.
     op.add_column("sessions", sa.Column("participant_kind_details", sa.Text(), nullable=True))
     op.add_column(
-        "sessions",
-        sa.Column("join_precision_ms", sa.Integer(), nullable=False, server_default="1"),
+        "sessions", sa.Column("join_precision_ms", sa.Integer(), nullable=True, server_default="1")
     )
 
 

@@ -171,7 +171,6 @@ def hold_observer_id(store: Store, settings: Settings, run_id: str) -> None:
 def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
     """The daemon, with the process around it: open files, the native core, signals."""
     from observer import server_release
-    from observer.core import releases
     from observer.daemon.identity import new_run_id
     from observer.daemon.service import Observer
     from observer.daemon.watcher import start_native_core_quietly
@@ -188,10 +187,8 @@ def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
     hold_sqlite_run_lock(settings.database_url)  # the lock lasts as long as the process
     run_id = new_run_id()
 
-    async def main(store: Store, precision_ms: int) -> int:
-        obs = Observer(
-            settings, store, lk, migrate=args.migrate, run_id=run_id, join_precision_ms=precision_ms
-        )
+    async def main(store: Store) -> int:
+        obs = Observer(settings, store, lk, migrate=args.migrate, run_id=run_id)
         stop_on_signals(obs.stop)
         try:
             return await obs.run()
@@ -210,9 +207,9 @@ def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
         hold_observer_id(store, settings, run_id)
         asyncio.run(first_contact(lk))  # a refused key stops here (exit 2), before anything starts
         # so does a release that would let the observer create rooms
-        oldest = server_release.at_start(asyncio.run(server_release.ask_all(lk)))
+        server_release.at_start(asyncio.run(server_release.ask_all(lk)))
         raise_fd_limit()
         if not settings.room_processes:
             start_native_core_quietly()
         prepare_daemon_process()
-        return asyncio.run(main(store, releases.join_precision_ms(oldest)))
+        return asyncio.run(main(store))

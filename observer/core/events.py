@@ -28,7 +28,9 @@ class Seen:
     attributes: Mapping[str, str]
     joined_at: datetime
     kind_details: tuple[str, ...] = ()  # protocol names, or DETAIL_<number> (protocol_values)
-    join_precision_ms: int = 1  # 1000 when LiveKit gave the join time in whole seconds
+    # 1000 when LiveKit gave the join time in whole seconds; None when it gave none and
+    # `joined_at` is when the observer first saw the participant
+    join_precision_ms: int | None = 1
 
 
 def agent_name_of(attributes: Mapping[str, str]) -> str | None:
@@ -49,7 +51,7 @@ class TrackedSession:
     joined_at: datetime
     last_seen_at: datetime
     kind_details: tuple[str, ...] = ()
-    join_precision_ms: int = 1
+    join_precision_ms: int | None = 1
 
     @property
     def key(self) -> SessionKey:

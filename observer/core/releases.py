@@ -7,18 +7,8 @@ The releases below are read from livekit/livekit and livekit/protocol at their t
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Final, Literal
-
-from observer.core.events import (
-    Event,
-    ParticipantJoined,
-    Reconnected,
-    RoomJoined,
-    Seen,
-    WebhookJoined,
-    WebhookLeft,
-)
 
 Feature = Literal["join_ms", "disconnect_reason", "connection_aborted", "refuses_unknown_preset"]
 
@@ -76,11 +66,6 @@ def safe(release: Release | None) -> bool:
     return supports(release, "refuses_unknown_preset")
 
 
-def join_precision_ms(release: Release | None) -> int:
-    """How exact the join times `release` gives are: 1 ms, or whole seconds (1000)."""
-    return 1 if supports(release, "join_ms") else 1000
-
-
 def refusal(release: Release) -> str:
     """The one line the observer stops with when `release` is not safe to watch."""
     return (
@@ -99,21 +84,3 @@ def summary(version: str) -> list[str]:
         f"{f.what}: {'yes' if supports(release, f.feature) else f'no (since {f.release})'}"
         for f in FEATURES
     ]
-
-
-def with_join_precision(ev: Event, precision_ms: int) -> Event:
-    """`ev` with its participants' join times marked as no more exact than `precision_ms`
-    (the server's release decides it for what the rtc SDK reports)."""
-    if precision_ms <= 1:
-        return ev
-
-    def marked(p: Seen) -> Seen:
-        if p.join_precision_ms >= precision_ms:
-            return p
-        return replace(p, join_precision_ms=precision_ms)
-
-    if isinstance(ev, ParticipantJoined | WebhookJoined | WebhookLeft):
-        return replace(ev, participant=marked(ev.participant))
-    if isinstance(ev, RoomJoined | Reconnected):
-        return replace(ev, present=tuple(marked(p) for p in ev.present))
-    return ev

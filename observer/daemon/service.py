@@ -14,7 +14,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from observer import livekit_api
 from observer.config import LiveKitSettings, Settings
-from observer.core import discovery, releases
+from observer.core import discovery
 from observer.core.changes import StuckAgents, Verify
 from observer.core.events import (
     Blind,
@@ -82,9 +82,7 @@ class Observer:
         *,
         migrate: bool = False,
         run_id: str | None = None,
-        join_precision_ms: int = 1,  # 1000 when the server's release gives whole seconds
     ) -> None:
-        self.join_precision_ms = join_precision_ms
         self.settings = settings
         self.store = store
         self.lk = lk
@@ -344,7 +342,7 @@ class Observer:
 
     def _emit(self, ev: Event) -> None:
         try:
-            self.queue.put_nowait(releases.with_join_precision(ev, self.join_precision_ms))
+            self.queue.put_nowait(ev)
         except asyncio.QueueFull:
             log.error(
                 "event buffer full; stopping so that nothing is silently lost",

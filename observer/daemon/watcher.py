@@ -91,7 +91,9 @@ def seen(p: rtc.RemoteParticipant, now: datetime) -> Seen:
         name=p.name,
         kind=kind_value(_name(rtc.ParticipantKind, p.kind), p.kind),
         attributes=dict(p.attributes),
+        # the SDK reads only joined_at_ms, which servers before 1.8.4 leave at 0
         joined_at=p.joined_at or now,
+        join_precision_ms=1 if p.joined_at else None,
         kind_details=tuple(
             detail_value(_name(rtc.ParticipantKindDetail, d), d) for d in p.kind_details
         ),
