@@ -13,6 +13,7 @@ from urllib.parse import urlsplit
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
+from observer.core.protocol_values import kind_setting
 from observer.core.vocab import KINDS
 
 LOG_FORMATS = ("text", "json")
@@ -47,7 +48,10 @@ SETTINGS_DOC: dict[str, tuple[str, str]] = {
         "Seconds within which the rooms of an observer that died are watched by another",
     ),
     "OBSERVER_ROOM_PATTERN": ("*", "Glob of room names to watch (comma-separated globs allowed)"),
-    "OBSERVER_TRACK_KINDS": ("agent", "Participant kinds to record, comma-separated"),
+    "OBSERVER_TRACK_KINDS": (
+        "agent",
+        "Participant kinds to record, comma-separated: names, or a kind's protocol number",
+    ),
     "OBSERVER_POLL_INTERVAL_S": ("5", "Seconds between room listings (ListRooms)"),
     "OBSERVER_LAST_SEEN_REFRESH_S": (
         "15",
@@ -366,14 +370,15 @@ def _database_url(r: _Reader) -> str:
 
 
 def _kinds(r: _Reader) -> frozenset[str]:
-    kinds = frozenset(k.lower() for k in r.items("OBSERVER_TRACK_KINDS"))
-    unknown = sorted(kinds - set(KINDS))
+    given = r.items("OBSERVER_TRACK_KINDS")
+    kinds = {k: kind_setting(k) for k in given}
+    unknown = sorted(k for k, kind in kinds.items() if kind is None)
     if unknown or not kinds:
         r.problems.append(
             f"OBSERVER_TRACK_KINDS has unknown kinds {unknown or r.raw('OBSERVER_TRACK_KINDS')!r};"
-            f" choose from {', '.join(KINDS)}"
+            f" choose from {', '.join(KINDS)}, or give a kind's protocol number"
         )
-    return kinds
+    return frozenset(kind for kind in kinds.values() if kind is not None)
 
 
 def _token(r: _Reader) -> str | None:

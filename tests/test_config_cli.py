@@ -146,6 +146,10 @@ def test_check_against_real_server(
     ok = run_cli(["check"], lk_env(livekit_server, db_url), tmp_path)
     assert ok.returncode == 0, ok.stdout + ok.stderr
     assert "livekit: ok" in ok.stdout and "database: ok" in ok.stdout
+    # the release, from the server itself, and what it supports
+    assert f"livekit: release 1.13.5 at {livekit_server.ws_url}" in ok.stdout
+    assert "  join times in milliseconds (joined_at_ms): yes" in ok.stdout
+    assert "  the participant_connection_aborted webhook: yes" in ok.stdout
 
     wrong = run_cli(["check"], lk_env(livekit_server, db_url, "x" * 40), tmp_path)
     assert wrong.returncode == 1

@@ -160,12 +160,15 @@ def test_every_protocol_kind_has_its_name() -> None:
     """Kinds are read from the protocol enums by name; a rename there must fail here."""
     from livekit import api, rtc
 
-    from observer.core.vocab import KINDS, kind_named
+    from observer.core.protocol_values import KIND_NUMBERS, kind_value
+    from observer.core.vocab import KINDS
 
+    protocol = {
+        v: kind_value(api.ParticipantInfo.Kind.Name(v), v)
+        for v in api.ParticipantInfo.Kind.values()
+    }
+    assert protocol == KIND_NUMBERS
+    assert set(protocol.values()) == set(KINDS)
     assert {
-        kind_named(api.ParticipantInfo.Kind.Name(v)) for v in api.ParticipantInfo.Kind.values()
+        kind_value(rtc.ParticipantKind.Name(v), v) for v in rtc.ParticipantKind.values()
     } == set(KINDS)
-    assert {kind_named(rtc.ParticipantKind.Name(v)) for v in rtc.ParticipantKind.values()} == set(
-        KINDS
-    )
-    assert kind_named("PARTICIPANT_KIND_SOMETHING_NEW") == "standard"

@@ -57,6 +57,7 @@ async def check(settings: Settings) -> int:
             print(f"livekit: FAILED: {livekit_api.refusal(url, lk, probe.error)}")
         else:
             print(f"livekit: FAILED at {url}: unreachable ({livekit_api.reason(probe.error)})")
+    ok = await check_releases(lk) and ok
     orphans = await unhosted_rooms(lk, settings.room_patterns)
     if orphans:
         ok = False
@@ -87,6 +88,25 @@ async def check(settings: Settings) -> int:
             first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             print(f"database: FAILED at {settings.database_url_safe}: {first}")
     return EXIT_OK if ok else EXIT_FAILED
+
+
+async def check_releases(lk: LiveKitSettings) -> bool:
+    """Print each node's release and what it supports; False for one the observer refuses."""
+    from observer import server_release
+    from observer.core import releases
+
+    ok = True
+    for n in await server_release.ask_all(lk):
+        if n.error:
+            print(f"livekit: release unknown at {n.url} ({n.error})")
+            continue
+        print(f"livekit: release {n.version} at {n.url} (node {n.node_id})")
+        for line in releases.summary(n.version):
+            print(f"  {line}")
+        if n.release is not None and not releases.safe(n.release):
+            ok = False
+            print(f"livekit: FAILED: {releases.refusal(n.release)}")
+    return ok
 
 
 async def unhosted_rooms(lk: LiveKitSettings, patterns: Sequence[str]) -> list[str]:
@@ -149,6 +169,7 @@ def hold_observer_id(store: Store, settings: Settings, run_id: str) -> None:
 
 def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
     """The daemon, with the process around it: open files, the native core, signals."""
+    from observer import server_release
     from observer.daemon.identity import new_run_id
     from observer.daemon.service import Observer
     from observer.daemon.watcher import start_native_core_quietly
@@ -184,6 +205,8 @@ def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
     with closing(Store(settings.database_url)) as store:
         hold_observer_id(store, settings, run_id)
         asyncio.run(first_contact(lk))  # a refused key stops here (exit 2), before anything starts
+        # so does a release that would let the observer create rooms
+        server_release.at_start(asyncio.run(server_release.ask_all(lk)))
         raise_fd_limit()
         if not settings.room_processes:
             start_native_core_quietly()

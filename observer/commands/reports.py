@@ -22,6 +22,7 @@ from observer.errors import EXIT_OK, CommandError
 
 
 def cmd_sessions(settings: Settings, args: argparse.Namespace) -> int:
+    from observer.core.protocol_values import kind_setting
     from observer.db.reads import SessionFilter
     from observer.reports import sessions as report
 
@@ -30,7 +31,7 @@ def cmd_sessions(settings: Settings, args: argparse.Namespace) -> int:
         room=args.room,
         identity=args.identity,
         agent_name=args.agent_name,
-        kind=args.kind,
+        kind=(kind_setting(args.kind) or args.kind) if args.kind else None,
         since=since,
         until=until,
         state=args.state,
@@ -55,6 +56,7 @@ def cmd_rooms(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_usage(settings: Settings, args: argparse.Namespace) -> int:
+    from observer.core.protocol_values import kind_setting
     from observer.core.vocab import KINDS
     from observer.reports import usage
 
@@ -77,8 +79,12 @@ def cmd_usage(settings: Settings, args: argparse.Namespace) -> int:
         raise CommandError(
             f"unknown --rounding {args.rounding!r}; choose from none, second, minute"
         )
-    if args.kind != "all" and args.kind not in KINDS:
-        raise CommandError(f"unknown --kind {args.kind!r}; choose from {', '.join(KINDS)} or all")
+    kind = None if args.kind == "all" else kind_setting(args.kind)
+    if args.kind != "all" and kind is None:
+        raise CommandError(
+            f"unknown --kind {args.kind!r}; choose from {', '.join(KINDS)}, a protocol number,"
+            " or all"
+        )
     q = usage.UsageQuery(
         start=start,
         end=end,
@@ -86,7 +92,7 @@ def cmd_usage(settings: Settings, args: argparse.Namespace) -> int:
         by=tuple(by),
         rounding=args.rounding,
         include_open=not args.exclude_open,
-        kind=None if args.kind == "all" else args.kind,
+        kind=kind,
         states=args.states,
         tokens=args.tokens,
         prices=prices(args.prices) if args.prices is not None else None,

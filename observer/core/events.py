@@ -27,6 +27,10 @@ class SeenParticipant:
     kind: str
     attributes: Mapping[str, str]
     joined_at: datetime
+    kind_details: tuple[str, ...] = ()  # protocol names, or DETAIL_<number> (protocol_values)
+    # 1000 when LiveKit gave the join time in whole seconds; None when it gave none and
+    # `joined_at` is when the observer first saw the participant
+    join_precision_ms: int | None = 1
 
 
 def agent_name_of(attributes: Mapping[str, str]) -> str | None:
@@ -46,6 +50,8 @@ class TrackedSession:
     attributes: Mapping[str, str]
     joined_at: datetime
     last_seen_at: datetime
+    kind_details: tuple[str, ...] = ()
+    join_precision_ms: int | None = 1
 
     @property
     def key(self) -> SessionKey:

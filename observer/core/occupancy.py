@@ -11,7 +11,7 @@ from datetime import datetime
 from observer.core.changes import RoomPresence, RoomSeen, StuckAgents
 from observer.core.events import SeenParticipant, SessionKey, TrackedSession
 from observer.core.open_sessions import OpenSessions
-from observer.core.vocab import COMPANY_KINDS
+from observer.core.vocab import keeps_company
 
 
 @dataclass(frozen=True)
@@ -45,11 +45,11 @@ class Occupancy:
 
     def snapshot(self, room_sid: str, present: Sequence[SeenParticipant]) -> None:
         """Everyone in the room, as a (re)join shows it."""
-        self._company[room_sid] = {p.sid for p in present if p.kind in COMPANY_KINDS}
+        self._company[room_sid] = {p.sid for p in present if keeps_company(p.kind)}
         self._present[room_sid] = {p.sid: p.kind for p in present}
 
     def arrived(self, room_sid: str, participant_sid: str, kind: str) -> None:
-        if kind in COMPANY_KINDS:
+        if keeps_company(kind):
             self._company.setdefault(room_sid, set()).add(participant_sid)
         self._present.setdefault(room_sid, {})[participant_sid] = kind
 
@@ -96,7 +96,7 @@ class Occupancy:
         if present is None:
             return []
         agents = sum(1 for kind in present.values() if kind == "agent")
-        company = sum(1 for kind in present.values() if kind in COMPANY_KINDS)
+        company = sum(1 for kind in present.values() if keeps_company(kind))
         last = self._presence_shown.get(room_sid)
         if last is not None and (last[0], last[1]) == (agents, company):
             return []

@@ -92,6 +92,8 @@ class SessionBook:
             attributes=dict(p.attributes),
             joined_at=p.joined_at,
             last_seen_at=min(at, p.joined_at) if blind else at,
+            kind_details=p.kind_details,
+            join_precision_ms=p.join_precision_ms,
         )
         self.open[key] = s
         self.evidence[key] = s.last_seen_at

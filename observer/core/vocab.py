@@ -5,24 +5,19 @@ from __future__ import annotations
 from typing import Final, Literal, get_args
 
 # A participant's kind, as the token's kind claim gives it (stored in `participant_kind`).
+# A kind a newer LiveKit adds is stored as it came (`protocol_values.kind_value`).
 Kind = Literal["standard", "ingress", "egress", "sip", "agent", "connector", "bridge"]
 KINDS: Final[tuple[Kind, ...]] = get_args(Kind)
 
-
-def kind_named(enum_name: str) -> Kind:
-    """The kind for a protocol enum name (`AGENT`, `PARTICIPANT_KIND_SIP`, ...); kinds this
-    version does not know count as standard participants."""
-    name = enum_name.lower().removeprefix("participant_kind_")
-    for kind in KINDS:
-        if name == kind:
-            return kind
-    return "standard"
+# Participants that never keep an agent company; an agent alone with only these is "stuck".
+# Every other kind does, a kind this version does not know included.
+NO_COMPANY_KINDS: Final[frozenset[str]] = frozenset({"agent", "egress"})
 
 
-# Participants that keep an agent company; an agent alone with none of these is "stuck".
-COMPANY_KINDS: Final[frozenset[Kind]] = frozenset(
-    {"standard", "sip", "ingress", "connector", "bridge"}
-)
+def keeps_company(kind: str) -> bool:
+    """Whether a participant of `kind` keeps an agent in its room company."""
+    return kind not in NO_COMPANY_KINDS
+
 
 # How `left_at` was learned (stored in `end_source`).
 EndSource = Literal["rtc", "room_closed", "reconciled", "webhook"]

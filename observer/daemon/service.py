@@ -25,6 +25,7 @@ from observer.core.events import (
     Tick,
     UsageReported,
 )
+from observer.core.protocol_values import unknown_in
 from observer.core.times import backoff_s, utcnow
 from observer.core.tracker import SessionTracker
 from observer.daemon import pulse, telemetry, webhooks
@@ -361,6 +362,7 @@ class Observer:
     async def _consume(self) -> None:
         while True:
             ev = await self.queue.get()
+            telemetry.record_unknown(self.metrics, unknown_in(ev))
             if isinstance(ev, Reconnecting):
                 self.metrics.reconnects.inc()
             if isinstance(ev, RoomLost):
@@ -427,6 +429,8 @@ class Observer:
         self._seen_webhooks[ev.id] = None
         if len(self._seen_webhooks) > SEEN_WEBHOOKS_MAX:
             self._seen_webhooks.popitem(last=False)
+        if ev.event not in webhooks.KNOWN_EVENTS:
+            telemetry.record_unknown(self.metrics, [("webhook_event", ev.event)])
         rec = webhooks.record(ev, body, utcnow())
         try:
             stored = await self._store_webhook(rec)

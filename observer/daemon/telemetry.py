@@ -30,6 +30,7 @@ from observer.core.changes import (
     Witnessed,
 )
 from observer.core.events import RoomLost
+from observer.core.protocol_values import FIELDS, Field
 from observer.core.timeline import span_ms
 from observer.core.times import utcnow
 from observer.core.vocab import END_RECONCILED, OBSERVER_LEFT, UNKNOWN_REASON
@@ -94,6 +95,15 @@ class Metrics:
         self.webhooks = Counter(
             "observer_webhooks_total", "Webhook requests, by outcome", ["outcome"], registry=r
         )
+        self.unknown_values = Counter(
+            "observer_unknown_values_total",
+            "Values from LiveKit this version has no word for, kept as they came, by field",
+            ["field"],
+            registry=r,
+        )
+        for field in FIELDS:
+            self.unknown_values.labels(field=field)
+        self.unknown_logged: set[tuple[str, str]] = set()
         self.session_duration = Histogram(
             "observer_agent_session_duration_seconds",
             "Standing time of closed agent sessions",
@@ -301,3 +311,15 @@ def observe_stored_writes(m: Metrics, writes: Sequence[object]) -> None:
     for w in writes:
         if isinstance(w, Close) and w.end_source != END_RECONCILED:
             m.leave_to_row.observe(max(0.0, (now - w.left_at).total_seconds()))
+
+
+def record_unknown(m: Metrics, found: Sequence[tuple[Field, str]]) -> None:
+    """Count values LiveKit sent that this version has no word for; log each one once."""
+    for field, value in found:
+        m.unknown_values.labels(field=field).inc()
+        if (field, value) not in m.unknown_logged and len(m.unknown_logged) < 1000:
+            m.unknown_logged.add((field, value))
+            log.warning(
+                "livekit sent a value this version does not know; kept as it came",
+                extra={"field": field, "value": value},
+            )

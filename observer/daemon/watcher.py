@@ -33,7 +33,8 @@ from observer.core.events import (
     UsageReported,
     UsageUndecodable,
 )
-from observer.core.vocab import OBSERVER_OVERFLOW, ROOM_ENDED, UNKNOWN_REASON, kind_named
+from observer.core.protocol_values import detail_value, kind_value, reason_value
+from observer.core.vocab import OBSERVER_OVERFLOW, ROOM_ENDED, UNKNOWN_REASON
 from observer.daemon import pulse, session_messages
 
 log = logging.getLogger(__name__)
@@ -80,10 +81,7 @@ def observer_token(key: str, secret: str, identity: str, room_name: str) -> str:
 def reason_name(reason: int | None) -> str:
     if reason is None:
         return UNKNOWN_REASON
-    try:
-        return rtc.DisconnectReason.Name(reason)  # type: ignore[arg-type]
-    except ValueError:
-        return f"REASON_{reason}"
+    return reason_value(_name(rtc.DisconnectReason, reason), reason)
 
 
 def seen_participant(p: rtc.RemoteParticipant, now: datetime) -> SeenParticipant:
@@ -91,9 +89,14 @@ def seen_participant(p: rtc.RemoteParticipant, now: datetime) -> SeenParticipant
         sid=p.sid,
         identity=p.identity,
         name=p.name,
-        kind=kind_named(_kind_enum_name(p.kind)),
+        kind=kind_value(_name(rtc.ParticipantKind, p.kind), p.kind),
         attributes=dict(p.attributes),
+        # the SDK reads only joined_at_ms, which servers before 1.8.4 leave at 0
         joined_at=p.joined_at or now,
+        join_precision_ms=1 if p.joined_at else None,
+        kind_details=tuple(
+            detail_value(_name(rtc.ParticipantKindDetail, d), d) for d in p.kind_details
+        ),
     )
 
 
@@ -486,6 +489,9 @@ class RoomWatcher:
             self._emit(RoomLost(self.room_sid, name, st.at, st.blind_since))
 
 
-def _kind_enum_name(value: rtc.ParticipantKind.ValueType) -> str:
-    kinds = rtc.ParticipantKind
-    return kinds.Name(value) if value in kinds.values() else ""
+def _name(enum: Any, number: int) -> str | None:
+    """The installed SDK's name for an enum value, None for a number it does not name."""
+    try:
+        return str(enum.Name(number))
+    except ValueError:
+        return None

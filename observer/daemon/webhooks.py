@@ -5,6 +5,7 @@ from __future__ import annotations
 import binascii
 import json
 from datetime import UTC, datetime
+from typing import Any
 
 import jwt
 from livekit import api
@@ -18,7 +19,7 @@ from observer.core.events import (
     WebhookLeft,
     WebhookRoomFinished,
 )
-from observer.core.vocab import kind_named
+from observer.core.protocol_values import detail_value, kind_value, reason_value
 from observer.db.writes import WebhookRecord
 
 LEFT_EVENTS = frozenset({"participant_left", "participant_connection_aborted"})
@@ -58,9 +59,11 @@ def authenticate(receiver: api.WebhookReceiver, body: bytes, authorization: str 
 def verify(
     receiver: api.WebhookReceiver, body: bytes, authorization: str | None
 ) -> api.WebhookEvent:
-    """Check the signature and body hash (livekit-api does both), then parse."""
+    """Check the signature and body hash (livekit-api does both), then parse. An event
+    this version does not know is accepted (and kept) rather than refused: LiveKit never
+    retries a refused event, so refusing it would lose it."""
     _text, event = _checked(receiver, body, authorization)
-    if not event.id or event.event not in KNOWN_EVENTS:
+    if not event.id or not event.event:
         raise Rejected(400, "malformed", "not a LiveKit webhook event")
     return event
 
@@ -160,9 +163,13 @@ def seen_participant(p: models.ParticipantInfo, fallback: datetime) -> SeenParti
         sid=p.sid,
         identity=p.identity,
         name=p.name,
-        kind=kind_named(_kind_enum_name(p.kind)),
+        kind=kind_value(_name(models.ParticipantInfo.Kind, p.kind), p.kind),
         attributes=dict(p.attributes),
         joined_at=datetime.fromtimestamp(joined_ms / 1000, UTC) if joined_ms else fallback,
+        kind_details=tuple(
+            detail_value(_name(models.ParticipantInfo.KindDetail, d), d) for d in p.kind_details
+        ),
+        join_precision_ms=1 if p.joined_at_ms else 1000,  # before server 1.8.4: seconds
     )
 
 
@@ -179,13 +186,18 @@ def translate(ev: api.WebhookEvent, ignore_identity_prefix: str) -> list[Event]:
     who = seen_participant(p, at)
     if ev.event == "participant_joined":
         return [WebhookJoined(ev.room.name, ev.room.sid, who, at)]
-    reason = models.DisconnectReason.Name(p.disconnect_reason) if p.disconnect_reason else ""
+    reason = (
+        reason_value(_name(models.DisconnectReason, p.disconnect_reason), p.disconnect_reason)
+        if p.disconnect_reason
+        else ""
+    )
     return [WebhookLeft(ev.room.name, ev.room.sid, who, reason, at)]
 
 
-def _kind_enum_name(value: int) -> str:
-    return (
-        models.ParticipantInfo.Kind.Name(value)
-        if value in models.ParticipantInfo.Kind.values()
-        else ""
-    )
+def _name(enum: Any, number: int) -> str | None:
+    """The installed protocol's name for an enum value, None for a number it does not name
+    (protobuf keeps such numbers as they came)."""
+    try:
+        return str(enum.Name(number))
+    except ValueError:
+        return None

@@ -102,9 +102,15 @@ class SessionRow(Base):
     participant_identity: Mapped[str] = mapped_column(Text)
     participant_name: Mapped[str | None] = mapped_column(Text)
     participant_kind: Mapped[str] = mapped_column(Text)
+    # LiveKit's kind details, comma-separated (`CLOUD_AGENT`, `DETAIL_<number>`); NULL if none
+    participant_kind_details: Mapped[str | None] = mapped_column(Text)
     agent_name: Mapped[str | None] = mapped_column(Text)
     attributes: Mapped[dict[str, str]] = mapped_column(JSON_OBJECT, default=dict)
     joined_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    # 1 when LiveKit gave the join time in milliseconds, 1000 when in whole seconds (a webhook
+    # without joinedAtMs); NULL when it gave none (the rtc SDK on servers before 1.8.4) and
+    # joined_at is when the observer first saw the participant
+    join_precision_ms: Mapped[int | None] = mapped_column(Integer, server_default=text("1"))
     left_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     # left_ms - joined_ms, by the database; NULL while open
     duration_ms: Mapped[int | None] = mapped_column(

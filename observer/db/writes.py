@@ -81,6 +81,10 @@ def tracked(r: SessionRow) -> TrackedSession:
         attributes=dict(r.attributes or {}),
         joined_at=r.joined_at,
         last_seen_at=r.last_seen_at,
+        kind_details=tuple(r.participant_kind_details.split(","))
+        if r.participant_kind_details
+        else (),
+        join_precision_ms=r.join_precision_ms,
     )
 
 
@@ -300,7 +304,7 @@ def _witnessed(db: Session, op: Witnessed, observer_id: str) -> None:
 
 
 def _open(db: Session, s: TrackedSession, observer_id: str, now: datetime) -> None:
-    values = dict(
+    values: dict[str, Any] = dict(
         room_name=s.room_name,
         room_sid=s.room_sid,
         participant_sid=s.participant_sid,
@@ -315,6 +319,12 @@ def _open(db: Session, s: TrackedSession, observer_id: str, now: datetime) -> No
         created_at=now,
         updated_at=now,
     )
+    # the columns of revision 0019 only when they say something: a row opened so reads alike
+    # on a schema before it (the database's default is 1)
+    if s.kind_details:
+        values["participant_kind_details"] = ",".join(s.kind_details)
+    if s.join_precision_ms != 1:
+        values["join_precision_ms"] = s.join_precision_ms
     stmt = dialect_insert(db.get_bind().dialect.name, SessionRow).values(**values)
     db.execute(stmt.on_conflict_do_nothing(index_elements=["room_sid", "participant_sid"]))
 

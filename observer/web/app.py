@@ -18,6 +18,7 @@ import jinja2
 import markupsafe
 from aiohttp import web
 
+from observer.core.protocol_values import kind_setting
 from observer.core.times import OutOfRange, iso, parse_iso, utcnow
 from observer.core.vocab import KINDS
 from observer.db.reads import SessionFilter
@@ -226,9 +227,10 @@ class WebPage:
 
     def _session_filter(self, request: web.Request, limit: int | None) -> SessionFilter:
         q = request.query
-        kind = q.get("kind", "").strip() or None
-        if kind is not None and kind not in KINDS:
-            raise web.HTTPBadRequest(text=f"unknown kind {kind!r}\n")
+        given = q.get("kind", "").strip() or None
+        kind = None if given is None else kind_setting(given)
+        if given is not None and kind is None:
+            raise web.HTTPBadRequest(text=f"unknown kind {given!r}\n")
         state = q.get("state", "").strip() or None
         if state not in (None, "open", "closed"):
             raise web.HTTPBadRequest(text=f"unknown state {state!r}\n")
