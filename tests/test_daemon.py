@@ -15,6 +15,7 @@ from livekit_server import LiveKitServer
 pytestmark = [pytest.mark.live, pytest.mark.databases("sqlite")]
 
 
+@pytest.mark.compat("leave-reason")
 async def test_agent_join_and_leave_is_recorded_accurately(
     livekit_server: LiveKitServer, db_url: str, start_observer, clients: Clients
 ) -> None:
@@ -51,6 +52,7 @@ async def test_agent_join_and_leave_is_recorded_accurately(
     assert [r.participant_identity for r in obs.rows()] == ["agent-1"]
 
 
+@pytest.mark.compat("join-time")
 async def test_agent_present_before_observer_gets_its_true_start(
     livekit_server: LiveKitServer, db_url: str, start_observer, clients: Clients
 ) -> None:
@@ -67,6 +69,7 @@ async def test_agent_present_before_observer_gets_its_true_start(
     await obs.wait_rows(lambda rows: rows[0].left_at is not None)
 
 
+@pytest.mark.compat("leave-reason")
 async def test_several_agents_and_same_identity_rejoining(
     livekit_server: LiveKitServer, db_url: str, start_observer, clients: Clients
 ) -> None:
@@ -119,6 +122,7 @@ async def test_room_deleted_with_agent_inside(
     assert list(rooms.rooms) == []
 
 
+@pytest.mark.compat("crash-leave")
 async def test_killed_agent_closes_when_server_announces_it(
     livekit_server: LiveKitServer, db_url: str, start_observer, clients: Clients
 ) -> None:
@@ -153,6 +157,7 @@ async def test_killed_agent_closes_when_server_announces_it(
     assert 5 < row.left_at.timestamp() - killed_at < 45
 
 
+@pytest.mark.compat("leave-reason")
 async def test_room_closed_by_timeout_with_agent_inside(
     livekit_server_factory, db_url: str, start_observer
 ) -> None:
