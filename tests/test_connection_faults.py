@@ -198,7 +198,9 @@ async def test_server_killed_and_restarted(
         for name in names:
             old_sids[name] = (await create_room(server, name)).sid
             await c.join(name, f"user-{name}")
-            await c.agent(name, f"agent-{name}")
+            # with an agent's attributes, as livekit-agents gives every agent: a server
+            # before 1.9 drops the kind claim when the agent rejoins after the restart
+            await c.agent(name, f"agent-{name}", agent_name="restart-desk")
         obs = await start_observer(
             server, db_url, OBSERVER_ROOM_PATTERN="kill-*", OBSERVER_ROOM_PROCESSES=str(processes)
         )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Final, Literal, get_args
 
 # A participant's kind, as the token's kind claim gives it (stored in `participant_kind`).
@@ -17,6 +18,22 @@ def kind_named(enum_name: str) -> Kind:
         if name == kind:
             return kind
     return "standard"
+
+
+# Attributes only agents carry: livekit-agents sets `lk.agent.state`, the token of a
+# dispatched agent carries `lk.agent.name` (livekit-server 1.9 and later add `lk.agent_name`).
+AGENT_ATTRIBUTES: Final = ("lk.agent.state", "lk.agent.name", "lk.agent_name")
+
+
+def participant_kind(enum_name: str, attributes: Mapping[str, str]) -> Kind:
+    """The kind of a participant: its kind claim's, except that a standard participant
+    carrying an agent's attributes is an agent. livekit-server before 1.9 drops the kind
+    claim from the token it refreshes, so an agent that reconnects in full (or rejoins with
+    that token) comes back as a standard participant with its attributes."""
+    kind = kind_named(enum_name)
+    if kind == "standard" and any(a in attributes for a in AGENT_ATTRIBUTES):
+        return "agent"
+    return kind
 
 
 # Participants that keep an agent company; an agent alone with none of these is "stuck".

@@ -33,7 +33,7 @@ from observer.core.events import (
     UsageReported,
     UsageUndecodable,
 )
-from observer.core.vocab import OBSERVER_OVERFLOW, ROOM_ENDED, UNKNOWN_REASON, kind_named
+from observer.core.vocab import OBSERVER_OVERFLOW, ROOM_ENDED, UNKNOWN_REASON, participant_kind
 from observer.daemon import pulse, session_messages
 
 log = logging.getLogger(__name__)
@@ -91,7 +91,7 @@ def seen(p: rtc.RemoteParticipant, now: datetime) -> Seen:
         sid=p.sid,
         identity=p.identity,
         name=p.name,
-        kind=kind_named(_kind_enum_name(p.kind)),
+        kind=participant_kind(_kind_enum_name(p.kind), p.attributes),
         attributes=dict(p.attributes),
         joined_at=p.joined_at or now,
     )
@@ -421,7 +421,7 @@ class RoomWatcher:
     def _on_session_stream(self, reader: rtc.ByteStreamReader, identity: str) -> None:
         """An agent session's message to the room: only its usage totals are kept."""
         p = self._room.remote_participants.get(identity)
-        if not self._active or p is None or p.kind != rtc.ParticipantKind.PARTICIPANT_KIND_AGENT:
+        if not self._active or p is None or not _is_agent(p):
             reader.close()
             return
         size = reader.info.size
@@ -482,6 +482,10 @@ class RoomWatcher:
             self._emit(RoomClosed(self.room_sid, name, st.at, st.blind_since))
         else:
             self._emit(RoomLost(self.room_sid, name, st.at, st.blind_since))
+
+
+def _is_agent(p: rtc.RemoteParticipant) -> bool:
+    return participant_kind(_kind_enum_name(p.kind), p.attributes) == "agent"
 
 
 def _kind_enum_name(value: rtc.ParticipantKind.ValueType) -> str:

@@ -12,7 +12,7 @@ from livekit.protocol import models
 
 from observer.core.agent_usage import BadUsage, UsageReport, model_usage
 from observer.core.events import Event, Seen, WebhookJoined, WebhookLeft, WebhookRoomFinished
-from observer.core.vocab import kind_named
+from observer.core.vocab import participant_kind
 from observer.db.writes import WebhookRecord
 
 LEFT_EVENTS = frozenset({"participant_left", "participant_connection_aborted"})
@@ -154,7 +154,7 @@ def seen(p: models.ParticipantInfo, fallback: datetime) -> Seen:
         sid=p.sid,
         identity=p.identity,
         name=p.name,
-        kind=kind_named(_kind_enum_name(p.kind)),
+        kind=participant_kind(_kind_enum_name(p.kind), p.attributes),
         attributes=dict(p.attributes),
         joined_at=datetime.fromtimestamp(joined_ms / 1000, UTC) if joined_ms else fallback,
     )
