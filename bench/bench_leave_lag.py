@@ -4,12 +4,12 @@ Starts a real livekit-server (the binary of LIVEKIT_SERVER_BIN, or --binary, or 
 install script's default) with a webhook to this script, puts a user in a room to keep it
 open and a participant with the observer's own token (hidden, agent grant, no rights) in it,
 then connects short-lived agents one after another in a few lanes: each publishes a
-microphone track, sends audio frames while it stays, and leaves. The reference for each
+microphone track, sends audio frames while it stays (--audio), and leaves. The reference for each
 leave is the server's own log line "participant closing" (its millisecond timestamp); the
 script reports, per stay, how much later the watcher's `participant_disconnected` came, and
 how the `participant_left` webhook's createdAt (whole seconds) stands to the same line.
 
-    .venv/bin/python bench/bench_leave_lag.py --sessions 48 --lanes 3
+    .venv/bin/python bench/bench_leave_lag.py --sessions 48 --lanes 3 --audio one
 """
 
 from __future__ import annotations
@@ -94,7 +94,7 @@ async def webhook_app(server: LiveKitServer, leaves: dict[str, Leave], port: int
     return runner
 
 
-async def one_agent(lk: LiveKitSettings, room: str, n: int, stay_s: float) -> Leave:
+async def one_agent(lk: LiveKitSettings, room: str, n: int, stay_s: float, audio: str) -> Leave:
     agent = rtc.Room()
     await agent.connect(
         lk.ws_url,
@@ -103,13 +103,16 @@ async def one_agent(lk: LiveKitSettings, room: str, n: int, stay_s: float) -> Le
     )
     started = time.monotonic()
     leave = Leave(agent.local_participant.sid, f"lag-agent-{n}", stay_s)
-    source = rtc.AudioSource(48000, 1)
-    track = rtc.LocalAudioTrack.create_audio_track("voice", source)
-    opts = rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_MICROPHONE)
-    await agent.local_participant.publish_track(track, opts)
-    frame = rtc.AudioFrame.create(48000, 1, 960)
-    while time.monotonic() - started < stay_s:
-        await source.capture_frame(frame)  # paced by the source: 20 ms per frame
+    if audio != "none":
+        source = rtc.AudioSource(48000, 1)
+        track = rtc.LocalAudioTrack.create_audio_track("voice", source)
+        opts = rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_MICROPHONE)
+        await agent.local_participant.publish_track(track, opts)
+        frame = rtc.AudioFrame.create(48000, 1, 960)
+        await source.capture_frame(frame)
+        while audio == "stream" and time.monotonic() - started < stay_s:
+            await source.capture_frame(frame)  # paced by the source: 20 ms per frame
+    await asyncio.sleep(max(0.0, stay_s - (time.monotonic() - started)))
     await agent.disconnect()
     return leave
 
@@ -150,7 +153,7 @@ async def main(args: argparse.Namespace) -> None:
         async def lane() -> None:
             while queue:
                 stay_s = queue.pop(0)
-                leave = await one_agent(lk, room, next(counter), stay_s)
+                leave = await one_agent(lk, room, next(counter), stay_s, args.audio)
                 leaves[leave.sid] = leave
                 await asyncio.sleep(0.3)
 
@@ -167,7 +170,7 @@ async def main(args: argparse.Namespace) -> None:
         if leave.sid in seen:
             leave.seen_at, reason = seen[leave.sid]
             leave.reason = rtc.DisconnectReason.Name(reason) if reason else ""
-    report(version, list(leaves.values()))
+    report(f"{version}, audio {args.audio}", list(leaves.values()))
 
 
 def report(version: str, leaves: list[Leave]) -> None:
@@ -210,5 +213,12 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sessions", type=int, default=48)
     parser.add_argument("--lanes", type=int, default=3)
+    parser.add_argument(
+        "--audio",
+        choices=("stream", "one", "none"),
+        default="stream",
+        help="what each agent publishes: a microphone it feeds while it stays (as a voice"
+        " agent does), a microphone fed one frame (as `observer simulate` does), or nothing",
+    )
     parser.add_argument("--binary", help="livekit-server binary (default: LIVEKIT_SERVER_BIN)")
     asyncio.run(main(parser.parse_args()))
