@@ -8,7 +8,7 @@
 # folder; the releases run one after another. Reports and pytest's output stay in
 # $COMPAT_OUT (default: a new temporary folder). Exit status: 0 when every scenario
 # passed on every release. Extra pytest arguments go in $COMPAT_PYTEST_ARGS.
-set -euo pipefail
+set -uo pipefail
 cd "$(dirname "$0")/.."
 
 versions=("$@")
@@ -24,7 +24,12 @@ reports=()
 status=0
 for v in "${versions[@]}"; do
     v="${v#v}"
-    binary="$(scripts/install-livekit-server.sh "$v" | tail -n 1)"
+    if ! binary="$(scripts/install-livekit-server.sh "$v" 2>"${out}/build-${v}.log" | tail -n 1)" \
+        || [[ ! -x "$binary" ]]; then
+        echo "== livekit-server ${v}: could not be built: $(tail -n 1 "${out}/build-${v}.log")" >&2
+        status=1
+        continue
+    fi
     report="${out}/compat-${v}.json"
     echo "== livekit-server ${v}: pytest -m compat (output in ${out}/pytest-${v}.log)" >&2
     start=$(date +%s)

@@ -46,7 +46,21 @@ else
     mkdir -p "$bin_dir"
     echo "building livekit-server ${version} into ${bin_dir} (takes a few minutes the first time)" >&2
     # stdout of go install goes to stderr so the last stdout line stays the path.
-    GOBIN="$bin_dir" go install "${MODULE}@v${version}" >&2
+    log="$(mktemp)"
+    if ! GOBIN="$bin_dir" go install "${MODULE}@v${version}" >"$log" 2>&1; then
+        cat "$log" >&2
+        if grep -q "replace directives" "$log"; then
+            # `go install pkg@version` refuses a module whose go.mod replaces others (1.13.11
+            # replaces pion's webrtc, dtls and ice with LiveKit's forks, 1.13.5 does not): such a
+            # release builds only from its source tree, with those forks reachable.
+            echo "error: livekit-server ${version} replaces modules in its go.mod;" \
+                "go install cannot build it (build it from a checkout of that tag)" >&2
+        fi
+        rm -f "$log"
+        exit 1
+    fi
+    cat "$log" >&2
+    rm -f "$log"
     got="$(installed_version)"
     if [[ "$got" != "$version" ]]; then
         echo "error: ${binary} reports version '${got}', expected ${version}" >&2
