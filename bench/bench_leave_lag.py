@@ -74,16 +74,18 @@ def closing_times(log: Path) -> dict[str, float]:
     return out
 
 
-async def webhook_app(server: LiveKitServer, leaves: dict[str, Leave], port: int) -> web.AppRunner:
+async def webhook_app(
+    server: LiveKitServer, left: dict[str, tuple[int, float]], port: int
+) -> web.AppRunner:
+    """Receives the server's webhooks: sid -> (createdAt, arrival) of each participant_left
+    (often before its agent's disconnect() returned)."""
     receiver = api.WebhookReceiver(api.TokenVerifier(server.api_key, server.api_secret))
 
     async def hook(request: web.Request) -> web.Response:
         body = await request.text()
         event = receiver.receive(body, request.headers.get("Authorization", ""))
-        if event.event == "participant_left" and event.participant.sid in leaves:
-            leave = leaves[event.participant.sid]
-            leave.webhook_created_at = int(event.created_at)
-            leave.webhook_at = time.time()
+        if event.event == "participant_left":
+            left.setdefault(event.participant.sid, (int(event.created_at), time.time()))
         return web.Response(text="ok")
 
     app = web.Application()
@@ -127,8 +129,9 @@ async def main(args: argparse.Namespace) -> None:
         webhook_urls=[f"http://127.0.0.1:{port}/webhook"],
     )
     leaves: dict[str, Leave] = {}
+    hooks: dict[str, tuple[int, float]] = {}
     with server:
-        runner = await webhook_app(server, leaves, port)
+        runner = await webhook_app(server, hooks, port)
         lk = LiveKitSettings(server.ws_url, server.api_key, server.api_secret)
         room = "lag"
         async with server.api_client() as lkapi:
@@ -167,6 +170,8 @@ async def main(args: argparse.Namespace) -> None:
     server.cleanup()
     for leave in leaves.values():
         leave.closing_at = closing.get(leave.sid)
+        if leave.sid in hooks:
+            leave.webhook_created_at, leave.webhook_at = hooks[leave.sid]
         if leave.sid in seen:
             leave.seen_at, reason = seen[leave.sid]
             leave.reason = rtc.DisconnectReason.Name(reason) if reason else ""

@@ -2,7 +2,7 @@
 # Run the compat scenarios (`pytest -m compat`) against livekit-server releases and print
 # a table release x scenario.
 #
-#   scripts/compat.sh [VERSION...]        default: 1.8.4 1.13.11
+#   scripts/compat.sh [VERSION...]        default: 1.8.4 1.13.5 (the oldest and the tests' own)
 #
 # Each release is built (once) by scripts/install-livekit-server.sh into its own cache
 # folder; the releases run one after another. Reports and pytest's output stay in
@@ -13,7 +13,7 @@ cd "$(dirname "$0")/.."
 
 versions=("$@")
 if [[ ${#versions[@]} -eq 0 ]]; then
-    versions=(1.8.4 1.13.11)
+    versions=(1.8.4 1.13.5)
 fi
 out="${COMPAT_OUT:-$(mktemp -d -t lk-compat-XXXXXX)}"
 mkdir -p "$out"
