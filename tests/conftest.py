@@ -39,6 +39,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         action="store_true",
         help="run only the tests marked `alone` (scripts/test.sh runs them after the others)",
     )
+    parser.addoption(
+        "--compat-report",
+        metavar="FILE",
+        help="write each compat scenario's outcome, and the server's version, to FILE (JSON)",
+    )
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -52,6 +57,20 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "databases(*kinds): run the test on these of sqlite, postgresql (default both)"
     )
+    config.addinivalue_line(
+        "markers",
+        "compat(scenario): one of the scenarios of the release matrix (tests/compat.py,"
+        " scripts/compat.sh); `-m compat` runs them against LIVEKIT_SERVER_BIN",
+    )
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    from compat import server_version
+    from livekit_server import default_binary
+
+    binary = default_binary()
+    version = server_version(binary) if binary.is_file() else "not installed"
+    return f"livekit-server: {version} ({binary})"
 
 
 class TierError(Exception):
@@ -192,6 +211,52 @@ def _task_stacks() -> str:
 
 def _first(obj: Any, *names: str) -> Any:
     return next((v for v in (getattr(obj, n, None) for n in names) if v is not None), None)
+
+
+# --------------------------------------------------------------------------- #
+# The release matrix: each compat scenario's outcome, for scripts/compat.sh    #
+# --------------------------------------------------------------------------- #
+
+_compat_tests: dict[str, str] = {}  # node id -> scenario
+_compat_outcomes: dict[str, str] = {}  # node id -> pass / FAIL / skip
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    from compat import scenario_of
+
+    for item in session.items:
+        mark = item.get_closest_marker("compat")
+        if mark is not None:
+            try:
+                _compat_tests[item.nodeid] = scenario_of(mark.args, item.nodeid)
+            except ValueError as exc:
+                raise pytest.UsageError(str(exc)) from None
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    from compat import FAILED, PASSED, SKIPPED
+
+    if report.nodeid not in _compat_tests:
+        return
+    if report.failed:
+        _compat_outcomes[report.nodeid] = FAILED
+    elif report.skipped:
+        _compat_outcomes.setdefault(report.nodeid, SKIPPED)
+    elif report.when == "call":
+        _compat_outcomes.setdefault(report.nodeid, PASSED)
+
+
+def _write_compat_report(config: pytest.Config) -> None:
+    import json
+
+    from compat import report, server_version
+    from livekit_server import default_binary
+
+    path = config.getoption("--compat-report")
+    if not path or hasattr(config, "workerinput"):
+        return
+    ran = {n: (s, _compat_outcomes[n]) for n, s in _compat_tests.items() if n in _compat_outcomes}
+    Path(path).write_text(json.dumps(report(server_version(default_binary()), ran), indent=1))
 
 
 # --------------------------------------------------------------------------- #
@@ -455,6 +520,7 @@ _exit_status: list[int] = []
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    _write_compat_report(session.config)
     if exitstatus != pytest.ExitCode.USAGE_ERROR:  # pytest prints that after unconfigure
         _exit_status.append(int(exitstatus))
 

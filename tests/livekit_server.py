@@ -126,6 +126,16 @@ class LiveKitServer:
         """True while the server process is alive."""
         return self._proc is not None and self._proc.poll() is None
 
+    @property
+    def version(self) -> tuple[int, ...]:
+        """The release of the binary, e.g. (1, 13, 5), from ``server --version``."""
+        if not hasattr(self, "_version"):
+            out = subprocess.run(
+                [str(self.binary), "--version"], capture_output=True, text=True, check=True
+            ).stdout
+            self._version = tuple(int(x) for x in out.split()[-1].split("-")[0].split("."))
+        return self._version
+
     # -- configuration ---------------------------------------------------------
 
     def config(self) -> dict[str, Any]:

@@ -184,6 +184,7 @@ def linked(store: Store) -> list[tuple[int, str, str]]:
         return [(i, k, m) for i, k, m in joined]
 
 
+@pytest.mark.compat("usage")
 async def test_voice_agent_usage_lands_with_its_session(
     livekit_server: LiveKitServer, db_url: str, start_observer: StartObserver, clients: Clients
 ) -> None:

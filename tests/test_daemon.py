@@ -15,6 +15,7 @@ from livekit_server import LiveKitServer
 pytestmark = [pytest.mark.live, pytest.mark.databases("sqlite")]
 
 
+@pytest.mark.compat("leave-reason")
 async def test_agent_join_and_leave_is_recorded_accurately(
     livekit_server: LiveKitServer, db_url: str, start_observer, clients: Clients
 ) -> None:
@@ -51,6 +52,7 @@ async def test_agent_join_and_leave_is_recorded_accurately(
     assert [r.participant_identity for r in obs.rows()] == ["agent-1"]
 
 
+@pytest.mark.compat("join-time")
 async def test_agent_present_before_observer_gets_its_true_start(
     livekit_server: LiveKitServer, db_url: str, start_observer, clients: Clients
 ) -> None:
@@ -67,6 +69,7 @@ async def test_agent_present_before_observer_gets_its_true_start(
     await obs.wait_rows(lambda rows: rows[0].left_at is not None)
 
 
+@pytest.mark.compat("leave-reason")
 async def test_several_agents_and_same_identity_rejoining(
     livekit_server: LiveKitServer, db_url: str, start_observer, clients: Clients
 ) -> None:
@@ -119,6 +122,7 @@ async def test_room_deleted_with_agent_inside(
     assert list(rooms.rooms) == []
 
 
+@pytest.mark.compat("crash-leave")
 async def test_killed_agent_closes_when_server_announces_it(
     livekit_server: LiveKitServer, db_url: str, start_observer, clients: Clients
 ) -> None:
@@ -146,13 +150,17 @@ async def test_killed_agent_closes_when_server_announces_it(
             proc.kill()
         await proc.wait()
     (row,) = await obs.wait_rows(lambda rows: rows[0].left_at is not None, timeout=60)
-    assert row.disconnect_reason == "CONNECTION_TIMEOUT"
+    # the server's reason for a peer connection that failed: STATE_MISMATCH before 1.9
+    # (livekit/livekit#3591 mapped it to CONNECTION_TIMEOUT)
+    timeout = "CONNECTION_TIMEOUT" if livekit_server.version >= (1, 9) else "STATE_MISMATCH"
+    assert row.disconnect_reason == timeout
     assert row.end_source == "rtc"
     assert row.left_at is not None
     # announced by the server some 15-25 s after the process died, not left open
     assert 5 < row.left_at.timestamp() - killed_at < 45
 
 
+@pytest.mark.compat("leave-reason")
 async def test_room_closed_by_timeout_with_agent_inside(
     livekit_server_factory, db_url: str, start_observer
 ) -> None:

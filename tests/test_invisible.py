@@ -39,6 +39,7 @@ async def hidden_observer_in(server: LiveKitServer, room: str) -> api.Participan
     return p
 
 
+@pytest.mark.compat("invisible")
 async def test_room_closes_by_departure_timeout_as_without_observer(
     livekit_server_factory, db_url: str, start_observer
 ) -> None:
@@ -63,6 +64,7 @@ async def test_room_closes_by_departure_timeout_as_without_observer(
         await clients.close()
 
 
+@pytest.mark.compat("invisible")
 async def test_room_closes_by_empty_timeout_as_without_observer(
     livekit_server_factory, db_url: str, start_observer
 ) -> None:
@@ -80,6 +82,7 @@ async def test_room_closes_by_empty_timeout_as_without_observer(
     assert gone["watched-empty"] - start < 3 + 2.5
 
 
+@pytest.mark.compat("invisible")
 async def test_not_counted_toward_max_participants_and_not_recording(
     livekit_server: LiveKitServer, db_url: str, start_observer, clients: Clients
 ) -> None:
@@ -106,6 +109,7 @@ async def test_control_hidden_alone_counts_toward_max_participants(
         await clients.join("tiny-control", "refused-user")
 
 
+@pytest.mark.compat("creates-no-room")
 async def test_never_creates_a_room(
     livekit_server: LiveKitServer, db_url: str, start_observer
 ) -> None:

@@ -63,6 +63,7 @@ async def get(port: int, path: str) -> tuple[int, str]:
         return r.status, await r.text()
 
 
+@pytest.mark.compat("webhooks")
 async def test_session_missed_while_observer_was_down_is_recorded_from_webhooks(
     livekit_server_factory, db_url: str, start_observer
 ) -> None:
@@ -97,6 +98,7 @@ async def test_session_missed_while_observer_was_down_is_recorded_from_webhooks(
         await c.close()
 
 
+@pytest.mark.compat("webhooks")
 async def test_a_brief_stay_that_publishes_nothing_is_recorded_from_webhooks(
     livekit_server_factory, db_url: str, start_observer
 ) -> None:

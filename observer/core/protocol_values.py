@@ -13,6 +13,7 @@ The spellings (documented in README, "LiveKit releases"):
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from typing import Final, Literal, get_args
 
 from observer.core.events import (
@@ -46,6 +47,22 @@ def kind_value(enum_name: str | None, number: int) -> str:
     if enum_name:
         return enum_name.lower().removeprefix("participant_kind_")
     return f"{KIND_PREFIX}{number}"
+
+
+# Attributes only agents carry: livekit-agents sets `lk.agent.state`, the token of a
+# dispatched agent carries `lk.agent.name` (livekit-server 1.9 and later add `lk.agent_name`).
+AGENT_ATTRIBUTES: Final = ("lk.agent.state", "lk.agent.name", "lk.agent_name")
+
+
+def participant_kind(enum_name: str | None, number: int, attributes: Mapping[str, str]) -> str:
+    """The stored kind of a participant: its kind claim's (`kind_value`), except that a
+    standard participant carrying an agent's attributes is an agent. livekit-server before
+    1.9 drops the kind claim from the token it refreshes, so an agent that reconnects in full
+    (or rejoins with that token) comes back as a standard participant with its attributes."""
+    kind = kind_value(enum_name, number)
+    if kind == "standard" and any(a in attributes for a in AGENT_ATTRIBUTES):
+        return "agent"
+    return kind
 
 
 def detail_value(enum_name: str | None, number: int) -> str:

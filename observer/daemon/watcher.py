@@ -33,7 +33,7 @@ from observer.core.events import (
     UsageReported,
     UsageUndecodable,
 )
-from observer.core.protocol_values import detail_value, kind_value, reason_value
+from observer.core.protocol_values import detail_value, participant_kind, reason_value
 from observer.core.vocab import OBSERVER_OVERFLOW, ROOM_ENDED, UNKNOWN_REASON
 from observer.daemon import pulse, session_messages
 
@@ -89,7 +89,7 @@ def seen_participant(p: rtc.RemoteParticipant, now: datetime) -> SeenParticipant
         sid=p.sid,
         identity=p.identity,
         name=p.name,
-        kind=kind_value(_name(rtc.ParticipantKind, p.kind), p.kind),
+        kind=participant_kind(_name(rtc.ParticipantKind, p.kind), p.kind, p.attributes),
         attributes=dict(p.attributes),
         # the SDK reads only joined_at_ms, which servers before 1.8.4 leave at 0
         joined_at=p.joined_at or now,
@@ -424,7 +424,8 @@ class RoomWatcher:
     def _on_session_stream(self, reader: rtc.ByteStreamReader, identity: str) -> None:
         """An agent session's message to the room: only its usage totals are kept."""
         p = self._room.remote_participants.get(identity)
-        if not self._active or p is None or p.kind != rtc.ParticipantKind.PARTICIPANT_KIND_AGENT:
+        kind = p and participant_kind(_name(rtc.ParticipantKind, p.kind), p.kind, p.attributes)
+        if not self._active or p is None or kind != "agent":
             reader.close()
             return
         size = reader.info.size

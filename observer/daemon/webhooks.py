@@ -19,7 +19,7 @@ from observer.core.events import (
     WebhookLeft,
     WebhookRoomFinished,
 )
-from observer.core.protocol_values import detail_value, kind_value, reason_value
+from observer.core.protocol_values import detail_value, participant_kind, reason_value
 from observer.db.writes import WebhookRecord
 
 LEFT_EVENTS = frozenset({"participant_left", "participant_connection_aborted"})
@@ -163,7 +163,7 @@ def seen_participant(p: models.ParticipantInfo, fallback: datetime) -> SeenParti
         sid=p.sid,
         identity=p.identity,
         name=p.name,
-        kind=kind_value(_name(models.ParticipantInfo.Kind, p.kind), p.kind),
+        kind=participant_kind(_name(models.ParticipantInfo.Kind, p.kind), p.kind, p.attributes),
         attributes=dict(p.attributes),
         joined_at=datetime.fromtimestamp(joined_ms / 1000, UTC) if joined_ms else fallback,
         kind_details=tuple(

@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# Run the compat scenarios (`pytest -m compat`) against livekit-server releases and print
+# a table release x scenario.
+#
+#   scripts/compat.sh [VERSION...]        default: 1.8.4 1.13.5 (the oldest and the tests' own)
+#
+# Each release is built (once) by scripts/install-livekit-server.sh into its own cache
+# folder; the releases run one after another. Reports and pytest's output stay in
+# $COMPAT_OUT (default: a new temporary folder). Exit status: 0 when every scenario
+# passed on every release. Extra pytest arguments go in $COMPAT_PYTEST_ARGS.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+
+versions=("$@")
+if [[ ${#versions[@]} -eq 0 ]]; then
+    versions=(1.8.4 1.13.5)
+fi
+out="${COMPAT_OUT:-$(mktemp -d -t lk-compat-XXXXXX)}"
+mkdir -p "$out"
+python=".venv/bin/python"
+[[ -x "$python" ]] || scripts/bootstrap.sh
+
+reports=()
+status=0
+for v in "${versions[@]}"; do
+    v="${v#v}"
+    if ! binary="$(scripts/install-livekit-server.sh "$v" 2>"${out}/build-${v}.log" | tail -n 1)" \
+        || [[ ! -x "$binary" ]]; then
+        echo "== livekit-server ${v}: could not be built: $(tail -n 1 "${out}/build-${v}.log")" >&2
+        status=1
+        continue
+    fi
+    report="${out}/compat-${v}.json"
+    echo "== livekit-server ${v}: pytest -m compat (output in ${out}/pytest-${v}.log)" >&2
+    start=$(date +%s)
+    # shellcheck disable=SC2086  # the extra arguments are words on purpose
+    if ! LIVEKIT_SERVER_BIN="$binary" "$python" -m pytest -m compat -q -p no:cacheprovider \
+        --basetemp="${out}/tmp-${v}" --compat-report="$report" ${COMPAT_PYTEST_ARGS:-} \
+        >"${out}/pytest-${v}.log" 2>&1; then
+        status=1
+    fi
+    echo "   $(tail -n 1 "${out}/pytest-${v}.log") ($(($(date +%s) - start)) s)" >&2
+    if [[ -f "$report" ]]; then
+        reports+=("$report")
+    else
+        echo "   no report: see ${out}/pytest-${v}.log" >&2
+        status=1
+    fi
+done
+
+echo
+echo "livekit-server compatibility, $(date -u +%Y-%m-%d)"
+if [[ ${#reports[@]} -gt 0 ]]; then
+    "$python" tests/compat.py "${reports[@]}"
+fi
+exit "$status"
