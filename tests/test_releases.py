@@ -79,7 +79,10 @@ def test_summary_and_refusal_lines() -> None:
         "disconnect reasons on participants: yes",
         "join times in milliseconds (joined_at_ms): no (since 1.8.4)",
         "the participant_connection_aborted webhook: no (since 1.9.1)",
+        "an agent's kind kept when it reconnects in full (else only lk.agent.* attributes"
+        " tell): no (since 1.9.11)",
     ]
+    assert summary("1.9.11")[-1].endswith(": yes")
     line = refusal(Release(1, 8, 0))
     assert (
         "\n" not in line

@@ -10,7 +10,9 @@ import re
 from dataclasses import dataclass
 from typing import Final, Literal
 
-Feature = Literal["join_ms", "disconnect_reason", "connection_aborted", "refuses_unknown_preset"]
+Feature = Literal[
+    "join_ms", "disconnect_reason", "connection_aborted", "refuses_unknown_preset", "kind_kept"
+]
 
 
 @dataclass(frozen=True, order=True)
@@ -40,6 +42,14 @@ FEATURES: Final[tuple[Since, ...]] = (
     Since("disconnect_reason", Release(1, 8, 0), "disconnect reasons on participants"),
     Since("join_ms", Release(1, 8, 4), "join times in milliseconds (joined_at_ms)"),
     Since("connection_aborted", Release(1, 9, 1), "the participant_connection_aborted webhook"),
+    # Before it the token refreshed at a rejoin loses the kind claim: an agent that reconnects
+    # in full comes back standard, recorded only if it carries lk.agent.* attributes
+    # (1.8.4 loses it, 1.9.11 keeps it; the releases between were not run).
+    Since(
+        "kind_kept",
+        Release(1, 9, 11),
+        "an agent's kind kept when it reconnects in full (else only lk.agent.* attributes tell)",
+    ),
 )
 # Before it the observer's joins could create rooms (and summon agents into them).
 OLDEST_SAFE: Final = next(f.release for f in FEATURES if f.feature == "refuses_unknown_preset")
