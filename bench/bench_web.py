@@ -112,7 +112,7 @@ async def bench(name: str, url: str, rows: list[tuple[object, ...]], runs: int) 
                     # computed afresh: a grouping the start-up did not compute
                     cold = []
                     for _ in range(runs):
-                        page._cache = type(page._cache)(60.0)
+                        page._cache = views.TtlCache(60.0, spawn=store.submit)
                         cold.append(await get(path))
                     warm = [await get(path) for _ in range(runs)]
                     print(
