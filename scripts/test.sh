@@ -20,8 +20,11 @@ export LIVEKIT_SERVER_BIN="${LIVEKIT_SERVER_BIN:-$(scripts/install-livekit-serve
 # so that the long ones spread over the workers; a module's tests that must not run beside
 # each other share an xdist_group. OBSERVER_TEST_WORKERS=0 runs them in this process.
 # Tests that measure their own pace under load (marked `alone`) then run by themselves.
+# A worker that crashes (a native fault in a library) ends the run at once with the test it
+# was running named: with --dist loadgroup, the worker xdist would start in its place is never
+# given work nor told to stop, and the run would wait forever.
 workers="${OBSERVER_TEST_WORKERS:-3}"
-.venv/bin/python -m pytest -n "$workers" --dist loadgroup "$@"
+.venv/bin/python -m pytest -n "$workers" --dist loadgroup --max-worker-restart=0 "$@"
 if [[ "$workers" != 0 ]]; then
     rc=0
     .venv/bin/python -m pytest --alone "$@" || rc=$?
