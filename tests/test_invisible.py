@@ -58,7 +58,11 @@ async def test_room_closes_by_departure_timeout_as_without_observer(
         start = time.monotonic()
         await asyncio.gather(*(r.disconnect() for r in clients.rooms))
         gone = await wait_gone(server, ["watched-dep", "plain-dep"], timeout=20)
-        assert abs(gone["watched-dep"] - gone["plain-dep"]) < 1.0, gone
+        # Not held open by the observer. livekit-server closes a room on a 1 s ticker once
+        # whole seconds since its last leave (`time.Now().Unix() - LastLeftAt()`) reach the
+        # timeout: two leaves a few ms apart either side of a second's edge close a tick
+        # apart, and the listing is polled every 0.1 s.
+        assert abs(gone["watched-dep"] - gone["plain-dep"]) < 1.5, gone
         assert gone["watched-dep"] - start < 2 + 2.5  # departure_timeout, not held open
     finally:
         await clients.close()
