@@ -65,6 +65,13 @@ async def ask_all(lk: LiveKitSettings, timeout_s: float = 5.0) -> list[NodeRelea
     return list(await asyncio.gather(*(ask(u, lk, timeout_s) for u in lk.urls)))
 
 
+def all_keep_kinds(nodes: list[NodeRelease]) -> bool:
+    """Whether every node is known to keep a participant's kind claim across a full
+    reconnect (an unknown release is taken to be current): then the claim alone says who
+    is an agent (see `participant_kind`)."""
+    return all(releases.supports(n.release, "kind_kept") for n in nodes)
+
+
 def at_start(nodes: list[NodeRelease]) -> None:
     """Log what each release seen supports, once per release; refuse (exit 2) a release
     that would let the observer create rooms."""

@@ -12,6 +12,13 @@ scripts/ensure-redis.sh
 scripts/ensure-chromium.sh
 scripts/bootstrap.sh
 export LIVEKIT_SERVER_BIN="${LIVEKIT_SERVER_BIN:-$(scripts/install-livekit-server.sh | tail -n 1)}"
+# The whole suite also runs the release matrix's scenarios (tests marked `compat`) against
+# the oldest livekit-server release the observer supports; scripts/compat.sh runs any other.
+readonly OLDEST_RELEASE="1.8.4"
+oldest=()
+if [[ $# == 0 ]]; then
+    oldest=("--oldest-server=$(scripts/install-livekit-server.sh "$OLDEST_RELEASE" | tail -n 1)")
+fi
 
 .venv/bin/ruff check observer tests migrations bench
 .venv/bin/mypy
@@ -24,7 +31,7 @@ export LIVEKIT_SERVER_BIN="${LIVEKIT_SERVER_BIN:-$(scripts/install-livekit-serve
 # was running named: with --dist loadgroup, the worker xdist would start in its place is never
 # given work nor told to stop, and the run would wait forever.
 workers="${OBSERVER_TEST_WORKERS:-3}"
-.venv/bin/python -m pytest -n "$workers" --dist loadgroup --max-worker-restart=0 "$@"
+.venv/bin/python -m pytest -n "$workers" --dist loadgroup --max-worker-restart=0 "${oldest[@]}" "$@"
 if [[ "$workers" != 0 ]]; then
     rc=0
     .venv/bin/python -m pytest --alone "$@" || rc=$?

@@ -40,6 +40,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="run only the tests marked `alone` (scripts/test.sh runs them after the others)",
     )
     parser.addoption(
+        "--oldest-server",
+        metavar="BIN",
+        help="run each compat test a second time against this livekit-server binary too"
+        " (scripts/test.sh: the oldest release the observer supports)",
+    )
+    parser.addoption(
         "--compat-report",
         metavar="FILE",
         help="write each compat scenario's outcome, and the server's version, to FILE (JSON)",
@@ -105,10 +111,37 @@ def _uses_postgresql(item: pytest.Item) -> bool:
 
 
 @pytest.hookimpl(tryfirst=True)
+def _has_compat(definition: pytest.Function) -> bool:
+    """Whether a test, or one of its parameter sets, is a compat scenario."""
+    if definition.get_closest_marker("compat"):
+        return True
+    return any(
+        m.name == "compat"
+        for mark in definition.iter_markers("parametrize")
+        for value in (mark.args[1] if len(mark.args) > 1 else ())
+        for m in getattr(value, "marks", ())
+    )
+
+
+def _drop_oldest_non_compat(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Of a test run against both servers, only its compat parameter sets run on the oldest."""
+    dropped = [
+        item
+        for item in items
+        if getattr(getattr(item, "callspec", None), "params", {}).get("lk_release") == "oldest"
+        and item.get_closest_marker("compat") is None
+    ]
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        gone = set(map(id, dropped))
+        items[:] = [item for item in items if id(item) not in gone]
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Give each test exactly one tier mark (before `-m` selects by it): the one declared
     closest to it, or `db` for a unit test on PostgreSQL, so `-m unit` starts no server;
     and its tier's time limit unless it has its own."""
+    _drop_oldest_non_compat(config, items)
     tiers: list[str] = []
     errors: dict[str, None] = {}  # in order, each once
     for item in items:
@@ -325,10 +358,37 @@ def redis_server() -> Iterator[Any]:
         server.cleanup()
 
 
+# The server a test runs against: `default` (LIVEKIT_SERVER_BIN) unless --oldest-server
+# makes a compat test run against `oldest` as well.
+RELEASES = ("default", "oldest")
+
+
 @pytest.fixture(scope="session")
-def livekit_server() -> Iterator[LiveKitServer]:
+def lk_release() -> str:
+    """Which server a test runs against: `default`, or `oldest` (see --oldest-server)."""
+    return "default"
+
+
+def _server_binary(config: pytest.Config, release: str) -> Path | None:
+    return Path(config.getoption("--oldest-server")) if release == "oldest" else None
+
+
+@pytest.fixture(autouse=True)
+def _server_of_release(
+    lk_release: str, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every livekit-server a test starts is of its release."""
+    binary = _server_binary(request.config, lk_release)
+    if binary is not None:
+        import livekit_server
+
+        monkeypatch.setattr(livekit_server, "default_binary", lambda: binary)
+
+
+@pytest.fixture(scope="session")
+def livekit_server(lk_release: str, request: pytest.FixtureRequest) -> Iterator[LiveKitServer]:
     """A shared livekit-server with default settings. Don't stop it; use the factory."""
-    server = LiveKitServer()
+    server = LiveKitServer(binary=_server_binary(request.config, lk_release))
     try:
         server.start()
         yield server
@@ -366,7 +426,10 @@ DATABASES = ("sqlite", "postgresql")
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     """A test that takes a database runs once per kind, or on those its module or itself
-    names with `@pytest.mark.databases("sqlite")`."""
+    names with `@pytest.mark.databases("sqlite")`; with `--oldest-server`, a compat test
+    runs against both servers."""
+    if metafunc.config.getoption("--oldest-server") and _has_compat(metafunc.definition):
+        metafunc.parametrize("lk_release", RELEASES, scope="session")
     if "database_kind" not in metafunc.fixturenames:
         return
     mark = metafunc.definition.get_closest_marker("databases")

@@ -95,8 +95,8 @@ def test_webhooks_about_an_observer_run_are_ignored(event: str) -> None:
         )
 
     own = participant_identity("same-host", new_run_id())
-    assert webhooks.translate(webhook(own), IDENTITY_PREFIX) == []
-    assert len(webhooks.translate(webhook("agent-7"), IDENTITY_PREFIX)) == 1
+    assert webhooks.translate(webhook(own), IDENTITY_PREFIX, agent_attributes=True) == []
+    assert len(webhooks.translate(webhook("agent-7"), IDENTITY_PREFIX, agent_attributes=True)) == 1
 
 
 # ---- one live run per observer id: the rule ---------------------------------------------

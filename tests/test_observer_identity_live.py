@@ -78,28 +78,37 @@ async def test_put_out_of_a_room_is_an_alarm_and_closes_nothing(
         await impostor.disconnect()
         await obs.wait_watching("removed")
         lkapi = livekit_server.api_client()
+        reconnects = obs.obs.metrics.reconnects._value.get()
         try:
             await lkapi.room.remove_participant(
                 api.RoomParticipantIdentity(room="removed", identity=obs.obs.identity)
             )
         finally:
             await lkapi.aclose()
+        # The server sends the leave (PARTICIPANT_REMOVED) and closes the signal connection.
+        # Under load the SDK may see the close first: it tries to resume, the server answers
+        # with a leave asking for a reconnect, and the SDK rejoins in full (a removal bans no
+        # one). Either way the observer is in the room again and the row untouched.
         await wait_for(
-            lambda: any(r.reason == "PARTICIPANT_REMOVED" for r in errors()),  # type: ignore[attr-defined]
+            lambda: (
+                any(r.reason == "PARTICIPANT_REMOVED" for r in errors())  # type: ignore[attr-defined]
+                or obs.obs.metrics.reconnects._value.get() > reconnects
+            ),
             10,
-            "no error for PARTICIPANT_REMOVED",
+            "no error for PARTICIPANT_REMOVED, nor a reconnect",
         )
         await obs.wait_watching("removed")
     put_out = [(r.getMessage(), r.room, r.reason) for r in errors()]  # type: ignore[attr-defined]
+    removed = ["PARTICIPANT_REMOVED"] if put_out and put_out[-1][2] == "PARTICIPANT_REMOVED" else []
     # Under load the impostor's own connect may retry (the SDK does, up to 3 times) after the
     # observer came back, putting it out once more: each time is a line of its own.
-    duplicates = len(put_out) - 1
+    duplicates = len(put_out) - len(removed)
     assert duplicates >= 1
     assert put_out == [
         ("put out of a room; watching it again from the next listing", "removed", reason)
-        for reason in ["DUPLICATE_IDENTITY"] * duplicates + ["PARTICIPANT_REMOVED"]
+        for reason in ["DUPLICATE_IDENTITY"] * duplicates + removed
     ]
-    assert lost(obs) == {"DUPLICATE_IDENTITY": float(duplicates), "PARTICIPANT_REMOVED": 1.0}
+    assert lost(obs) == {"DUPLICATE_IDENTITY": float(duplicates)} | {r: 1.0 for r in removed}
     (row,) = obs.rows()
     assert row.left_at is None, describe([row])
 

@@ -163,7 +163,7 @@ def test_an_unknown_webhook_event_is_accepted_and_kept(event: str) -> None:
     assert ev.event == event and event not in webhooks.KNOWN_EVENTS
     rec = webhooks.record(ev, body, NOW)
     assert rec.event == event and rec.body == body and rec.participant_sid == "PA_new"
-    assert webhooks.translate(ev, "lk-observer-") == []
+    assert webhooks.translate(ev, "lk-observer-", agent_attributes=True) == []
 
 
 def test_a_leave_with_unknown_kind_detail_and_reason_is_kept_as_it_came() -> None:
@@ -174,7 +174,7 @@ def test_a_leave_with_unknown_kind_detail_and_reason_is_kept_as_it_came() -> Non
         disconnectReason=99,
         joinedAtMs="1796471990250",
     )
-    (left,) = webhooks.translate(receive(body), "lk-observer-")
+    (left,) = webhooks.translate(receive(body), "lk-observer-", agent_attributes=True)
     assert isinstance(left, WebhookLeft)
     assert left.reason == "REASON_99"
     assert left.participant.kind == "kind_9"
@@ -191,11 +191,11 @@ def test_a_leave_with_unknown_kind_detail_and_reason_is_kept_as_it_came() -> Non
 )
 def test_the_newer_named_reasons_and_kinds_keep_their_names(reason: str, stored: str) -> None:
     body = body_of("participant_left", kind="CONNECTOR", disconnectReason=reason)
-    (left,) = webhooks.translate(receive(body), "lk-observer-")
+    (left,) = webhooks.translate(receive(body), "lk-observer-", agent_attributes=True)
     assert isinstance(left, WebhookLeft)
     assert (left.reason, left.participant.kind) == (stored, "connector")
     body = body_of("participant_joined", kind="BRIDGE", kindDetails=["BRIDGE_RTSP"])
-    (joined,) = webhooks.translate(receive(body), "lk-observer-")
+    (joined,) = webhooks.translate(receive(body), "lk-observer-", agent_attributes=True)
     assert isinstance(joined, WebhookJoined)
     assert joined.participant.kind == "bridge"
     assert joined.participant.kind_details == ("BRIDGE_RTSP",)

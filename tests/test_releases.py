@@ -139,9 +139,9 @@ def test_a_join_time_the_sdk_does_not_give_is_the_first_sight_and_marked() -> No
     against v1.8.0: `joined_at` is None there)."""
     from observer.daemon.watcher import seen_participant as seen
 
-    s = seen(rtc_participant(None), NOW)
+    s = seen(rtc_participant(None), NOW, agent_attributes=True)
     assert (s.joined_at, s.join_precision_ms) == (NOW, None)
     joined = datetime(2026, 12, 5, 11, 59, 58, 123000, tzinfo=UTC)
-    s = seen(rtc_participant(joined), NOW)
+    s = seen(rtc_participant(joined), NOW, agent_attributes=True)
     assert (s.joined_at, s.join_precision_ms) == (joined, 1)
     assert s.kind == "agent" and s.kind_details == ("CLOUD_AGENT", "DETAIL_99")

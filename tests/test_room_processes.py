@@ -35,7 +35,7 @@ async def _read_all(data: bytes) -> list[object]:
 async def test_messages_cross_the_pipe_whole_and_in_order() -> None:
     at = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
     sent = [
-        Join("room-a", "RM_a", "ws://x", "token", 10.0),
+        Join("room-a", "RM_a", "ws://x", "token", 10.0, False),
         Leave("RM_a"),
         Recovered("RM_b", same_room=False),
         JoinFailedReply("RM_c", "ConnectError: refused"),

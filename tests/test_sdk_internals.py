@@ -13,7 +13,8 @@ from livekit.rtc import _ffi_client
 from livekit.rtc._proto import ffi_pb2
 from livekit_server import LiveKitServer
 
-from observer.daemon.watcher import ROUTER
+from observer.daemon import sdk_internals, watcher
+from observer.daemon.sdk_internals import ROUTER, EventRouter, SdkInternalsChanged
 
 pytestmark = [pytest.mark.live, pytest.mark.databases("sqlite")]
 
@@ -56,6 +57,50 @@ async def test_each_watched_room_gets_only_its_own_events(
     assert ha not in ROUTER._rooms and hb not in ROUTER._rooms
 
 
+class ChangedSdk(EventRouter):
+    """A router as it would find an rtc SDK whose queue looks different."""
+
+    def add(self, room: object) -> None:
+        raise SdkInternalsChanged("rtc SDK internals changed: 'FfiQueue' has no '_subscribers'")
+
+
+async def test_a_changed_sdk_loses_no_event_and_says_so_once(
+    livekit_server: LiveKitServer,
+    db_url: str,
+    start_observer,
+    clients: Clients,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    monkeypatch.setattr(watcher, "ROUTER", ChangedSdk())
+    for name in ("plain-a", "plain-b"):
+        await create_room(livekit_server, name)
+        await clients.join(name, "user")
+    obs = await start_observer(livekit_server, db_url, OBSERVER_ROOM_PATTERN="plain-*")
+    await obs.wait_watching("plain-a")
+    await obs.wait_watching("plain-b")
+    rooms = {w.room_name: w.room for w in obs.obs.rooms.watchers.values()}
+    queues = {id(q) for q, _loop, _f in _ffi_client.FfiClient.instance.queue._subscribers}
+    assert {id(rooms["plain-a"]._ffi_queue), id(rooms["plain-b"]._ffi_queue)} <= queues
+    for name in ("plain-a", "plain-b"):
+        agent = await clients.agent(name, f"agent-{name}")
+        await obs.wait_rows(lambda rows, n=name: any(r.room_name == n for r in rows))
+        await agent.disconnect()
+    await obs.wait_rows(lambda rows: len(rows) == 2 and all(r.left_at for r in rows))
+    await obs.stop()
+    warned = [r for r in caplog.records if "take the SDK's own path" in r.getMessage()]
+    assert len(warned) == 1, [r.getMessage() for r in warned]
+
+
+def test_a_native_core_started_elsewhere_is_used_with_one_warning(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    _ffi_client.FfiClient.instance  # noqa: B018  started, as by anything that came first
+    sdk_internals.start_native_core_or_fall_back()
+    (record,) = [r for r in caplog.records if r.name == sdk_internals.log.name]
+    assert "already started" in record.getMessage() and record.levelname == "WARNING"
+
+
 async def _settle() -> None:
     import asyncio
 
@@ -69,7 +114,8 @@ def test_native_logs_stay_in_the_native_core(livekit_server: LiveKitServer) -> N
         f"""
         import asyncio, logging, sys
         from livekit import api, rtc
-        from observer.daemon.watcher import start_native_core_quietly, room_options
+        from observer.daemon.sdk_internals import start_native_core_quietly
+        from observer.daemon.watcher import room_options
         if sys.argv[1] == "quiet":
             start_native_core_quietly()
         records = []
@@ -111,7 +157,8 @@ def test_a_normal_room_end_logs_no_native_error(livekit_server: LiveKitServer) -
         f"""
         import asyncio, os
         from livekit import api, rtc
-        from observer.daemon.watcher import start_native_core_quietly, room_options
+        from observer.daemon.sdk_internals import start_native_core_quietly
+        from observer.daemon.watcher import room_options
         start_native_core_quietly()
         print("RUST_LOG=" + os.environ["RUST_LOG"], flush=True)
         def token(identity, room):
@@ -150,7 +197,7 @@ def test_a_normal_room_end_logs_no_native_error(livekit_server: LiveKitServer) -
     assert "ERROR livekit_ffi::server::room] error while connecting to a room" in out.stderr
 
     env["RUST_LOG"] = "warn"
-    check = "from observer.daemon.watcher import start_native_core_quietly as s; import os;"
+    check = "from observer.daemon.sdk_internals import start_native_core_quietly as s; import os;"
     check += " s(); print(os.environ['RUST_LOG'])"
     kept = subprocess.run([sys.executable, "-c", check], env=env, capture_output=True, text=True)
     assert kept.stdout.strip() == "warn", kept.stderr

@@ -171,8 +171,8 @@ def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
     """The daemon, with the process around it: open files, the native core, signals."""
     from observer import server_release
     from observer.daemon.identity import new_run_id
+    from observer.daemon.sdk_internals import start_native_core_or_fall_back
     from observer.daemon.service import Observer
-    from observer.daemon.watcher import start_native_core_quietly
     from observer.db.store import Store
     from observer.livekit_api import first_contact
 
@@ -187,7 +187,14 @@ def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
     run_id = new_run_id()
 
     async def main(store: Store) -> int:
-        obs = Observer(settings, store, lk, migrate=args.migrate, run_id=run_id)
+        obs = Observer(
+            settings,
+            store,
+            lk,
+            migrate=args.migrate,
+            run_id=run_id,
+            agent_attributes=not server_release.all_keep_kinds(nodes),
+        )
         stop_on_signals(obs.stop)
         try:
             return await obs.run()
@@ -206,9 +213,10 @@ def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
         hold_observer_id(store, settings, run_id)
         asyncio.run(first_contact(lk))  # a refused key stops here (exit 2), before anything starts
         # so does a release that would let the observer create rooms
-        server_release.at_start(asyncio.run(server_release.ask_all(lk)))
+        nodes = asyncio.run(server_release.ask_all(lk))
+        server_release.at_start(nodes)
         raise_fd_limit()
         if not settings.room_processes:
-            start_native_core_quietly()
+            start_native_core_or_fall_back()
         prepare_daemon_process()
         return asyncio.run(main(store))

@@ -54,13 +54,17 @@ def kind_value(enum_name: str | None, number: int) -> str:
 AGENT_ATTRIBUTES: Final = ("lk.agent.state", "lk.agent.name", "lk.agent_name")
 
 
-def participant_kind(enum_name: str | None, number: int, attributes: Mapping[str, str]) -> str:
-    """The stored kind of a participant: its kind claim's (`kind_value`), except that a
-    standard participant carrying an agent's attributes is an agent. livekit-server before
-    1.9 drops the kind claim from the token it refreshes, so an agent that reconnects in full
-    (or rejoins with that token) comes back as a standard participant with its attributes."""
+def participant_kind(
+    enum_name: str | None, number: int, attributes: Mapping[str, str], *, agent_attributes: bool
+) -> str:
+    """The stored kind of a participant: its kind claim's (`kind_value`), except that, with
+    `agent_attributes`, a standard participant carrying an agent's attributes is an agent.
+    livekit-server before 1.9 drops the kind claim from the token it refreshes, so an agent
+    that reconnects in full (or rejoins with that token) comes back as a standard participant
+    with its attributes. On later releases the claim alone decides: a participant allowed
+    to set its own attributes could otherwise make itself billed as an agent."""
     kind = kind_value(enum_name, number)
-    if kind == "standard" and any(a in attributes for a in AGENT_ATTRIBUTES):
+    if agent_attributes and kind == "standard" and any(a in attributes for a in AGENT_ATTRIBUTES):
         return "agent"
     return kind
 

@@ -72,8 +72,10 @@ class Rooms:
         pool: RoomProcessPool | None = None,
         fleet: Fleet | None = None,
         open_in_room: Callable[[str], Awaitable[list[TrackedSession]]] | None = None,
+        agent_attributes: bool = True,
     ) -> None:
         self._settings = settings
+        self._agent_attributes = agent_attributes
         self._lk = lk
         self._api = lkapi
         self._identity = identity
@@ -311,7 +313,13 @@ class Rooms:
         if self._pool is not None:
             watcher = self._pool.watcher(room.name, room.sid)
         else:
-            watcher = RoomWatcher(room.name, room.sid, self.emit, on_recovered=self.recovered)
+            watcher = RoomWatcher(
+                room.name,
+                room.sid,
+                self.emit,
+                on_recovered=self.recovered,
+                agent_attributes=self._agent_attributes,
+            )
         self.watchers[room.sid] = watcher
         self._joining.add(room.sid)
         task = self._spawn(self._join(watcher), f"join:{room.name}")

@@ -81,8 +81,12 @@ class Observer:
         *,
         migrate: bool = False,
         run_id: str | None = None,
+        agent_attributes: bool = True,
     ) -> None:
+        """`agent_attributes`: a standard participant with an agent's attributes counts as
+        an agent (for servers that drop the kind claim; see `participant_kind`)."""
         self.settings = settings
+        self.agent_attributes = agent_attributes
         self.store = store
         self.lk = lk
         self.migrate = migrate
@@ -138,6 +142,7 @@ class Observer:
                 self.settings.room_processes,
                 emit=lambda ev: self.rooms.emit(ev) if self.rooms else self._emit(ev),
                 on_recovered=lambda w: self.rooms.recovered(w) if self.rooms else None,
+                agent_attributes=self.agent_attributes,
             )
         self.fleet = Fleet(
             self.settings,
@@ -159,6 +164,7 @@ class Observer:
             pool=self.pool,
             fleet=self.fleet,
             open_in_room=lambda sid: self.store.run(self.store.open_in_room, sid),
+            agent_attributes=self.agent_attributes,
         )
         loop = asyncio.get_running_loop()
         # a gap in this process's life is a gap in what it saw (see observer.daemon.pulse)
@@ -449,7 +455,9 @@ class Observer:
         assert self.rooms is not None  # the HTTP server starts after the rooms
         if ev.event == "room_started" and ev.room.sid:
             self.rooms.join_now(discovery.ListedRoom(ev.room.sid, ev.room.name))
-        for tracker_event in webhooks.translate(ev, IDENTITY_PREFIX):
+        for tracker_event in webhooks.translate(
+            ev, IDENTITY_PREFIX, agent_attributes=self.agent_attributes
+        ):
             self.rooms.emit(tracker_event)
         return "accepted"
 

@@ -9,9 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -36,6 +34,7 @@ from observer.core.events import (
 from observer.core.protocol_values import detail_value, participant_kind, reason_value
 from observer.core.vocab import OBSERVER_OVERFLOW, ROOM_ENDED, UNKNOWN_REASON
 from observer.daemon import pulse, session_messages
+from observer.daemon.sdk_internals import ROUTER
 
 log = logging.getLogger(__name__)
 
@@ -84,12 +83,19 @@ def reason_name(reason: int | None) -> str:
     return reason_value(_name(rtc.DisconnectReason, reason), reason)
 
 
-def seen_participant(p: rtc.RemoteParticipant, now: datetime) -> SeenParticipant:
+def seen_participant(
+    p: rtc.RemoteParticipant, now: datetime, *, agent_attributes: bool
+) -> SeenParticipant:
     return SeenParticipant(
         sid=p.sid,
         identity=p.identity,
         name=p.name,
-        kind=participant_kind(_name(rtc.ParticipantKind, p.kind), p.kind, p.attributes),
+        kind=participant_kind(
+            _name(rtc.ParticipantKind, p.kind),
+            p.kind,
+            p.attributes,
+            agent_attributes=agent_attributes,
+        ),
         attributes=dict(p.attributes),
         # the SDK reads only joined_at_ms, which servers before 1.8.4 leave at 0
         joined_at=p.joined_at or now,
@@ -98,10 +104,6 @@ def seen_participant(p: rtc.RemoteParticipant, now: datetime) -> SeenParticipant
             detail_value(_name(rtc.ParticipantKindDetail, d), d) for d in p.kind_details
         ),
     )
-
-
-class SdkInternalsChanged(RuntimeError):
-    """The rtc SDK no longer looks the way this module relies on."""
 
 
 # How every watched room connects: no media (auto_subscribe off), ICE candidates gathered
@@ -116,149 +118,6 @@ def room_options(connect_timeout_s: float) -> rtc.RoomOptions:
             continual_gathering_policy=rtc.ContinualGatheringPolicy.GATHER_ONCE
         ),
     )
-
-
-# What the native core logs unless RUST_LOG says otherwise: errors, but none from
-# `rtc_session`, which reports a room's normal end as `ERROR ... publisher data channel
-# '_reliable' closed unexpectedly` (the server closes the peer connection before the SDK has
-# read the leave). Real trouble still shows: reconnect attempts (`livekit::rtc_engine`),
-# failed joins (`livekit_ffi`).
-NATIVE_LOG_DEFAULT = "error,livekit::rtc_engine::rtc_session=off"
-
-
-def start_native_core_quietly() -> None:
-    """Start the SDK's native core without forwarding its logs to Python.
-
-    The SDK starts the core with log capture on, at trace level: every record crosses into
-    Python, which drops nearly all of them, and that is most of an idle room's CPU. Off,
-    the core logs errors to stderr itself, filtered by RUST_LOG (NATIVE_LOG_DEFAULT when
-    unset; read once, as the core starts). Call before anything else touches livekit.rtc;
-    raises if the SDK's internals changed.
-    """
-    from livekit.rtc import _ffi_client as ffi
-
-    if ffi.FfiClient._instance is not None:
-        raise SdkInternalsChanged("the rtc SDK's native core was already started")
-    os.environ.setdefault("RUST_LOG", NATIVE_LOG_DEFAULT)
-    real_get_lib = ffi.get_ffi_lib
-    lib = real_get_lib()
-
-    class Quiet:
-        """The native library, but `livekit_ffi_initialize` is told not to capture logs."""
-
-        def __init__(self) -> None:
-            self.init = lib.livekit_ffi_initialize
-
-        def __getattr__(self, name: str) -> Any:
-            return getattr(lib, name)
-
-        @property
-        def livekit_ffi_initialize(self) -> Any:
-            init = self.init
-
-            class Call:
-                def __setattr__(self, name: str, value: Any) -> None:
-                    setattr(init, name, value)
-
-                def __call__(self, callback: Any, _capture: bool, *rest: Any) -> Any:
-                    return init(callback, False, *rest)
-
-            return Call()
-
-    ffi.get_ffi_lib = lambda: Quiet()  # type: ignore[assignment,return-value]
-    try:
-        client = ffi.FfiClient.instance
-    finally:
-        ffi.get_ffi_lib = real_get_lib
-    client._ffi_lib = lib
-
-
-class EventRouter:
-    """Hands each native room event straight to its own room, stamped with its arrival.
-
-    The SDK puts every native event on every Room's queue and each Room's filter discards
-    the others, so with N rooms every event costs N filter calls. The router replaces the
-    rooms' own subscriptions by one that looks the room up by handle. It also stamps each
-    event on the SDK's callback thread, where it arrives (`pulse.stamp`): what the event
-    loop is busy with when the room gets to it never moves a recorded time. The room's
-    queue hands the stamp over as it hands out the event (`arrival`). It relies on SDK
-    internals; if they change it raises instead of silently doing nothing (a test calls it
-    against the real SDK).
-    """
-
-    def __init__(self) -> None:
-        self._rooms: dict[int, tuple[asyncio.Queue[Any], asyncio.AbstractEventLoop]] = {}
-        self._arrivals: dict[int, pulse.Stamp] = {}
-        self._installed = False
-
-    def add(self, room: rtc.Room) -> None:
-        from livekit.rtc._ffi_client import FfiClient
-
-        try:
-            handle = room._ffi_handle.handle  # type: ignore[union-attr]
-            own_queue = room._ffi_queue
-            queue = FfiClient.instance.queue
-            subscribers = queue._subscribers
-            lock = queue._lock
-            take = own_queue._get
-        except AttributeError as exc:
-            raise SdkInternalsChanged(f"rtc SDK internals changed: {exc}") from exc
-
-        def get_stamped() -> Any:
-            item = take()
-            if isinstance(item, _Stamped):
-                self._arrivals[handle] = item.stamp
-                return item.event
-            self._arrivals.pop(handle, None)  # queued by the SDK before the router took over
-            return item
-
-        with lock:
-            for i, (q, loop, _filter) in enumerate(subscribers):
-                if q is own_queue:
-                    del subscribers[i]
-                    own_queue._get = get_stamped
-                    self._rooms[handle] = (q, loop)
-                    break
-            else:
-                raise SdkInternalsChanged("rtc SDK internals changed: room queue not subscribed")
-            if not self._installed:
-                subscribers.append((asyncio.Queue(), loop, self._route))
-                self._installed = True
-
-    def remove(self, room: rtc.Room) -> None:
-        handle = getattr(room._ffi_handle, "handle", None)
-        if handle is not None:
-            self._rooms.pop(handle, None)
-            self._arrivals.pop(handle, None)
-
-    def arrival(self, room: rtc.Room) -> pulse.Stamp | None:
-        """The arrival stamp of the event the room is handling now (None: not stamped)."""
-        handle = getattr(room._ffi_handle, "handle", None)
-        return None if handle is None else self._arrivals.get(handle)
-
-    def __len__(self) -> int:
-        return len(self._rooms)
-
-    def _route(self, e: Any) -> bool:
-        """Runs on the SDK's callback thread; never delivers to its own (unused) queue."""
-        if e.WhichOneof("message") == "room_event":
-            handle = e.room_event.room_handle
-            target = self._rooms.get(handle)
-            if target is not None:
-                q, loop = target
-                loop.call_soon_threadsafe(q.put_nowait, _Stamped(pulse.stamp(), e))
-                if e.room_event.HasField("eos"):  # the room's last event
-                    self._rooms.pop(handle, None)
-        return False
-
-
-@dataclass(frozen=True)
-class _Stamped:
-    stamp: pulse.Stamp
-    event: Any
-
-
-ROUTER = EventRouter()
 
 
 class RoomMismatchError(Exception):
@@ -288,9 +147,13 @@ class RoomWatcher:
         emit: Callable[[Event], None],
         *,
         on_recovered: Callable[[RoomWatcher], None] = lambda _w: None,
+        agent_attributes: bool = True,
     ) -> None:
+        """`agent_attributes`: a standard participant with an agent's attributes is an
+        agent (for servers that drop the kind claim; see `participant_kind`)."""
         self.room_name = room_name
         self.room_sid = room_sid
+        self._agent_attributes = agent_attributes
         self._emit_now = emit
         self._on_recovered = on_recovered
         self._held: list[Event] | None = None  # not None while the connection recovers
@@ -350,14 +213,14 @@ class RoomWatcher:
         except BaseException:
             self._unsubscribe()
             raise
-        ROUTER.add(self._room)
+        ROUTER.add_or_fall_back(self._room)
         joined_sid = await self._room.sid
         if joined_sid != self.room_sid:
             await self.leave()
             raise RoomMismatchError(self.room_sid, joined_sid)
         # Participants already present fire no participant_connected: seed from the room.
         now = pulse.stamp().at
-        present = tuple(seen_participant(p, now) for p in self._room.remote_participants.values())
+        present = tuple(self._seen(p, now) for p in self._room.remote_participants.values())
         self._active = True
         try:
             created_at: datetime | None = self._room.creation_time
@@ -402,7 +265,7 @@ class RoomWatcher:
             st = self._arrived()
             self._emit(
                 ParticipantJoined(
-                    self.room_name, self.room_sid, seen_participant(p, st.at), st.at, st.blind_since
+                    self.room_name, self.room_sid, self._seen(p, st.at), st.at, st.blind_since
                 )
             )
 
@@ -411,6 +274,9 @@ class RoomWatcher:
             reason = reason_name(p.disconnect_reason)
             st = self._arrived()
             self._emit(ParticipantLeft(self.room_sid, p.sid, reason, st.at, st.blind_since))
+
+    def _seen(self, p: rtc.RemoteParticipant, now: datetime) -> SeenParticipant:
+        return seen_participant(p, now, agent_attributes=self._agent_attributes)
 
     def _on_attributes(self, _changed: dict[str, str], p: rtc.Participant) -> None:
         if self._active and isinstance(p, rtc.RemoteParticipant):
@@ -424,8 +290,7 @@ class RoomWatcher:
     def _on_session_stream(self, reader: rtc.ByteStreamReader, identity: str) -> None:
         """An agent session's message to the room: only its usage totals are kept."""
         p = self._room.remote_participants.get(identity)
-        kind = p and participant_kind(_name(rtc.ParticipantKind, p.kind), p.kind, p.attributes)
-        if not self._active or p is None or kind != "agent":
+        if not self._active or p is None or self._seen(p, pulse.stamp().at).kind != "agent":
             reader.close()
             return
         size = reader.info.size
@@ -471,9 +336,7 @@ class RoomWatcher:
             if self._held is None:  # reported without a `reconnecting` first
                 self._emit_now(Reconnecting(self.room_sid, now))
                 self._held = []
-            present = tuple(
-                seen_participant(p, now) for p in self._room.remote_participants.values()
-            )
+            present = tuple(self._seen(p, now) for p in self._room.remote_participants.values())
             self._emit(Reconnected(self.room_sid, present, now))
             self._on_recovered(self)
 

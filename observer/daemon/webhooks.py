@@ -157,13 +157,20 @@ def created_at(ev: api.WebhookEvent) -> datetime:
     return datetime.fromtimestamp(ev.created_at, UTC)
 
 
-def seen_participant(p: models.ParticipantInfo, fallback: datetime) -> SeenParticipant:
+def seen_participant(
+    p: models.ParticipantInfo, fallback: datetime, *, agent_attributes: bool
+) -> SeenParticipant:
     joined_ms = p.joined_at_ms or p.joined_at * 1000
     return SeenParticipant(
         sid=p.sid,
         identity=p.identity,
         name=p.name,
-        kind=participant_kind(_name(models.ParticipantInfo.Kind, p.kind), p.kind, p.attributes),
+        kind=participant_kind(
+            _name(models.ParticipantInfo.Kind, p.kind),
+            p.kind,
+            p.attributes,
+            agent_attributes=agent_attributes,
+        ),
         attributes=dict(p.attributes),
         joined_at=datetime.fromtimestamp(joined_ms / 1000, UTC) if joined_ms else fallback,
         kind_details=tuple(
@@ -173,8 +180,11 @@ def seen_participant(p: models.ParticipantInfo, fallback: datetime) -> SeenParti
     )
 
 
-def translate(ev: api.WebhookEvent, ignore_identity_prefix: str) -> list[Event]:
-    """Tracker events for a verified webhook event (the observer's own presence ignored)."""
+def translate(
+    ev: api.WebhookEvent, ignore_identity_prefix: str, *, agent_attributes: bool
+) -> list[Event]:
+    """Tracker events for a verified webhook event (the observer's own presence ignored);
+    `agent_attributes` as in `participant_kind`."""
     at = created_at(ev)
     if ev.event == "room_finished" and ev.room.sid:
         return [WebhookRoomFinished(ev.room.sid, at)]
@@ -183,7 +193,7 @@ def translate(ev: api.WebhookEvent, ignore_identity_prefix: str) -> list[Event]:
     p = ev.participant
     if not p.sid or not ev.room.sid or p.identity.startswith(ignore_identity_prefix):
         return []
-    who = seen_participant(p, at)
+    who = seen_participant(p, at, agent_attributes=agent_attributes)
     if ev.event == "participant_joined":
         return [WebhookJoined(ev.room.name, ev.room.sid, who, at)]
     reason = (

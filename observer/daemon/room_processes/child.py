@@ -30,7 +30,8 @@ from observer.daemon.room_processes.proto import (
     Recovered,
     RoomEvent,
 )
-from observer.daemon.watcher import RoomMismatchError, RoomWatcher, start_native_core_quietly
+from observer.daemon.sdk_internals import start_native_core_or_fall_back
+from observer.daemon.watcher import RoomMismatchError, RoomWatcher
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +66,7 @@ class Worker:
             sid,
             lambda ev: self.send(RoomEvent(ev)),
             on_recovered=lambda w: self.send(Reconnected(w.room_sid)),
+            agent_attributes=msg.agent_attributes,
         )
         self.watchers[sid] = w
         try:
@@ -104,7 +106,7 @@ class Worker:
 
 async def serve() -> None:
     """Run in a worker until the daemon closes stdin."""
-    start_native_core_quietly()
+    start_native_core_or_fall_back()
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader(limit=channel.STREAM_LIMIT)
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)

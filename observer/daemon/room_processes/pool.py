@@ -57,7 +57,16 @@ class RemoteWatcher:
         self._joined = asyncio.get_running_loop().create_future()
         self.process.watchers[self.room_sid] = self
         self.process.joining += 1
-        self.process.send(Join(self.room_name, self.room_sid, ws_url, token, connect_timeout_s))
+        self.process.send(
+            Join(
+                self.room_name,
+                self.room_sid,
+                ws_url,
+                token,
+                connect_timeout_s,
+                self.pool.agent_attributes,
+            )
+        )
         try:
             await asyncio.wait_for(self._joined, JOIN_REPLY_TIMEOUT_S)
         except TimeoutError:
@@ -132,8 +141,10 @@ class RoomProcessPool:
         *,
         emit: Callable[[Event], None],
         on_recovered: Callable[[RemoteWatcher], None],
+        agent_attributes: bool = True,
     ) -> None:
         self.processes = [RoomProcess(i) for i in range(processes)]
+        self.agent_attributes = agent_attributes
         self._emit = emit
         self._on_recovered = on_recovered
         self._readers: list[asyncio.Task[None]] = []

@@ -21,6 +21,7 @@ class Join:
     ws_url: str
     token: str
     connect_timeout_s: float
+    agent_attributes: bool  # see RoomWatcher
 
 
 @dataclass(frozen=True, slots=True)
