@@ -8,6 +8,12 @@
 # folder; the releases run one after another. Reports and pytest's output stay in
 # $COMPAT_OUT (default: a new temporary folder). Exit status: 0 when every scenario
 # passed on every release. Extra pytest arguments go in $COMPAT_PYTEST_ARGS.
+#
+#   COMPAT_SDK=1.2.1 scripts/compat.sh    the same with that release of the rtc SDK `livekit`,
+#                                         in a virtualenv of its own (.venv-livekit-VERSION)
+#
+# The test extras pin the SDK to what livekit-agents wants (1.1.21); a plain
+# `pip install .` brings the newest the bounds in pyproject.toml allow.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -19,6 +25,18 @@ out="${COMPAT_OUT:-$(mktemp -d -t lk-compat-XXXXXX)}"
 mkdir -p "$out"
 python=".venv/bin/python"
 [[ -x "$python" ]] || scripts/bootstrap.sh
+if [[ -n "${COMPAT_SDK:-}" ]]; then
+    env_dir=".venv-livekit-${COMPAT_SDK}"
+    if [[ ! -x "${env_dir}/bin/python" ]]; then
+        "$python" -m venv "$env_dir"
+        "${env_dir}/bin/python" -m pip install --quiet -e '.[test]'
+    fi
+    # over the agents framework's exact pin: pip warns of the conflict and installs it
+    "${env_dir}/bin/python" -m pip install --quiet "livekit==${COMPAT_SDK}" 2>"${out}/pip-sdk.log" \
+        || { echo "rtc SDK livekit ${COMPAT_SDK} could not be installed: see ${out}/pip-sdk.log" >&2; exit 1; }
+    python="${env_dir}/bin/python"
+    echo "== rtc SDK: livekit $("$python" -c 'import importlib.metadata as m; print(m.version("livekit"))')" >&2
+fi
 
 reports=()
 status=0
