@@ -363,7 +363,7 @@ def redis_server() -> Iterator[Any]:
 RELEASES = ("default", "oldest")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture
 def lk_release() -> str:
     """Which server a test runs against: `default`, or `oldest` (see --oldest-server)."""
     return "default"
@@ -386,14 +386,29 @@ def _server_of_release(
 
 
 @pytest.fixture(scope="session")
-def livekit_server(lk_release: str, request: pytest.FixtureRequest) -> Iterator[LiveKitServer]:
-    """A shared livekit-server with default settings. Don't stop it; use the factory."""
-    server = LiveKitServer(binary=_server_binary(request.config, lk_release))
+def _shared_servers() -> Iterator[dict[str, LiveKitServer]]:
+    """The shared livekit-server of each release, started when a test first asks."""
+    started: dict[str, LiveKitServer] = {}
     try:
-        server.start()
-        yield server
+        yield started
     finally:
-        server.cleanup()
+        for server in started.values():
+            server.cleanup()
+
+
+@pytest.fixture
+def livekit_server(
+    lk_release: str, _shared_servers: dict[str, LiveKitServer], request: pytest.FixtureRequest
+) -> LiveKitServer:
+    """A shared livekit-server with default settings, of the test's release (one per run
+    and release, kept apart: a test never gets another release's). Don't stop it; use the
+    factory."""
+    server = _shared_servers.get(lk_release)
+    if server is None:
+        server = LiveKitServer(binary=_server_binary(request.config, lk_release))
+        _shared_servers[lk_release] = server
+        server.start()
+    return server
 
 
 @pytest.fixture
@@ -429,7 +444,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     names with `@pytest.mark.databases("sqlite")`; with `--oldest-server`, a compat test
     runs against both servers."""
     if metafunc.config.getoption("--oldest-server") and _has_compat(metafunc.definition):
-        metafunc.parametrize("lk_release", RELEASES, scope="session")
+        metafunc.parametrize("lk_release", RELEASES)
     if "database_kind" not in metafunc.fixturenames:
         return
     mark = metafunc.definition.get_closest_marker("databases")

@@ -134,7 +134,8 @@ async def test_the_next_url_is_used_when_the_first_does_not_answer(
     assert await asyncio.to_thread(main, ["check"]) == 1
     out = capsys.readouterr().out
     assert f"livekit: FAILED at {dead.replace('ws://', 'http://')}" in out
-    assert f"livekit: ok (1 rooms) at {livekit_server.url}" in out
+    # the shared server may still list rooms of earlier tests
+    assert re.search(rf"livekit: ok \(\d+ rooms\) at {re.escape(livekit_server.url)}\n", out), out
 
 
 @pytest.mark.timeout(240)  # waits of 60 s
