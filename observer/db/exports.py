@@ -201,3 +201,16 @@ def counts(engine: Engine) -> dict[tuple[str, str], int]:
     )
     with engine.connect() as conn:
         return {(t, s): int(n) for t, s, n in conn.execute(q).all()}
+
+
+def finalized_periods(engine: Engine) -> list[tuple[datetime, datetime]]:
+    """The periods `observer reconcile` finalized, by start: what may be billed."""
+    from observer.db.schema import PeriodRollupRow as p
+
+    q = (
+        select(p.period_start, p.period_end)
+        .where(p.group_kind == "total", p.finalized_at.is_not(None))
+        .order_by(p.period_start, p.period_end)
+    )
+    with engine.connect() as conn:
+        return [(s, e) for s, e in conn.execute(q).all()]

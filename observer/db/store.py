@@ -261,6 +261,10 @@ class Store:
         """The ledger (of one target), in the order recorded."""
         return exports.rows(self.engine, target)
 
+    def finalized_periods(self) -> list[tuple[datetime, datetime]]:
+        """The periods `observer reconcile` finalized, by start."""
+        return exports.finalized_periods(self.engine)
+
     def export_counts(self) -> dict[tuple[str, str], int]:
         """Events per (target, state)."""
         return exports.counts(self.engine)
