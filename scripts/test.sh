@@ -12,6 +12,7 @@ scripts/ensure-redis.sh
 scripts/ensure-chromium.sh
 scripts/bootstrap.sh
 export LIVEKIT_SERVER_BIN="${LIVEKIT_SERVER_BIN:-$(scripts/install-livekit-server.sh | tail -n 1)}"
+export STRIPE_MOCK_BIN="${STRIPE_MOCK_BIN:-$(scripts/install-stripe-mock.sh | tail -n 1)}"
 
 .venv/bin/ruff check observer tests migrations bench
 .venv/bin/mypy

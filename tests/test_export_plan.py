@@ -140,3 +140,12 @@ def test_second_plan_after_sending_the_first_is_empty() -> None:
     again = plan("http", usage, ledger, mapping=None, now=NOW)
     assert again.events == ()
     assert again.unchanged == 2
+
+
+def test_a_target_without_negative_values_lists_a_negative_correction() -> None:
+    ledger = [sent(key("acme"), 0, 5), sent(key("beta"), 0, 1)]
+    usage = [u("acme", 3), u("beta", 4)]
+    p = plan("stripe", usage, ledger, mapping=None, now=NOW, window=Window(negative=False))
+    assert [(e.key.customer, e.quantity) for e in p.events] == [("beta", 3)]
+    assert [(o.event.key.customer, o.event.quantity) for o in p.out_of_window] == [("acme", -2)]
+    assert "negative correction" in p.out_of_window[0].reason

@@ -22,6 +22,10 @@ def make_target(s: ExportSettings) -> Target:
         from observer.export.http_target import HttpTarget
 
         return HttpTarget(s)
+    if s.target == "stripe":
+        from observer.export.stripe_target import StripeTarget
+
+        return StripeTarget(s)
     raise CommandError(f"export target {s.target} is not available in this version")
 
 

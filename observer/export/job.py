@@ -21,7 +21,8 @@ from observer.reports.prices import PriceBook
 from observer.reports.render import table
 
 # Stripe takes meter events of the last 35 days, and at most 5 minutes ahead
-STRIPE_WINDOW = Window(max_age=timedelta(days=35), max_ahead=timedelta(minutes=5))
+# (and no negative values)
+STRIPE_WINDOW = Window(max_age=timedelta(days=35), max_ahead=timedelta(minutes=5), negative=False)
 
 
 @dataclass(frozen=True)

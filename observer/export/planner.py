@@ -105,6 +105,7 @@ class Window:
 
     max_age: timedelta | None = None
     max_ahead: timedelta | None = None
+    negative: bool = True  # whether the target takes a negative quantity (a correction)
 
 
 def identifier(target: str, key: Key, seq: int) -> str:
@@ -200,6 +201,8 @@ def plan(
             timestamp=usage_time(k.start, k.end),
         )
         reason = _outside(event.timestamp, now, window)
+        if reason is None and difference < 0 and not window.negative:
+            reason = "a negative correction, which the target cannot carry: settle it there"
         if reason is None:
             events.append(event)
         else:
