@@ -121,11 +121,11 @@ def usage_minutes(capsys: pytest.CaptureFixture[str]) -> dict[tuple[str, str, st
     }
 
 
-def ledger_minutes(db_url: str) -> dict[tuple[str, str, str], Decimal]:
+def ledger_minutes(db_url: str, target: str = "http") -> dict[tuple[str, str, str], Decimal]:
     store = Store(db_url)
     try:
         out: dict[tuple[str, str, str], Decimal] = defaultdict(Decimal)
-        for r in store.export_rows("http"):
+        for r in store.export_rows(target):
             if r.state != "refused" and r.key.kind == "minutes":
                 out[(r.key.customer, r.key.agent, f"{r.key.start:%Y-%m-%d}")] += r.quantity
         return {k: v for k, v in out.items() if v}
@@ -137,13 +137,15 @@ def fake_minutes(fake: BillingFake) -> dict[tuple[str, str, str], Decimal]:
     return {(c, a, d): q for (c, a, d, kind), q in fake.totals().items() if kind == "minutes" and q}
 
 
-def assert_counted(capsys: pytest.CaptureFixture[str], db_url: str, fake: BillingFake) -> None:
+def assert_counted(
+    capsys: pytest.CaptureFixture[str], db_url: str, fake: BillingFake, target: str = "http"
+) -> None:
     """What the fake holds == the ledger == `observer usage`."""
     expected = usage_minutes(capsys)
-    assert fake_minutes(fake) == ledger_minutes(db_url) == expected
+    assert fake_minutes(fake) == ledger_minutes(db_url, target) == expected
     store = Store(db_url)
     try:
-        assert not store.export_pending("http")
+        assert not store.export_pending(target)
     finally:
         store.close()
 
@@ -372,3 +374,28 @@ def test_reconcile_then_export(
         monkeypatch.setenv("OBSERVER_EXPORT_TARGET", "nowhere")
         code, out, err = run(capsys, *args)
         assert code == 2 and out == "" and "OBSERVER_EXPORT_TARGET" in err
+
+
+def test_openmeter_cloudevents_deduplicated_by_source_and_id(
+    march: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with billing_fake() as fake:
+        use(monkeypatch, fake.url + "/openmeter/api/v1/events", timeout_s="0.5")
+        monkeypatch.setenv("OBSERVER_EXPORT_TARGET", "openmeter")
+        fake.faults.extend(["slow", "429", "slow"])
+        code, out, err = run(capsys, "export")
+        assert code == 0, out + err
+        assert "4 acknowledged" in out and "3 retried" in out
+        assert fake.duplicates == 2 and len(fake.events) == 4
+        store = Store(march)
+        try:
+            identifiers = {r.identifier for r in store.export_rows("openmeter")}
+        finally:
+            store.close()
+        for e in fake.events.values():
+            raw = e["raw"]
+            assert raw["specversion"] == "1.0" and raw["source"] == "observer"
+            assert raw["type"] == "agent_minutes" and raw["subject"] in ("acme", "beta")
+            assert raw["time"].endswith("T23:59:59Z") and raw["id"] in identifiers
+        assert_counted(capsys, march, fake, "openmeter")
+        assert SECRET not in out + err

@@ -26,7 +26,9 @@ def make_target(s: ExportSettings) -> Target:
         from observer.export.stripe_target import StripeTarget
 
         return StripeTarget(s)
-    raise CommandError(f"export target {s.target} is not available in this version")
+    from observer.export.openmeter_target import OpenMeterTarget
+
+    return OpenMeterTarget(s)
 
 
 def cmd_export(settings: Settings, args: argparse.Namespace) -> int:
