@@ -31,8 +31,10 @@ USES: dict[str, tuple[str, ...] | None] = {
         *DATABASE,
         "OBSERVER_SETTLE_STALE_S",
         "OBSERVER_FINALIZE_DELAY_S",
+        "OBSERVER_EXPORT_",
         *LOGS,
     ),
+    "export": (*DATABASE, "OBSERVER_EXPORT_", *LOGS),
     "web": (
         *DATABASE,
         "OBSERVER_HTTP_TOKEN",
@@ -259,6 +261,35 @@ def build_parser() -> argparse.ArgumentParser:
         "--now",
         metavar="TIME",
         help="roll up as if it were this time (settling always uses the real time)",
+    )
+
+    r.add_argument(
+        "--export",
+        action="store_true",
+        help="then send finalized usage to the billing system (as `observer export`)",
+    )
+
+    x = command(
+        "export",
+        "send the usage of finalized periods to a billing system, exactly once",
+        "Sends only what is not yet acknowledged; a period whose usage changed since gets a"
+        " correction of the difference. Exit 0 all acknowledged, 1 a customer without a billing"
+        " id, usage the target does not take, or events refused or still pending, 2 bad"
+        " settings (nothing sent).",
+    )
+    x.add_argument(
+        "--from", dest="start", metavar="TIME", help="only days or periods from: " + WHEN
+    )
+    x.add_argument("--to", dest="end", metavar="TIME", help="... and starting before")
+    x.add_argument(
+        "--dry-run", action="store_true", help="print what would be sent; write and send nothing"
+    )
+    x.add_argument(
+        "--format", choices=("table", "json"), default="table", help="--dry-run's output format"
+    )
+    x.add_argument("--now", metavar="TIME", help="count as if it were this time")
+    x.add_argument(
+        "--metrics-file", metavar="FILE", help="write the run's counters here (Prometheus text)"
     )
 
     w = command(

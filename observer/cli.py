@@ -1,4 +1,4 @@
-"""Command line: `observer migrate|check|run|sessions|rooms|usage|reconcile|web|simulate`.
+"""Command line: `observer migrate|check|run|sessions|rooms|usage|reconcile|export|web|simulate`.
 
 Settings are read once here, each command runs from the table below, and every error
 that reaches the user is printed here as one line with an exit code a scheduler can act
@@ -20,7 +20,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from observer import logs
 from observer.arguments import NEEDS_LIVEKIT, USES, build_parser
-from observer.commands import daemon, reports, web
+from observer.commands import daemon, export, reports, web
 from observer.config import ConfigError, Settings
 from observer.errors import EXIT_FAILED, EXIT_USAGE, CommandError
 
@@ -42,6 +42,7 @@ COMMANDS: dict[str, Command] = {
     "rooms": Command(reports.cmd_rooms, one_shot=True),
     "usage": Command(reports.cmd_usage, one_shot=True),
     "reconcile": Command(reports.cmd_reconcile, one_shot=True),
+    "export": Command(export.cmd_export, one_shot=True),
     "web": Command(web.cmd_web),
     "simulate": Command(reports.cmd_simulate),
 }

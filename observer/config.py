@@ -15,6 +15,7 @@ from sqlalchemy.exc import ArgumentError
 
 from observer.core.protocol_values import kind_setting
 from observer.core.vocab import KINDS
+from observer.export.settings import EXPORT_SETTINGS_DOC
 
 LOG_FORMATS = ("text", "json")
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -94,6 +95,7 @@ SETTINGS_DOC: dict[str, tuple[str, str]] = {
     "OBSERVER_FINALIZE_DELAY_S": ("3600", "Seconds after a period ends before reconcile finalizes"),
     "OBSERVER_LOG_FORMAT": ("text", "Log format: text or json"),
     "OBSERVER_LOG_LEVEL": ("info", "Log level: debug, info, warning or error"),
+    **EXPORT_SETTINGS_DOC,
 }
 
 
@@ -200,6 +202,8 @@ class Settings:
     log_level: str
     # settings given under a deprecated name, logged once at start
     deprecations: tuple[Deprecated, ...] = ()
+    # OBSERVER_EXPORT_* as given, read by `observer.export.settings` (a secret among them)
+    export_env: Mapping[str, str] = field(default_factory=dict, repr=False)
 
     @property
     def database_url_safe(self) -> str:
@@ -262,6 +266,7 @@ class Settings:
             log_format=r.choice("OBSERVER_LOG_FORMAT", LOG_FORMATS),
             log_level=r.choice("OBSERVER_LOG_LEVEL", LOG_LEVELS),
             deprecations=deprecations,
+            export_env={k: v for k, v in env.items() if k in EXPORT_SETTINGS_DOC},
         )
         if r.problems:
             raise ConfigError(r.problems)

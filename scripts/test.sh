@@ -12,6 +12,7 @@ scripts/ensure-redis.sh
 scripts/ensure-chromium.sh
 scripts/bootstrap.sh
 export LIVEKIT_SERVER_BIN="${LIVEKIT_SERVER_BIN:-$(scripts/install-livekit-server.sh | tail -n 1)}"
+export STRIPE_MOCK_BIN="${STRIPE_MOCK_BIN:-$(scripts/install-stripe-mock.sh | tail -n 1)}"
 # The whole suite also runs the release matrix's scenarios (tests marked `compat`) against
 # the oldest livekit-server release the observer supports; scripts/compat.sh runs any other.
 readonly OLDEST_RELEASE="1.8.4"

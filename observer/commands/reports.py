@@ -106,6 +106,8 @@ def cmd_usage(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_reconcile(settings: Settings, args: argparse.Namespace) -> int:
     from decimal import Decimal, InvalidOperation
 
+    from observer.commands.export import export
+    from observer.export.settings import export_settings
     from observer.reports import reconcile
     from observer.reports.periods import parse_period, period_between
 
@@ -142,10 +144,18 @@ def cmd_reconcile(settings: Settings, args: argparse.Namespace) -> int:
         prices=prices(args.prices) if args.prices is not None else None,
         warn=lambda m: print(f"warning: {m}", file=sys.stderr),
     )
+    # the export's settings are checked before anything is written
+    exporting = export_settings(settings.export_env) if args.export else None
     with open_store(settings) as store:
         outcome = reconcile.run(store, settings.livekit, job)
     sys.stdout.write(reconcile.render(outcome))
-    return outcome.exit_code
+    if exporting is None:
+        return outcome.exit_code
+    sys.stdout.flush()
+    sent = export(
+        settings, exporting, now=now, start=period.start, end=period.end, dry_run=False, args=args
+    )
+    return max(outcome.exit_code, sent.exit_code)
 
 
 def cmd_simulate(settings: Settings, args: argparse.Namespace) -> int:

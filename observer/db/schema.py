@@ -396,6 +396,39 @@ class WebhookEventRow(Base):
     )
 
 
+class ExportRow(Base):
+    """One event sent (or to send) to a billing system by `observer export`: the ledger
+    that makes sending exactly once. A row is written `pending` before it is sent and
+    answered in place; its identifier is the billing system's deduplication key."""
+
+    __tablename__ = "exports"
+
+    id: Mapped[int] = mapped_column(BigID, primary_key=True, autoincrement=True)
+    target: Mapped[str] = mapped_column(Text)  # http, stripe, openmeter
+    identifier: Mapped[str] = mapped_column(Text)
+    customer: Mapped[str] = mapped_column(Text)  # the billing system's customer id
+    customer_value: Mapped[str] = mapped_column(Text)  # the key's value in the sessions
+    agent: Mapped[str] = mapped_column(Text)  # "" for agents without a name
+    period_start: Mapped[datetime] = mapped_column(UTCDateTime)
+    period_end: Mapped[datetime] = mapped_column(UTCDateTime)
+    kind: Mapped[str] = mapped_column(Text)  # minutes, cost, tokens:<counter>:<model>
+    seq: Mapped[int] = mapped_column(Integer)  # 0 the first event of its key; corrections 1..
+    quantity: Mapped[str] = mapped_column(Text)  # exact decimal; a correction's difference
+    event_time: Mapped[datetime] = mapped_column(UTCDateTime)  # the usage's time, as sent
+    state: Mapped[str] = mapped_column(Text)
+    answer: Mapped[str | None] = mapped_column(Text)  # the last answer, one line
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    answered_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+    __table_args__ = (
+        UniqueConstraint("target", "identifier"),
+        CheckConstraint("state IN ('pending', 'acknowledged', 'refused')", name="state"),
+        Index("ix_exports_target_state", "target", "state"),
+        Index("ix_exports_target_period_start", "target", "period_start"),
+    )
+
+
 def dialect_insert(dialect: str, target: Any) -> Any:
     """An INSERT that can take ON CONFLICT, in the dialect's own flavour."""
     return pg_insert(target) if dialect == "postgresql" else sqlite_insert(target)

@@ -32,9 +32,10 @@ from sqlalchemy.orm import Session
 
 from observer.core.events import TrackedSession
 from observer.core.times import utcnow
-from observer.db import fleet
+from observer.db import exports, fleet
 from observer.db._threads import Busy as Busy  # what a call that waited too long raises
 from observer.db._threads import Threads
+from observer.db.exports import Answer, ExportTx, LedgerRow
 from observer.db.fleet import Member
 from observer.db.reads import (
     GroupingKeys,
@@ -239,6 +240,34 @@ class Store:
         """One transaction for a reconcile run: committed when the block ends normally."""
         with Session(self.engine) as db, db.begin():
             yield RollupTx(db)
+
+    # ---- the exports ledger (`db/exports.py`) ---------------------------------------------
+
+    @contextmanager
+    def export_transaction(self) -> Iterator[ExportTx]:
+        """One transaction for planning an export: committed when the block ends normally."""
+        with Session(self.engine) as db, db.begin():
+            yield ExportTx(db)
+
+    def export_pending(self, target: str, *, after: int = 0, limit: int = 1000) -> list[LedgerRow]:
+        """The target's pending events after id `after`, in the order recorded."""
+        return exports.pending(self.engine, target, after=after, limit=limit)
+
+    def export_answers(self, answers: Sequence[Answer], now: datetime) -> None:
+        """Write the billing system's answers to the ledger, in one transaction."""
+        exports.answer(self.engine, answers, now)
+
+    def export_rows(self, target: str | None = None) -> list[LedgerRow]:
+        """The ledger (of one target), in the order recorded."""
+        return exports.rows(self.engine, target)
+
+    def finalized_periods(self) -> list[tuple[datetime, datetime]]:
+        """The periods `observer reconcile` finalized, by start."""
+        return exports.finalized_periods(self.engine)
+
+    def export_counts(self) -> dict[tuple[str, str], int]:
+        """Events per (target, state)."""
+        return exports.counts(self.engine)
 
     # ---- the fleet: observers' rows, their heartbeats, alerts (`db/fleet.py`) ----------------
 

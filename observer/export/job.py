@@ -1,0 +1,177 @@
+"""One `observer export` run: collect the usage of finalized periods, plan against the
+ledger, record the events as pending, send every pending event, and say what happened."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from observer.core.times import iso
+from observer.db.store import Store
+from observer.errors import CommandError
+from observer.export.collect import buckets, collect
+from observer.export.planner import Event, Plan, Window, plan
+from observer.export.sending import ExportMetrics, SendSummary, Target, send_pending
+from observer.export.settings import ExportSettings
+from observer.reports.prices import PriceBook
+from observer.reports.render import table
+
+# Stripe takes meter events of the last 35 days, and at most 5 minutes ahead
+# (and no negative values)
+STRIPE_WINDOW = Window(max_age=timedelta(days=35), max_ahead=timedelta(minutes=5), negative=False)
+
+
+@dataclass(frozen=True)
+class ExportJob:
+    settings: ExportSettings
+    now: datetime
+    start: datetime | None = None  # buckets starting at or after
+    end: datetime | None = None  # ... and before
+    dry_run: bool = False
+    prices: PriceBook | None = None
+    warn: Callable[[str], None] = lambda _m: None
+
+
+@dataclass
+class ExportResult:
+    job: ExportJob
+    plan: Plan
+    buckets: int
+    recorded: int = 0
+    sent: SendSummary = field(default_factory=SendSummary)
+
+    @property
+    def exit_code(self) -> int:
+        """0 when everything was acknowledged; 1 when a customer has no billing id, usage
+        is outside what the target takes, or an event was refused or is still pending."""
+        p, s = self.plan, self.sent
+        return 1 if p.unmapped or p.out_of_window or s.refused or s.pending else 0
+
+
+def window_of(target: str) -> Window:
+    return STRIPE_WINDOW if target == "stripe" else Window()
+
+
+def run(
+    store: Store,
+    job: ExportJob,
+    make_target: Callable[[ExportSettings], Target],
+    metrics: ExportMetrics,
+) -> ExportResult:
+    """Plan, record and send; with `dry_run` only plan (nothing is written or sent)."""
+    s = job.settings
+    bs = buckets(store.finalized_periods(), s, job.start, job.end)
+    usage = collect(store, s, bs, job.now, prices=job.prices, warn=job.warn)
+    wanted = set(bs)
+    with store.export_transaction() as tx:
+        if not tx.try_lock():
+            raise CommandError("another `observer export` is planning on this database; run again")
+        ledger = []
+        if bs:
+            ledger = [
+                x
+                for x in tx.ledger(s.target, bs[0][0], bs[-1][1])
+                if (x.key.start, x.key.end) in wanted
+            ]
+        p = plan(
+            s.target, usage, ledger, mapping=s.customers, now=job.now, window=window_of(s.target)
+        )
+        if job.dry_run:
+            return ExportResult(job, p, len(bs))
+        recorded = tx.record(p.events, job.now)
+    result = ExportResult(job, p, len(bs), recorded)
+    result.sent = asyncio.run(_send(store, make_target, s, metrics))
+    return result
+
+
+async def _send(
+    store: Store,
+    make_target: Callable[[ExportSettings], Target],
+    s: ExportSettings,
+    metrics: ExportMetrics,
+) -> SendSummary:
+    target = make_target(s)  # inside the loop: its HTTP session belongs to it
+    try:
+        return await send_pending(
+            store, target, rate_per_s=s.rate_per_s, attempts=s.attempts, metrics=metrics
+        )
+    finally:
+        await target.close()
+
+
+def _event_dict(e: Event) -> dict[str, Any]:
+    return {
+        "identifier": e.identifier,
+        "customer": e.key.customer,
+        "customer_value": e.customer_value,
+        "agent": e.key.agent,
+        "period_start": iso(e.key.start),
+        "period_end": iso(e.key.end),
+        "kind": e.key.kind,
+        "sequence": e.seq,
+        "quantity": str(e.quantity),
+        "time": iso(e.timestamp),
+    }
+
+
+def render_plan(o: ExportResult, fmt: str) -> str:
+    """What a dry run would send, as a table or JSON."""
+    p = o.plan
+    if fmt == "json":
+        doc = {
+            "target": o.job.settings.target,
+            "events": [_event_dict(e) for e in p.events],
+            "unmapped": [{"customer_value": v, "minutes": str(m)} for v, m in p.unmapped.items()],
+            "out_of_window": [
+                {**_event_dict(x.event), "reason": x.reason} for x in p.out_of_window
+            ],
+        }
+        return json.dumps(doc, indent=2) + "\n"
+    rows = [("day/period", "customer", "agent", "kind", "seq", "quantity")]
+    rows += [
+        (
+            f"{e.key.start:%Y-%m-%d}",
+            e.key.customer,
+            e.key.agent or "-",
+            e.key.kind,
+            str(e.seq),
+            str(e.quantity),
+        )
+        for e in p.events
+    ]
+    return "\n".join([*table(rows), *_problems(o)]) + "\n"
+
+
+def _problems(o: ExportResult) -> list[str]:
+    p = o.plan
+    out = [
+        f"not sent: customer {v!r} has no billing id ({m} minute(s)); map it in [customers]"
+        if v
+        else f"not sent: {m} minute(s) of sessions without {o.job.settings.customer_key}"
+        for v, m in sorted(p.unmapped.items())
+    ]
+    out += [
+        f"not sent: {x.event.key.kind} of {x.event.key.customer!r} for {x.event.key.start:%Y-%m-%d}"
+        f" ({x.event.quantity}) at {iso(x.event.timestamp)} is {x.reason}"
+        for x in p.out_of_window
+    ]
+    return out
+
+
+def render(o: ExportResult) -> str:
+    """A short summary for stdout."""
+    s, p, sent = o.job.settings, o.plan, o.sent
+    corrections = sum(e.is_correction for e in p.events)
+    out = [
+        f"export to {s.target}: {o.buckets} bucket(s) of finalized periods by {s.grouping};"
+        f" {len(p.events)} new event(s) ({corrections} correction(s)), {p.unchanged} unchanged",
+        f"sent: {sent.acknowledged} acknowledged, {sent.refused} refused,"
+        f" {sent.pending} still pending (run again), {sent.retries} retried",
+    ]
+    out += [f"refused: {r.identifier} ({r.key.customer}): {why}" for r, why in sent.refusals]
+    out += _problems(o)
+    return "\n".join(out) + "\n"

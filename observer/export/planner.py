@@ -1,0 +1,222 @@
+"""What to send to a billing system, from usage and the ledger of what was sent. Pure: no
+I/O, no clock (times are given).
+
+Usage is counted per customer value (an attribute or room-metadata key), agent, bucket
+(a UTC day, or a finalized period) and quantity kind. The customer value is mapped to the
+billing system's customer id; a value without one is listed, never sent under a guess.
+Each (target, customer id, agent, bucket, kind) is a ledger key: what was sent for it
+(pending or acknowledged events) is compared with what the usage gives now, and only the
+difference is planned, as a new event with its own identifier (`seq` 0 for the first,
+1, 2, ... for corrections). Refused events sent nothing, so they count for nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from decimal import Decimal
+from typing import Literal
+
+ExportState = Literal["pending", "acknowledged", "refused"]
+EXPORT_STATES: tuple[ExportState, ...] = ("pending", "acknowledged", "refused")
+IDENTIFIER_MAX = 100  # Stripe's limit on a meter event's identifier
+
+MINUTES = "minutes"  # billable agent minutes, by the per-session minute rule
+COST = "cost"  # the priced cost, exact decimal
+TOKENS_PREFIX = "tokens:"  # tokens:<counter>:<provider>/<model>
+
+
+def token_kind(counter: str, provider: str, model: str) -> str:
+    """The quantity kind of one model's counter (`input_tokens`, `output_tokens`)."""
+    return f"{TOKENS_PREFIX}{counter}:{provider}/{model}"
+
+
+@dataclass(frozen=True)
+class Usage:
+    """One quantity of one customer value, agent and bucket, as the sessions give it now."""
+
+    customer_value: str  # the key's value; "" when sessions have none
+    agent: str  # "" for agents without a name
+    start: datetime  # the bucket [start, end), UTC
+    end: datetime
+    kind: str  # MINUTES, COST or a token_kind
+    quantity: Decimal
+
+
+@dataclass(frozen=True)
+class Key:
+    """What the ledger adds up events by, for one target."""
+
+    customer: str  # the billing system's customer id
+    agent: str
+    start: datetime
+    end: datetime
+    kind: str
+
+
+@dataclass(frozen=True)
+class Sent:
+    """One row of the ledger, as far as planning needs it."""
+
+    key: Key
+    seq: int
+    quantity: Decimal
+    state: ExportState
+
+
+@dataclass(frozen=True)
+class Event:
+    """One event to record as pending and send."""
+
+    target: str
+    identifier: str
+    key: Key
+    customer_value: str
+    seq: int  # 0: the first event of its key; above: a correction
+    quantity: Decimal  # for a correction, the difference: may be negative
+    timestamp: datetime  # when the usage happened, as the billing system files it
+
+    @property
+    def is_correction(self) -> bool:
+        return self.seq > 0
+
+
+@dataclass(frozen=True)
+class OutOfWindow:
+    """An event the target cannot take at its time; it is not sent, nor recorded."""
+
+    event: Event
+    reason: str
+
+
+@dataclass(frozen=True)
+class Plan:
+    events: tuple[Event, ...]
+    unmapped: dict[str, Decimal] = field(default_factory=dict)  # value -> minutes not sent
+    out_of_window: tuple[OutOfWindow, ...] = ()
+    unchanged: int = 0  # keys whose sent total equals the usage
+
+
+@dataclass(frozen=True)
+class Window:
+    """The times a target accepts, relative to now (Stripe: 35 days back, 5 minutes on)."""
+
+    max_age: timedelta | None = None
+    max_ahead: timedelta | None = None
+    negative: bool = True  # whether the target takes a negative quantity (a correction)
+
+
+def identifier(target: str, key: Key, seq: int) -> str:
+    """A deterministic identifier (at most `IDENTIFIER_MAX` characters): the same event gets
+    the same one on every run, so a billing system that deduplicates by it takes a resent
+    event once. Names can be long and hold anything, so they are hashed."""
+    parts = (
+        target,
+        key.customer,
+        key.agent,
+        key.start.isoformat(),
+        key.end.isoformat(),
+        key.kind,
+        str(seq),
+    )
+    digest = hashlib.sha256("\x1f".join(parts).encode()).hexdigest()[:40]
+    return f"obs_{key.start:%Y%m%d}_{digest}_{seq}"
+
+
+def usage_time(start: datetime, end: datetime) -> datetime:
+    """The time a bucket's usage is filed at: its last whole second, inside the bucket, so
+    a billing period that starts at its end does not take it."""
+    return max(start, end - timedelta(seconds=1))
+
+
+def map_customers(
+    values: Iterable[str], mapping: Mapping[str, str] | None
+) -> tuple[dict[str, str], set[str]]:
+    """Customer value -> billing id (the value itself when `mapping` is None), and the
+    values without one. The empty value (sessions without the key) never has one."""
+    ids: dict[str, str] = {}
+    missing: set[str] = set()
+    for v in values:
+        billing = (v if mapping is None else mapping.get(v, "")).strip()
+        if v == "" or billing == "":
+            missing.add(v)
+        else:
+            ids[v] = billing
+    return ids, missing
+
+
+def plan(
+    target: str,
+    usage: Sequence[Usage],
+    ledger: Sequence[Sent],
+    *,
+    mapping: Mapping[str, str] | None,
+    now: datetime,
+    window: Window = Window(),
+) -> Plan:
+    """The events to send so that each key's acknowledged-or-pending total equals its usage.
+
+    Usage of a customer value without a billing id is listed in `unmapped` (its minutes)
+    and not planned. A key the ledger has but the usage no longer gives is corrected to 0.
+    Events the target's `window` does not take are listed, not planned.
+    """
+    ids, missing = map_customers({u.customer_value for u in usage}, mapping)
+    fresh: dict[Key, Decimal] = {}
+    value_of: dict[Key, str] = {}
+    unmapped: dict[str, Decimal] = {}
+    for u in usage:
+        if u.customer_value in missing:
+            if u.kind == MINUTES:
+                unmapped[u.customer_value] = unmapped.get(u.customer_value, Decimal(0)) + u.quantity
+            else:
+                unmapped.setdefault(u.customer_value, Decimal(0))
+            continue
+        k = Key(ids[u.customer_value], u.agent, u.start, u.end, u.kind)
+        fresh[k] = fresh.get(k, Decimal(0)) + u.quantity
+        value_of.setdefault(k, u.customer_value)
+    sent: dict[Key, Decimal] = {}
+    next_seq: dict[Key, int] = {}
+    for s in ledger:
+        next_seq[s.key] = max(next_seq.get(s.key, 0), s.seq + 1)
+        if s.state != "refused":
+            sent[s.key] = sent.get(s.key, Decimal(0)) + s.quantity
+    events: list[Event] = []
+    late: list[OutOfWindow] = []
+    unchanged = 0
+    for k in sorted(fresh.keys() | sent.keys(), key=_order):
+        difference = fresh.get(k, Decimal(0)) - sent.get(k, Decimal(0))
+        if difference == 0:
+            unchanged += k in sent
+            continue
+        seq = next_seq.get(k, 0)
+        event = Event(
+            target=target,
+            identifier=identifier(target, k, seq),
+            key=k,
+            customer_value=value_of.get(k, ""),
+            seq=seq,
+            quantity=difference,
+            timestamp=usage_time(k.start, k.end),
+        )
+        reason = _outside(event.timestamp, now, window)
+        if reason is None and difference < 0 and not window.negative:
+            reason = "a negative correction, which the target cannot carry: settle it there"
+        if reason is None:
+            events.append(event)
+        else:
+            late.append(OutOfWindow(event, reason))
+    return Plan(tuple(events), unmapped, tuple(late), unchanged)
+
+
+def _outside(at: datetime, now: datetime, window: Window) -> str | None:
+    if window.max_age is not None and at < now - window.max_age:
+        return f"older than the {window.max_age.days} days the target accepts"
+    if window.max_ahead is not None and at > now + window.max_ahead:
+        return f"more than {int(window.max_ahead.total_seconds())} s ahead of now"
+    return None
+
+
+def _order(k: Key) -> tuple[datetime, str, str, str]:
+    return (k.start, k.customer, k.agent, k.kind)
