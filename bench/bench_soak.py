@@ -289,6 +289,9 @@ async def main(args: argparse.Namespace) -> None:
         ):
             if ids:
                 say(f"  {label}: {', '.join(ids[:10])}{' ...' if len(ids) > 10 else ''}")
+        for what, by in v.off_by.items():
+            parts = [f"{src} {n} (up to {worst:.1f} s)" for src, (n, worst) in sorted(by.items())]
+            say(f"  {what} by how the end was learned: {', '.join(parts)}")
         for life, span, rss, fds in measure.slopes(samples, args.warmup_s):
             fmt = lambda x: "n/a" if x is None else f"{x:+.1f}"  # noqa: E731
             say(

@@ -93,6 +93,14 @@ class Verdict:
     shortened: list[str] = field(default_factory=list)  # row covers less than the client was in
     lengthened: list[str] = field(default_factory=list)  # row ends well after the leave
     by_source: dict[str, int] = field(default_factory=dict)
+    # for shortened and lengthened rows: end source -> (rows, the largest difference in s)
+    off_by: dict[str, dict[str, tuple[int, float]]] = field(default_factory=dict)
+
+    def off(self, what: str, identity: str, source: str | None, seconds: float) -> None:
+        getattr(self, what).append(identity)
+        kept = self.off_by.setdefault(what, {})
+        n, worst = kept.get(source or "open", (0, 0.0))
+        kept[source or "open"] = (n + 1, max(worst, seconds))
 
 
 def compare(stays: list[Stay], rows: list[Row], tolerance_s: float) -> Verdict:
@@ -119,11 +127,11 @@ def compare(stays: list[Stay], rows: list[Row], tolerance_s: float) -> Verdict:
         joined = row.joined_at.timestamp()
         slack = (row.end_uncertainty_ms or 0) / 1000
         if joined > s.joined + tolerance_s:
-            v.shortened.append(s.identity)
+            v.off("shortened", s.identity, row.end_source, joined - s.joined)
         elif s.leaving is not None and row.left_at is not None:
             left = row.left_at.timestamp()
             if left + slack < s.leaving - tolerance_s:
-                v.shortened.append(s.identity)
+                v.off("shortened", s.identity, row.end_source, s.leaving - left - slack)
             elif left > s.leaving + tolerance_s + slack:
-                v.lengthened.append(s.identity)
+                v.off("lengthened", s.identity, row.end_source, left - s.leaving)
     return v
