@@ -9,11 +9,14 @@ import re
 import shutil
 import subprocess
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import yaml
 
 from observer.config import Settings
+from observer.core.events import Tick
+from observer.core.times import utcnow
 from observer.daemon.service import Observer
 from observer.db.store import Store
 
@@ -44,22 +47,26 @@ def promtool() -> str:
     return path
 
 
-def exported_names() -> set[str]:
-    """Every sample name the daemon's /metrics can show, from a constructed observer (its
-    registry, with the gauges read on scrape already wired)."""
+def observer(**settings: str) -> Observer:
     s = Settings.from_mapping(
         {
             "LIVEKIT_URL": "ws://127.0.0.1:9",
             "LIVEKIT_API_KEY": "k",
             "LIVEKIT_API_SECRET": "s",
             "OBSERVER_DATABASE_URL": "sqlite://",
+            **settings,
         },
         need_livekit=True,
     )
     assert s.livekit is not None
-    obs = Observer(s, Store("sqlite://"), s.livekit)
+    return Observer(s, Store("sqlite://"), s.livekit)
+
+
+def exported_names() -> set[str]:
+    """Every sample name the daemon's /metrics can show, from a constructed observer (its
+    registry, with the gauges read on scrape already wired)."""
     names = set()
-    for family in obs.metrics.registry.collect():
+    for family in observer().metrics.registry.collect():
         names |= {family.name + suffix for suffix in SUFFIXES[family.type]}
     return names
 
@@ -85,6 +92,32 @@ def rules() -> list[dict[str, object]]:
 def dashboard_exprs() -> list[str]:
     dash = json.loads(DASHBOARD.read_text())
     return [t["expr"] for p in dash["panels"] for t in p.get("targets", [])]
+
+
+def test_the_gauges_the_alerts_need_read_the_daemon() -> None:
+    obs = observer(OBSERVER_QUEUE_MAX="10", OBSERVER_REPLICAS="2")
+    m = obs.metrics
+    assert m.value("observer_buffer_capacity", {"buffer": "events"}) == 10
+    assert m.value("observer_buffer_capacity", {"buffer": "writes"}) == 10
+    assert m.value("observer_fleet_replicas_wanted") == 2
+    assert m.value("observer_ready") == 0  # not started: no listing answered yet
+    obs.rooms = SimpleNamespace(listing_ok=True, listed_count=lambda: 3, unreachable={})
+    obs.fleet = SimpleNamespace(database_answers=True)
+    assert m.value("observer_ready") == 1
+    assert m.value("observer_livekit_rooms_listed") == 3
+    for _ in range(6):  # over half of OBSERVER_QUEUE_MAX: backed up
+        obs.queue.put_nowait(Tick(utcnow()))
+    assert m.value("observer_buffer_fill_ratio", {"buffer": "events"}) == 0.6
+    assert m.value("observer_buffer_fill_ratio", {"buffer": "writes"}) == 0
+    assert m.value("observer_ready") == 0
+    while not obs.queue.empty():
+        obs.queue.get_nowait()
+    assert m.value("observer_ready") == 1
+    obs.writer.failing_since = 1.0
+    assert m.value("observer_ready") == 0
+    obs.writer.failing_since = None
+    obs.fleet.database_answers = False
+    assert m.value("observer_ready") == 0
 
 
 def test_metric_names_are_read_out_of_expressions() -> None:
