@@ -29,7 +29,7 @@ from sqlalchemy import func, insert, select
 
 from observer.core.changes import Open
 from observer.core.events import TrackedSession
-from observer.daemon.service import backed_up
+from observer.daemon.telemetry import backed_up
 from observer.daemon.writer import Writer
 from observer.db.reads import SessionFilter
 from observer.db.schema import SessionRow

@@ -72,6 +72,11 @@ class Fleet:
         self._beats = 0
         metrics.observers_alive.set_function(lambda: len(self.members))
 
+    @property
+    def database_answers(self) -> bool:
+        """The last heartbeat reached the database."""
+        return self._healthy_since is not None
+
     # ---- placement ------------------------------------------------------------------------
 
     def mine(self, room_names: Collection[str]) -> set[str]:

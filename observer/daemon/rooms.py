@@ -88,6 +88,7 @@ class Rooms:
         self._open_in_room = open_in_room
         self._listed: list[discovery.ListedRoom] = []
         self._listed_at: datetime | None = None
+        self.listing_ok = False  # LiveKit answered the last listing
         self._not_mine_since: dict[str, float] = {}
         self._joining: set[str] = set()  # rooms whose join has not landed yet
         self._joined_via: dict[str, str] = {}  # room sid -> the URL its connection went to
@@ -140,10 +141,16 @@ class Rooms:
             try:
                 resp = await self._api.room.list_rooms(api.ListRoomsRequest())
             except API_ERRORS as exc:
+                self.listing_ok = False
                 log_failure(log, self._lk, exc)
             else:
+                self.listing_ok = True
                 self.poll_once([discovery.ListedRoom(r.sid, r.name) for r in resp.rooms], listed_at)
             await asyncio.sleep(self._settings.poll_interval_s)
+
+    def listed_count(self) -> int:
+        """Rooms of the last answered listing that match OBSERVER_ROOM_PATTERNS."""
+        return sum(discovery.matches(r.name, self._settings.room_patterns) for r in self._listed)
 
     def poll_once(
         self, listed: list[discovery.ListedRoom], listed_at: datetime | None = None

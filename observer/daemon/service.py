@@ -40,7 +40,7 @@ from observer.daemon.identity import (
 )
 from observer.daemon.room_processes.pool import RoomProcessPool
 from observer.daemon.rooms import Rooms
-from observer.daemon.telemetry import Metrics
+from observer.daemon.telemetry import Metrics, backed_up
 from observer.daemon.writer import BufferFull, Writer
 from observer.db.migrate import upgrade
 from observer.db.store import Store
@@ -58,17 +58,6 @@ EXIT_OVERFLOW = 3
 TICK_S = 0.5
 SEEN_WEBHOOKS_MAX = 50_000
 WEBHOOK_DB_WAIT_S = 2.0
-
-
-def backed_up(events: int, writes: int, bound: int) -> list[str]:
-    """Room events or database writes waiting past half their bound (`OBSERVER_QUEUE_MAX`,
-    where the daemon stops): recording is falling behind."""
-    problems = []
-    if events > bound // 2:
-        problems.append(f"room events backed up; {events} waiting")
-    if writes > bound // 2:
-        problems.append(f"database writes backed up; {writes} changes waiting")
-    return problems
 
 
 class Observer:
@@ -116,6 +105,10 @@ class Observer:
             event_queue_depth=self.queue.qsize,
             db_pending_ops=lambda: self.writer.pending,
             rooms_unreachable=lambda: len(self.rooms.unreachable) if self.rooms else 0,
+            ready=self.recording,
+            rooms_listed=lambda: self.rooms.listed_count() if self.rooms else 0,
+            buffer_max=settings.queue_max,
+            replicas_wanted=settings.replicas,
         )
         self.rooms: Rooms | None = None
         self.fleet: Fleet | None = None
@@ -472,6 +465,14 @@ class Observer:
                 pass
         self._submit([rec])  # idempotent: a late direct insert and this one store it once
         return None
+
+    def recording(self) -> bool:
+        """`observer_ready`: /readyz from what the daemon already knows (the last listing,
+        the heartbeats' and the writer's database answers, the backlog), without asking."""
+        q, w = self.queue.qsize(), self.writer.pending
+        return bool(
+            self.rooms and self.rooms.listing_ok and self.fleet and self.fleet.database_answers
+        ) and not (self.writer.failing_since or backed_up(q, w, self.settings.queue_max))
 
     async def readiness(self) -> list[str]:
         """What keeps recording from working right now (empty when ready): LiveKit, the

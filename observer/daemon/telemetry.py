@@ -10,7 +10,7 @@ import logging
 from collections.abc import Callable, Mapping, Sequence
 from typing import assert_never
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 
 from observer.core.changes import (
     Close,
@@ -39,6 +39,21 @@ log = logging.getLogger(__name__)
 
 LATENCY_BUCKETS_S = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
 DURATION_BUCKETS_S = (10, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200, 14400, 43200)
+
+
+def backed_up(events: int, writes: int, bound: int) -> list[str]:
+    """Room events or database writes waiting past half their bound (`OBSERVER_QUEUE_MAX`,
+    where the daemon stops): recording is falling behind."""
+    problems = []
+    if events > bound // 2:
+        problems.append(f"room events backed up; {events} waiting")
+    if writes > bound // 2:
+        problems.append(f"database writes backed up; {writes} changes waiting")
+    return problems
+
+
+def fill_ratio(depth: Callable[[], float], capacity: int) -> Callable[[], float]:
+    return lambda: depth() / capacity if capacity else 0.0
 
 
 class Metrics:
@@ -166,6 +181,37 @@ class Metrics:
             registry=r,
         )
 
+        self.ready = Gauge(
+            "observer_ready",
+            "1 while recording works (LiveKit's last listing answered, the database takes"
+            " heartbeats and writes, nothing backed up), else 0",
+            registry=r,
+        )
+        self.buffer_capacity = Gauge(
+            "observer_buffer_capacity",
+            "Items a buffer holds before the daemon stops (OBSERVER_QUEUE_MAX): events, writes",
+            ["buffer"],
+            registry=r,
+        )
+        self.buffer_fill_ratio = Gauge(
+            "observer_buffer_fill_ratio",
+            "How full a buffer is, 0 to 1, of observer_buffer_capacity",
+            ["buffer"],
+            registry=r,
+        )
+        self.rooms_listed = Gauge(
+            "observer_livekit_rooms_listed",
+            "Rooms matching OBSERVER_ROOM_PATTERNS in LiveKit's last answered listing",
+            registry=r,
+        )
+        self.replicas_wanted = Gauge(
+            "observer_fleet_replicas_wanted",
+            "OBSERVER_REPLICAS: observers wanted inside each room",
+            registry=r,
+        )
+        # process_resident_memory_bytes, process_open_fds, process_cpu_seconds_total, ...
+        ProcessCollector(registry=r)
+
     def value(self, name: str, labels: dict[str, str] | None = None) -> float:
         """A sample's current value (0 when absent); for tests and health output."""
         v = self.registry.get_sample_value(name, labels or {})
@@ -180,8 +226,18 @@ class Metrics:
         event_queue_depth: Callable[[], float],
         db_pending_ops: Callable[[], float],
         rooms_unreachable: Callable[[], float] = lambda: 0.0,
+        ready: Callable[[], float] = lambda: 0.0,
+        rooms_listed: Callable[[], float] = lambda: 0.0,
+        buffer_max: int = 0,
+        replicas_wanted: int = 1,
     ) -> None:
         """Have each gauge read its value from its owner when scraped."""
+        self.ready.set_function(ready)
+        self.rooms_listed.set_function(rooms_listed)
+        self.replicas_wanted.set(replicas_wanted)
+        for buffer, depth in (("events", event_queue_depth), ("writes", db_pending_ops)):
+            self.buffer_capacity.labels(buffer=buffer).set(buffer_max)
+            self.buffer_fill_ratio.labels(buffer=buffer).set_function(fill_ratio(depth, buffer_max))
         self.rooms_unreachable.set_function(rooms_unreachable)
         self.sessions_open.set_function(sessions_open)
         self.rooms_watched.set_function(rooms_watched)
