@@ -213,18 +213,49 @@ def test_api_down_leaves_events_pending_then_sends_them(
         assert_counted(capsys, march, fake)
 
 
-def test_refused_event_is_recorded_and_planned_again(
-    march: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+def test_refused_event_is_held_once_and_retried_on_demand(
+    march: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
     with billing_fake(SECRET) as fake:
         use(monkeypatch, fake.url + "/events")
         fake.faults.append("400")
         code, out, _ = run(capsys, "export")
         assert code == 1
-        assert "3 acknowledged, 1 refused" in out and "400 customer unknown" in out
+        assert "3 acknowledged, 1 refused" in out
+        refused = [line for line in out.splitlines() if line.startswith("refused: ")]
+        assert len(refused) == 1 and "400 customer unknown" in refused[0]
+        assert "--retry-refused" in refused[0]
+        requests = fake.requests
+        # the next runs send nothing for it, and keep saying so (exit 1)
+        for _ in range(2):
+            metrics = tmp_path / "export.prom"
+            code, out, _ = run(capsys, "export", "--metrics-file", str(metrics))
+            assert code == 1, out
+            assert "0 new event(s)" in out and "1 key(s) held by a refusal" in out
+            assert [line for line in out.splitlines() if line.startswith("refused: ")] == refused
+        assert fake.requests == requests
+        prom = metrics.read_text()
+        assert 'observer_export_events_refused_outstanding{target="http"} 1.0' in prom
+        assert 'observer_export_events_refused_total{target="http"} 1.0' in prom
+        assert 'observer_export_events_sent_total{target="http"} 3.0' in prom
+        assert 'observer_export_last_run_timestamp_seconds{target="http"}' in prom
+        store = Store(march)
+        try:
+            rows = store.export_rows("http")
+            assert [r.state for r in rows].count("refused") == 1 and len(rows) == 4
+        finally:
+            store.close()
+        # the operator fixed it: sent again, under a new identifier, once
+        code, out, _ = run(capsys, "export", "--retry-refused", "--metrics-file", str(metrics))
+        assert code == 0, out
+        assert "1 new event(s) (1 correction(s))" in out and "1 acknowledged" in out
+        assert "refused: " not in out
+        prom = metrics.read_text()
+        assert 'observer_export_events_refused_outstanding{target="http"} 0.0' in prom
+        assert 'observer_export_events_refused_total{target="http"} 1.0' in prom
+        assert 'observer_export_events_sent_total{target="http"} 4.0' in prom
         code, out, _ = run(capsys, "export")
-        assert code == 0
-        assert "1 new event(s) (1 correction(s))" in out
+        assert code == 0 and "0 new event(s)" in out
         assert_counted(capsys, march, fake)
 
 

@@ -7,7 +7,9 @@ billing system's customer id; a value without one is listed, never sent under a 
 Each (target, customer id, agent, bucket, kind) is a ledger key: what was sent for it
 (pending or acknowledged events) is compared with what the usage gives now, and only the
 difference is planned, as a new event with its own identifier (`seq` 0 for the first,
-1, 2, ... for corrections). Refused events sent nothing, so they count for nothing.
+1, 2, ... for corrections). Refused events sent nothing, so they count for nothing; a key
+whose last event was refused is held (nothing planned for it) until a run is told to
+retry refused events, so a refusal is answered once, not on every run.
 """
 
 from __future__ import annotations
@@ -97,6 +99,9 @@ class Plan:
     unmapped: dict[str, Decimal] = field(default_factory=dict)  # value -> minutes not sent
     out_of_window: tuple[OutOfWindow, ...] = ()
     unchanged: int = 0  # keys whose sent total equals the usage
+    held: int = 0  # keys whose last event was refused: nothing planned until retried
+    # negative corrections a target cannot carry: settled by hand (a credit note), never sent
+    by_hand: tuple[Event, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -155,12 +160,15 @@ def plan(
     mapping: Mapping[str, str] | None,
     now: datetime,
     window: Window = Window(),
+    retry_refused: bool = False,
 ) -> Plan:
     """The events to send so that each key's acknowledged-or-pending total equals its usage.
 
     Usage of a customer value without a billing id is listed in `unmapped` (its minutes)
     and not planned. A key the ledger has but the usage no longer gives is corrected to 0.
-    Events the target's `window` does not take are listed, not planned.
+    Events the target's `window` does not take are listed, not planned; a negative
+    correction a target cannot carry goes to `by_hand`. A key whose last event was refused
+    is held, unless `retry_refused`: then it is planned again under a new identifier.
     """
     ids, missing = map_customers({u.customer_value for u in usage}, mapping)
     fresh: dict[Key, Decimal] = {}
@@ -178,14 +186,20 @@ def plan(
         value_of.setdefault(k, u.customer_value)
     sent: dict[Key, Decimal] = {}
     next_seq: dict[Key, int] = {}
+    last_state: dict[Key, ExportState] = {}
     for s in ledger:
-        next_seq[s.key] = max(next_seq.get(s.key, 0), s.seq + 1)
+        if s.seq + 1 >= next_seq.get(s.key, 0):
+            next_seq[s.key], last_state[s.key] = s.seq + 1, s.state
         if s.state != "refused":
             sent[s.key] = sent.get(s.key, Decimal(0)) + s.quantity
     events: list[Event] = []
     late: list[OutOfWindow] = []
-    unchanged = 0
+    by_hand: list[Event] = []
+    unchanged = held = 0
     for k in sorted(fresh.keys() | sent.keys(), key=_order):
+        if last_state.get(k) == "refused" and not retry_refused:
+            held += 1
+            continue
         difference = fresh.get(k, Decimal(0)) - sent.get(k, Decimal(0))
         if difference == 0:
             unchanged += k in sent
@@ -201,13 +215,13 @@ def plan(
             timestamp=usage_time(k.start, k.end),
         )
         reason = _outside(event.timestamp, now, window)
-        if reason is None and difference < 0 and not window.negative:
-            reason = "a negative correction, which the target cannot carry: settle it there"
-        if reason is None:
-            events.append(event)
-        else:
+        if reason is not None:
             late.append(OutOfWindow(event, reason))
-    return Plan(tuple(events), unmapped, tuple(late), unchanged)
+        elif difference < 0 and not window.negative:
+            by_hand.append(event)
+        else:
+            events.append(event)
+    return Plan(tuple(events), unmapped, tuple(late), unchanged, held, tuple(by_hand))
 
 
 def _outside(at: datetime, now: datetime, window: Window) -> str | None:
