@@ -259,6 +259,39 @@ def test_refused_event_is_held_once_and_retried_on_demand(
         assert_counted(capsys, march, fake)
 
 
+def test_a_refusal_fixed_by_the_mapping_is_released_by_retry_refused(
+    march: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    with billing_fake(SECRET) as fake:
+        use(monkeypatch, fake.url + "/events")
+        fake.faults.append("400")
+        assert run(capsys, "export")[0] == 1
+        store = Store(march)
+        try:
+            (refused,) = store.export_refused("http")
+        finally:
+            store.close()
+        # the customer value was not the billing id: the operator maps it
+        value = refused.customer_value
+        other = ({"acme", "beta"} - {value}).pop()
+        mapping = tmp_path / "export.toml"
+        mapping.write_text(f'[customers]\n{value} = "cus_{value}"\n{other} = "{other}"\n')
+        monkeypatch.setenv("OBSERVER_EXPORT_FILE", str(mapping))
+        code, out, _ = run(capsys, "export")
+        # the usage is sent under the new id (what the old id had acknowledged is taken
+        # back there); the refusal stays listed until dealt with
+        assert code == 1 and "refused: " in out and "0 still pending" in out
+        requests = fake.requests
+        code, out, _ = run(capsys, "export", "--retry-refused")
+        assert code == 0, out
+        assert "1 refused key(s) released" in out and "refused: " not in out
+        assert fake.requests == requests  # nothing sent under the refused id
+        assert run(capsys, "export")[0] == 0
+        assert fake_minutes(fake) == ledger_minutes(march)
+        assert sum(fake_minutes(fake).values()) == sum(EXPECTED.values())
+        assert not any(c == value for c, _a, _d in fake_minutes(fake))
+
+
 def test_late_data_sends_only_the_difference(
     march: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

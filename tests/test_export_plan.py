@@ -104,7 +104,7 @@ def test_keys_are_customer_agent_day_and_kind() -> None:
 
 def test_mapping_table_and_unmapped_customers() -> None:
     usage = [u("acme", 5), u("nobody", 7), u("nobody", 1, day=D2), u("", 3)]
-    p = plan("stripe", usage, [], mapping={"acme": "cus_A"}, now=NOW)
+    p = plan("stripe", usage, [], mapping={"acme": "cus_A", "beta": "beta"}, now=NOW)
     assert [(e.key.customer, e.customer_value, e.quantity) for e in p.events] == [
         ("cus_A", "acme", 5)
     ]
@@ -172,3 +172,15 @@ def test_refused_keys_are_held_until_retried() -> None:
     assert [(e.key.customer, e.seq, e.quantity) for e in retried.events] == [("acme", 1, 5)]
     assert retried.events[0].identifier != identifier("http", key("acme"), 0)
     assert retried.held == 0
+    # refused under an id the usage no longer maps to: released by an event of 0, not sent
+    moved = plan(
+        "http",
+        usage,
+        ledger,
+        mapping={"acme": "cus_A", "beta": "beta"},
+        now=NOW,
+        retry_refused=True,
+    )
+    assert [(e.key.customer, e.quantity) for e in moved.events] == [("cus_A", 5)]
+    assert [(e.key.customer, e.seq, e.quantity) for e in moved.released] == [("acme", 1, 0)]
+    assert plan("http", [], ledger, mapping=None, now=NOW).held == 1

@@ -15,6 +15,7 @@ from observer.db.schema import Base, ExportRow, dialect_insert
 from observer.export.planner import Event, ExportState, Key, Sent
 
 SETTLED_ANSWER = "settled by hand (observer export --settled)"
+RELEASED_ANSWER = "released by --retry-refused: nothing owed under the current mapping"
 
 # The advisory lock key of `observer export` planning (any constant unique to this program).
 EXPORT_LOCK_KEY = 0x6C6B6F62_65787074 & 0x7FFFFFFFFFFFFFFF
@@ -119,10 +120,10 @@ class ExportTx:
             for c, a, s, e, k, seq, q, state in self.db.execute(q).all()
         ]
 
-    def settle(self, events: Sequence[Event], now: datetime) -> int:
+    def settle(self, events: Sequence[Event], now: datetime, answer: str = SETTLED_ANSWER) -> int:
         """Write events the operator settled by hand in the billing system (a credit note
-        for a negative correction) as acknowledged, with no try: they count as billed and
-        are never sent."""
+        for a negative correction), or that release a refused key, as acknowledged with no
+        try: they count as billed and are never sent."""
         if not events:
             return 0
         self.record(events, now)
@@ -130,7 +131,7 @@ class ExportTx:
         self.db.connection().execute(
             update(Base.metadata.tables["exports"])
             .where(t.target == events[0].target, t.identifier.in_([e.identifier for e in events]))
-            .values(state="acknowledged", answer=SETTLED_ANSWER, answered_at=now)
+            .values(state="acknowledged", answer=answer, answered_at=now)
         )
         return len(events)
 

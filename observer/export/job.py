@@ -11,7 +11,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from observer.core.times import iso
-from observer.db.exports import LedgerRow
+from observer.db.exports import RELEASED_ANSWER, LedgerRow
 from observer.db.store import Store
 from observer.errors import CommandError
 from observer.export.collect import buckets, collect
@@ -104,6 +104,7 @@ def run(
         if job.dry_run:
             return ExportResult(job, p, len(bs), refused=store.export_refused(s.target))
         settled = tx.settle(settle, job.now)
+        tx.settle(p.released, job.now, RELEASED_ANSWER)
         recorded = tx.record(p.events, job.now)
     p = replace(p, by_hand=tuple(e for e in p.by_hand if e not in settle))
     result = ExportResult(job, p, len(bs), recorded, settled)
@@ -215,5 +216,10 @@ def render(o: ExportResult) -> str:
         out.append(f"recorded {o.settled} negative correction(s) as settled by hand")
     if p.held:
         out.append(f"{p.held} key(s) held by a refusal: nothing planned for them")
+    if p.released:
+        out.append(
+            f"{len(p.released)} refused key(s) released: their usage is now billed under"
+            " another customer id, nothing is owed under the refused one"
+        )
     out += _problems(o)
     return "\n".join(out) + "\n"

@@ -34,12 +34,13 @@ class LedgerCollector(Collector):
         labels = ["target"]
         sent = CounterMetricFamily(
             "observer_export_events_sent",
-            "Events the billing system acknowledged (not those settled by hand)",
+            "Events the billing system acknowledged (not those recorded without being sent)",
             labels=labels,
         )
         settled = CounterMetricFamily(
             "observer_export_events_settled",
-            "Negative corrections recorded as settled by hand (observer export --settled)",
+            "Events recorded acknowledged without being sent: negative corrections settled"
+            " by hand (--settled), refused keys released (--retry-refused)",
             labels=labels,
         )
         refused = CounterMetricFamily(

@@ -102,6 +102,8 @@ class Plan:
     held: int = 0  # keys whose last event was refused: nothing planned until retried
     # negative corrections a target cannot carry: settled by hand (a credit note), never sent
     by_hand: tuple[Event, ...] = ()
+    # refused keys retried that owe nothing now: a 0 recorded as acknowledged, never sent
+    released: tuple[Event, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -168,7 +170,8 @@ def plan(
     and not planned. A key the ledger has but the usage no longer gives is corrected to 0.
     Events the target's `window` does not take are listed, not planned; a negative
     correction a target cannot carry goes to `by_hand`. A key whose last event was refused
-    is held, unless `retry_refused`: then it is planned again under a new identifier.
+    is held, unless `retry_refused`: then it is planned again under a new identifier, or,
+    when its usage now maps elsewhere (nothing owed), released by an event of 0.
     """
     ids, missing = map_customers({u.customer_value for u in usage}, mapping)
     fresh: dict[Key, Decimal] = {}
@@ -195,16 +198,33 @@ def plan(
     events: list[Event] = []
     late: list[OutOfWindow] = []
     by_hand: list[Event] = []
+    released: list[Event] = []
     unchanged = held = 0
-    for k in sorted(fresh.keys() | sent.keys(), key=_order):
-        if last_state.get(k) == "refused" and not retry_refused:
+    refused = {k for k, state in last_state.items() if state == "refused"}
+    for k in sorted(fresh.keys() | sent.keys() | refused, key=_order):
+        if k in refused and not retry_refused:
             held += 1
             continue
         difference = fresh.get(k, Decimal(0)) - sent.get(k, Decimal(0))
+        seq = next_seq.get(k, 0)
+        if difference == 0 and k in refused:
+            # retried, and nothing is owed for it now (its usage maps to another customer):
+            # an event of 0, recorded and never sent, releases the key
+            released.append(
+                Event(
+                    target,
+                    identifier(target, k, seq),
+                    k,
+                    value_of.get(k, ""),
+                    seq,
+                    difference,
+                    usage_time(k.start, k.end),
+                )
+            )
+            continue
         if difference == 0:
             unchanged += k in sent
             continue
-        seq = next_seq.get(k, 0)
         event = Event(
             target=target,
             identifier=identifier(target, k, seq),
@@ -221,7 +241,9 @@ def plan(
             by_hand.append(event)
         else:
             events.append(event)
-    return Plan(tuple(events), unmapped, tuple(late), unchanged, held, tuple(by_hand))
+    return Plan(
+        tuple(events), unmapped, tuple(late), unchanged, held, tuple(by_hand), tuple(released)
+    )
 
 
 def _outside(at: datetime, now: datetime, window: Window) -> str | None:
