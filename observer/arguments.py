@@ -274,8 +274,8 @@ def build_parser() -> argparse.ArgumentParser:
         "send the usage of finalized periods to a billing system, exactly once",
         "Sends only what is not yet acknowledged; a period whose usage changed since gets a"
         " correction of the difference. Exit 0 all acknowledged, 1 a customer without a billing"
-        " id, usage the target does not take, or events refused or still pending, 2 bad"
-        " settings (nothing sent).",
+        " id, usage the target does not take, a negative correction to settle by hand, or"
+        " events refused or still pending, 2 bad settings (nothing sent).",
     )
     x.add_argument(
         "--from", dest="start", metavar="TIME", help="only days or periods from: " + WHEN
@@ -289,7 +289,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     x.add_argument("--now", metavar="TIME", help="count as if it were this time")
     x.add_argument(
-        "--metrics-file", metavar="FILE", help="write the run's counters here (Prometheus text)"
+        "--metrics-file",
+        metavar="FILE",
+        help="write the ledger's counts and the run's time here (Prometheus text)",
+    )
+    x.add_argument(
+        "--retry-refused",
+        action="store_true",
+        help="send again, as new events, what the billing system refused (after a fix)",
+    )
+    x.add_argument(
+        "--settled",
+        metavar="ID",
+        action="append",
+        help="record that the negative correction ID was settled by hand (a credit note);"
+        " repeatable",
     )
 
     w = command(

@@ -213,19 +213,83 @@ def test_api_down_leaves_events_pending_then_sends_them(
         assert_counted(capsys, march, fake)
 
 
-def test_refused_event_is_recorded_and_planned_again(
-    march: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+def test_refused_event_is_held_once_and_retried_on_demand(
+    march: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
     with billing_fake(SECRET) as fake:
         use(monkeypatch, fake.url + "/events")
         fake.faults.append("400")
         code, out, _ = run(capsys, "export")
         assert code == 1
-        assert "3 acknowledged, 1 refused" in out and "400 customer unknown" in out
+        assert "3 acknowledged, 1 refused" in out
+        refused = [line for line in out.splitlines() if line.startswith("refused: ")]
+        assert len(refused) == 1 and "400 customer unknown" in refused[0]
+        assert "--retry-refused" in refused[0]
+        requests = fake.requests
+        # the next runs send nothing for it, and keep saying so (exit 1)
+        for _ in range(2):
+            metrics = tmp_path / "export.prom"
+            code, out, _ = run(capsys, "export", "--metrics-file", str(metrics))
+            assert code == 1, out
+            assert "0 new event(s)" in out and "1 key(s) held by a refusal" in out
+            assert [line for line in out.splitlines() if line.startswith("refused: ")] == refused
+        assert fake.requests == requests
+        prom = metrics.read_text()
+        assert 'observer_export_events_refused_outstanding{target="http"} 1.0' in prom
+        assert 'observer_export_events_refused_total{target="http"} 1.0' in prom
+        assert 'observer_export_events_sent_total{target="http"} 3.0' in prom
+        assert 'observer_export_last_run_timestamp_seconds{target="http"}' in prom
+        store = Store(march)
+        try:
+            rows = store.export_rows("http")
+            assert [r.state for r in rows].count("refused") == 1 and len(rows) == 4
+        finally:
+            store.close()
+        # the operator fixed it: sent again, under a new identifier, once
+        code, out, _ = run(capsys, "export", "--retry-refused", "--metrics-file", str(metrics))
+        assert code == 0, out
+        assert "1 new event(s) (1 correction(s))" in out and "1 acknowledged" in out
+        assert "refused: " not in out
+        prom = metrics.read_text()
+        assert 'observer_export_events_refused_outstanding{target="http"} 0.0' in prom
+        assert 'observer_export_events_refused_total{target="http"} 1.0' in prom
+        assert 'observer_export_events_sent_total{target="http"} 4.0' in prom
         code, out, _ = run(capsys, "export")
-        assert code == 0
-        assert "1 new event(s) (1 correction(s))" in out
+        assert code == 0 and "0 new event(s)" in out
         assert_counted(capsys, march, fake)
+
+
+def test_a_refusal_fixed_by_the_mapping_is_released_by_retry_refused(
+    march: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    with billing_fake(SECRET) as fake:
+        use(monkeypatch, fake.url + "/events")
+        fake.faults.append("400")
+        assert run(capsys, "export")[0] == 1
+        store = Store(march)
+        try:
+            (refused,) = store.export_refused("http")
+        finally:
+            store.close()
+        # the customer value was not the billing id: the operator maps it
+        value = refused.customer_value
+        other = ({"acme", "beta"} - {value}).pop()
+        mapping = tmp_path / "export.toml"
+        mapping.write_text(f'[customers]\n{value} = "cus_{value}"\n{other} = "{other}"\n')
+        monkeypatch.setenv("OBSERVER_EXPORT_FILE", str(mapping))
+        code, out, _ = run(capsys, "export")
+        # the usage is sent under the new id (what the old id had acknowledged is taken
+        # back there); the refusal stays listed until dealt with
+        assert code == 1 and "refused: " in out and "0 still pending" in out
+        requests = fake.requests
+        code, out, _ = run(capsys, "export", "--retry-refused")
+        assert code == 0, out
+        assert "1 refused key(s) released" in out and "refused: " not in out
+        assert fake.requests == requests  # nothing sent under the refused id
+        assert run(capsys, "export")[0] == 0
+        assert fake_minutes(fake) == ledger_minutes(march)
+        assert sum(fake_minutes(fake).values()) == sum(EXPECTED.values())
+        assert not any(c == value for c, _a, _d in fake_minutes(fake))
 
 
 def test_late_data_sends_only_the_difference(

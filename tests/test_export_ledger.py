@@ -83,10 +83,43 @@ def test_record_answer_and_replan(db_url: str) -> None:
             ("http", "refused"): 1,
             ("stripe", "pending"): 1,
         }
-        # late data for acme: the difference; beta was refused: planned again, as seq 1
-        assert plan_and_record(store, "http", [("acme", 7), ("beta", 3)]) == 2
+        assert [r.key.customer for r in store.export_refused("http")] == ["beta"]
+        # late data for acme: the difference; beta was refused: held, not planned again
+        assert plan_and_record(store, "http", [("acme", 7), ("beta", 3)]) == 1
+        again = [(r.key.customer, r.quantity, r.seq) for r in store.export_pending("http")]
+        assert again == [("acme", 2, 1)]
+        (http,) = [t for t in store.export_summaries() if t.target == "http"]
+        assert (http.acknowledged, http.pending, http.refused, http.refused_outstanding) == (
+            1,
+            1,
+            1,
+            1,
+        )
+        assert http.retries == 1 and http.last_answered_at == NOW
+        # retried: beta as seq 1, and its refusal is no longer outstanding
+        with store.export_transaction() as tx:
+            ledger = tx.ledger("http", D1, D1 + timedelta(days=31))
+            p = plan(
+                "http",
+                usage(("acme", 7), ("beta", 3)),
+                ledger,
+                mapping=None,
+                now=NOW,
+                retry_refused=True,
+            )
+            assert tx.record(p.events, NOW) == 1
         again = [(r.key.customer, r.quantity, r.seq) for r in store.export_pending("http")]
         assert again == [("acme", 2, 1), ("beta", 3, 1)]
+        assert store.export_refused("http") == []
+        periods = store.period_exports([(D1, D1 + timedelta(days=31))])
+        (per,) = periods[(D1, D1 + timedelta(days=31))][:1]
+        assert (per.target, per.recorded, per.acknowledged, per.acknowledged_minutes) == (
+            "http",
+            4,
+            1,
+            5,
+        )
+        assert (per.pending, per.pending_corrections, per.refused_outstanding) == (2, 2, 0)
     finally:
         store.close()
 

@@ -56,8 +56,15 @@ def sent(k: Key, seq: int, quantity: int, state: str = "acknowledged") -> Sent:
         ([u("acme", 4)], [sent(key("acme"), 0, 5), sent(key("acme"), 1, 1)], [("acme", 2, -2)]),
         # a key the usage no longer gives is corrected to 0
         ([], [sent(key("acme"), 0, 5)], [("acme", 1, -5)]),
-        # refused events count for nothing, but their seq is used
-        ([u("acme", 5)], [sent(key("acme"), 0, 5, "refused")], [("acme", 1, 5)]),
+        # a key whose last event was refused is held: not planned again on each run
+        ([u("acme", 5)], [sent(key("acme"), 0, 5, "refused")], []),
+        ([u("acme", 9)], [sent(key("acme"), 0, 5), sent(key("acme"), 1, 4, "refused")], []),
+        # a refusal followed by an acknowledged event holds nothing any more
+        (
+            [u("acme", 6)],
+            [sent(key("acme"), 0, 5, "refused"), sent(key("acme"), 1, 5)],
+            [("acme", 2, 1)],
+        ),
         # zero usage is not sent
         ([u("acme", 0)], [], []),
     ],
@@ -97,7 +104,7 @@ def test_keys_are_customer_agent_day_and_kind() -> None:
 
 def test_mapping_table_and_unmapped_customers() -> None:
     usage = [u("acme", 5), u("nobody", 7), u("nobody", 1, day=D2), u("", 3)]
-    p = plan("stripe", usage, [], mapping={"acme": "cus_A"}, now=NOW)
+    p = plan("stripe", usage, [], mapping={"acme": "cus_A", "beta": "beta"}, now=NOW)
     assert [(e.key.customer, e.customer_value, e.quantity) for e in p.events] == [
         ("cus_A", "acme", 5)
     ]
@@ -147,5 +154,33 @@ def test_a_target_without_negative_values_lists_a_negative_correction() -> None:
     usage = [u("acme", 3), u("beta", 4)]
     p = plan("stripe", usage, ledger, mapping=None, now=NOW, window=Window(negative=False))
     assert [(e.key.customer, e.quantity) for e in p.events] == [("beta", 3)]
-    assert [(o.event.key.customer, o.event.quantity) for o in p.out_of_window] == [("acme", -2)]
-    assert "negative correction" in p.out_of_window[0].reason
+    assert [(e.key.customer, e.seq, e.quantity) for e in p.by_hand] == [("acme", 1, -2)]
+    assert p.out_of_window == ()
+    # a negative correction settled by hand is acknowledged in the ledger: nothing is left
+    settled = [*ledger, sent(key("acme"), 1, -2), sent(key("beta"), 1, 3)]
+    again = plan("stripe", usage, settled, mapping=None, now=NOW, window=Window(negative=False))
+    assert again.events == () and again.by_hand == () and again.unchanged == 2
+
+
+def test_refused_keys_are_held_until_retried() -> None:
+    ledger = [sent(key("acme"), 0, 5, "refused"), sent(key("beta"), 0, 2)]
+    usage = [u("acme", 5), u("beta", 2)]
+    held = plan("http", usage, ledger, mapping=None, now=NOW)
+    assert held.events == () and held.held == 1 and held.unchanged == 1
+    retried = plan("http", usage, ledger, mapping=None, now=NOW, retry_refused=True)
+    # again under a new identifier: a target may keep a refused request's answer by its key
+    assert [(e.key.customer, e.seq, e.quantity) for e in retried.events] == [("acme", 1, 5)]
+    assert retried.events[0].identifier != identifier("http", key("acme"), 0)
+    assert retried.held == 0
+    # refused under an id the usage no longer maps to: released by an event of 0, not sent
+    moved = plan(
+        "http",
+        usage,
+        ledger,
+        mapping={"acme": "cus_A", "beta": "beta"},
+        now=NOW,
+        retry_refused=True,
+    )
+    assert [(e.key.customer, e.quantity) for e in moved.events] == [("cus_A", 5)]
+    assert [(e.key.customer, e.seq, e.quantity) for e in moved.released] == [("acme", 1, 0)]
+    assert plan("http", [], ledger, mapping=None, now=NOW).held == 1

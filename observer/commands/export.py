@@ -12,7 +12,7 @@ from observer.commands.store import open_store
 from observer.config import Settings
 from observer.errors import CommandError
 from observer.export.job import ExportJob, ExportResult
-from observer.export.sending import ExportMetrics, Target
+from observer.export.sending import Target
 from observer.export.settings import ExportSettings, export_settings
 
 
@@ -56,9 +56,9 @@ def export(
     from prometheus_client import write_to_textfile
 
     from observer.export import job
+    from observer.export.metrics import ledger_registry
 
     book = prices(str(s.prices)) if s.prices is not None else None
-    metrics = ExportMetrics()
     j = ExportJob(
         s,
         now,
@@ -66,15 +66,23 @@ def export(
         end=end,
         dry_run=dry_run,
         prices=book,
+        retry_refused=bool(getattr(args, "retry_refused", False)),
+        settled=tuple(getattr(args, "settled", None) or ()),
         warn=lambda m: print(f"warning: {m}", file=sys.stderr),
     )
     with open_store(settings) as store:
-        result = job.run(store, j, make_target, metrics)
-    if dry_run:
-        sys.stdout.write(job.render_plan(result, getattr(args, "format", "table")))
-        return result
-    sys.stdout.write(job.render(result))
-    metrics_file = getattr(args, "metrics_file", None)
-    if metrics_file:
-        write_to_textfile(metrics_file, metrics.registry)
+        result = job.run(store, j, make_target)
+        if dry_run:
+            sys.stdout.write(job.render_plan(result, getattr(args, "format", "table")))
+            return result
+        sys.stdout.write(job.render(result))
+        metrics_file = getattr(args, "metrics_file", None)
+        if metrics_file:
+            ended = datetime.now(UTC).timestamp()
+            registry = ledger_registry(
+                store.export_summaries,
+                last_run=lambda: {s.target: ended},
+                to_settle=lambda: {s.target: len(result.plan.by_hand)},
+            )
+            write_to_textfile(metrics_file, registry)
     return result

@@ -6,12 +6,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
+from typing import Any
 
 from sqlalchemy import Engine, bindparam, func, select, update
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, aliased
 
 from observer.db.schema import Base, ExportRow, dialect_insert
 from observer.export.planner import Event, ExportState, Key, Sent
+
+SETTLED_ANSWER = "settled by hand (observer export --settled)"
+RELEASED_ANSWER = "released by --retry-refused: nothing owed under the current mapping"
 
 # The advisory lock key of `observer export` planning (any constant unique to this program).
 EXPORT_LOCK_KEY = 0x6C6B6F62_65787074 & 0x7FFFFFFFFFFFFFFF
@@ -116,6 +120,21 @@ class ExportTx:
             for c, a, s, e, k, seq, q, state in self.db.execute(q).all()
         ]
 
+    def settle(self, events: Sequence[Event], now: datetime, answer: str = SETTLED_ANSWER) -> int:
+        """Write events the operator settled by hand in the billing system (a credit note
+        for a negative correction), or that release a refused key, as acknowledged with no
+        try: they count as billed and are never sent."""
+        if not events:
+            return 0
+        self.record(events, now)
+        t = Base.metadata.tables["exports"].c
+        self.db.connection().execute(
+            update(Base.metadata.tables["exports"])
+            .where(t.target == events[0].target, t.identifier.in_([e.identifier for e in events]))
+            .values(state="acknowledged", answer=answer, answered_at=now)
+        )
+        return len(events)
+
     def record(self, events: Sequence[Event], now: datetime) -> int:
         """Write the events as pending (one already recorded is left as it is)."""
         if not events:
@@ -214,3 +233,35 @@ def finalized_periods(engine: Engine) -> list[tuple[datetime, datetime]]:
     )
     with engine.connect() as conn:
         return [(s, e) for s, e in conn.execute(q).all()]
+
+
+def newer_row_exists() -> Any:
+    """Whether a later event (higher `seq`) of the same key exists: a refused row without
+    one is outstanding (its key is held until the refused events are retried)."""
+    later = aliased(ExportRow)
+    return (
+        select(later.id)
+        .where(
+            later.target == ExportRow.target,
+            later.customer == ExportRow.customer,
+            later.agent == ExportRow.agent,
+            later.period_start == ExportRow.period_start,
+            later.period_end == ExportRow.period_end,
+            later.kind == ExportRow.kind,
+            later.seq > ExportRow.seq,
+        )
+        .exists()
+    )
+
+
+def refused_outstanding(engine: Engine, target: str | None = None) -> list[LedgerRow]:
+    """Refused events not followed by a later event of their key, in the order recorded."""
+    q = (
+        select(*_COLUMNS)
+        .where(ExportRow.state == "refused", ~newer_row_exists())
+        .order_by(ExportRow.id)
+    )
+    if target is not None:
+        q = q.where(ExportRow.target == target)
+    with engine.connect() as conn:
+        return [_row(r) for r in conn.execute(q).all()]

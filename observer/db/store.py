@@ -32,9 +32,10 @@ from sqlalchemy.orm import Session
 
 from observer.core.events import TrackedSession
 from observer.core.times import utcnow
-from observer.db import exports, fleet
+from observer.db import export_summary, exports, fleet
 from observer.db._threads import Busy as Busy  # what a call that waited too long raises
 from observer.db._threads import Threads
+from observer.db.export_summary import PeriodExport, TargetSummary
 from observer.db.exports import Answer, ExportTx, LedgerRow
 from observer.db.fleet import Member
 from observer.db.reads import (
@@ -264,6 +265,20 @@ class Store:
     def finalized_periods(self) -> list[tuple[datetime, datetime]]:
         """The periods `observer reconcile` finalized, by start."""
         return exports.finalized_periods(self.engine)
+
+    def export_refused(self, target: str | None = None) -> list[LedgerRow]:
+        """Refused events whose key was not sent again since (`exports.refused_outstanding`)."""
+        return exports.refused_outstanding(self.engine, target)
+
+    def export_summaries(self) -> list[TargetSummary]:
+        """Each target's ledger, counted (`export_summary.target_summaries`)."""
+        return export_summary.target_summaries(self.engine)
+
+    def period_exports(
+        self, periods: Sequence[tuple[datetime, datetime]]
+    ) -> dict[tuple[datetime, datetime], list[PeriodExport]]:
+        """Per period, what each target holds (`export_summary.period_exports`)."""
+        return export_summary.period_exports(self.engine, periods)
 
     def export_counts(self) -> dict[tuple[str, str], int]:
         """Events per (target, state)."""

@@ -6,16 +6,17 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
 from observer.core.times import iso
+from observer.db.exports import RELEASED_ANSWER, LedgerRow
 from observer.db.store import Store
 from observer.errors import CommandError
 from observer.export.collect import buckets, collect
 from observer.export.planner import Event, Plan, Window, plan
-from observer.export.sending import ExportMetrics, SendSummary, Target, send_pending
+from observer.export.sending import SendSummary, Target, send_pending
 from observer.export.settings import ExportSettings
 from observer.reports.prices import PriceBook
 from observer.reports.render import table
@@ -33,6 +34,8 @@ class ExportJob:
     end: datetime | None = None  # ... and before
     dry_run: bool = False
     prices: PriceBook | None = None
+    retry_refused: bool = False  # plan the keys held by a refusal again, as new events
+    settled: tuple[str, ...] = ()  # identifiers of negative corrections settled by hand
     warn: Callable[[str], None] = lambda _m: None
 
 
@@ -42,14 +45,18 @@ class ExportResult:
     plan: Plan
     buckets: int
     recorded: int = 0
+    settled: int = 0
     sent: SendSummary = field(default_factory=SendSummary)
+    refused: list[LedgerRow] = field(default_factory=list)  # held, over all runs
 
     @property
     def exit_code(self) -> int:
         """0 when everything was acknowledged; 1 when a customer has no billing id, usage
-        is outside what the target takes, or an event was refused or is still pending."""
+        is outside what the target takes, a negative correction waits to be settled by hand,
+        or an event is refused (this run or before, not retried since) or still pending."""
         p, s = self.plan, self.sent
-        return 1 if p.unmapped or p.out_of_window or s.refused or s.pending else 0
+        problems = p.unmapped or p.out_of_window or p.by_hand or self.refused
+        return 1 if problems or s.refused or s.pending else 0
 
 
 def window_of(target: str) -> Window:
@@ -60,9 +67,10 @@ def run(
     store: Store,
     job: ExportJob,
     make_target: Callable[[ExportSettings], Target],
-    metrics: ExportMetrics,
 ) -> ExportResult:
-    """Plan, record and send; with `dry_run` only plan (nothing is written or sent)."""
+    """Plan, record and send; with `dry_run` only plan (nothing is written or sent).
+    Identifiers in `job.settled` must be negative corrections this plan lists to settle by
+    hand (else a `CommandError`, nothing written): they are recorded as acknowledged."""
     s = job.settings
     bs = buckets(store.finalized_periods(), s, job.start, job.end)
     usage = collect(store, s, bs, job.now, prices=job.prices, warn=job.warn)
@@ -78,13 +86,30 @@ def run(
                 if (x.key.start, x.key.end) in wanted
             ]
         p = plan(
-            s.target, usage, ledger, mapping=s.customers, now=job.now, window=window_of(s.target)
+            s.target,
+            usage,
+            ledger,
+            mapping=s.customers,
+            now=job.now,
+            window=window_of(s.target),
+            retry_refused=job.retry_refused,
         )
+        settle = [e for e in p.by_hand if e.identifier in job.settled]
+        unknown = sorted(set(job.settled) - {e.identifier for e in settle})
+        if unknown:
+            raise CommandError(
+                f"--settled {unknown[0]}: no negative correction waits to be settled under"
+                " that identifier (see the `settle by hand` lines of a run)"
+            )
         if job.dry_run:
-            return ExportResult(job, p, len(bs))
+            return ExportResult(job, p, len(bs), refused=store.export_refused(s.target))
+        settled = tx.settle(settle, job.now)
+        tx.settle(p.released, job.now, RELEASED_ANSWER)
         recorded = tx.record(p.events, job.now)
-    result = ExportResult(job, p, len(bs), recorded)
-    result.sent = asyncio.run(_send(store, make_target, s, metrics))
+    p = replace(p, by_hand=tuple(e for e in p.by_hand if e not in settle))
+    result = ExportResult(job, p, len(bs), recorded, settled)
+    result.sent = asyncio.run(_send(store, make_target, s))
+    result.refused = store.export_refused(s.target)
     return result
 
 
@@ -92,13 +117,10 @@ async def _send(
     store: Store,
     make_target: Callable[[ExportSettings], Target],
     s: ExportSettings,
-    metrics: ExportMetrics,
 ) -> SendSummary:
     target = make_target(s)  # inside the loop: its HTTP session belongs to it
     try:
-        return await send_pending(
-            store, target, rate_per_s=s.rate_per_s, attempts=s.attempts, metrics=metrics
-        )
+        return await send_pending(store, target, rate_per_s=s.rate_per_s, attempts=s.attempts)
     finally:
         await target.close()
 
@@ -128,6 +150,11 @@ def render_plan(o: ExportResult, fmt: str) -> str:
             "unmapped": [{"customer_value": v, "minutes": str(m)} for v, m in p.unmapped.items()],
             "out_of_window": [
                 {**_event_dict(x.event), "reason": x.reason} for x in p.out_of_window
+            ],
+            "settle_by_hand": [_event_dict(e) for e in p.by_hand],
+            "refused": [
+                {"identifier": r.identifier, "customer": r.key.customer, "answer": r.answer}
+                for r in o.refused
             ],
         }
         return json.dumps(doc, indent=2) + "\n"
@@ -159,6 +186,19 @@ def _problems(o: ExportResult) -> list[str]:
         f" ({x.event.quantity}) at {iso(x.event.timestamp)} is {x.reason}"
         for x in p.out_of_window
     ]
+    out += [
+        f"settle by hand: {e.identifier}: {e.key.kind} of {e.key.customer!r} for"
+        f" {e.key.start:%Y-%m-%d} went down by {-e.quantity}, which {o.job.settings.target}"
+        " cannot take (no negative values): issue a credit note for it there, then run"
+        f" `observer export --settled {e.identifier}`"
+        for e in p.by_hand
+    ]
+    out += [
+        f"refused: {r.identifier}: {r.key.kind} of {r.key.customer!r} for {r.key.start:%Y-%m-%d}"
+        f" ({r.quantity}): {r.answer or 'no answer kept'}; held until"
+        " `observer export --retry-refused`"
+        for r in o.refused
+    ]
     return out
 
 
@@ -172,6 +212,14 @@ def render(o: ExportResult) -> str:
         f"sent: {sent.acknowledged} acknowledged, {sent.refused} refused,"
         f" {sent.pending} still pending (run again), {sent.retries} retried",
     ]
-    out += [f"refused: {r.identifier} ({r.key.customer}): {why}" for r, why in sent.refusals]
+    if o.settled:
+        out.append(f"recorded {o.settled} negative correction(s) as settled by hand")
+    if p.held:
+        out.append(f"{p.held} key(s) held by a refusal: nothing planned for them")
+    if p.released:
+        out.append(
+            f"{len(p.released)} refused key(s) released: their usage is now billed under"
+            " another customer id, nothing is owed under the refused one"
+        )
     out += _problems(o)
     return "\n".join(out) + "\n"

@@ -7,7 +7,9 @@ billing system's customer id; a value without one is listed, never sent under a 
 Each (target, customer id, agent, bucket, kind) is a ledger key: what was sent for it
 (pending or acknowledged events) is compared with what the usage gives now, and only the
 difference is planned, as a new event with its own identifier (`seq` 0 for the first,
-1, 2, ... for corrections). Refused events sent nothing, so they count for nothing.
+1, 2, ... for corrections). Refused events sent nothing, so they count for nothing; a key
+whose last event was refused is held (nothing planned for it) until a run is told to
+retry refused events, so a refusal is answered once, not on every run.
 """
 
 from __future__ import annotations
@@ -97,6 +99,11 @@ class Plan:
     unmapped: dict[str, Decimal] = field(default_factory=dict)  # value -> minutes not sent
     out_of_window: tuple[OutOfWindow, ...] = ()
     unchanged: int = 0  # keys whose sent total equals the usage
+    held: int = 0  # keys whose last event was refused: nothing planned until retried
+    # negative corrections a target cannot carry: settled by hand (a credit note), never sent
+    by_hand: tuple[Event, ...] = ()
+    # refused keys retried that owe nothing now: a 0 recorded as acknowledged, never sent
+    released: tuple[Event, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -155,12 +162,16 @@ def plan(
     mapping: Mapping[str, str] | None,
     now: datetime,
     window: Window = Window(),
+    retry_refused: bool = False,
 ) -> Plan:
     """The events to send so that each key's acknowledged-or-pending total equals its usage.
 
     Usage of a customer value without a billing id is listed in `unmapped` (its minutes)
     and not planned. A key the ledger has but the usage no longer gives is corrected to 0.
-    Events the target's `window` does not take are listed, not planned.
+    Events the target's `window` does not take are listed, not planned; a negative
+    correction a target cannot carry goes to `by_hand`. A key whose last event was refused
+    is held, unless `retry_refused`: then it is planned again under a new identifier, or,
+    when its usage now maps elsewhere (nothing owed), released by an event of 0.
     """
     ids, missing = map_customers({u.customer_value for u in usage}, mapping)
     fresh: dict[Key, Decimal] = {}
@@ -178,19 +189,42 @@ def plan(
         value_of.setdefault(k, u.customer_value)
     sent: dict[Key, Decimal] = {}
     next_seq: dict[Key, int] = {}
+    last_state: dict[Key, ExportState] = {}
     for s in ledger:
-        next_seq[s.key] = max(next_seq.get(s.key, 0), s.seq + 1)
+        if s.seq + 1 >= next_seq.get(s.key, 0):
+            next_seq[s.key], last_state[s.key] = s.seq + 1, s.state
         if s.state != "refused":
             sent[s.key] = sent.get(s.key, Decimal(0)) + s.quantity
     events: list[Event] = []
     late: list[OutOfWindow] = []
-    unchanged = 0
-    for k in sorted(fresh.keys() | sent.keys(), key=_order):
+    by_hand: list[Event] = []
+    released: list[Event] = []
+    unchanged = held = 0
+    refused = {k for k, state in last_state.items() if state == "refused"}
+    for k in sorted(fresh.keys() | sent.keys() | refused, key=_order):
+        if k in refused and not retry_refused:
+            held += 1
+            continue
         difference = fresh.get(k, Decimal(0)) - sent.get(k, Decimal(0))
+        seq = next_seq.get(k, 0)
+        if difference == 0 and k in refused:
+            # retried, and nothing is owed for it now (its usage maps to another customer):
+            # an event of 0, recorded and never sent, releases the key
+            released.append(
+                Event(
+                    target,
+                    identifier(target, k, seq),
+                    k,
+                    value_of.get(k, ""),
+                    seq,
+                    difference,
+                    usage_time(k.start, k.end),
+                )
+            )
+            continue
         if difference == 0:
             unchanged += k in sent
             continue
-        seq = next_seq.get(k, 0)
         event = Event(
             target=target,
             identifier=identifier(target, k, seq),
@@ -201,13 +235,15 @@ def plan(
             timestamp=usage_time(k.start, k.end),
         )
         reason = _outside(event.timestamp, now, window)
-        if reason is None and difference < 0 and not window.negative:
-            reason = "a negative correction, which the target cannot carry: settle it there"
-        if reason is None:
-            events.append(event)
-        else:
+        if reason is not None:
             late.append(OutOfWindow(event, reason))
-    return Plan(tuple(events), unmapped, tuple(late), unchanged)
+        elif difference < 0 and not window.negative:
+            by_hand.append(event)
+        else:
+            events.append(event)
+    return Plan(
+        tuple(events), unmapped, tuple(late), unchanged, held, tuple(by_hand), tuple(released)
+    )
 
 
 def _outside(at: datetime, now: datetime, window: Window) -> str | None:

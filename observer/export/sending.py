@@ -18,8 +18,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Literal, Protocol
 
-from prometheus_client import CollectorRegistry, Counter, Gauge
-
 from observer.db.exports import Answer, LedgerRow
 from observer.db.store import Store
 
@@ -45,38 +43,6 @@ class Target(Protocol):
     async def send(self, row: LedgerRow) -> Outcome: ...
 
     async def close(self) -> None: ...
-
-
-class ExportMetrics:
-    """The export's counters, on a registry of their own (written out by the command)."""
-
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
-        self.registry = registry or CollectorRegistry()
-        labels = ["target"]
-        self.sent = Counter(
-            "observer_export_events_sent_total",
-            "Events the billing system acknowledged",
-            labels,
-            registry=self.registry,
-        )
-        self.refused = Counter(
-            "observer_export_events_refused_total",
-            "Events the billing system refused",
-            labels,
-            registry=self.registry,
-        )
-        self.retried = Counter(
-            "observer_export_events_retried_total",
-            "Tries repeated after a 5xx, a 429, a timeout or an unreachable API",
-            labels,
-            registry=self.registry,
-        )
-        self.pending = Gauge(
-            "observer_export_events_pending",
-            "Events recorded and not answered yet, after the run",
-            labels,
-            registry=self.registry,
-        )
 
 
 @dataclass
@@ -118,7 +84,6 @@ async def send_pending(
     *,
     rate_per_s: float,
     attempts: int,
-    metrics: ExportMetrics,
     concurrency: int = 8,
     retry_base_s: float = 0.5,
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
@@ -140,7 +105,6 @@ async def send_pending(
             while tries < attempts:
                 if tries:
                     summary.retries += 1
-                    metrics.retried.labels(target.name).inc()
                     await sleep(backoff_s(tries - 1, retry_base_s, last.retry_after_s))
                 await pace.wait()
                 tries += 1
@@ -149,12 +113,10 @@ async def send_pending(
                     break
         if last.state == "acknowledged":
             summary.acknowledged += 1
-            metrics.sent.labels(target.name).inc()
             answers.append(Answer(row.id, "acknowledged", last.answer, tries))
         elif last.state == "refused":
             summary.refused += 1
             summary.refusals.append((row, last.answer))
-            metrics.refused.labels(target.name).inc()
             answers.append(Answer(row.id, "refused", last.answer, tries))
         else:
             summary.pending += 1
@@ -171,5 +133,4 @@ async def send_pending(
             await asyncio.gather(*(one(r) for r in rows))
     finally:
         await flush()
-    metrics.pending.labels(target.name).set(summary.pending)
     return summary

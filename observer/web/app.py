@@ -283,8 +283,8 @@ class WebPage:
         return await export.sessions_export(request, self._store, f, fmt)
 
     async def _reconcile(self, request: web.Request) -> web.Response:
-        periods = await self._run(views.reconcile_view, self._store)
-        return self._page("reconcile.html", request, periods=periods)
+        view = await self._run(views.reconcile_view, self._store)
+        return self._page("reconcile.html", request, periods=view.periods, exports=view.exports)
 
     async def _health(self, request: web.Request) -> web.Response:
         readiness = await self._readiness() if self._readiness is not None else None

@@ -15,6 +15,7 @@ from typing import Any
 
 from observer.core.times import next_month
 from observer.db import fleet as fleet_db
+from observer.db.export_summary import PeriodExport
 from observer.db.reads import PeriodSummary, SessionFilter
 from observer.db.schema import SessionRow
 from observer.db.store import Store
@@ -271,9 +272,18 @@ def sessions_view(store: Store, f: SessionFilter) -> list[SessionRow]:
 # ---- reconcile ------------------------------------------------------------------------------
 
 
-def reconcile_view(store: Store) -> list[PeriodSummary]:
-    """The latest periods as `observer reconcile` rolled them up: totals and per agent."""
-    return store.periods()
+@dataclass(frozen=True)
+class ReconcileView:
+    periods: list[PeriodSummary]
+    # per (start, end) of a period: what each billing target holds for its buckets
+    exports: dict[tuple[datetime, datetime], list[PeriodExport]]
+
+
+def reconcile_view(store: Store) -> ReconcileView:
+    """The latest periods as `observer reconcile` rolled them up: totals and per agent, and
+    per billing target what `observer export` sent for them and what came back."""
+    periods = store.periods()
+    return ReconcileView(periods, store.period_exports([(p.start, p.end) for p in periods]))
 
 
 # ---- health ---------------------------------------------------------------------------------
