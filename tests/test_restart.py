@@ -3,20 +3,25 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import signal
 import subprocess
 import sys
 import time
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 from daemon_helpers import Clients, create_room
 from livekit_server import LiveKitServer
 from polling import until
+from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from observer.db.reads import SessionFilter
-from observer.db.schema import SessionRow
+from observer.db.schema import OpenSessionSpanRow, SessionRow, SessionSpanRow
 from observer.db.store import Store
 
 pytestmark = [pytest.mark.live, pytest.mark.databases("sqlite")]
@@ -119,3 +124,66 @@ def test_open_files_limit_is_raised_to_the_hard_limit() -> None:
         assert limit // FDS_PER_ROOM >= 10
     finally:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def span_rows(store: Store, model: type[OpenSessionSpanRow] | type[SessionSpanRow]) -> list[Any]:
+    with Session(store.engine) as db:
+        return list(db.scalars(select(model).order_by(model.id)).all())
+
+
+async def test_spans_written_before_a_sigkill_are_kept_once(
+    livekit_server: LiveKitServer, db_url: str, clients: Clients, tmp_path: Path
+) -> None:
+    """An agent's states are written as each ends; the daemon is killed mid-session and
+    started again: at the close, what was written before the kill is there, once, with
+    what came after, and nothing is left in `open_session_spans`."""
+    room = "restart-spans"
+    await create_room(livekit_server, room)
+    await clients.join(room, "user-1")
+    agent = await clients.agent(room, "agent-talks")
+    store = Store(db_url)
+    log = tmp_path / "observer.log"
+    daemon = start_daemon(livekit_server, db_url, log)
+    try:
+        await wait_rows(store, lambda rows: len(rows) == 1)
+        await asyncio.sleep(1.0)
+        for state in ("listening", "thinking", "speaking"):
+            await agent.local_participant.set_attributes({"lk.agent.state": state})
+            await asyncio.sleep(1.0)
+        before = await until(
+            lambda: span_rows(store, OpenSessionSpanRow),
+            lambda rows: {r.value for r in rows if r.kind == "state"} >= {"listening", "thinking"},
+            timeout_s=20,
+            what=lambda rows: [(r.kind, r.value) for r in rows],
+        )
+        daemon.send_signal(signal.SIGKILL)
+        assert await asyncio.to_thread(daemon.wait, 30) == -signal.SIGKILL
+        assert span_rows(store, SessionSpanRow) == []
+        killed_at = datetime.now(UTC)
+
+        daemon = start_daemon(livekit_server, db_url, log)
+        await wait_rows(store, lambda rows: rows[0].last_seen_at > killed_at, timeout=30)
+        await agent.local_participant.set_attributes({"lk.agent.state": "idle"})
+        await asyncio.sleep(1.0)
+        await agent.local_participant.set_attributes({"lk.agent.state": "listening"})
+        await asyncio.sleep(1.0)
+        await agent.disconnect()
+        (row,) = await wait_rows(store, lambda rows: rows[0].left_at is not None, timeout=30)
+        spans = span_rows(store, SessionSpanRow)
+        states = [(s.value, s.started_at, s.ended_at) for s in spans if s.kind == "state"]
+        assert len(states) == len(set(states)), states
+        kept = [(r.value, r.started_at, r.ended_at) for r in before if r.kind == "state"]
+        assert set(kept) <= set(states)  # written before the kill: kept, once
+        assert [v for v, _, _ in states if v == "idle"] == ["idle"]  # after the restart
+        ordered = sorted(states, key=lambda s: s[1])
+        assert all(a[2] <= b[1] for a, b in itertools.pairwise(ordered))
+        assert row.observed_from is not None and row.observed_from <= ordered[0][1]
+        assert row.state_thinking_ms is not None and 900 <= row.state_thinking_ms <= 1500
+        assert row.state_idle_ms is not None and 900 <= row.state_idle_ms <= 1500
+        assert span_rows(store, OpenSessionSpanRow) == []
+    finally:
+        if daemon.poll() is None:
+            daemon.terminate()
+            daemon.wait(30)
+        store.close()
+    assert "Traceback" not in log.read_text()

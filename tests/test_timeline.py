@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from observer.core.changes import Close
+from observer.core.changes import Close, SpanEnded
 from observer.core.events import (
     AttributesChanged,
     Event,
@@ -19,7 +19,7 @@ from observer.core.events import (
     RoomLost,
     SeenParticipant,
 )
-from observer.core.timeline import Timeline
+from observer.core.timeline import Timeline, clipped
 from observer.core.tracker import SessionTracker
 
 pytestmark = pytest.mark.unit
@@ -45,12 +45,23 @@ def state(sid: str, value: str, at: float) -> AttributesChanged:
 
 
 def timeline_of(events: list[Event], sid: str = "A") -> Timeline | None:
+    """The session's whole timeline, as the store assembles it at the close: the spans
+    written as they ended, then what the close carries, cut to the session."""
     tr = SessionTracker(frozenset({"agent"}), last_seen_refresh_s=10)
     found: list[Close] = []
+    written: list[SpanEnded] = []
     for ev in events:
-        found += [w for w in tr.handle(ev).writes if isinstance(w, Close)]
+        writes = tr.handle(ev).writes
+        found += [w for w in writes if isinstance(w, Close)]
+        written += [w for w in writes if isinstance(w, SpanEnded) and w.key.participant_sid == sid]
     (close,) = [c for c in found if c.key.participant_sid == sid]
-    return close.timeline
+    if close.timeline is None:
+        assert not written
+        return None
+    start, end = close.timeline.observed_from, max(close.left_at, close.session.joined_at)
+    assert all(w.observed_from <= start or start == end for w in written)
+    spans = [*clipped([w.span for w in written], start, end), *close.timeline.spans]
+    return Timeline(start, tuple(spans))
 
 
 def ms(tl: Timeline | None) -> dict[str, int]:

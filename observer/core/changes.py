@@ -11,7 +11,7 @@ from typing import assert_never
 
 from observer.core.agent_usage import UsageReport
 from observer.core.events import SessionKey, TrackedSession
-from observer.core.timeline import Timeline
+from observer.core.timeline import Span, Timeline
 from observer.core.vocab import EndSource
 
 
@@ -29,7 +29,20 @@ class Close:
     uncertainty_ms: int | None
     last_seen_at: datetime
     session: TrackedSession
-    timeline: Timeline | None = None  # what this observer saw of it; None: never watched
+    # what this observer saw of it and has not written yet (its `SpanEnded` are written);
+    # None: never watched
+    timeline: Timeline | None = None
+
+
+@dataclass(frozen=True)
+class SpanEnded:
+    """A stretch of an open session's timeline ended: written as it ends, not kept, and
+    moved to the session's spans when the session closes. `observed_from`: when this
+    observer began watching the session."""
+
+    key: SessionKey
+    span: Span
+    observed_from: datetime
 
 
 @dataclass(frozen=True)
@@ -149,6 +162,7 @@ RowWrite = (
     | RoomPresence
     | RoomEnded
     | RecordUsage
+    | SpanEnded
 )  # changes to the rows
 Notice = (
     StuckAgents | RequestListing | UsageDropped | UsageFlagged
@@ -179,6 +193,7 @@ class EventChanges:
                     | RoomPresence()
                     | RoomEnded()
                     | RecordUsage()
+                    | SpanEnded()
                 ):
                     writes.append(op)
                 case StuckAgents() | RequestListing() | UsageDropped() | UsageFlagged():

@@ -10,7 +10,15 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 
-from observer.core.changes import Close, Op, Open, RefreshLastSeen, Witnessed, missed_leave
+from observer.core.changes import (
+    Close,
+    Op,
+    Open,
+    RefreshLastSeen,
+    SpanEnded,
+    Witnessed,
+    missed_leave,
+)
 from observer.core.events import (
     ParticipantLeft,
     SeenParticipant,
@@ -62,7 +70,7 @@ class SessionBook:
     # server's leave of the old one (it comes when the old connection was alive) -> the
     # newer one's join time, and when it was seen
     superseded_by: dict[SessionKey, tuple[datetime, datetime]] = field(default_factory=dict)
-    timelines: Timelines = field(default_factory=Timelines)
+    timelines: Timelines[SessionKey] = field(default_factory=Timelines)
 
     def opened(
         self,
@@ -215,6 +223,12 @@ class SessionBook:
             last_seen_at=left_at,
         )
 
+    def spans_ended(self) -> list[SpanEnded]:
+        """The spans of open sessions' timelines that ended since the last call: written
+        now, never kept (a session that lasts days holds no more than one that lasts
+        seconds)."""
+        return [SpanEnded(e.key, e.span, e.observed_from) for e in self.timelines.drain()]
+
     def handed_over(self, room_sid: str) -> None:
         """Another observer records the room now: forget its sessions without a write."""
         keys = self.open.in_room(room_sid)
@@ -225,6 +239,11 @@ class SessionBook:
             self.witness.pop(key, None)
             self.seen_live.discard(key)
             self.doubted.discard(key)
+            self.in_view.discard(key)
+            self.witnessed.discard(key)
+            self.evidence.pop(key, None)
+            self.replaced_leaves.pop(key, None)
+            self.superseded_by.pop(key, None)
             self.absent_at_join.pop(key, None)
             self.absent_listed.pop(key, None)
 

@@ -42,6 +42,7 @@ from observer.core.events import (
     WebhookLeft,
     WebhookRoomFinished,
 )
+from observer.core.gaps import HandledGaps
 from observer.core.occupancy import Occupancy, WatchedRoom
 from observer.core.sessions import Sessions
 from observer.core.usage_ledger import UsageLedger
@@ -101,8 +102,7 @@ class SessionTracker:
     _rooms: dict[str, _Room] = field(default_factory=dict)
     _listing_asked: dict[str, datetime] = field(default_factory=dict)
     _last_refresh: datetime | None = None
-    # the start of the latest gap handled, for every room (None) and for single rooms
-    _blind_handled: dict[str | None, datetime] = field(default_factory=dict)
+    _gaps: HandledGaps = field(default_factory=HandledGaps)
     _usage: UsageLedger = field(default_factory=UsageLedger)
 
     def __post_init__(self) -> None:
@@ -155,8 +155,10 @@ class SessionTracker:
         }
 
     def handle(self, ev: Event) -> EventChanges:
-        """Apply one event; return the writes that record its effect and the notices."""
-        return EventChanges.of(self._apply(ev))
+        """Apply one event; return the writes that record its effect and the notices, with
+        the timelines' spans that ended (after the event's own writes: a session closed by
+        it carries its last spans itself)."""
+        return EventChanges.of([*self._apply(ev), *self._s.spans_ended()])
 
     def _apply(self, ev: Event) -> list[Op]:
         match ev:
@@ -268,7 +270,7 @@ class SessionTracker:
         return room.name if room is not None else self._open.room_name(room_sid)
 
     def _forget_room(self, room_sid: str) -> None:
-        self._blind_handled.pop(room_sid, None)
+        self._gaps.forget(room_sid)
         self._occupancy.forget(room_sid)
         self._s.out_of_view(room_sid)
 
@@ -412,8 +414,7 @@ class SessionTracker:
         first (once), so nothing the gap hid counts as seen."""
         if since is None:
             return []
-        handled = [self._blind_handled.get(None), self._blind_handled.get(room_sid)]
-        if any(h is not None and since <= h for h in handled):
+        if self._gaps.handled(since, room_sid):
             return []
         return self._blind(since, at, None if room_sid is None else frozenset({room_sid}))
 
@@ -421,8 +422,7 @@ class SessionTracker:
         """The observer saw nothing of `rooms` from `since` to `until`: every session it counts
         as present there becomes a suspect, to be confirmed by the room or the server's
         listing; until then its `last_seen_at` stays where the last evidence put it."""
-        for room in [None] if rooms is None else rooms:
-            self._blind_handled[room] = max(since, self._blind_handled.get(room, since))
+        self._gaps.mark(since, [None] if rooms is None else rooms)
         self._last_refresh = until  # the next refresh comes a whole period later
         affected = set(self._rooms) if rooms is None else set(rooms) & set(self._rooms)
         ops: list[Op] = []
@@ -471,6 +471,10 @@ class SessionTracker:
             asked = self._listing_asked.get(room_sid)
             if asked is None or at - asked >= retry:
                 ops += self._request_listing(room_sid, at)
+        # an ask older than the retry decides nothing: forgotten, as if never made
+        for room_sid in [r for r, asked in self._listing_asked.items() if at - asked >= retry]:
+            del self._listing_asked[room_sid]
+        self._gaps.prune(self._rooms, at)
         ops += self._stuck(at)
         if self._last_refresh is None:
             self._last_refresh = at

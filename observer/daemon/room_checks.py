@@ -14,6 +14,7 @@ from livekit import api
 from observer.config import LiveKitSettings
 from observer.core.events import Event, ServerListing
 from observer.core.times import utcnow
+from observer.daemon.ended_rooms import EndedRooms
 from observer.livekit_api import API_ERRORS, Client, log_failure
 
 log = logging.getLogger(__name__)
@@ -55,7 +56,7 @@ class RoomChecks(Generic[W]):
         emit: Callable[[Event], None],
         spawn: Callable[[Coroutine[Any, Any, Any], str], asyncio.Task[Any]],
         current: Callable[[str], W | None],
-        ended: set[str],
+        ended: EndedRooms,
         give_up: Callable[[W, datetime], Awaitable[None]],
     ) -> None:
         """`current`: the connection now held for a room; `ended`: rooms found gone are

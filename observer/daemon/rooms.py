@@ -31,6 +31,7 @@ from observer.core.events import (
 )
 from observer.core.times import utcnow
 from observer.core.vocab import OBSERVER_REJOINING, OBSERVER_STOPPED
+from observer.daemon.ended_rooms import EndedRooms
 from observer.daemon.fleet import Fleet
 from observer.daemon.join_turn import join_in_turn
 from observer.daemon.room_checks import RoomChecks, list_rooms
@@ -92,7 +93,7 @@ class Rooms:
         self._not_mine_since: dict[str, float] = {}
         self._joining: set[str] = set()  # rooms whose join has not landed yet
         self._joined_via: dict[str, str] = {}  # room sid -> the URL its connection went to
-        self.ended: set[str] = set()
+        self.ended = EndedRooms()
         # listed rooms that no live node hosts (their node died): sid -> name
         self.unreachable: dict[str, str] = {}
         self._first_seen: dict[str, float] = {}
@@ -180,14 +181,23 @@ class Rooms:
         for sid in p.gone:
             self._emit(RoomGone(sid, now, listed_at or now))
         live = {r.sid for r in listed}
-        for sid in [s for s in self.unreachable if s not in live]:
-            del self.unreachable[sid]
+        self._prune(live)
         for sid, watcher in list(self.watchers.items()):
             if watcher.recovering and sid not in live:
                 # The SDK is trying to get back into a room that no longer exists.
                 self._spawn(self._give_up(watcher, listed_at or now), f"leave:{watcher.room_name}")
         for room in p.join:
             self._start(room)
+
+    def _prune(self, live: set[str]) -> None:
+        """What is kept of rooms that are gone goes with them (a daemon runs for months)."""
+        self.ended.listed(live)
+        for sid in [s for s in self.unreachable if s not in live]:
+            del self.unreachable[sid]
+        for sid in [s for s in self._first_seen if s not in live and s not in self.watchers]:
+            del self._first_seen[sid]  # never joined: no join latency to tell
+        for sid in [s for s in self._joined_via if s not in self.watchers]:
+            del self._joined_via[sid]
 
     def replan(self) -> None:
         """The observers changed: place the last listing again (takeovers happen here)."""

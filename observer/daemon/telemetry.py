@@ -23,6 +23,7 @@ from observer.core.changes import (
     RoomPresence,
     RoomSeen,
     RowWrite,
+    SpanEnded,
     StuckAgents,
     UpdateAttributes,
     UsageDropped,
@@ -292,6 +293,7 @@ def count_decided_writes(m: Metrics, writes: Sequence[RowWrite]) -> None:
                 | RoomSeen()
                 | RoomPresence()
                 | RoomEnded()
+                | SpanEnded()
             ):
                 pass
             case _:

@@ -1,8 +1,10 @@
 """Where a session row is closed: by the daemon's writes and by `observer reconcile`.
 
 Both describe the end as an `Ending`; `closed_columns` turns it into the values written,
-and `close_row` writes them. Only the times and what the observer saw are written:
-`duration_ms`, `crosses_day` and `state_unknown_ms` are the database's, derived from them.
+and `close_row` writes them, and moves the session's open spans (`observer.db.open_spans`)
+to `session_spans` in the same transaction. Only the times and what the observer saw are
+written: `duration_ms`, `crosses_day` and `state_unknown_ms` are the database's, derived
+from them.
 """
 
 from __future__ import annotations
@@ -12,12 +14,15 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, update
+from sqlalchemy import ColumnElement, select, update
 from sqlalchemy.orm import Session
 
 from observer.core.changes import Close, missed_leave
-from observer.core.timeline import Timeline
+from observer.core.events import SessionKey
+from observer.core.timeline import SpanTotals, Timeline
 from observer.core.vocab import END_RECONCILED, EndSource
+from observer.db import open_spans
+from observer.db.open_spans import Watched
 from observer.db.schema import SessionRow
 
 
@@ -30,7 +35,9 @@ class Ending:
     reason: str | None = None  # LiveKit's disconnect reason, when one was given
     uncertainty_ms: int | None = None  # how long before it was learned the end may lie
     last_seen_at: datetime | None = None  # None: the row's stays
-    timeline: Timeline | None = None  # what the observer saw of it; None: never watched
+    # what the observer saw of it and had not written yet (`open_session_spans` holds the
+    # rest); None: it had not watched it
+    timeline: Timeline | None = None
 
 
 def ending_of(op: Close) -> Ending:
@@ -52,9 +59,13 @@ def reconciled(last_seen_at: datetime, now: datetime) -> Ending:
     return Ending(left_at, END_RECONCILED, uncertainty_ms=uncertainty_ms)
 
 
-def closed_columns(joined_at: datetime, ending: Ending, now: datetime) -> dict[str, Any]:
+def closed_columns(
+    joined_at: datetime, ending: Ending, now: datetime, *, seen: Watched | None = None
+) -> dict[str, Any]:
     """The values a close writes into the row of a session that joined at `joined_at`. No
-    time is before the join (a clock that disagreed, a leave heard before the join)."""
+    time is before the join (a clock that disagreed, a leave heard before the join).
+    `seen`: what the observer saw of it, summed from its spans; else the ending's timeline
+    taken as the whole."""
     values: dict[str, Any] = dict(
         left_at=max(ending.left_at, joined_at),
         disconnect_reason=ending.reason,
@@ -64,12 +75,11 @@ def closed_columns(joined_at: datetime, ending: Ending, now: datetime) -> dict[s
     )
     if ending.last_seen_at is not None:
         values["last_seen_at"] = max(ending.last_seen_at, joined_at)
-    if ending.timeline is not None:
-        states = ending.timeline.state_ms()
-        values.update({f"state_{name}_ms": ms for name, ms in states.items()})
-        values.update(
-            observed_from=ending.timeline.observed_from, alone_ms=ending.timeline.alone_ms()
-        )
+    if seen is None and ending.timeline is not None:
+        seen = Watched(ending.timeline.observed_from, SpanTotals.of(ending.timeline.spans))
+    if seen is not None:
+        values.update({f"state_{name}_ms": ms for name, ms in seen.totals.state_ms.items()})
+        values.update(observed_from=seen.observed_from, alone_ms=seen.totals.alone_ms)
     return values
 
 
@@ -81,13 +91,31 @@ def close_row(
     *,
     now: datetime,
     only_if: Sequence[ColumnElement[bool]] = (),
+    spans_of: str | None = None,
 ) -> bool:
     """Close the open row `row_id`, which joined at `joined_at`, as `ending` says; False
-    when it was closed already or fails `only_if`."""
-    closed = db.execute(
+    when it was closed already or fails `only_if`. The spans of observer `spans_of` (None:
+    the row's own observer), with the ending's timeline, move to `session_spans`; every
+    observer's open spans of the session go."""
+    query = select(SessionRow.room_sid, SessionRow.participant_sid, SessionRow.observer_id).where(
+        SessionRow.id == row_id, SessionRow.left_at.is_(None), *only_if
+    )
+    if db.get_bind().dialect.name == "postgresql":
+        query = query.with_for_update()  # a close at the same moment by another waits
+    row = db.execute(query).first()
+    if row is None:
+        return False
+    seen = open_spans.move(
+        db,
+        SessionKey(row.room_sid, row.participant_sid),
+        observer_id=row.observer_id if spans_of is None else spans_of,
+        tail=ending.timeline,
+        joined=joined_at,
+        end=max(ending.left_at, joined_at),
+    )
+    db.execute(
         update(SessionRow)
-        .where(SessionRow.id == row_id, SessionRow.left_at.is_(None), *only_if)
-        .values(**closed_columns(joined_at, ending, now))
-        .returning(SessionRow.id)
-    ).first()
-    return closed is not None
+        .where(SessionRow.id == row_id)
+        .values(**closed_columns(joined_at, ending, now, seen=seen))
+    )
+    return True

@@ -251,6 +251,39 @@ class SessionSpanRow(Base):
     )
 
 
+class OpenSessionSpanRow(Base):
+    """A stretch of an open session's timeline, written as it ends by the observer that
+    saw it (one observer's spans never overlap; several observers' may). When the session
+    closes, the spans of the observer whose end counted move to `session_spans`, cut to the
+    session, and all of the session's rows here go: `observer.db.closing`."""
+
+    __tablename__ = "open_session_spans"
+
+    id: Mapped[int] = mapped_column(BigID, primary_key=True, autoincrement=True)
+    room_sid: Mapped[str] = mapped_column(Text)
+    participant_sid: Mapped[str] = mapped_column(Text)
+    observer_id: Mapped[str] = mapped_column(Text)
+    kind: Mapped[str] = mapped_column(Text)
+    value: Mapped[str] = mapped_column(Text)
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    ended_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    # when the observer began watching the session (the closed row's `observed_from`)
+    observed_from: Mapped[datetime] = mapped_column(UTCDateTime)
+
+    __table_args__ = (
+        # a span written twice (a batch retried after a commit whose answer was lost) is one
+        UniqueConstraint(
+            "room_sid",
+            "participant_sid",
+            "observer_id",
+            "kind",
+            "started_at",
+            name="uq_open_session_spans_span",
+        ),
+        CheckConstraint("kind IN ('state', 'alone')", name="kind"),
+    )
+
+
 class AgentUsageRow(Base):
     """An agent session's latest cumulative usage of one model: one row per (session,
     kind, provider, model). Linked to `sessions` by (`room_sid`, `participant_sid`); it may

@@ -13,7 +13,6 @@ from sqlalchemy import (
     bindparam,
     delete,
     func,
-    insert,
     select,
     update,
 )
@@ -29,17 +28,18 @@ from observer.core.changes import (
     RoomPresence,
     RoomSeen,
     RowWrite,
+    SpanEnded,
     UpdateAttributes,
     Witnessed,
 )
 from observer.core.events import SessionKey, TrackedSession
+from observer.db import open_spans
 from observer.db.closing import close_row, ending_of
 from observer.db.schema import (
     AgentUsageRow,
     Base,
     RoomRow,
     SessionRow,
-    SessionSpanRow,
     SessionWitnessRow,
     StuckAlertRow,
     WebhookEventRow,
@@ -95,12 +95,18 @@ def apply_ops(db: Session, ops: Sequence[Write], observer_id: str, now: datetime
     Returns the usage totals that went backwards (see `record_usage`).
     """
     backwards: list[str] = []
+    spans: list[SpanEnded] = []  # written together, in order before any other write
     for op in ops:
+        if isinstance(op, SpanEnded):
+            spans.append(op)
+            continue
+        open_spans.record(db, spans, observer_id)
+        spans.clear()
         match op:
             case Open():
                 _open(db, op.session, observer_id, now)
             case Close():
-                _close(db, op, now)
+                _close(db, op, observer_id, now)
             case RefreshLastSeen():
                 _touch(db, op.keys, op.at, now)
             case UpdateAttributes():
@@ -123,8 +129,11 @@ def apply_ops(db: Session, ops: Sequence[Write], observer_id: str, now: datetime
                 backwards += record_usage(db, op.report, now)
             case WebhookRecord():
                 insert_webhook(db, op)
+            case SpanEnded():
+                pass  # gathered above
             case _:
                 assert_never(op)
+    open_spans.record(db, spans, observer_id)
     return backwards
 
 
@@ -329,31 +338,18 @@ def _open(db: Session, s: TrackedSession, observer_id: str, now: datetime) -> No
     db.execute(stmt.on_conflict_do_nothing(index_elements=["room_sid", "participant_sid"]))
 
 
-def _close(db: Session, op: Close, now: datetime) -> None:
-    """Close the session, with the timeline of the observer whose end counted."""
+def _close(db: Session, op: Close, observer_id: str, now: datetime) -> None:
+    """Close the session, with the timeline of the observer whose end counted: only that
+    observer's spans are kept, one timeline per session."""
     row = db.execute(
         select(SessionRow.id, SessionRow.joined_at).where(
             *_key_clause(op.key), SessionRow.left_at.is_(None)
         )
     ).first()
-    if row is None or not close_row(db, row.id, row.joined_at, ending_of(op), now=now):
-        return
-    if op.timeline is not None and op.timeline.spans:
-        # only the observer whose end counted writes what it saw: one timeline per session
-        db.execute(
-            insert(SessionSpanRow),
-            [
-                dict(
-                    room_sid=op.key.room_sid,
-                    participant_sid=op.key.participant_sid,
-                    kind=sp.kind,
-                    value=sp.value,
-                    started_at=sp.start,
-                    ended_at=sp.end,
-                )
-                for sp in op.timeline.spans
-            ],
-        )
+    if row is None or not close_row(
+        db, row.id, row.joined_at, ending_of(op), now=now, spans_of=observer_id
+    ):
+        open_spans.forget(db, op.key, observer_id)  # another end closed it
 
 
 def _touch(db: Session, keys: Iterable[SessionKey], at: datetime, now: datetime) -> None:
