@@ -27,6 +27,8 @@ SCENARIOS: dict[str, str] = {
     "server-restart": "livekit-server killed and restarted with agents inside",
     "webhooks": "sessions the observer did not see are recorded from webhooks",
     "usage": "model usage from lk.agent.session lands with its session",
+    "python-agent": "a livekit-agents worker process: its agent, name, times and usage or none",
+    "node-agent": "an @livekit/agents (Node) worker: its agent, name, times, no usage",
 }
 
 PASSED, FAILED, SKIPPED = "pass", "FAIL", "skip"
