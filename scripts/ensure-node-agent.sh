@@ -11,6 +11,6 @@ if ! command -v npm >/dev/null; then
 fi
 stamp="node_modules/.installed-$(sha256sum package-lock.json | cut -c1-16)"
 if [[ ! -f "$stamp" ]]; then
-    npm ci --no-audit --no-fund --loglevel=error
+    npm ci --no-audit --no-fund --loglevel=error >&2
     touch "$stamp"
 fi

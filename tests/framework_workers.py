@@ -76,31 +76,38 @@ class AgentLeft:
 
 class FrameworkWorker:
     def __init__(
-        self, server: LiveKitServer, agent_name: str, command: list[str], env: dict[str, str]
+        self,
+        server: LiveKitServer,
+        agent_name: str,
+        command: list[str],
+        env: dict[str, str],
+        directory: Path,
     ) -> None:
         self.server = server
         self.agent_name = agent_name
         self.command = command
         self.extra_env = env
-        self.dir = Path(os.environ.get("TMPDIR", "/tmp")) / f"agent-worker-{os.urandom(4).hex()}"
+        self.dir = directory  # the worker's log and events, kept with the test's files
         self.log_path = self.dir / "worker.log"
         self.events_path = self.dir / "events.jsonl"
         self.proc: subprocess.Popen[bytes] | None = None
 
     @classmethod
-    def python(cls, server: LiveKitServer, agent_name: str, *, voice: bool) -> FrameworkWorker:
+    def python(
+        cls, server: LiveKitServer, agent_name: str, directory: Path, *, voice: bool
+    ) -> FrameworkWorker:
         env = {"PYTHONPATH": str(TESTS), "AGENT_VOICE": "1" if voice else "0"}
-        return cls(server, agent_name, [agents_python(), str(PYTHON_WORKER)], env)
+        return cls(server, agent_name, [agents_python(), str(PYTHON_WORKER)], env, directory)
 
     @classmethod
-    def node(cls, server: LiveKitServer, agent_name: str) -> FrameworkWorker:
+    def node(cls, server: LiveKitServer, agent_name: str, directory: Path) -> FrameworkWorker:
         node = shutil.which("node")
         if node is None or not (NODE_AGENT / "node_modules" / "@livekit" / "agents").is_dir():
             raise AssertionError(
                 "no node, or no tests/node_agent/node_modules: run scripts/ensure-node-agent.sh"
             )
         # pino's JSON lines; the job processes inherit the environment
-        return cls(server, agent_name, [node, str(NODE_AGENT / "agent.js"), "start"], {})
+        return cls(server, agent_name, [node, str(NODE_AGENT / "agent.js"), "start"], {}, directory)
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -170,7 +177,6 @@ class FrameworkWorker:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
-        shutil.rmtree(self.dir, ignore_errors=True)
 
     # -- the agent -------------------------------------------------------------
 
@@ -197,9 +203,10 @@ class FrameworkWorker:
     def _event(self, kind: str, room: str) -> dict[str, Any] | None:
         return next((e for e in self.events() if e["event"] == kind and e["room"] == room), None)
 
-    async def dispatch(self, room: str, timeout: float = 30.0) -> AgentJoined:
+    async def dispatch(self, room: str, timeout: float = 75.0) -> AgentJoined:
         """Dispatch the agent into ``room``; returns once it is in the room (with voice,
-        once it has spoken)."""
+        once it has spoken). A job process of the Node worker loads its framework first:
+        over 10 s on a loaded machine."""
         lkapi = self.server.api_client()
         try:
             await lkapi.agent_dispatch.create_dispatch(

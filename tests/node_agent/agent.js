@@ -82,6 +82,9 @@ if (process.argv[1] === fileURLToPath(import.meta.url)) {
       host: '127.0.0.1',
       port: 0,
       numIdleProcesses: 0,
+      // a job process loads the framework before it runs: on a loaded machine that has
+      // taken more than the default 10 s
+      initializeProcessTimeout: 60 * 1000,
     }),
   );
 }
