@@ -232,7 +232,7 @@ def _lines(
         if g is None:  # only what `q` asks for: a month by agent and day is 30,000 groups
             g = groups[key] = _Group(
                 states=[0] * len(STATE_SUMS) if q.states else [],
-                tokens=[0] * _NO_USAGE + [0] if with_tokens else [],
+                tokens=[0] * (_NO_USAGE + 1) if with_tokens else [],
                 costs=dict.fromkeys(COST_KINDS, Decimal(0)) if q.prices is not None else {},
             )
         return g
