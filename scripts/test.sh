@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Run the whole test suite on a fresh machine: installs what is missing (virtualenv and
-# packages, livekit-server, PostgreSQL, redis-server, chromium, promtool), then lints,
-# type-checks and runs pytest.
+# packages, livekit-server, PostgreSQL, redis-server, chromium, promtool, the Node
+# agent's packages), then lints, type-checks and runs pytest.
 # Extra arguments go to pytest, e.g. scripts/test.sh -m unit (the tier that needs no server;
 # README lists the tiers) or scripts/test.sh -k tracker
 set -euo pipefail
@@ -12,6 +12,7 @@ scripts/ensure-redis.sh
 scripts/ensure-chromium.sh
 scripts/ensure-promtool.sh
 scripts/bootstrap.sh
+scripts/ensure-node-agent.sh
 export LIVEKIT_SERVER_BIN="${LIVEKIT_SERVER_BIN:-$(scripts/install-livekit-server.sh | tail -n 1)}"
 export STRIPE_MOCK_BIN="${STRIPE_MOCK_BIN:-$(scripts/install-stripe-mock.sh | tail -n 1)}"
 # The whole suite also runs the release matrix's scenarios (tests marked `compat`) against

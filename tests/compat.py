@@ -6,6 +6,8 @@ runs them against whatever binary ``LIVEKIT_SERVER_BIN`` names, and
 ``--compat-report=FILE`` writes each scenario's outcome there as JSON.
 
     python tests/compat.py REPORT.json...      prints the table
+    python tests/compat.py --agents FILE...     prints what the observer made of each
+                                                framework's agent (AGENT_MATRIX_OUT lines)
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ SCENARIOS: dict[str, str] = {
     "server-restart": "livekit-server killed and restarted with agents inside",
     "webhooks": "sessions the observer did not see are recorded from webhooks",
     "usage": "model usage from lk.agent.session lands with its session",
+    "python-agent": "a livekit-agents worker process: its agent, name, times and usage or none",
+    "node-agent": "an @livekit/agents (Node) worker: its agent, name, times, no usage",
 }
 
 PASSED, FAILED, SKIPPED = "pass", "FAIL", "skip"
@@ -94,10 +98,41 @@ def table(reports: list[Mapping[str, object]]) -> str:
     return "\n".join(lines)
 
 
+def agents_table(observations: list[Mapping[str, object]]) -> str:
+    """Agent frameworks x releases x livekit-server releases: recognised as an agent, the
+    agent name recorded, and model usage captured ("none reported" when the report says
+    `no_usage_reported`)."""
+    head = ["framework", "version", "server", "agent", "agent_name", "usage"]
+    rows = []
+    for o in observations:
+        report = o.get("report")
+        usage = "none reported"
+        if isinstance(report, dict) and not report.get("no_usage_reported"):
+            usage = f"yes ({o['usage_rows']} model rows)" if o.get("usage_rows") else "0 rows"
+        rows.append(
+            [
+                str(o["framework"]),
+                str(o["version"]),
+                str(o["server"]),
+                "yes" if o["kind"] == "agent" else f"no ({o['kind']})",
+                str(o["agent_name"]) if o["agent_name"] else "missing",
+                usage,
+            ]
+        )
+    widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in [head, *rows]]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
 def main(argv: list[str]) -> int:
     if not argv:
         print(__doc__, file=sys.stderr)
         return 2
+    if argv[0] == "--agents":
+        seen = [json.loads(line) for p in argv[1:] for line in Path(p).read_text().splitlines()]
+        print(agents_table(seen))
+        return 0
     print(table([json.loads(Path(p).read_text()) for p in argv]))
     return 0
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any, NamedTuple, Protocol
@@ -71,7 +71,9 @@ class UsageLine(NamedTuple):
     duration_ms: int  # after rounding each session piece
     billable_minutes: int  # each session piece rounded up to a whole minute, then summed
     states: tuple[int, ...] = ()  # with `UsageQuery.states`: ms per `STATE_FIELDS` entry
-    tokens: tuple[int, ...] = ()  # with `UsageQuery.tokens`: per `TOKEN_FIELDS` entry
+    # with `UsageQuery.tokens`: per `TOKEN_FIELDS` entry; the counters None (unknown, not 0)
+    # when no session of the group ever reported usage (`no_usage_reported`)
+    tokens: tuple[int | bool | None, ...] = ()
     costs: tuple[Decimal | None, ...] = ()  # with prices: per `COST_FIELDS`; None: unknown
 
 
@@ -82,14 +84,20 @@ STATE_FIELDS = (
     "state_unknown_ms",
     "alone_ms",
 )
-# With --tokens: model usage reported in the window, and the flags on it
+# With --tokens: model usage reported in the window, and the flags on it; then the group's
+# sessions whose agent never reported usage to the room (an agent that does not broadcast
+# it, such as livekit-agents before 1.5), and whether that is all the group has: then its
+# counters are unknown (None), not 0.
 TOKEN_FIELDS = (
     "usage_sessions",
     *COUNTERS,
     "usage_unseen_sessions",
     "usage_went_backwards",
     "usage_silent_realtime",
+    "no_usage_sessions",
+    "no_usage_reported",
 )
+_NO_USAGE = TOKEN_FIELDS.index("no_usage_sessions")
 # With --prices: cost per kind and in all
 COST_KINDS = ("agent_minutes", *USAGE_KINDS)
 COST_FIELDS = (*(f"cost_{k}" for k in COST_KINDS), "cost")
@@ -120,7 +128,7 @@ def bucket_edges(start: datetime, end: datetime, unit: str | None) -> tuple[date
 @dataclass(slots=True)
 class _Group:
     states: list[int]  # per `STATE_SUMS`, with `UsageQuery.states`
-    tokens: list[int]  # per `TOKEN_FIELDS`, with tokens or prices
+    tokens: list[int]  # per `TOKEN_FIELDS` but the marker, with tokens or prices
     costs: dict[str, Decimal | None]  # per `COST_KINDS`, with prices
     sessions: int = 0
     duration_ms: int = 0
@@ -224,7 +232,7 @@ def _lines(
         if g is None:  # only what `q` asks for: a month by agent and day is 30,000 groups
             g = groups[key] = _Group(
                 states=[0] * len(STATE_SUMS) if q.states else [],
-                tokens=[0] * len(TOKEN_FIELDS) if with_tokens else [],
+                tokens=[0] * (_NO_USAGE + 1) if with_tokens else [],
                 costs=dict.fromkeys(COST_KINDS, Decimal(0)) if q.prices is not None else {},
             )
         return g
@@ -262,6 +270,11 @@ def _lines(
                     g.add_cost(
                         tt.kind, model_cost(prices, dict(zip(COUNTERS, tt.counters, strict=True)))
                     )
+        if q.tokens:  # the sessions, cut as above, whose agents never reported usage
+            silent = replace(plan.spec, without_usage=True, states=False, price_cuts=())
+            for t in store.usage(silent):
+                g = group(tuple(t.keys[i] if i >= 0 else labels[t.bucket] for i in where))
+                g.tokens[_NO_USAGE] += t.sessions
     if not q.by and not groups:
         group(())
     lines = []
@@ -278,11 +291,20 @@ def _lines(
                 g.duration_ms,
                 g.billable_minutes,
                 _with_unknown(g.duration_ms, tuple(g.states)) if q.states else (),
-                tuple(g.tokens) if q.tokens else (),
+                _token_values(g) if q.tokens else (),
                 costs,
             )
         )
     return sorted(lines, key=_sort_key)
+
+
+def _token_values(g: _Group) -> tuple[int | bool | None, ...]:
+    """A group's `TOKEN_FIELDS` values: with `no_usage_reported` when it has sessions and
+    none of them (nor any other) reported usage, its counters unknown rather than 0."""
+    no_usage = g.tokens[_NO_USAGE]
+    nothing = g.tokens[0] == 0 and no_usage > 0 and no_usage == g.sessions
+    counters = [None if nothing else n for n in g.tokens[1 : 1 + len(COUNTERS)]]
+    return (g.tokens[0], *counters, *g.tokens[1 + len(COUNTERS) : _NO_USAGE], no_usage, nothing)
 
 
 def _plain_lines(q: UsageQuery, plan: _Plan, totals: Sequence[UsageTotal]) -> list[UsageLine]:
@@ -342,7 +364,7 @@ def render(q: UsageQuery, lines: Sequence[UsageLine], fmt: str) -> str:
                     u.duration_ms,
                     u.billable_minutes,
                     *u.states,
-                    *u.tokens,
+                    *(_token_cell(v, "true", "false", "") for v in u.tokens),
                     *(_money(c) for c in u.costs),
                 )
                 for u in lines
@@ -358,7 +380,7 @@ def render(q: UsageQuery, lines: Sequence[UsageLine], fmt: str) -> str:
             human_duration(u.duration_ms),
             str(u.billable_minutes),
             *(human_duration(ms) for ms in u.states),
-            *(str(n) for n in u.tokens),
+            *(_token_cell(v, "yes", "no", "-") for v in u.tokens),
             *(_money(c) for c in u.costs),
         )
         for u in lines
@@ -372,7 +394,7 @@ def render(q: UsageQuery, lines: Sequence[UsageLine], fmt: str) -> str:
             human_duration(sum(u.duration_ms for u in lines)),
             str(sum(u.billable_minutes for u in lines)),
             *(human_duration(sum(u.states[i] for u in lines)) for i in range(len(state_fields))),
-            *(str(sum(u.tokens[i] for u in lines)) for i in range(len(token_fields))),
+            *(_token_total([u.tokens[i] for u in lines]) for i in range(len(token_fields))),
             *(
                 "" if None in column else str(sum((c for c in column if c), Decimal(0)))
                 for column in costs
@@ -387,6 +409,23 @@ def render(q: UsageQuery, lines: Sequence[UsageLine], fmt: str) -> str:
         f" kind {q.kind or 'any'}{currency})"
     )
     return "\n".join(out) + "\n"
+
+
+def _token_cell(value: int | bool | None, yes: str, no: str, unknown: str) -> str:
+    if value is None:
+        return unknown
+    if isinstance(value, bool):
+        return yes if value else no
+    return str(value)
+
+
+def _token_total(column: Sequence[int | bool | None]) -> str:
+    """The table's total of a `TOKEN_FIELDS` column: the known counts summed; "-" when
+    no line knows one; nothing for the marker."""
+    if any(isinstance(v, bool) for v in column):
+        return ""
+    known = [v for v in column if v is not None]
+    return str(sum(known)) if known or not column else "-"
 
 
 def _line_dict(q: UsageQuery, u: UsageLine) -> dict[str, Any]:

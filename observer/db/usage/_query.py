@@ -18,6 +18,7 @@ from sqlalchemy import (
     and_,
     case,
     cast,
+    exists,
     func,
     literal,
     literal_column,
@@ -69,6 +70,7 @@ def usage_query(
     start, end = spec.edges[0], spec.edges[-1]
     until = min(until, end)
     of_kind = [] if spec.kind is None else [t.c.participant_kind == spec.kind]
+    of_kind += reported_nothing(spec)
     keys = sum_keys(spec, t, rooms, dialect)
     source: Any = t
     if any(g.startswith(ROOM_METADATA) for g in spec.group_by):
@@ -123,6 +125,7 @@ def clipped(
     edges = [epoch_ms(e) for e in spec.edges]
     start, end = spec.edges[0], spec.edges[-1]
     wanted = [] if spec.kind is None else [t.c.participant_kind == spec.kind]
+    wanted += reported_nothing(spec)
     ended: ColumnElement[int]
     if spec.open_until is None:
         wanted.append(t.c.left_at > start)
@@ -238,6 +241,17 @@ def summed(pieces: Select[Any], spec: UsageSpec, width: int, states: list[str]) 
         cast(func.sum(minutes), BigInteger).label("minutes"),
         *(cast(func.sum(p.c[n]), BigInteger).label(n) for n in states),
     ).group_by(*pkeys, p.c.bucket)
+
+
+def reported_nothing(spec: UsageSpec) -> list[ColumnElement[bool]]:
+    """With `spec.without_usage`: the session has no `agent_usage` row (a lookup by the
+    table's primary key)."""
+    if not spec.without_usage:
+        return []
+    t = Base.metadata.tables["sessions"]
+    u = Base.metadata.tables["agent_usage"]
+    reported = and_(u.c.room_sid == t.c.room_sid, u.c.participant_sid == t.c.participant_sid)
+    return [~exists().where(reported)]
 
 
 def joined_between(lo: datetime, hi: datetime) -> list[ColumnElement[bool]]:

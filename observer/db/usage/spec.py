@@ -76,6 +76,8 @@ class UsageSpec:
     kind: str | None = "agent"
     states: bool = False  # also sum the time in each agent state and alone (`STATE_SUMS`)
     price_cuts: tuple[datetime, ...] = ()
+    # only the sessions that never reported model usage (no `agent_usage` row of theirs)
+    without_usage: bool = False
 
 
 # What `UsageSpec.states` sums, in `UsageTotal.states` order: the sessions columns

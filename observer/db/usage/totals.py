@@ -58,6 +58,7 @@ def usage_totals_together(
         round_to_ms=specs[0].round_to_ms,
         kind=specs[0].kind,
         states=specs[0].states,
+        without_usage=specs[0].without_usage,
     )
     _, back = reach_back(conn, days)
     starts = [back(spec.edges[0]) for spec in specs]
@@ -105,7 +106,10 @@ def can_share(specs: Sequence[UsageSpec]) -> bool:
     if len(specs) < 2 or any(s.price_cuts for s in specs):
         return False
     first = specs[0]
-    same = {(s.group_by, s.open_until, s.round_to_ms, s.kind, s.states, s.edges[-1]) for s in specs}
+    same = {
+        (s.group_by, s.open_until, s.round_to_ms, s.kind, s.states, s.without_usage, s.edges[-1])
+        for s in specs
+    }
     return (
         len(same) == 1
         and all(
