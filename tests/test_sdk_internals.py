@@ -7,6 +7,8 @@ import re
 import subprocess
 import sys
 import textwrap
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 from daemon_helpers import Clients, create_room
@@ -28,7 +30,11 @@ def room_event(handle: int) -> ffi_pb2.FfiEvent:
 
 
 async def test_each_watched_room_gets_only_its_own_events(
-    livekit_server: LiveKitServer, db_url: str, start_observer, clients: Clients
+    livekit_server: LiveKitServer,
+    db_url: str,
+    start_observer,
+    clients: Clients,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     for name in ("narrow-a", "narrow-b"):
         await create_room(livekit_server, name)
@@ -45,10 +51,15 @@ async def test_each_watched_room_gets_only_its_own_events(
     routes = [f for _q, _loop, f in subscribers if f == ROUTER._route]
     assert len(routes) == 1
     ha, hb = a._ffi_handle.handle, b._ffi_handle.handle
-    before = a._ffi_queue.qsize(), b._ffi_queue.qsize()
-    assert ROUTER._route(room_event(ha)) is False  # never to its own queue
+    # what reaches each room's queue from now on (the rooms' real events arrive too)
+    delivered: dict[str, list[object]] = {"a": [], "b": []}
+    for key, queue in (("a", a._ffi_queue), ("b", b._ffi_queue)):
+        monkeypatch.setattr(queue, "put_nowait", _recording(queue.put_nowait, delivered[key]))
+    sent = room_event(ha)
+    assert ROUTER._route(sent) is False  # never to its own queue
     await _settle()
-    assert (a._ffi_queue.qsize(), b._ffi_queue.qsize()) in ((before[0] + 1, before[1]), before)
+    assert [e for e in delivered["a"] if e is sent] == [sent]
+    assert not [e for e in delivered["b"] if e is sent]
     # and the rooms still see their participants come and go
     agent = await clients.agent("narrow-b", "agent-b")
     await obs.wait_rows(lambda rows: len(rows) == 1 and rows[0].room_name == "narrow-b")
@@ -56,6 +67,14 @@ async def test_each_watched_room_gets_only_its_own_events(
     await obs.wait_rows(lambda rows: rows[0].left_at is not None)
     await obs.stop()
     assert ha not in ROUTER._rooms and hb not in ROUTER._rooms
+
+
+def _recording(put: Callable[[Any], None], into: list[object]) -> Callable[[Any], None]:
+    def record(item: Any) -> None:
+        into.append(item.event)
+        put(item)
+
+    return record
 
 
 class ChangedSdk(EventRouter):
