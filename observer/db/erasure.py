@@ -105,7 +105,7 @@ def forget(db: Session, identity: str, hashed: str) -> dict[str, int]:
             db.execute(
                 update(r)
                 .where(r.sid == sid)
-                .values(metadata=new_meta, metadata_json=metadata_object(new_meta))
+                .values(metadata_=new_meta, metadata_json=metadata_object(new_meta))
             )
             n["rooms"] += 1
 
