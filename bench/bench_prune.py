@@ -235,6 +235,16 @@ class Writer(threading.Thread):
             self.store.close()
 
 
+def waits(w: list[float]) -> str:
+    if not w:
+        return "no sessions recorded"
+    p99 = w[min(len(w) - 1, int(len(w) * 0.99))]
+    return (
+        f"{len(w)} sessions recorded, median {statistics.median(w) * 1000:.0f} ms,"
+        f" p99 {p99 * 1000:.0f} ms, longest {w[-1] * 1000:.0f} ms"
+    )
+
+
 def bench(label: str, url: str, n: int, older_than: str, batch: int) -> None:
     migrate.upgrade(url)
     store = Store(url)
@@ -251,7 +261,9 @@ def bench(label: str, url: str, n: int, older_than: str, batch: int) -> None:
         cov = store.prune_coverage()
         writer = Writer(url)
         writer.start()
-        time.sleep(1)
+        time.sleep(15)  # the writer alone first: what its waits are without prune
+        alone = sorted(writer.waits)
+        started = len(writer.waits)
         print(
             f"{'kind':<20}{'deleted':>12}{'held':>10}{'time':>10}{'batches':>10}{'longest tx':>12}"
         )
@@ -261,22 +273,21 @@ def bench(label: str, url: str, n: int, older_than: str, batch: int) -> None:
             r = store.prune(kind, cutoff=cutoff, cov=cov, batch_size=batch)
             spent = time.perf_counter() - began
             total += spent
+            tx = sorted(r.batch_s)
             print(
                 f"{kind:<20}{r.deleted:>12,}{r.held:>10,}{spent:>9.1f}s{r.batches:>10,}"
+                f"{statistics.median(tx) * 1000:>9.0f}ms{tx[int(len(tx) * 0.99)] * 1000:>7.0f}ms"
                 f"{r.longest_batch_s * 1000:>10.0f}ms" + (f"  error: {r.error}" if r.error else "")
             )
         writer.stop.set()
         writer.join(30)
-        w = sorted(writer.waits)
+        w = sorted(writer.waits[started:])
+        print(f"writer alone: {waits(alone)}")
         print(f"prune in all: {total:.1f} s; sessions left: {capacity.counts(store)['sessions']:,}")
-        if w:
-            p99 = w[min(len(w) - 1, int(len(w) * 0.99))]
-            print(
-                f"writer beside it: {len(w)} sessions recorded,"
-                f" median {statistics.median(w) * 1000:.0f} ms,"
-                f" p99 {p99 * 1000:.0f} ms, longest {w[-1] * 1000:.0f} ms"
-                + (f"; errors: {writer.errors}" if writer.errors else "")
-            )
+        print(
+            f"writer beside prune: {waits(w)}"
+            + (f"; errors: {writer.errors}" if writer.errors else "")
+        )
     finally:
         store.close()
 

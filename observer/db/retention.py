@@ -52,6 +52,7 @@ class KindResult:
     held_to: datetime | None = None
     batches: int = 0
     longest_batch_s: float = 0.0
+    batch_s: list[float] = field(default_factory=list, repr=False)  # each batch's time
     error: str | None = None
     _last: Any = field(default=None, repr=False)
 
@@ -173,7 +174,8 @@ def _batch(
     if rows:
         result._last = _span(kind, rows[-1])[0]
     result.batches += 1
-    result.longest_batch_s = max(result.longest_batch_s, time.perf_counter() - began)
+    result.batch_s.append(time.perf_counter() - began)
+    result.longest_batch_s = max(result.longest_batch_s, result.batch_s[-1])
     return len(rows) < size
 
 
