@@ -265,7 +265,8 @@ def bench(label: str, url: str, n: int, older_than: str, batch: int) -> None:
         alone = sorted(writer.waits)
         started = len(writer.waits)
         print(
-            f"{'kind':<20}{'deleted':>12}{'held':>10}{'time':>10}{'batches':>10}{'longest tx':>12}"
+            f"{'kind':<20}{'deleted':>12}{'held':>10}{'time':>10}{'batches':>10}"
+            f"{'tx median':>11}{'tx p99':>9}{'longest tx':>12}"
         )
         total = 0.0
         for kind in KINDS:
