@@ -35,6 +35,8 @@ USES: dict[str, tuple[str, ...] | None] = {
         *LOGS,
     ),
     "export": (*DATABASE, "OBSERVER_EXPORT_", *LOGS),
+    "prune": (*DATABASE, "OBSERVER_RETAIN_", *LOGS),
+    "forget": (*DATABASE, "OBSERVER_FORGET_KEY", *LOGS),
     "web": (
         *DATABASE,
         "OBSERVER_HTTP_TOKEN",
@@ -305,6 +307,36 @@ def build_parser() -> argparse.ArgumentParser:
         help="record that the negative correction ID was settled by hand (a credit note);"
         " repeatable",
     )
+
+    pr = command(
+        "prune",
+        "delete webhook events, session spans and session witnesses past their retention",
+        "Never a session row, and nothing of a period observer reconcile has not finalized."
+        " Deletes a batch of keys per transaction, so it can run beside the daemon. Exit 0"
+        " done, 1 something could not be deleted, 2 bad input.",
+    )
+    pr.add_argument(
+        "--older-than",
+        metavar="AGE",
+        help="delete every kind older than this: 90d, 12w or 48h (default: the"
+        " OBSERVER_RETAIN_*_DAYS of each kind)",
+    )
+    pr.add_argument(
+        "--batch-size",
+        metavar="N",
+        default="1000",
+        help="keys deleted per statement and transaction",
+    )
+
+    fg = command(
+        "forget",
+        "replace a participant identity with its keyed hash everywhere it is stored",
+        "Sessions, webhook events and their bodies, model usage, room metadata, rollups and"
+        " the export ledger; durations and totals are kept. Exit 0 forgotten (or forgotten"
+        " before: nothing changed), 1 the identity was not found, 2 bad input or no"
+        " OBSERVER_FORGET_KEY.",
+    )
+    fg.add_argument("--identity", metavar="ID", required=True, help="the participant identity")
 
     w = command(
         "web",

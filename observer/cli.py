@@ -1,4 +1,5 @@
-"""Command line: `observer migrate|check|run|sessions|rooms|usage|reconcile|export|web|simulate`.
+"""Command line: `observer migrate|check|run|sessions|rooms|usage|reconcile|export|prune|forget|
+web|simulate`.
 
 Settings are read once here, each command runs from the table below, and every error
 that reaches the user is printed here as one line with an exit code a scheduler can act
@@ -20,7 +21,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from observer import logs
 from observer.arguments import NEEDS_LIVEKIT, USES, build_parser
-from observer.commands import daemon, export, reports, web
+from observer.commands import daemon, export, reports, retention, web
 from observer.config import ConfigError, Settings
 from observer.errors import EXIT_FAILED, EXIT_USAGE, CommandError
 
@@ -43,6 +44,8 @@ COMMANDS: dict[str, Command] = {
     "usage": Command(reports.cmd_usage, one_shot=True),
     "reconcile": Command(reports.cmd_reconcile, one_shot=True),
     "export": Command(export.cmd_export, one_shot=True),
+    "prune": Command(retention.cmd_prune, one_shot=True),
+    "forget": Command(retention.cmd_forget, one_shot=True),
     "web": Command(web.cmd_web),
     "simulate": Command(reports.cmd_simulate),
 }

@@ -95,6 +95,14 @@ SETTINGS_DOC: dict[str, tuple[str, str]] = {
     "OBSERVER_FINALIZE_DELAY_S": ("3600", "Seconds after a period ends before reconcile finalizes"),
     "OBSERVER_LOG_FORMAT": ("text", "Log format: text or json"),
     "OBSERVER_LOG_LEVEL": ("info", "Log level: debug, info, warning or error"),
+    "OBSERVER_RETAIN_WEBHOOK_EVENTS_DAYS": ("90", "Days observer prune keeps webhook events"),
+    "OBSERVER_RETAIN_SPANS_DAYS": ("90", "Days observer prune keeps session spans"),
+    "OBSERVER_RETAIN_WITNESSES_DAYS": ("90", "Days observer prune keeps session witnesses"),
+    "OBSERVER_FORGET_KEY": (
+        "",
+        f"Key of observer forget's HMAC-SHA256, at least {TOKEN_MIN_CHARS} characters; never"
+        " printed. Keep it: the same key gives the same hash",
+    ),
     **EXPORT_SETTINGS_DOC,
 }
 
@@ -200,6 +208,11 @@ class Settings:
     finalize_delay_s: float
     log_format: str
     log_level: str
+    # days `observer prune` keeps each kind of data; `forget_key`: `observer forget`'s HMAC key
+    retain_webhook_events_days: int = 90
+    retain_spans_days: int = 90
+    retain_witnesses_days: int = 90
+    forget_key: str | None = field(default=None, repr=False)
     # settings given under a deprecated name, logged once at start
     deprecations: tuple[Deprecated, ...] = ()
     # OBSERVER_EXPORT_* as given, read by `observer.export.settings` (a secret among them)
@@ -265,6 +278,10 @@ class Settings:
             finalize_delay_s=r.number("OBSERVER_FINALIZE_DELAY_S", minimum=0),
             log_format=r.choice("OBSERVER_LOG_FORMAT", LOG_FORMATS),
             log_level=r.choice("OBSERVER_LOG_LEVEL", LOG_LEVELS),
+            retain_webhook_events_days=r.integer("OBSERVER_RETAIN_WEBHOOK_EVENTS_DAYS", minimum=1),
+            retain_spans_days=r.integer("OBSERVER_RETAIN_SPANS_DAYS", minimum=1),
+            retain_witnesses_days=r.integer("OBSERVER_RETAIN_WITNESSES_DAYS", minimum=1),
+            forget_key=_secret(r, "OBSERVER_FORGET_KEY"),
             deprecations=deprecations,
             export_env={k: v for k, v in env.items() if k in EXPORT_SETTINGS_DOC},
         )
@@ -387,10 +404,14 @@ def _kinds(r: _Reader) -> frozenset[str]:
 
 
 def _token(r: _Reader) -> str | None:
-    token = r.text("OBSERVER_HTTP_TOKEN")
+    return _secret(r, "OBSERVER_HTTP_TOKEN")
+
+
+def _secret(r: _Reader, name: str) -> str | None:
+    token = r.text(name)
     if token and len(token) < TOKEN_MIN_CHARS:
         r.problems.append(
-            f"OBSERVER_HTTP_TOKEN must be at least {TOKEN_MIN_CHARS} characters, got"
+            f"{name} must be at least {TOKEN_MIN_CHARS} characters, got"
             f" {len(token)} (make one with: openssl rand -hex 16)"
         )
     return token or None

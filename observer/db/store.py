@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Generator, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from datetime import datetime
@@ -31,8 +31,9 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session
 
 from observer.core.events import TrackedSession
+from observer.core.retention import Coverage
 from observer.core.times import utcnow
-from observer.db import export_summary, exports, fleet
+from observer.db import erasure, export_summary, exports, fleet, retention
 from observer.db._threads import Busy as Busy  # what a call that waited too long raises
 from observer.db._threads import Threads
 from observer.db.export_summary import PeriodExport, TargetSummary
@@ -55,6 +56,7 @@ from observer.db.reads import (
     stale_sessions,
     usage_version,
 )
+from observer.db.retention import KindResult
 from observer.db.rollups import RollupTx
 from observer.db.schema import RoomRow, SessionRow, WebhookEventRow, make_engine
 from observer.db.usage import (
@@ -283,6 +285,36 @@ class Store:
     def export_counts(self) -> dict[tuple[str, str], int]:
         """Events per (target, state)."""
         return exports.counts(self.engine)
+
+    # ---- retention and erasure (`db/retention.py`, `db/erasure.py`) ------------------------
+
+    def prune_coverage(self) -> Coverage:
+        """The times finalized periods hold: what `prune` may delete the details of."""
+        return retention.coverage(self.engine)
+
+    def prune(
+        self,
+        kind: retention.Kind,
+        *,
+        cutoff: datetime,
+        cov: Coverage,
+        batch_size: int,
+        on_batch: Callable[[KindResult], None] | None = None,
+    ) -> KindResult:
+        """Delete `kind`'s rows older than `cutoff`, a batch per transaction
+        (`retention.prune`)."""
+        return retention.prune(
+            self.engine, kind, cutoff=cutoff, cov=cov, batch_size=batch_size, on_batch=on_batch
+        )
+
+    def forget(self, identity: str, hashed: str) -> dict[str, int] | None:
+        """Replace an identity by its hash everywhere, in one transaction: rows changed per
+        table, or None when nothing held it and nothing holds the hash either."""
+        with Session(self.engine) as db, db.begin():
+            changed = erasure.forget(db, identity, hashed)
+            if any(changed.values()) or erasure.remembers(db, hashed):
+                return changed
+            return None
 
     # ---- the fleet: observers' rows, their heartbeats, alerts (`db/fleet.py`) ----------------
 
