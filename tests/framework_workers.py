@@ -26,7 +26,7 @@ from types import TracebackType
 from typing import Any
 
 from livekit import api
-from livekit_server import LiveKitServer
+from livekit_server import LiveKitServer, free_tcp_port
 
 TESTS = Path(__file__).parent
 NODE_AGENT = TESTS / "node_agent"
@@ -106,8 +106,12 @@ class FrameworkWorker:
             raise AssertionError(
                 "no node, or no tests/node_agent/node_modules: run scripts/ensure-node-agent.sh"
             )
-        # pino's JSON lines; the job processes inherit the environment
-        return cls(server, agent_name, [node, str(NODE_AGENT / "agent.js"), "start"], {}, directory)
+        # pino's JSON lines; the job processes inherit the environment. Its health-check
+        # server gets a free port: in `start` mode the framework takes 8081 for a 0, and two
+        # workers at once would collide on it
+        env = {"AGENT_HTTP_PORT": str(free_tcp_port())}
+        command = [node, str(NODE_AGENT / "agent.js"), "start"]
+        return cls(server, agent_name, command, env, directory)
 
     # -- lifecycle -------------------------------------------------------------
 

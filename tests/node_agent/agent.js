@@ -78,9 +78,10 @@ if (process.argv[1] === fileURLToPath(import.meta.url)) {
     new ServerOptions({
       agent: fileURLToPath(import.meta.url),
       agentName: process.env.AGENT_NAME,
-      // health-check HTTP server: loopback, any free port
+      // health-check HTTP server: loopback, on the free port the test picked (the
+      // framework reads a 0 as its default, 8081, in `start` mode)
       host: '127.0.0.1',
-      port: 0,
+      port: Number(process.env.AGENT_HTTP_PORT),
       numIdleProcesses: 0,
       // a job process loads the framework before it runs: on a loaded machine that has
       // taken more than the default 10 s
