@@ -177,8 +177,10 @@ class LiveKitServer:
     def start(self, timeout: float = START_TIMEOUT) -> None:
         """Start the server and wait until ``GET /`` answers 200 "OK".
 
-        A free port can be taken by another process between choosing and binding it;
-        before the first successful start the server then moves to new ports.
+        A free port can be taken by another process between choosing and binding it (an
+        rtc client's ICE sockets take ephemeral UDP ports all the time); the server then
+        moves to new ports: before its first successful start all of them, on a restart
+        only its media ports (clients learn those when they join; the URL stays).
         """
         for attempt in range(3):
             try:
@@ -186,10 +188,12 @@ class LiveKitServer:
                 self._started_once = True
                 return
             except LiveKitServerError as exc:
-                moved = getattr(self, "_started_once", False)
-                if moved or attempt == 2 or "address already in use" not in str(exc):
+                restart = getattr(self, "_started_once", False)
+                taken = "address already in use" in str(exc)
+                if attempt == 2 or not taken or (restart and f":{self.port}:" in str(exc)):
                     raise
-                self.port = free_tcp_port()
+                if not restart:
+                    self.port = free_tcp_port()
                 self.rtc_tcp_port = free_tcp_port()
                 self.rtc_udp_port = free_udp_port()
 
