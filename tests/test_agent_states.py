@@ -91,6 +91,9 @@ def ms_between(start: datetime, end: datetime) -> float:
     return (end - start).total_seconds() * 1000
 
 
+# its states are compared with the agent's own clock within 0.5 s: on two cores shared
+# with three other workers the agent's attribute updates have arrived 0.56 s late
+@pytest.mark.alone
 async def test_voice_agent_states_and_time_alone(
     livekit_server: LiveKitServer, db_url: str, start_observer: StartObserver, clients: Clients
 ) -> None:
