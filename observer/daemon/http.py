@@ -21,6 +21,7 @@ from observer.web.guard import Access, guarded_app
 
 log = logging.getLogger(__name__)
 
+STOP_WAIT_S = 3.0
 OPEN_PATHS = frozenset({"/webhook", "/usage", "/healthz"})  # signed; says only "alive"
 
 
@@ -58,7 +59,10 @@ class WebServer:
         return app
 
     async def start(self, host: str, port: int) -> None:
-        self._runner = web.AppRunner(self.app(), access_log=None)
+        # a stop waits this long (twice: the request, then its handler) for requests in
+        # progress (a webhook being stored, an export streamed), then ends them: the
+        # daemon's stop never waits on a client or on a write that will not come
+        self._runner = web.AppRunner(self.app(), access_log=None, shutdown_timeout=STOP_WAIT_S)
         await self._runner.setup()
         site = web.TCPSite(self._runner, host, port)
         await site.start()
