@@ -224,9 +224,13 @@ async def test_three_observers_one_killed_mid_churn(
             left = [r for r in got if not r.participant_identity.startswith("stay-")]
             return len(got) == len(rooms) * 2 + len(late) and all(r.left_at for r in left)
 
-        await wait_for(
-            settled, 60, f"rows: {[(r.participant_identity, r.left_at) for r in rows(store)]}"
-        )
+        def unsettled() -> str:
+            got = rows(store)
+            seen = Counter(r.participant_identity for r in got)
+            open_ = [r.participant_identity for r in got if not r.left_at]
+            return f"{len(got)} rows; open: {sorted(open_)}; counts: {dict(seen)}"
+
+        await wait_for(settled, 60, unsettled)
         got = rows(store)
         keys = Counter((r.room_sid, r.participant_sid) for r in got)
         assert max(keys.values()) == 1  # nothing doubled
