@@ -17,7 +17,9 @@ import pytest
 from observer.db import migrate
 from observer.db.store import Store
 
-pytestmark = pytest.mark.install
+# one worker builds the wheel once for the module: two builds of one checkout at once share
+# its build/ folder and one removes what the other is installing
+pytestmark = [pytest.mark.install, pytest.mark.xdist_group("install")]
 
 ROOT = Path(__file__).resolve().parent.parent
 
