@@ -7,38 +7,19 @@ from __future__ import annotations
 import csv
 import io
 import json
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
+from test_agent_usage import at, session
 
 from observer.cli import main
 from observer.core.agent_usage import COUNTERS, ModelUsage, UsageReport
 from observer.core.changes import Close, Open, RecordUsage
-from observer.core.events import TrackedSession
 from observer.core.vocab import END_RTC
 from observer.db.store import Store
 
 pytestmark = pytest.mark.unit
-
-
-def at(day: int, hh: int = 0, mm: int = 0, ss: int = 0) -> datetime:
-    return datetime(2026, 3, day, hh, mm, ss, tzinfo=UTC)
-
-
-def session(sid: str, agent: str, joined: datetime) -> TrackedSession:
-    return TrackedSession(
-        room_name="room",
-        room_sid="RM_1",
-        participant_sid=sid,
-        identity=f"id-{sid}",
-        name="",
-        kind="agent",
-        agent_name=agent,
-        attributes={},
-        joined_at=joined,
-        last_seen_at=joined,
-    )
 
 
 def tokens(sid: str, when: datetime, input_tokens: int) -> RecordUsage:
