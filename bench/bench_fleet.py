@@ -35,48 +35,14 @@ sys.path.insert(0, str(ROOT / "tests"))
 import aiohttp
 from livekit import api, rtc
 from livekit_server import LiveKitServer, free_tcp_port
+from soak.measure import cpu_s, cpu_s_one, family, rss_mib
+from soak.measure import open_files as fds
 
 from observer.config import LiveKitSettings
 from observer.daemon.watcher import room_options
 from observer.db.reads import SessionFilter
 from observer.db.store import Store
 from observer.simulate import agent_token
-
-TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def family(pid: int) -> list[int]:
-    """The process and its children (the daemon's room processes)."""
-    try:
-        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-    except OSError:
-        return [pid]
-    return [pid, *(int(c) for c in children)]
-
-
-def cpu_s_one(pid: int) -> float:
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / TICKS
-
-
-def cpu_s(pid: int) -> float:
-    return sum(cpu_s_one(p) for p in family(pid))
-
-
-def rss_mib(pid: int) -> float:
-    total = 0.0
-    for p in family(pid):
-        for line in Path(f"/proc/{p}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                total += int(line.split()[1]) / 1024
-    return total
-
-
-def fds(pid: int) -> int:
-    return sum(len(os.listdir(f"/proc/{p}/fd")) for p in family(pid))
 
 
 def fd_kinds(pid: int) -> dict[str, int]:

@@ -50,15 +50,17 @@ def open_files(pid: int) -> int:
     return total
 
 
+def cpu_s_one(pid: int) -> float:
+    """CPU seconds (user and system) of one process."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / TICKS
+
+
 def cpu_s(pid: int) -> float:
-    total = 0.0
-    for p in family(pid):
-        try:
-            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        total += (int(fields[11]) + int(fields[12])) / TICKS
-    return total
+    return sum(cpu_s_one(p) for p in family(pid))
 
 
 async def metrics(port: int, names: tuple[str, ...]) -> dict[str, float]:
