@@ -5,6 +5,7 @@ who may read it. Screenshots of every view go to test-artifacts/."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
 import shutil
@@ -202,6 +203,13 @@ async def page_server(db_url: str) -> AsyncIterator[str]:
     sessions (there before it starts: it computes its heavy view at once, and keeps it for
     a minute)."""
     fill(db_url, datetime.now(UTC))
+    async with serve_page(db_url) as url:
+        yield url
+
+
+@contextlib.asynccontextmanager
+async def serve_page(db_url: str) -> AsyncIterator[str]:
+    """The page over `db_url` on a free port of its own, as `observer web` serves it."""
     from aiohttp import web
 
     from observer.web.app import WebPage

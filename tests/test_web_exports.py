@@ -14,7 +14,7 @@ import pytest
 from billing_fake import billing_fake
 from livekit_server import free_tcp_port
 from test_export import MAR, add, session
-from test_web import browser, shoot
+from test_web import browser, serve_page, shoot
 
 from observer.cli import main
 from observer.db.store import Store
@@ -64,24 +64,8 @@ def exported(db_url: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> str
 @pytest.fixture
 async def billed(exported: str) -> AsyncIterator[str]:
     """The page served over the exported month, as `observer web` serves it."""
-
-    from aiohttp import web
-
-    from observer.web.app import WebPage
-    from observer.web.guard import Access, guarded_app
-
-    store = Store(exported)
-    app = guarded_app(Access())
-    WebPage(store, stuck_after_s=300, dead_after_s=10, access=Access()).add_routes(app)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    port = free_tcp_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        await runner.cleanup()
-        store.close()
+    async with serve_page(exported) as url:
+        yield url
 
 
 def ledger_numbers(db_url: str) -> dict[str, str]:
