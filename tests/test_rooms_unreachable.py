@@ -12,7 +12,8 @@ from livekit import api
 
 from observer.config import LiveKitSettings, Settings
 from observer.core import discovery
-from observer.core.events import Event, RoomUnreachable
+from observer.core.events import Event, RoomLost, RoomUnreachable
+from observer.core.vocab import OBSERVER_REJOINING
 from observer.daemon import rooms
 from observer.daemon.rooms import Rooms
 from observer.livekit_api import Client
@@ -20,12 +21,14 @@ from observer.livekit_api import Client
 pytestmark = pytest.mark.unit
 
 NO_NODE = api.TwirpError("unavailable", "no response from servers", status=503)
+CANNOT_TELL = api.TwirpError("internal", "could not reach the node", status=500)
 
 
 class Probes(Client):
-    """A room service whose SendData answers come from a script: False is "no live node"."""
+    """A room service whose SendData answers come from a script: False is "no live node",
+    None an error that tells nothing."""
 
-    def __init__(self, answers: list[bool]) -> None:
+    def __init__(self, answers: list[bool | None]) -> None:
         super().__init__(LiveKitSettings("ws://a.invalid:7880", "key", "s" * 32), 1)
         self.answers = answers
         self.asked = 0
@@ -33,6 +36,8 @@ class Probes(Client):
     async def call(self, fn: Callable[[api.LiveKitAPI], Coroutine[Any, Any, Any]]) -> Any:
         hosted = self.answers[min(self.asked, len(self.answers) - 1)]
         self.asked += 1
+        if hosted is None:
+            raise CANNOT_TELL
         if not hosted:
             raise NO_NODE
         return None
@@ -63,6 +68,7 @@ def make_rooms(probes: Probes, events: list[Event]) -> Rooms:
 def fast_probes(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(rooms, "UNREACHABLE_CONFIRM_S", 0.01)
     monkeypatch.setattr(rooms, "UNREACHABLE_RETRY_S", 0.01)
+    monkeypatch.setattr(rooms, "STUCK_RECONNECT_S", 0.01)
 
 
 ROOM = discovery.ListedRoom("RM_x", "x")
@@ -105,4 +111,54 @@ async def test_a_room_being_joined_is_not_marked_and_a_join_clears_the_mark() ->
             break
     assert ROOM.sid not in r.unreachable
     r._stopping = True
+    await probes.aclose()
+
+
+class StuckWatcher:
+    """A connection whose SDK keeps reconnecting."""
+
+    def __init__(self, room: discovery.ListedRoom) -> None:
+        self.room_sid, self.room_name = room.sid, room.name
+        self.recovering = True
+        self.left = False
+
+    async def leave(self) -> None:
+        self.left = True
+
+
+async def test_a_stuck_connection_is_asked_about_again_until_the_answer_settles_it() -> None:
+    """The first answers after a node dies may tell nothing (the node asked could not reach
+    the dead one): the connection is checked again while it stays stuck, not left to the
+    SDK's own give-up (about 20 s) and the next listing."""
+    events: list[Event] = []
+    probes = Probes([None, None, False])
+    r = make_rooms(probes, events)
+    watcher = StuckWatcher(ROOM)
+    r.watchers[ROOM.sid] = watcher  # type: ignore[assignment]
+    await r._check_stuck(watcher)  # type: ignore[arg-type]
+    assert watcher.left and ROOM.sid not in r.watchers
+    assert [(type(e), getattr(e, "reason", None)) for e in events][:2] == [
+        (RoomLost, OBSERVER_REJOINING),
+        (RoomUnreachable, None),
+    ]
+    assert r.unreachable == {ROOM.sid: ROOM.name}
+    r._stopping = True
+    await probes.aclose()
+
+
+async def test_a_connection_that_recovers_is_no_longer_asked_about() -> None:
+    events: list[Event] = []
+    probes = Probes([None])
+    r = make_rooms(probes, events)
+    watcher = StuckWatcher(ROOM)
+    r.watchers[ROOM.sid] = watcher  # type: ignore[assignment]
+    check = asyncio.create_task(r._check_stuck(watcher))  # type: ignore[arg-type]
+    for _ in range(200):
+        if probes.asked >= 3:
+            break
+        await asyncio.sleep(0.005)
+    assert probes.asked >= 3  # asked again and again while stuck
+    watcher.recovering = False
+    await asyncio.wait_for(check, 1)
+    assert not watcher.left and events == [] and r.watchers[ROOM.sid] is watcher
     await probes.aclose()

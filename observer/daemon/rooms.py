@@ -260,23 +260,32 @@ class Rooms:
         self._emit(ev)
 
     async def _check_stuck(self, watcher: Watcher) -> None:
-        """A connection that is still reconnecting after STUCK_RECONNECT_S: when no live
-        node hosts its room, its sessions end at their last evidence now; when the node it
-        went through is the one that died (the API answers at another URL), the room is
-        joined afresh at once rather than after the SDK gives up."""
-        await asyncio.sleep(STUCK_RECONNECT_S)
+        """A connection still reconnecting after STUCK_RECONNECT_S (and each one after): when
+        no live node hosts its room, its sessions end at their last evidence now; when the
+        node it went through is the one that died (the API answers at another URL), the room
+        is joined afresh at once rather than after the SDK gives up."""
 
         def stuck() -> bool:
-            return self.watchers.get(watcher.room_sid) is watcher and watcher.recovering
+            return (
+                not self._stopping
+                and self.watchers.get(watcher.room_sid) is watcher
+                and watcher.recovering
+            )
 
-        if not stuck() or self._stopping:
-            return
-        hosted = await room_hosted(self._api, watcher.room_name)
-        if not stuck() or hosted is None:
-            return
-        moved = self._joined_via.get(watcher.room_sid) != self._api.ws_url
-        if hosted and not moved:
-            return  # the SDK may yet resume: a cut link, not a dead node
+        # Asked again, as long as it stays stuck (until the SDK gives up), while the answer
+        # settles nothing: a server that could not tell (the node it asked just died), or a
+        # live node hosting the room and no sign yet that the connection's node is gone.
+        while True:
+            await asyncio.sleep(STUCK_RECONNECT_S)
+            if not stuck():
+                return
+            hosted = await room_hosted(self._api, watcher.room_name)
+            if not stuck():
+                return
+            moved = self._joined_via.get(watcher.room_sid) != self._api.ws_url
+            if hosted is not None and (moved or not hosted):
+                break
+            # the SDK may yet resume: a cut link, not a dead node
         log.warning(
             "connection to a room stuck reconnecting through a node that is gone; leaving it",
             extra={"room": watcher.room_name, "room_sid": watcher.room_sid},
