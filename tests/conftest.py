@@ -46,6 +46,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         " (scripts/test.sh: the oldest release the observer supports)",
     )
     parser.addoption(
+        "--timeline",
+        metavar="FILE",
+        help="append each test's worker, start and end (setup to teardown) to FILE as JSON"
+        " lines: where a parallel run's time goes (scripts/timeline.py sums it up)",
+    )
+    parser.addoption(
         "--compat-report",
         metavar="FILE",
         help="write each compat scenario's outcome, and the server's version, to FILE (JSON)",
@@ -255,7 +261,15 @@ _compat_outcomes: dict[str, str] = {}  # node id -> pass / FAIL / skip
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
+    import gc
+
     from compat import scenario_of
+
+    # The 260,000 objects of the imports and the collection live for the whole run: kept out
+    # of the collector's full passes, which otherwise take seconds on a loaded machine and
+    # stall this process, and with it an observer a test runs in it (its pulse sees a gap)
+    gc.collect()
+    gc.freeze()
 
     for item in session.items:
         mark = item.get_closest_marker("compat")
@@ -266,8 +280,23 @@ def pytest_collection_finish(session: pytest.Session) -> None:
                 raise pytest.UsageError(str(exc)) from None
 
 
+_timeline: dict[str, dict[str, Any]] = {}
+
+
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
     from compat import FAILED, PASSED, SKIPPED
+
+    node = getattr(report, "node", None)  # the xdist worker that ran it, in the controller
+    span = _timeline.setdefault(
+        report.nodeid,
+        {
+            "test": report.nodeid,
+            "worker": node.gateway.id if node is not None else "main",
+            "start": report.start,
+        },
+    )
+    span["stop"] = report.stop
+    span["outcome"] = "failed" if report.failed else span.get("outcome", report.outcome)
 
     if report.nodeid not in _compat_tests:
         return
@@ -592,6 +621,17 @@ def _restore_logging() -> Iterator[None]:
 
 # --------------------------------------------------------------------------- #
 # Process exit                                                                 #
+def _write_timeline(config: pytest.Config) -> None:
+    import json
+
+    path = config.getoption("--timeline")
+    if not path or hasattr(config, "workerinput"):
+        return
+    with open(path, "a", encoding="utf-8") as f:
+        for span in _timeline.values():
+            f.write(json.dumps(span) + "\n")
+
+
 # --------------------------------------------------------------------------- #
 
 _exit_status: list[int] = []
@@ -599,6 +639,7 @@ _exit_status: list[int] = []
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     _write_compat_report(session.config)
+    _write_timeline(session.config)
     if exitstatus != pytest.ExitCode.USAGE_ERROR:  # pytest prints that after unconfigure
         _exit_status.append(int(exitstatus))
 
