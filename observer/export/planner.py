@@ -188,7 +188,10 @@ def plan(
     Events the target's `window` does not take are listed, not planned; a negative
     correction a target cannot carry goes to `by_hand`. A key whose last event was refused
     is held, unless `retry_refused`: then it is planned again under a new identifier, or,
-    when its usage now maps elsewhere (nothing owed), released by an event of 0.
+    when its usage now maps elsewhere (nothing owed), released by an event of 0. A change
+    of the mapping plans nothing by itself (`_left_as_sent`): keys sent for a value without
+    a billing id now are left (`kept_unmapped`), and a value mapped to another id keeps the
+    buckets billed under the old one there (`remapped`).
     """
     sent: dict[Key, Decimal] = {}
     next_seq: dict[Key, int] = {}
