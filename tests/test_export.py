@@ -278,9 +278,11 @@ def test_a_refusal_fixed_by_the_mapping_is_released_by_retry_refused(
         mapping.write_text(f'[customers]\n{value} = "cus_{value}"\n{other} = "{other}"\n')
         monkeypatch.setenv("OBSERVER_EXPORT_FILE", str(mapping))
         code, out, _ = run(capsys, "export")
-        # the usage is sent under the new id (what the old id had acknowledged is taken
-        # back there); the refusal stays listed until dealt with
+        # the refused usage billed nothing: it is sent under the new id; what the old id
+        # acknowledged stays billed there (a mapping change takes nothing back); the
+        # refusal stays listed until dealt with
         assert code == 1 and "refused: " in out and "0 still pending" in out
+        assert f"remapped: customer {value!r} now maps to 'cus_{value}'" in out
         requests = fake.requests
         code, out, _ = run(capsys, "export", "--retry-refused")
         assert code == 0, out
@@ -289,7 +291,11 @@ def test_a_refusal_fixed_by_the_mapping_is_released_by_retry_refused(
         assert run(capsys, "export")[0] == 0
         assert fake_minutes(fake) == ledger_minutes(march)
         assert sum(fake_minutes(fake).values()) == sum(EXPECTED.values())
-        assert not any(c == value for c, _a, _d in fake_minutes(fake))
+        billed = fake_minutes(fake)
+        day = f"{refused.key.start:%Y-%m-%d}"
+        assert billed[(f"cus_{value}", refused.key.agent, day)] == refused.quantity
+        assert {(c, d) for c, _a, d in billed if c.startswith("cus_")} == {(f"cus_{value}", day)}
+        assert all(Decimal(e["raw"]["quantity"]) > 0 for e in fake.events.values())
 
 
 def test_late_data_sends_only_the_difference(
@@ -348,6 +354,43 @@ def test_unmapped_customer_is_listed_and_not_sent(
         assert "customer 'beta' has no billing id (5 minute(s))" in out
         assert "1 minute(s) of sessions without attribute:customer" in out
         assert {c for c, _a, _d in fake_minutes(fake)} == {"cus_ACME"}
+
+
+def test_a_mapping_change_never_corrects_what_was_sent(
+    march: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+) -> None:
+    mapping = tmp_path / "export.toml"
+    with billing_fake(SECRET) as fake:
+        use(monkeypatch, fake.url + "/events", file=str(mapping))
+        mapping.write_text('[customers]\nacme = "cus_ACME"\nbeta = "cus_BETA"\n')
+        assert run(capsys, "export")[0] == 0
+        before = fake_minutes(fake)
+        assert before[("cus_ACME", "bot", "2026-03-01")] == 4
+        # acme dropped from the table: listed, exit 1, nothing sent or taken back
+        mapping.write_text('[customers]\nbeta = "cus_BETA"\n')
+        for _ in range(2):
+            code, out, _ = run(capsys, "export")
+            assert code == 1
+            assert "customer 'acme' has no billing id (14 minute(s))" in out
+            assert "2 key(s) sent for it before are left as sent" in out
+            assert "0 new event(s)" in out
+        assert fake_minutes(fake) == before
+        # acme mapped to another id, and a late session on a day billed as cus_ACME: the
+        # day stays with cus_ACME (corrected there by the difference), never billed twice
+        mapping.write_text('[customers]\nacme = "cus_NEW"\nbeta = "cus_BETA"\n')
+        add(march, session("late", MAR + timedelta(hours=15), 90, customer="acme"))
+        code, out, _ = run(capsys, "export")
+        assert code == 0
+        assert "remapped: customer 'acme' now maps to 'cus_NEW', was 'cus_ACME'" in out
+        after = fake_minutes(fake)
+        assert after == {**before, ("cus_ACME", "bot", "2026-03-01"): Decimal(6)}
+        assert not any(c == "cus_NEW" for c, _a, _d in after)
+        assert all(q > 0 for e in fake.events.values() for q in [Decimal(e["raw"]["quantity"])])
+        assert run(capsys, "export")[0] == 0
+        assert fake_minutes(fake) == after
 
 
 @pytest.mark.parametrize(

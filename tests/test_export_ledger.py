@@ -136,3 +136,41 @@ def test_identifier_is_unique_per_target_and_state_is_checked(db_url: str) -> No
             conn.execute(text("UPDATE exports SET state = 'lost'"))
     finally:
         store.close()
+
+
+def test_the_daemon_shows_the_ledger_on_its_metrics(db_url: str) -> None:
+    import asyncio
+
+    from observer.daemon.export_ledger import ExportLedger
+    from observer.daemon.telemetry import Metrics
+
+    metrics = Metrics()
+    ledger = ExportLedger(metrics.registry)
+    store = Store(db_url)
+    try:
+        assert (
+            metrics.registry.get_sample_value("observer_export_events_pending", {"target": "http"})
+            is None
+        )  # nothing read yet: no series, not a 0 that means "all sent"
+        assert plan_and_record(store, "http", [("acme", 5), ("beta", 3)]) == 2
+        (first, second) = store.export_pending("http")
+        store.export_answers([Answer(first.id, "acknowledged", "200", 2)], NOW)
+        asyncio.run(ledger.read(store))
+        http = {"target": "http"}
+        assert metrics.value("observer_export_events_pending", http) == 1
+        assert metrics.value("observer_export_events_sent_total", http) == 1
+        assert metrics.value("observer_export_events_retried_total", http) == 1
+        assert metrics.value("observer_export_last_answer_timestamp_seconds", http) == (
+            NOW.timestamp()
+        )
+        # a scrape never reads the database: the counts change with the next read
+        store.export_answers([Answer(second.id, "refused", "400 no such customer", 1)], NOW)
+        assert metrics.value("observer_export_events_pending", http) == 1
+        asyncio.run(ledger.read(store))
+        assert metrics.value("observer_export_events_pending", http) == 0
+        assert metrics.value("observer_export_events_refused_outstanding", http) == 1
+    finally:
+        store.close()
+    # a read that fails keeps the last counts
+    asyncio.run(ledger.read(store))
+    assert metrics.value("observer_export_events_refused_outstanding", {"target": "http"}) == 1

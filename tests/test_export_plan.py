@@ -184,3 +184,55 @@ def test_refused_keys_are_held_until_retried() -> None:
     assert [(e.key.customer, e.quantity) for e in moved.events] == [("cus_A", 5)]
     assert [(e.key.customer, e.seq, e.quantity) for e in moved.released] == [("acme", 1, 0)]
     assert plan("http", [], ledger, mapping=None, now=NOW).held == 1
+
+
+def sent_for(value: str, k: Key, seq: int, quantity: int, state: str = "acknowledged") -> Sent:
+    return Sent(k, seq, Decimal(quantity), state, value)  # type: ignore[arg-type]
+
+
+def test_a_customer_dropped_from_the_table_is_listed_and_never_corrected() -> None:
+    ledger = [sent_for("acme", key("cus_A"), 0, 5), sent_for("beta", key("cus_B"), 0, 2)]
+    usage = [u("acme", 5), u("beta", 3)]
+    for window in (Window(), Window(negative=False)):
+        p = plan("stripe", usage, ledger, mapping={"beta": "cus_B"}, now=NOW, window=window)
+        # beta's late minute is a real change; acme lost its billing id, nothing more
+        assert [(e.key.customer, e.seq, e.quantity) for e in p.events] == [("cus_B", 1, 1)]
+        assert p.by_hand == () and p.out_of_window == ()
+        assert p.unmapped == {"acme": 5}
+        assert p.kept_unmapped == {"acme": 1}
+    # its usage gone as well as its id: still listed, still not corrected
+    p = plan("http", [u("beta", 2)], ledger, mapping={"beta": "cus_B"}, now=NOW)
+    assert p.events == () and p.unmapped == {"acme": 0} and p.kept_unmapped == {"acme": 1}
+    # mapped again: only what the usage changed meanwhile is sent, under the same id
+    p = plan(
+        "http",
+        [u("acme", 6), u("beta", 2)],
+        ledger,
+        mapping={"acme": "cus_A", "beta": "cus_B"},
+        now=NOW,
+    )
+    assert [(e.key.customer, e.seq, e.quantity) for e in p.events] == [("cus_A", 1, 1)]
+    assert p.unmapped == {} and p.kept_unmapped == {}
+
+
+def test_a_customer_mapped_to_another_id_keeps_what_was_billed_where_it_was() -> None:
+    ledger = [sent_for("acme", key("cus_A"), 0, 5)]
+    usage = [u("acme", 5), u("acme", 4, day=D2)]
+    p = plan("stripe", usage, ledger, mapping={"acme": "cus_NEW"}, now=NOW)
+    # the day sent under cus_A stays there (no charge under cus_NEW, no credit under
+    # cus_A); the day never sent goes to the new id
+    assert [(e.key.customer, e.key.start, e.seq, e.quantity) for e in p.events] == [
+        ("cus_NEW", D2, 0, 4)
+    ]
+    assert p.by_hand == () and p.unmapped == {}
+    assert [(r.customer_value, r.was, r.now, r.keys) for r in p.remapped] == [
+        ("acme", "cus_A", "cus_NEW", 1)
+    ]
+    # late data on the day billed under cus_A is corrected there, by the difference
+    p = plan("http", [u("acme", 7)], ledger, mapping={"acme": "cus_NEW"}, now=NOW)
+    assert [(e.key.customer, e.seq, e.quantity) for e in p.events] == [("cus_A", 1, 2)]
+    # a refused event billed nothing: its usage goes to the new id (see --retry-refused)
+    refused = [sent_for("acme", key("cus_A"), 0, 5, "refused")]
+    p = plan("http", [u("acme", 5)], refused, mapping={"acme": "cus_NEW"}, now=NOW)
+    assert [(e.key.customer, e.seq, e.quantity) for e in p.events] == [("cus_NEW", 0, 5)]
+    assert p.remapped == ()

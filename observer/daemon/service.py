@@ -29,6 +29,7 @@ from observer.core.protocol_values import unknown_in
 from observer.core.times import backoff_s, utcnow
 from observer.core.tracker import SessionTracker
 from observer.daemon import pulse, telemetry, webhooks
+from observer.daemon.export_ledger import ExportLedger
 from observer.daemon.fleet import Fleet
 from observer.daemon.http import OPEN_PATHS, WebServer
 from observer.daemon.identity import (
@@ -110,6 +111,7 @@ class Observer:
             buffer_max=settings.queue_max,
             replicas_wanted=settings.replicas,
         )
+        self.export_ledger = ExportLedger(self.metrics.registry)  # observer export's ledger
         self.rooms: Rooms | None = None
         self.fleet: Fleet | None = None
         self.pool: RoomProcessPool | None = None
@@ -264,6 +266,7 @@ class Observer:
         self.page_store = Store.for_page(
             self.settings.database_url, workers=self.settings.page_workers
         )
+        self._spawn(self.export_ledger.refresh_forever(self.page_store), "export-ledger")
         access = Access.of(self.settings, self.settings.http_host, OPEN_PATHS)
         self.web = WebServer(
             receiver=api.WebhookReceiver(api.TokenVerifier(self.lk.api_key, self.lk.api_secret)),

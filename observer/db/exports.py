@@ -110,14 +110,15 @@ class ExportTx:
             ExportRow.seq,
             ExportRow.quantity,
             ExportRow.state,
+            ExportRow.customer_value,
         ).where(
             ExportRow.target == target,
             ExportRow.period_start >= start,
             ExportRow.period_start < end,
         )
         return [
-            Sent(Key(c, a, s, e, k), seq, Decimal(q), state)  # type: ignore[arg-type]
-            for c, a, s, e, k, seq, q, state in self.db.execute(q).all()
+            Sent(Key(c, a, s, e, k), seq, Decimal(q), state, v)  # type: ignore[arg-type]
+            for c, a, s, e, k, seq, q, state, v in self.db.execute(q).all()
         ]
 
     def settle(self, events: Sequence[Event], now: datetime, answer: str = SETTLED_ANSWER) -> int:

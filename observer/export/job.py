@@ -147,7 +147,14 @@ def render_plan(o: ExportResult, fmt: str) -> str:
         doc = {
             "target": o.job.settings.target,
             "events": [_event_dict(e) for e in p.events],
-            "unmapped": [{"customer_value": v, "minutes": str(m)} for v, m in p.unmapped.items()],
+            "unmapped": [
+                {"customer_value": v, "minutes": str(m), "kept_keys": p.kept_unmapped.get(v, 0)}
+                for v, m in p.unmapped.items()
+            ],
+            "remapped": [
+                {"customer_value": r.customer_value, "was": r.was, "now": r.now, "keys": r.keys}
+                for r in p.remapped
+            ],
             "out_of_window": [
                 {**_event_dict(x.event), "reason": x.reason} for x in p.out_of_window
             ],
@@ -177,9 +184,16 @@ def _problems(o: ExportResult) -> list[str]:
     p = o.plan
     out = [
         f"not sent: customer {v!r} has no billing id ({m} minute(s)); map it in [customers]"
+        + _kept(p.kept_unmapped.get(v, 0))
         if v
         else f"not sent: {m} minute(s) of sessions without {o.job.settings.customer_key}"
         for v, m in sorted(p.unmapped.items())
+    ]
+    out += [
+        f"remapped: customer {r.customer_value!r} now maps to {r.now!r}, was {r.was!r}:"
+        f" {r.keys} key(s) billed under {r.was!r} stay there (late data is corrected there,"
+        f" nothing is moved or billed twice); only usage never sent goes to {r.now!r}"
+        for r in p.remapped
     ]
     out += [
         f"not sent: {x.event.key.kind} of {x.event.key.customer!r} for {x.event.key.start:%Y-%m-%d}"
@@ -200,6 +214,15 @@ def _problems(o: ExportResult) -> list[str]:
         for r in o.refused
     ]
     return out
+
+
+def _kept(keys: int) -> str:
+    if not keys:
+        return ""
+    return (
+        f"; {keys} key(s) sent for it before are left as sent (a mapping change corrects"
+        " nothing): map it again to its earlier id to go on billing them"
+    )
 
 
 def render(o: ExportResult) -> str:

@@ -66,6 +66,7 @@ class Sent:
     seq: int
     quantity: Decimal
     state: ExportState
+    customer_value: str = ""  # the value the event was sent for
 
 
 @dataclass(frozen=True)
@@ -94,6 +95,18 @@ class OutOfWindow:
 
 
 @dataclass(frozen=True)
+class Remapped:
+    """A customer value the table now maps to another billing id than the one its usage
+    was sent under: the `keys` already billed under `was` stay there (late data is
+    corrected there); only buckets never billed go to `now`."""
+
+    customer_value: str
+    was: str
+    now: str
+    keys: int
+
+
+@dataclass(frozen=True)
 class Plan:
     events: tuple[Event, ...]
     unmapped: dict[str, Decimal] = field(default_factory=dict)  # value -> minutes not sent
@@ -104,6 +117,10 @@ class Plan:
     by_hand: tuple[Event, ...] = ()
     # refused keys retried that owe nothing now: a 0 recorded as acknowledged, never sent
     released: tuple[Event, ...] = ()
+    # customer values without a billing id now whose usage was sent before: value -> keys
+    # left as sent (a mapping change never plans a correction)
+    kept_unmapped: dict[str, int] = field(default_factory=dict)
+    remapped: tuple[Remapped, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -171,12 +188,28 @@ def plan(
     Events the target's `window` does not take are listed, not planned; a negative
     correction a target cannot carry goes to `by_hand`. A key whose last event was refused
     is held, unless `retry_refused`: then it is planned again under a new identifier, or,
-    when its usage now maps elsewhere (nothing owed), released by an event of 0.
+    when its usage now maps elsewhere (nothing owed), released by an event of 0. A change
+    of the mapping plans nothing by itself (`_left_as_sent`): keys sent for a value without
+    a billing id now are left (`kept_unmapped`), and a value mapped to another id keeps the
+    buckets billed under the old one there (`remapped`).
     """
-    ids, missing = map_customers({u.customer_value for u in usage}, mapping)
+    sent: dict[Key, Decimal] = {}
+    next_seq: dict[Key, int] = {}
+    last_state: dict[Key, ExportState] = {}
+    billed_as: dict[Key, set[str]] = {}  # the values each key's usage was sent for
+    for s in ledger:
+        if s.seq + 1 >= next_seq.get(s.key, 0):
+            next_seq[s.key], last_state[s.key] = s.seq + 1, s.state
+        if s.state != "refused":
+            sent[s.key] = sent.get(s.key, Decimal(0)) + s.quantity
+            if s.customer_value:
+                billed_as.setdefault(s.key, set()).add(s.customer_value)
+    recorded = {v for vs in billed_as.values() for v in vs}
+    ids, missing = map_customers({u.customer_value for u in usage} | recorded, mapping)
+    left = _left_as_sent(billed_as, sent, ids, missing)
     fresh: dict[Key, Decimal] = {}
     value_of: dict[Key, str] = {}
-    unmapped: dict[str, Decimal] = {}
+    unmapped: dict[str, Decimal] = {v: Decimal(0) for v in left.unmapped}
     for u in usage:
         if u.customer_value in missing:
             if u.kind == MINUTES:
@@ -184,17 +217,11 @@ def plan(
             else:
                 unmapped.setdefault(u.customer_value, Decimal(0))
             continue
-        k = Key(ids[u.customer_value], u.agent, u.start, u.end, u.kind)
+        # a bucket already billed under an earlier id stays there
+        billing = left.pinned.get((u.customer_value, u.agent, u.start, u.end, u.kind))
+        k = Key(billing or ids[u.customer_value], u.agent, u.start, u.end, u.kind)
         fresh[k] = fresh.get(k, Decimal(0)) + u.quantity
         value_of.setdefault(k, u.customer_value)
-    sent: dict[Key, Decimal] = {}
-    next_seq: dict[Key, int] = {}
-    last_state: dict[Key, ExportState] = {}
-    for s in ledger:
-        if s.seq + 1 >= next_seq.get(s.key, 0):
-            next_seq[s.key], last_state[s.key] = s.seq + 1, s.state
-        if s.state != "refused":
-            sent[s.key] = sent.get(s.key, Decimal(0)) + s.quantity
     events: list[Event] = []
     late: list[OutOfWindow] = []
     by_hand: list[Event] = []
@@ -204,6 +231,8 @@ def plan(
     for k in sorted(fresh.keys() | sent.keys() | refused, key=_order):
         if k in refused and not retry_refused:
             held += 1
+            continue
+        if k in left.frozen:
             continue
         difference = fresh.get(k, Decimal(0)) - sent.get(k, Decimal(0))
         seq = next_seq.get(k, 0)
@@ -242,8 +271,63 @@ def plan(
         else:
             events.append(event)
     return Plan(
-        tuple(events), unmapped, tuple(late), unchanged, held, tuple(by_hand), tuple(released)
+        tuple(events),
+        unmapped,
+        tuple(late),
+        unchanged,
+        held,
+        tuple(by_hand),
+        tuple(released),
+        {v: len(keys) for v, keys in sorted(left.unmapped.items())},
+        left.remapped,
     )
+
+
+Slot = tuple[str, str, datetime, datetime, str]  # customer value, agent, bucket, kind
+
+
+@dataclass
+class _Left:
+    """What a mapping change leaves as it was sent."""
+
+    frozen: set[Key] = field(default_factory=set)  # keys nothing is planned for
+    unmapped: dict[str, set[Key]] = field(default_factory=dict)  # value -> its frozen keys
+    pinned: dict[Slot, str] = field(default_factory=dict)  # slot -> the id it was billed as
+    remapped: tuple[Remapped, ...] = ()
+
+
+def _left_as_sent(
+    billed_as: Mapping[Key, set[str]],
+    sent: Mapping[Key, Decimal],
+    ids: Mapping[str, str],
+    missing: set[str],
+) -> _Left:
+    """Only a change of the usage plans a correction, never a change of the mapping: the
+    keys of a value that lost its billing id are left as sent (the value is listed), and
+    a value mapped to another id keeps each bucket billed under the old one there (late
+    data is corrected there); only buckets never billed go to the new id."""
+    out = _Left()
+    slots: dict[Slot, list[Key]] = {}
+    for k, values in billed_as.items():
+        for v in values:
+            if v in missing:
+                out.frozen.add(k)
+                out.unmapped.setdefault(v, set()).add(k)
+            else:
+                slots.setdefault((v, k.agent, k.start, k.end, k.kind), []).append(k)
+    moved: dict[tuple[str, str, str], int] = {}
+    for slot, keys in slots.items():
+        v = slot[0]
+        billed = sorted((k for k in keys if sent.get(k, Decimal(0)) != 0), key=_order)
+        if not billed:
+            continue  # everything sent for it was taken back: nothing is billed anywhere
+        home = next((k for k in billed if k.customer == ids[v]), billed[0])
+        out.frozen |= {k for k in billed if k != home}
+        if home.customer != ids[v]:
+            out.pinned[slot] = home.customer
+            moved[(v, home.customer, ids[v])] = moved.get((v, home.customer, ids[v]), 0) + 1
+    out.remapped = tuple(Remapped(v, was, now, n) for (v, was, now), n in sorted(moved.items()))
+    return out
 
 
 def _outside(at: datetime, now: datetime, window: Window) -> str | None:
