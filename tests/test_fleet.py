@@ -8,11 +8,13 @@ import asyncio
 import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -142,11 +144,35 @@ def log_lines(logs: list[Path], message: str) -> list[dict[str, object]]:
 
 
 @pytest.fixture
-def livekit_server(livekit_server_factory: Any) -> LiveKitServer:
+def livekit_server(livekit_server_factory: Any, tmp_path: Path) -> Iterator[LiveKitServer]:
     """A server of each test's own: the rooms these tests hold open for minutes go with it,
-    and do not load the observers of the tests that follow."""
+    and do not load the observers of the tests that follow. Its log is kept next to the
+    observers' (the server removes its own with its temp dir)."""
     server: LiveKitServer = livekit_server_factory()
-    return server
+    yield server
+    with contextlib.suppress(OSError):
+        shutil.copyfile(server.log_path, tmp_path / "livekit-server.log")
+
+
+class ClientStates:
+    """When each of the test's own clients changed connection state (a client of this
+    loaded process may reconnect, and then counts as another participant)."""
+
+    def __init__(self) -> None:
+        self.changes: dict[str, list[str]] = {}
+
+    def watch(self, room: rtc.Room, identity: str) -> rtc.Room:
+        said = self.changes.setdefault(identity, [])
+
+        def changed(state: rtc.ConnectionState.ValueType) -> None:
+            now = _now().strftime("%H:%M:%S.%f")[:-3]
+            said.append(f"{now} {rtc.ConnectionState.Name(state)} {room.local_participant.sid}")
+
+        room.on("connection_state_changed", changed)
+        return room
+
+    def of(self, identity: str) -> str:
+        return "; ".join(self.changes.get(identity, [])) or "no change"
 
 
 @pytest.fixture
@@ -171,7 +197,12 @@ async def test_three_observers_one_killed_mid_churn(
         _logs,
         procs,
     ):
-        stayers = {r: await clients.agent(r, f"stay-{r}", audio=False) for r in rooms}
+        states = ClientStates()
+
+        async def join_agent(room: str, identity: str) -> rtc.Room:
+            return states.watch(await clients.agent(room, identity, audio=False), identity)
+
+        stayers = {r: await join_agent(r, f"stay-{r}") for r in rooms}
         await wait_for(
             lambda: all(
                 n == 2 for n in watchers_per_room(store, rooms, failover_s=failover_s).values()
@@ -185,15 +216,18 @@ async def test_three_observers_one_killed_mid_churn(
         # (shorter stays are for webhooks to report: tests/test_webhooks.py).
         joined_at: dict[int, float] = {}
 
+        left_at: dict[str, str] = {}
+
         async def leave(agent: rtc.Room) -> None:
             stayed = time.monotonic() - joined_at[id(agent)]
             await asyncio.sleep(max(0.0, 3.5 - stayed))
             if agent.isconnected():
+                left_at[agent.local_participant.identity] = _now().strftime("%H:%M:%S.%f")[:-3]
                 await agent.disconnect()
 
         churners: list[rtc.Room] = []
         for i, r in enumerate(rooms):
-            churners.append(await clients.agent(r, f"churn-{i}", audio=False))
+            churners.append(await join_agent(r, f"churn-{i}"))
             joined_at[id(churners[-1])] = time.monotonic()
             if i % 2 and i > 20:
                 await leave(churners[i - 21])  # leaves while others still join
@@ -202,11 +236,12 @@ async def test_three_observers_one_killed_mid_churn(
         procs["a"].send_signal(signal.SIGKILL)
         await asyncio.to_thread(procs["a"].wait, 10)
         killed_at = time.monotonic()
+        killed_wall = _now().strftime("%H:%M:%S.%f")[:-3]
         for agent in churners:
             await leave(agent)
         late = []
         for i, r in enumerate(rooms[::6]):
-            late.append(await clients.agent(r, f"late-{i}", audio=False))
+            late.append(await join_agent(r, f"late-{i}"))
             joined_at[id(late[-1])] = time.monotonic()
         for agent in late:
             await leave(agent)
@@ -228,7 +263,22 @@ async def test_three_observers_one_killed_mid_churn(
             got = rows(store)
             seen = Counter(r.participant_identity for r in got)
             open_ = [r.participant_identity for r in got if not r.left_at]
-            return f"{len(got)} rows; open: {sorted(open_)}; counts: {dict(seen)}"
+            odd = {i for i in open_ if not i.startswith("stay-")} | {
+                i for i, n in seen.items() if n > 1
+            }
+            detail = "\n".join(
+                f"  {r.participant_identity} {r.room_name} {r.participant_sid}"
+                f" joined {r.joined_at:%H:%M:%S.%f} last seen {r.last_seen_at:%H:%M:%S.%f}"
+                f" left {r.left_at and f'{r.left_at:%H:%M:%S.%f}'} ({r.end_source})"
+                f" by {r.observer_id}; client left {left_at.get(r.participant_identity)},"
+                f" client states: {states.of(r.participant_identity)}"
+                for r in got
+                if r.participant_identity in odd
+            )
+            return (
+                f"{len(got)} rows; open: {sorted(open_)}; counts: {dict(seen)};"
+                f" killed at {killed_wall}; rows of the agents concerned:\n{detail}"
+            )
 
         await wait_for(settled, 60, unsettled)
         got = rows(store)
