@@ -8,11 +8,13 @@ import asyncio
 import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -141,12 +143,50 @@ def log_lines(logs: list[Path], message: str) -> list[dict[str, object]]:
     return out
 
 
+def server_participants(server: LiveKitServer) -> dict[str, list[str]]:
+    """identity -> the participants livekit-server started for it, in order, from its log.
+    Under load one `connect()` of the rtc SDK can be two participants: when the first
+    attempt's connection does not come up in time, the SDK closes it (the server then
+    removes that participant, which others saw join) and joins again."""
+    started: dict[str, list[str]] = {}
+    for line in server.log_path.read_text(errors="replace").splitlines():
+        parts = line.split("\t")
+        if len(parts) >= 6 and parts[4] == "starting RTC session":
+            fields = json.loads(parts[5])
+            started.setdefault(fields["participant"], []).append(fields["participantID"])
+    return started
+
+
 @pytest.fixture
-def livekit_server(livekit_server_factory: Any) -> LiveKitServer:
+def livekit_server(livekit_server_factory: Any, tmp_path: Path) -> Iterator[LiveKitServer]:
     """A server of each test's own: the rooms these tests hold open for minutes go with it,
-    and do not load the observers of the tests that follow."""
+    and do not load the observers of the tests that follow. Its log is kept next to the
+    observers' (the server removes its own with its temp dir)."""
     server: LiveKitServer = livekit_server_factory()
-    return server
+    yield server
+    with contextlib.suppress(OSError):
+        shutil.copyfile(server.log_path, tmp_path / "livekit-server.log")
+
+
+class ClientStates:
+    """When each of the test's own clients changed connection state (a client of this
+    loaded process may reconnect, and then counts as another participant)."""
+
+    def __init__(self) -> None:
+        self.changes: dict[str, list[str]] = {}
+
+    def watch(self, room: rtc.Room, identity: str) -> rtc.Room:
+        said = self.changes.setdefault(identity, [])
+
+        def changed(state: rtc.ConnectionState.ValueType) -> None:
+            now = _now().strftime("%H:%M:%S.%f")[:-3]
+            said.append(f"{now} {rtc.ConnectionState.Name(state)} {room.local_participant.sid}")
+
+        room.on("connection_state_changed", changed)
+        return room
+
+    def of(self, identity: str) -> str:
+        return "; ".join(self.changes.get(identity, [])) or "no change"
 
 
 @pytest.fixture
@@ -171,7 +211,12 @@ async def test_three_observers_one_killed_mid_churn(
         _logs,
         procs,
     ):
-        stayers = {r: await clients.agent(r, f"stay-{r}", audio=False) for r in rooms}
+        states = ClientStates()
+
+        async def join_agent(room: str, identity: str) -> rtc.Room:
+            return states.watch(await clients.agent(room, identity, audio=False), identity)
+
+        stayers = {r: await join_agent(r, f"stay-{r}") for r in rooms}
         await wait_for(
             lambda: all(
                 n == 2 for n in watchers_per_room(store, rooms, failover_s=failover_s).values()
@@ -185,15 +230,18 @@ async def test_three_observers_one_killed_mid_churn(
         # (shorter stays are for webhooks to report: tests/test_webhooks.py).
         joined_at: dict[int, float] = {}
 
+        left_at: dict[str, str] = {}
+
         async def leave(agent: rtc.Room) -> None:
             stayed = time.monotonic() - joined_at[id(agent)]
             await asyncio.sleep(max(0.0, 3.5 - stayed))
             if agent.isconnected():
+                left_at[agent.local_participant.identity] = _now().strftime("%H:%M:%S.%f")[:-3]
                 await agent.disconnect()
 
         churners: list[rtc.Room] = []
         for i, r in enumerate(rooms):
-            churners.append(await clients.agent(r, f"churn-{i}", audio=False))
+            churners.append(await join_agent(r, f"churn-{i}"))
             joined_at[id(churners[-1])] = time.monotonic()
             if i % 2 and i > 20:
                 await leave(churners[i - 21])  # leaves while others still join
@@ -202,11 +250,12 @@ async def test_three_observers_one_killed_mid_churn(
         procs["a"].send_signal(signal.SIGKILL)
         await asyncio.to_thread(procs["a"].wait, 10)
         killed_at = time.monotonic()
+        killed_wall = _now().strftime("%H:%M:%S.%f")[:-3]
         for agent in churners:
             await leave(agent)
         late = []
         for i, r in enumerate(rooms[::6]):
-            late.append(await clients.agent(r, f"late-{i}", audio=False))
+            late.append(await join_agent(r, f"late-{i}"))
             joined_at[id(late[-1])] = time.monotonic()
         for agent in late:
             await leave(agent)
@@ -219,28 +268,60 @@ async def test_three_observers_one_killed_mid_churn(
         )
         assert time.monotonic() - killed_at < failover_s + 30
 
+        identities = (
+            {f"stay-{r}" for r in rooms}
+            | {f"churn-{i}" for i in range(len(rooms))}
+            | {f"late-{i}" for i in range(len(late))}
+        )
+
+        def recorded_as_started() -> bool:
+            """Every agent has a row, for the participant its client holds (its last on
+            the server) and perhaps for an attempt before it; no row the server did not
+            start."""
+            got = {(r.participant_identity, r.participant_sid) for r in rows(store)}
+            started = server_participants(livekit_server)
+            return (
+                {i for i, _ in got} == identities
+                and all((i, started[i][-1]) in got for i in identities if i in started)
+                and got <= {(i, sid) for i, sids in started.items() for sid in sids}
+            )
+
         def settled() -> bool:
-            got = rows(store)
-            left = [r for r in got if not r.participant_identity.startswith("stay-")]
-            return len(got) == len(rooms) * 2 + len(late) and all(r.left_at for r in left)
+            left = [r for r in rows(store) if not r.participant_identity.startswith("stay-")]
+            return recorded_as_started() and all(r.left_at for r in left)
 
         def unsettled() -> str:
             got = rows(store)
             seen = Counter(r.participant_identity for r in got)
             open_ = [r.participant_identity for r in got if not r.left_at]
-            return f"{len(got)} rows; open: {sorted(open_)}; counts: {dict(seen)}"
+            odd = {i for i in open_ if not i.startswith("stay-")} | {
+                i for i, n in seen.items() if n > 1
+            }
+            detail = "\n".join(
+                f"  {r.participant_identity} {r.room_name} {r.participant_sid}"
+                f" joined {r.joined_at:%H:%M:%S.%f} last seen {r.last_seen_at:%H:%M:%S.%f}"
+                f" left {r.left_at and f'{r.left_at:%H:%M:%S.%f}'} ({r.end_source})"
+                f" by {r.observer_id}; client left {left_at.get(r.participant_identity)},"
+                f" client states: {states.of(r.participant_identity)}"
+                for r in got
+                if r.participant_identity in odd
+            )
+            return (
+                f"{len(got)} rows; open: {sorted(open_)}; counts: {dict(seen)};"
+                f" killed at {killed_wall}; rows of the agents concerned:\n{detail}"
+            )
 
         await wait_for(settled, 60, unsettled)
         got = rows(store)
         keys = Counter((r.room_sid, r.participant_sid) for r in got)
         assert max(keys.values()) == 1  # nothing doubled
-        assert Counter(r.participant_identity for r in got) == Counter(
-            [f"stay-{r}" for r in rooms]
-            + [f"churn-{i}" for i in range(len(rooms))]
-            + [f"late-{i}" for i in range(len(late))]
-        )  # nothing lost
-        assert [r for r in got if r.end_source == "reconciled"] == []
-        assert all(r.end_source == "rtc" for r in got if r.left_at)
+        assert recorded_as_started()  # nothing lost, nothing made up
+        # the participants the clients held were seen leaving; an earlier attempt may be
+        # bounded by its successor's join (the server removes it without a word first)
+        started = server_participants(livekit_server)
+        held = [r for r in got if started[r.participant_identity][-1] == r.participant_sid]
+        assert [r for r in held if r.end_source == "reconciled"] == []
+        assert all(r.end_source == "rtc" for r in held if r.left_at)
         assert all(r.left_at is None for r in got if r.participant_identity.startswith("stay-"))
         # the stayers were seen by more than one observer; observer_id is who wrote the row
         with store.engine.connect() as conn:

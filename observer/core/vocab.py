@@ -47,7 +47,9 @@ ROOM_ENDED: Final[frozenset[RoomEndReason]] = frozenset({ROOM_DELETED, ROOM_CLOS
 ObserverLeft = Literal[
     "OBSERVER_STOPPED",  # the daemon stops
     "OBSERVER_PROCESS_EXITED",  # the room process holding the room died
-    "OBSERVER_REJOINING",  # a connection stuck reconnecting through a dead node, given up
+    # a connection left for a join afresh: stuck reconnecting through a dead node, or
+    # overtaken by a newer join of its room
+    "OBSERVER_REJOINING",
     "OBSERVER_OVERFLOW",  # too many events held while reconnecting
 ]
 OBSERVER_STOPPED: Final = "OBSERVER_STOPPED"

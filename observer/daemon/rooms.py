@@ -386,8 +386,15 @@ class Rooms:
             if self.watchers.get(watcher.room_sid) is watcher:
                 self.unreachable.pop(watcher.room_sid, None)  # inside: a live node hosts it
             if not self._stopping and self.watchers.get(watcher.room_sid) is not watcher:
-                # The placement gave the room to others while this join was in flight.
-                self._emit(RoomHandedOver(watcher.room_sid, utcnow()))
+                # The placement gave the room to others while this join was in flight, and
+                # maybe back: a newer join of the room is in flight (its snapshot follows), or
+                # landed first (that connection watches the room, its sessions stay).
+                if watcher.room_sid not in self.watchers:
+                    self._emit(RoomHandedOver(watcher.room_sid, utcnow()))
+                elif watcher.room_sid in self._joining:
+                    self._emit(RoomLost(watcher.room_sid, OBSERVER_REJOINING, utcnow()))
+                else:
+                    log.info("a newer join landed first", extra={"room": watcher.room_name})
                 await self._leave_quietly(watcher)
                 return
             if self._stopping:
