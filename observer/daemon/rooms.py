@@ -44,8 +44,8 @@ Watcher = RoomWatcher | RemoteWatcher
 log = logging.getLogger(__name__)
 
 JOIN_TIMEOUT_S = 10.0
-# Joins that overlap in one rtc SDK multiply the sockets each room keeps (3 per room joined
-# alone, 6-28 with 2-8 at once): each process joins one room at a time (`join_in_turn`).
+# Joins that overlap in one rtc SDK multiply each room's sockets (3 alone, 6-28 with 2-8 at
+# once): each process joins one room at a time (`join_in_turn`).
 
 LEAVE_CONCURRENCY = 32
 # A room is taken as hosted by no live node when this many probes this far apart say so.
@@ -54,8 +54,7 @@ UNREACHABLE_PROBES = 3
 # A connection still reconnecting this long is checked against the API: the node it went
 # through, or the node hosting its room, may have died (the SDK itself retries for ~20 s).
 STUCK_RECONNECT_S = 3.0
-# How often a room hosted by no live node is probed, to get back in as soon as a live node
-# hosts it again (a participant's own reconnect re-creates it there).
+# How often a room no live node hosts is probed (a participant's reconnect re-creates it).
 UNREACHABLE_RETRY_S = 1.0
 
 
@@ -266,15 +265,11 @@ class Rooms:
         is joined afresh at once rather than after the SDK gives up."""
 
         def stuck() -> bool:
-            return (
-                not self._stopping
-                and self.watchers.get(watcher.room_sid) is watcher
-                and watcher.recovering
-            )
+            current = self.watchers.get(watcher.room_sid) is watcher
+            return current and watcher.recovering and not self._stopping
 
-        # Asked again, as long as it stays stuck (until the SDK gives up), while the answer
-        # settles nothing: a server that could not tell (the node it asked just died), or a
-        # live node hosting the room and no sign yet that the connection's node is gone.
+        # Asked again while it stays stuck and the answer settles nothing: a server that could
+        # not tell (the node it asked just died), or a live node and no sign of a dead one.
         while True:
             await asyncio.sleep(STUCK_RECONNECT_S)
             if not stuck():
@@ -294,9 +289,7 @@ class Rooms:
         self._emit(RoomLost(watcher.room_sid, OBSERVER_REJOINING, utcnow()))
         await self._leave_quietly(watcher)
         room = discovery.ListedRoom(watcher.room_sid, watcher.room_name)
-        if hosted:
-            self.join_now(room)
-        elif await self._confirm_unhosted(room):
+        if not hosted and await self._confirm_unhosted(room):
             self._mark_unreachable(room)
         else:
             self.join_now(room)
@@ -450,10 +443,9 @@ class Rooms:
         create it (which the observer's token forbids). Its sessions end at their last
         evidence, and it is probed until a live node hosts it again."""
         room = discovery.ListedRoom(watcher.room_sid, watcher.room_name)
-        if not await self._confirm_unhosted(room):
-            return False
-        self._mark_unreachable(room)
-        return True
+        if unhosted := await self._confirm_unhosted(room):
+            self._mark_unreachable(room)
+        return unhosted
 
     async def _confirm_unhosted(self, room: discovery.ListedRoom) -> bool:
         """Every probe over UNREACHABLE_CONFIRM_S * (UNREACHABLE_PROBES - 1) seconds says no
