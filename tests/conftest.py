@@ -59,6 +59,14 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    # Tests sharing an `xdist_group` (one wheel build directory) must run on one worker.
+    # pytest-xdist 3.8 groups them by rewriting a private node-id attribute that pytest 9.2
+    # no longer reads: the groups would be silently void.
+    if getattr(config.option, "dist", "no") == "loadgroup" and pytest.version_tuple >= (9, 2):
+        raise pytest.UsageError(
+            f"--dist loadgroup does not group tests with pytest {pytest.__version__};"
+            " install the pytest pyproject.toml allows (scripts/bootstrap.sh)"
+        )
     for tier, what in TIERS.items():
         config.addinivalue_line("markers", f"{tier}: tier: {what}")
     config.addinivalue_line(
