@@ -475,6 +475,30 @@ WEBHOOK_CASES: list[tuple[str, list[Event], list[str], list[tuple[object, ...]]]
         [("PA1", t(8.7), "CLIENT_INITIATED", END_RTC, None)],
     ),
     (
+        # the server sends a non-publisher's leave on its 3 s ticker: news of it that comes
+        # after the webhook's second is late, and the webhook's time is the leave's
+        "a live leave later than the webhook's second closes at the webhook's time",
+        [
+            RoomJoined("r", "RM1", (), t(0)),
+            ParticipantJoined("r", "RM1", agent("PA1", 1), t(1.1)),
+            webhook_left("PA1", 5, 1),
+            ParticipantLeft("RM1", "PA1", "CLIENT_INITIATED", t(7.6)),
+        ],
+        ["PA1"],
+        [("PA1", t(5), "CLIENT_INITIATED", END_WEBHOOK, None)],
+    ),
+    (
+        "a live leave within the webhook's second keeps its own millisecond",
+        [
+            RoomJoined("r", "RM1", (), t(0)),
+            ParticipantJoined("r", "RM1", agent("PA1", 1), t(1.1)),
+            webhook_left("PA1", 5, 1),
+            ParticipantLeft("RM1", "PA1", "CLIENT_INITIATED", t(5.9)),
+        ],
+        ["PA1"],
+        [("PA1", t(5.9), "CLIENT_INITIATED", END_RTC, None)],
+    ),
+    (
         "rtc first, webhook after: nothing doubled",
         [
             RoomJoined("r", "RM1", (agent("PA1"),), t(0)),

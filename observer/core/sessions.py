@@ -9,7 +9,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from datetime import datetime, timedelta
 
-from observer.core.changes import Op, UpdateAttributes
+from observer.core.changes import Close, Op, UpdateAttributes
 from observer.core.events import (
     AttributesChanged,
     ParticipantLeft,
@@ -21,6 +21,11 @@ from observer.core.events import (
 )
 from observer.core.session_book import SessionBook
 from observer.core.vocab import DUPLICATE_IDENTITY, END_ROOM_CLOSED, END_RTC, END_WEBHOOK
+
+# A webhook's createdAt has whole seconds; clocks of the server's and the observer's hosts
+# may differ by a little.
+WEBHOOK_SECOND = timedelta(seconds=1)
+CLOCK_MARGIN = timedelta(milliseconds=250)
 
 
 class Sessions(SessionBook):
@@ -55,6 +60,17 @@ class Sessions(SessionBook):
         if key in self.open:
             ops.append(self.close(key, left_at=ev.at, reason=reason, source=END_WEBHOOK))
         return ops
+
+    def seen_leave(self, key: SessionKey, ev: ParticipantLeft) -> Close:
+        """A leave the observer saw live, with the server's reason. The server sends the
+        leave of a participant that publishes nothing on its 3 s update ticker, so the news
+        can come seconds late; LiveKit's `participant_left` webhook, stamped when the server
+        closed the participant, says to the second when it was. News later than that second
+        (with a margin for two hosts' clocks) is late: the webhook's time is used instead."""
+        wh = self.witness.get(key)
+        if wh is not None and ev.at - wh.at >= WEBHOOK_SECOND + CLOCK_MARGIN:
+            return self.close(key, left_at=wh.at, reason=wh.reason or ev.reason, source=END_WEBHOOK)
+        return self.close(key, left_at=ev.at, reason=ev.reason, source=END_RTC)
 
     def absences(self, room_sid: str, present_sids: set[str], at: datetime, *, fresh: bool) -> bool:
         """A (re)join shows who is in the room: the room's sessions missing from it become

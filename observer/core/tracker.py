@@ -48,7 +48,6 @@ from observer.core.sessions import Sessions
 from observer.core.usage_ledger import UsageLedger
 from observer.core.vocab import (
     DUPLICATE_IDENTITY,
-    END_RTC,
     END_WEBHOOK,
     ROOM_CLOSED,
     ROOM_FINISHED,
@@ -400,7 +399,7 @@ class SessionTracker:
         if watching and ev.reason == DUPLICATE_IDENTITY:
             return self._s.replaced_live(key, ev)
         if watching:
-            return [self._s.close(key, left_at=ev.at, reason=ev.reason, source=END_RTC)]
+            return [self._s.seen_leave(key, ev)]
         # Announced by the server while the observer was reconnecting: real, but the moment
         # it happened is only known to lie in the gap.
         return [self._s.reconciled(key, ev.at, reason=ev.reason)]
