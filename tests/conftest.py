@@ -3,6 +3,7 @@ test tiers every module declares."""
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -289,6 +290,29 @@ def pytest_collection_finish(session: pytest.Session) -> None:
 
 
 _timeline: dict[str, dict[str, Any]] = {}
+_cpu_at_setup: dict[str, float] = {}
+
+
+def _cpu_s() -> float:
+    """CPU seconds of this process (all its threads, the rtc SDK's native ones too) and of
+    its children that have ended (observers, servers a test started and stopped)."""
+    import resource
+
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return time.process_time() + children.ru_utime + children.ru_stime
+
+
+def pytest_runtest_logstart(nodeid: str, location: Any) -> None:
+    _cpu_at_setup[nodeid] = _cpu_s()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    """A test's CPU seconds, setup to teardown, go with its teardown report (--timeline)."""
+    report = yield
+    if call.when == "teardown" and item.nodeid in _cpu_at_setup:
+        report.user_properties.append(("cpu_s", _cpu_s() - _cpu_at_setup.pop(item.nodeid)))
+    return report
 
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
@@ -304,6 +328,9 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
         },
     )
     span["stop"] = report.stop
+    for name, value in report.user_properties:
+        if name == "cpu_s":
+            span["cpu_s"] = round(value, 2)
     span["outcome"] = "failed" if report.failed else span.get("outcome", report.outcome)
 
     if report.nodeid not in _compat_tests:
