@@ -19,7 +19,14 @@ from livekit_server import LiveKitServer, free_tcp_port
 
 from observer.cli import main
 
-pytestmark = [pytest.mark.cluster, pytest.mark.databases("postgresql")]
+# The two-node cluster's tests run one after another on one worker, and never beside the
+# fleet's churn in 60 rooms (xdist_group "crowd"): on two cores, clients starved of CPU make
+# full reconnects of their own that the tests would read as the observer's doing.
+pytestmark = [
+    pytest.mark.cluster,
+    pytest.mark.databases("postgresql"),
+    pytest.mark.xdist_group("crowd"),
+]
 
 
 @pytest.fixture

@@ -194,6 +194,7 @@ def fleet_db_url(pg_db_url: str) -> str:
     return pg_db_url
 
 
+@pytest.mark.xdist_group("crowd")  # the heaviest load of the suite: not beside the cluster's
 async def test_three_observers_one_killed_mid_churn(
     livekit_server: LiveKitServer, fleet_db_url: str, clients: Clients, tmp_path: Path
 ) -> None:

@@ -23,7 +23,7 @@ from observer.db import migrate
 from observer.db.reads import SessionFilter
 from observer.db.store import Store
 
-pytestmark = pytest.mark.cluster
+pytestmark = [pytest.mark.cluster, pytest.mark.xdist_group("crowd")]  # see test_cluster
 
 
 async def room_on(node: LiveKitServer, via: LiveKitServer, name: str) -> None:
