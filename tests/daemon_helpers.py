@@ -84,6 +84,9 @@ def describe(rows: list[SessionRow]) -> list[tuple[Any, ...]]:
     ]
 
 
+CLIENT_CONNECT_TIMEOUT_S = 20.0
+
+
 @dataclass
 class Clients:
     """rtc clients opened by a test; all disconnected at teardown."""
@@ -99,22 +102,50 @@ class Clients:
         kind: api.AccessToken.ParticipantKind | None = None,
         agent_name: str | None = None,
         audio: bool = False,
+        stream: bool = True,
     ) -> rtc.Room:
+        """A client in `room`; with `audio`, a publisher of a microphone track. Without
+        `stream` the track is unpublished once the server counts the client as a publisher:
+        the server keeps it one (its leave is sent at once, not on the 3 s ticker), and the
+        client stops encoding silence (a few % of a core each)."""
         attrs = {"lk.agent.name": agent_name} if agent_name else None
         token = self.server.token(identity, room, kind=kind, attributes=attrs)
         r = rtc.Room()
-        await r.connect(self.server.ws_url, token, rtc.RoomOptions(auto_subscribe=False))
+        # The SDK's 5 s for a signal connection attempt is short for a client of a test
+        # run that shares two cores with others: a test's own client is not under test.
+        opts = rtc.RoomOptions(auto_subscribe=False, connect_timeout=CLIENT_CONNECT_TIMEOUT_S)
+        await r.connect(self.server.ws_url, token, opts)
         self.rooms.append(r)
         if audio:
             source = rtc.AudioSource(48000, 1)
             track = rtc.LocalAudioTrack.create_audio_track("voice", source)
             opts = rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_MICROPHONE)
-            await r.local_participant.publish_track(track, opts)
+            pub = await r.local_participant.publish_track(track, opts)
             await source.capture_frame(rtc.AudioFrame.create(48000, 1, 480))
+            if not stream and await self._publisher(room, identity):
+                await r.local_participant.unpublish_track(pub.sid)
         return r
 
+    async def _publisher(self, room: str, identity: str, timeout_s: float = 10.0) -> bool:
+        """Whether the server came to count `identity` as a publisher within `timeout_s`."""
+        lkapi = self.server.api_client()
+        try:
+            deadline = asyncio.get_running_loop().time() + timeout_s
+            while asyncio.get_running_loop().time() < deadline:
+                listed = await lkapi.room.list_participants(api.ListParticipantsRequest(room=room))
+                if any(p.identity == identity and p.is_publisher for p in listed.participants):
+                    return True
+                await asyncio.sleep(0.1)
+            return False
+        finally:
+            await lkapi.aclose()
+
     async def agent(self, room: str, identity: str, **kw: Any) -> rtc.Room:
-        return await self.join(room, identity, kind="agent", audio=kw.pop("audio", True), **kw)
+        """An agent (the token's kind claim); a publisher unless `audio=False`, whose track
+        is gone once the server counts it as one, unless `stream=True`."""
+        kw.setdefault("audio", True)
+        kw.setdefault("stream", False)
+        return await self.join(room, identity, kind="agent", **kw)
 
     async def close(self) -> None:
         for r in self.rooms:

@@ -33,7 +33,10 @@ from observer.db.store import Store
 
 # Waits of up to 2 min, outages. Three observers over 60 rooms load this 2-core machine:
 # in a parallel run these tests go to one worker, one after another (--dist loadgroup).
-pytestmark = [pytest.mark.live, pytest.mark.timeout(360), pytest.mark.xdist_group("fleet")]
+# The fleet's tests run one after another on one worker (each starts three observers), but
+# the churn in 60 rooms, the heaviest load of the suite, runs with the cluster's (`crowd`).
+pytestmark = [pytest.mark.live, pytest.mark.timeout(360)]
+fleet_group = pytest.mark.xdist_group("fleet")
 
 FAILOVER_S = 6.0
 
@@ -194,7 +197,7 @@ def fleet_db_url(pg_db_url: str) -> str:
     return pg_db_url
 
 
-@pytest.mark.xdist_group("crowd")  # the heaviest load of the suite: not beside the cluster's
+@pytest.mark.xdist_group("crowd")
 async def test_three_observers_one_killed_mid_churn(
     livekit_server: LiveKitServer, fleet_db_url: str, clients: Clients, tmp_path: Path
 ) -> None:
@@ -339,6 +342,7 @@ async def test_three_observers_one_killed_mid_churn(
         del stayers
 
 
+@fleet_group
 async def test_clean_stops_hand_rooms_over_and_alerts_fire_once(
     livekit_server: LiveKitServer, fleet_db_url: str, clients: Clients, tmp_path: Path
 ) -> None:
@@ -396,6 +400,7 @@ async def test_clean_stops_hand_rooms_over_and_alerts_fire_once(
         assert all(r.left_at is None for r in got if r.participant_identity.startswith("alone-"))
 
 
+@fleet_group
 def test_a_second_run_on_one_sqlite_file_refuses(tmp_path: Path) -> None:
     db = f"sqlite:///{tmp_path / 'one.db'}"
     migrate.upgrade(db)
@@ -435,6 +440,7 @@ def test_a_second_run_on_one_sqlite_file_refuses(tmp_path: Path) -> None:
     assert first.returncode == 0
 
 
+@fleet_group
 def test_reconcile_never_runs_twice_at_once(
     postgres_server: PostgresServer, fleet_db_url: str, tmp_path: Path
 ) -> None:
@@ -469,6 +475,7 @@ def test_reconcile_never_runs_twice_at_once(
     assert r.returncode == 0, r.stdout + r.stderr
 
 
+@fleet_group
 async def test_one_replica_takeover_is_quick_and_bounds_the_gap(
     livekit_server: LiveKitServer, fleet_db_url: str, clients: Clients, tmp_path: Path
 ) -> None:
@@ -534,6 +541,7 @@ async def test_one_replica_takeover_is_quick_and_bounds_the_gap(
         assert all(r.left_at is None for r in others)  # nothing else changed
 
 
+@fleet_group
 async def test_database_outage_with_three_observers(
     livekit_server: LiveKitServer,
     postgres_server: PostgresServer,
@@ -587,6 +595,7 @@ async def test_database_outage_with_three_observers(
         del stay
 
 
+@fleet_group
 async def test_one_of_three_stopped_for_30_s(
     livekit_server: LiveKitServer, fleet_db_url: str, clients: Clients, tmp_path: Path
 ) -> None:
