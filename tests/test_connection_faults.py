@@ -112,7 +112,7 @@ async def test_signal_cut_changes_no_row(
     await leaves.disconnect()
     left_at = utcnow()
     await asyncio.sleep(min(1.0, cut_s / 3))
-    joins = await clients.agent(room, "agent-joins")
+    joins = await clients.agent(room, "agent-joins", stream=True)
     joins_joined = time.time()
     await asyncio.sleep(max(0.0, cut_s - 2 * min(1.0, cut_s / 3)))
     proxy.restore()

@@ -58,7 +58,7 @@ async def test_agent_present_before_observer_gets_its_true_start(
 ) -> None:
     await create_room(livekit_server, "early")
     await clients.join("early", "user-1")
-    agent = await clients.agent("early", "agent-early")
+    agent = await clients.agent("early", "agent-early", stream=True)
     joined = time.time()
     await asyncio.sleep(1.5)
     obs = await start_observer(livekit_server, db_url)
