@@ -642,16 +642,26 @@ async def clients(livekit_server: LiveKitServer) -> Any:
 
 
 @pytest.fixture(autouse=True)
-def _restore_logging() -> Iterator[None]:
+def _restore_logging(request: pytest.FixtureRequest) -> Iterator[None]:
     """`observer.cli.main` points the root logger at the stderr of the moment (pytest's
-    capture, in-process); undo that after each test."""
+    capture, in-process); undo that after each test. A test that starts no server hears
+    nothing of the rtc SDK: a client an earlier test of this worker left reconnecting
+    would log into the stderr a command's one-line error is checked on."""
     import logging
 
     root = logging.getLogger()
     handlers, level = root.handlers[:], root.level
+    sdk = logging.getLogger("livekit")
+    sdk_was = sdk.disabled
+    sdk.disabled = (
+        sdk_was
+        or request.node.get_closest_marker("unit") is not None
+        or (request.node.get_closest_marker("db") is not None)
+    )
     yield
     root.handlers[:] = handlers
     root.setLevel(level)
+    sdk.disabled = sdk_was
 
 
 # --------------------------------------------------------------------------- #
