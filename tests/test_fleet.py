@@ -336,7 +336,19 @@ async def test_three_observers_one_killed_mid_churn(
                 for r in not_seen
             )
         )
-        assert all(r.left_at is None for r in got if r.participant_identity.startswith("stay-"))
+        # the stayers' clients are still in: the participants they hold are open (an earlier
+        # attempt of one, replaced by its own rejoin, has ended)
+        gone = [r for r in held if r.participant_identity.startswith("stay-") and r.left_at]
+        assert gone == [], (
+            unsettled()
+            + "\nstayers closed: "
+            + ", ".join(
+                f"{r.participant_identity} {r.participant_sid} left {r.left_at:%H:%M:%S.%f}"
+                f" ({r.end_source}, by {r.observer_id};"
+                f" states: {states.of(r.participant_identity)})"
+                for r in gone
+            )
+        )
         # the stayers were seen by more than one observer; observer_id is who wrote the row
         with store.engine.connect() as conn:
             witnesses = Counter(
