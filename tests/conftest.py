@@ -214,6 +214,7 @@ def pytest_timeout_set_timer(item: pytest.Item, settings: Any) -> bool | None:
     import threading
 
     import pytest_timeout
+    from polling import task_stacks
 
     if settings.method != "signal" or threading.current_thread() is not threading.main_thread():
         return None
@@ -224,7 +225,7 @@ def pytest_timeout_set_timer(item: pytest.Item, settings: Any) -> bool | None:
             return
         if len(threading.enumerate()) > 1:
             pytest_timeout.dump_stacks(item.config.get_terminal_writer())
-        pytest.fail(f"Timeout (>{settings.timeout:.1f}s) from pytest-timeout.{_task_stacks()}")
+        pytest.fail(f"Timeout (>{settings.timeout:.1f}s) from pytest-timeout.{task_stacks()}")
 
     def cancel() -> None:
         signal.setitimer(signal.ITIMER_REAL, 0)
@@ -234,31 +235,6 @@ def pytest_timeout_set_timer(item: pytest.Item, settings: Any) -> bool | None:
     signal.signal(signal.SIGALRM, handler)
     signal.setitimer(signal.ITIMER_REAL, settings.timeout)
     return True
-
-
-def _task_stacks() -> str:
-    """Each asyncio task's chain of awaits, outermost first, as a traceback shows it."""
-    import asyncio
-    import traceback
-
-    try:
-        tasks = asyncio.all_tasks(asyncio.get_running_loop())
-    except RuntimeError:  # not inside an event loop
-        return ""
-    out = []
-    for task in tasks:
-        frames = []
-        awaited: Any = task.get_coro()
-        while (frame := _first(awaited, "cr_frame", "gi_frame", "ag_frame")) is not None:
-            frames.append((frame, frame.f_lineno))
-            awaited = _first(awaited, "cr_await", "gi_yieldfrom", "ag_await")
-        stack = "".join(traceback.StackSummary.extract(frames).format())
-        out.append(f"{task.get_name()}:\n{stack}")
-    return "\nWhere the asyncio tasks wait:\n" + "".join(out)
-
-
-def _first(obj: Any, *names: str) -> Any:
-    return next((v for v in (getattr(obj, n, None) for n in names) if v is not None), None)
 
 
 # --------------------------------------------------------------------------- #

@@ -9,6 +9,7 @@ import pytest
 from daemon_helpers import Clients, create_room, list_rooms
 from livekit import api, rtc
 from livekit_server import LiveKitServer
+from polling import task_stacks
 
 from observer.core.discovery import ListedRoom
 
@@ -114,19 +115,6 @@ async def test_control_hidden_alone_counts_toward_max_participants(
 
 
 @pytest.mark.compat("creates-no-room")
-def where_tasks_wait() -> str:
-    """Each asyncio task of this loop and the line it waits on (for a failure's message)."""
-    out = []
-    for task in asyncio.all_tasks():
-        chain, coro = [], task.get_coro()
-        while coro is not None and getattr(coro, "cr_frame", None) is not None:
-            frame = coro.cr_frame
-            chain.append(f"{frame.f_code.co_name}:{frame.f_lineno}")
-            coro = getattr(coro, "cr_await", None)
-        out.append(f"  {task.get_name()}: {' > '.join(chain)}")
-    return "\n".join(sorted(out))
-
-
 async def test_never_creates_a_room(
     livekit_server: LiveKitServer, db_url: str, start_observer
 ) -> None:
@@ -143,8 +131,7 @@ async def test_never_creates_a_room(
     deadline = time.monotonic() + 30  # a join under load; no bound of the observer's
     while listed.sid not in obs.obs.rooms.ended:
         assert time.monotonic() < deadline, (
-            "observer did not notice the room was not the listed one; its rooms' tasks:\n"
-            + where_tasks_wait()
+            "observer did not notice the room was not the listed one" + task_stacks()
         )
         await asyncio.sleep(0.05)
     await asyncio.sleep(0.5)
