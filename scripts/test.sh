@@ -12,7 +12,10 @@ scripts/ensure-redis.sh
 scripts/ensure-chromium.sh
 scripts/ensure-promtool.sh
 scripts/bootstrap.sh
-scripts/ensure-node-agent.sh
+# The Node agent's packages download while ruff and mypy run (both wait on their own).
+scripts/ensure-node-agent.sh &
+node_agent=$!
+trap 'kill "$node_agent" 2>/dev/null || true' EXIT
 export LIVEKIT_SERVER_BIN="${LIVEKIT_SERVER_BIN:-$(scripts/install-livekit-server.sh | tail -n 1)}"
 export STRIPE_MOCK_BIN="${STRIPE_MOCK_BIN:-$(scripts/install-stripe-mock.sh | tail -n 1)}"
 # The whole suite also runs the release matrix's scenarios (tests marked `compat`) against
@@ -25,6 +28,8 @@ fi
 
 .venv/bin/ruff check observer tests migrations bench
 .venv/bin/mypy
+wait "$node_agent"
+trap - EXIT
 # Tests run in parallel worker processes (pytest-xdist; most of a live test is waiting on
 # the server's clocks), handed out a few at a time, longest first (see tests/conftest.py),
 # so that the long ones spread over the workers; a module's tests that must not run beside
