@@ -12,11 +12,9 @@ stamp=".venv/.installed-$(sha256sum pyproject.toml | cut -c1-16)"
 if [[ ! -f "$stamp" ]]; then
     .venv/bin/python -m pip install --quiet --upgrade pip
     # quiet: setuptools' note that an editable install reads this checkout says what we want.
-    # --no-compile: pip would byte-compile every module of every package (the type checker's,
-    # the browser driver's, the agents framework's plugins), 25 s of the 45 s install on a
-    # 2-core machine; Python compiles the modules a process imports, once, when it first does.
-    PYTHONWARNINGS="ignore:Editable installation" \
-        .venv/bin/python -m pip install --quiet --no-compile -e '.[test]'
+    # pip byte-compiles what it installs: keep it so, for where PYTHONDONTWRITEBYTECODE is set
+    # (then no process writes a cache, and each would compile its imports again).
+    PYTHONWARNINGS="ignore:Editable installation" .venv/bin/python -m pip install --quiet -e '.[test]'
     rm -f .venv/.installed-*
     touch "$stamp"
 fi
