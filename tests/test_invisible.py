@@ -9,7 +9,7 @@ import pytest
 from daemon_helpers import Clients, create_room, list_rooms
 from livekit import api, rtc
 from livekit_server import LiveKitServer
-from polling import task_stacks
+from polling import task_stacks, until
 
 from observer.core.discovery import ListedRoom
 
@@ -124,8 +124,17 @@ async def test_never_creates_a_room(
         await lkapi.room.delete_room(api.DeleteRoomRequest(room="ghost"))
     finally:
         await lkapi.aclose()
-    obs = await start_observer(livekit_server, db_url, OBSERVER_ROOM_PATTERN="ghost")
-    await asyncio.sleep(1)
+    # The observer lists rooms once, at its start: a later listing of its own (without
+    # "ghost") would drop the join below before it starts, rightly, as a room no longer listed.
+    obs = await start_observer(
+        livekit_server, db_url, OBSERVER_ROOM_PATTERN="ghost", OBSERVER_POLL_INTERVAL_S="3600"
+    )
+    await until(
+        lambda: obs.obs.rooms is not None and obs.obs.rooms.listing_ok,
+        timeout_s=30,
+        what="the observer's first listing",
+    )
+    assert obs.obs.rooms is not None
     # a listing said "ghost" was live, but it ended before the observer got there
     obs.obs.rooms.poll_once([ListedRoom(listed.sid, "ghost")])
     deadline = time.monotonic() + 30  # a join under load; no bound of the observer's
