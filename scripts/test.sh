@@ -7,6 +7,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# Python's byte-code caches are kept (in __pycache__, which git ignores) even where the
+# environment says not to write them: the suite's processes (pytest's workers, the observers
+# and agents they start) would otherwise each compile the test modules and the observer again.
+unset PYTHONDONTWRITEBYTECODE
+
 scripts/ensure-postgres.sh
 scripts/ensure-redis.sh
 scripts/ensure-chromium.sh
