@@ -306,8 +306,9 @@ async def test_the_icon_is_served_and_the_views_name_their_units(
     from observer.core.events import TrackedSession
     from observer.core.vocab import END_RTC
 
-    now = datetime.now(UTC)
-    joined = now - timedelta(minutes=30)
+    # within one UTC day of the chart's, whatever the time of day the test runs at
+    today = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    joined = today - timedelta(days=1) + timedelta(hours=10)
     s = TrackedSession("r", "RM_1", "PA_1", "agent-1", "", "agent", "bot", {}, joined, joined)
     left = joined + timedelta(minutes=12)
     store = Store(sqlite_url)
