@@ -695,6 +695,20 @@ def test_seeded_rows_of_a_room_continue_and_are_settled_when_gone() -> None:
     assert closes(ops) == [("PA2", t(-10), None, END_RECONCILED, 14600)]
 
 
+def test_a_row_another_observer_refreshed_a_refresh_ago_waits_for_its_leave() -> None:
+    """The other observer writes last_seen_at every `last_seen_refresh_s` (15 s by default):
+    a row it last touched 20 s ago may still be a participant it sees, whose leave it is
+    about to report."""
+    tr = SessionTracker(frozenset({"agent"}))
+    row = TrackedSession("r", "RM1", "PA2", "id-PA2", "", "agent", None, {}, t(-90), t(-20))
+    tr.handle(StoredOpenSessions("RM1", (row,)))
+    step(tr, RoomJoined("r", "RM1", (), t(0)))
+    assert closes(step(tr, ServerListing("RM1", True, frozenset(), t(0.5), t(0.6)))) == []
+    # its leave, as the other observer writes it, closes the row as rtc; else after 4 s:
+    ops = step(tr, ServerListing("RM1", True, frozenset(), t(4.5), t(4.6)))
+    assert closes(ops) == [("PA2", t(-20), None, END_RECONCILED, 24600)]
+
+
 def test_a_row_seen_long_ago_by_another_observer_is_settled_at_once_when_gone() -> None:
     tr = SessionTracker(frozenset({"agent"}))
     row = TrackedSession("r", "RM1", "PA2", "id-PA2", "", "agent", None, {}, t(-90), t(-60))

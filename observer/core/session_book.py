@@ -47,6 +47,9 @@ class SessionBook:
     trouble_window_s: float = 20.0
     stale_listing_s: float = 30.0
     leave_news_s: float = 4.0
+    # How often the observers write a present participant's last_seen_at: a row's last
+    # sighting by another observer is this much older than the truth, and still recent
+    last_seen_refresh_s: float = 15.0
     open: OpenSessions = field(default_factory=OpenSessions)
     recently_closed: OrderedDict[SessionKey, None] = field(default_factory=OrderedDict)
     # leaves reported without a reason, not yet confirmed by the server's API

@@ -146,10 +146,12 @@ class Sessions(SessionBook):
         """A session this observer never saw, that another observer saw moments ago, gone
         from the server's listing: that observer may yet report the real leave (the server
         announces the leave of a participant that publishes nothing on a 3 s ticker), so
-        the missed-leave bound waits `leave_news_s` for it."""
+        the missed-leave bound waits `leave_news_s` for it. Moments ago: within a refresh of
+        last_seen_at (the other observer writes it that often) and 10 s more."""
         if key in self.seen_live:
             return False
-        if at - self.open[key].last_seen_at > timedelta(seconds=self.leave_news_s + 10):
+        recent = timedelta(seconds=self.leave_news_s + self.last_seen_refresh_s + 10)
+        if at - self.open[key].last_seen_at > recent:
             return False
         first = self.absent_listed.setdefault(key, at)
         return at - first < timedelta(seconds=self.leave_news_s)

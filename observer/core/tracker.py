@@ -113,6 +113,7 @@ class SessionTracker:
             trouble_window_s=self.trouble_window_s,
             stale_listing_s=self.stale_listing_s,
             leave_news_s=self.leave_news_s,
+            last_seen_refresh_s=self.last_seen_refresh_s,
         )
         self._open = self._s.open
         self._suspect = self._s.suspect
