@@ -620,9 +620,10 @@ async def clients(livekit_server: LiveKitServer) -> Any:
 @pytest.fixture(autouse=True)
 def _restore_logging(request: pytest.FixtureRequest) -> Iterator[None]:
     """`observer.cli.main` points the root logger at the stderr of the moment (pytest's
-    capture, in-process); undo that after each test. A test that starts no server hears
-    nothing of the rtc SDK: a client an earlier test of this worker left reconnecting
-    would log into the stderr a command's one-line error is checked on."""
+    capture, in-process); undo that after each test. A test that starts no server, or that
+    reads what was printed (capsys), hears nothing of the rtc SDK: a client an earlier test
+    of this worker left reconnecting would log into the stderr a command's one-line error
+    is checked on."""
     import logging
 
     root = logging.getLogger()
@@ -633,6 +634,7 @@ def _restore_logging(request: pytest.FixtureRequest) -> Iterator[None]:
         sdk_was
         or request.node.get_closest_marker("unit") is not None
         or (request.node.get_closest_marker("db") is not None)
+        or "capsys" in request.fixturenames
     )
     yield
     root.handlers[:] = handlers
