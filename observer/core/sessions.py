@@ -146,8 +146,8 @@ class Sessions(SessionBook):
         """A session this observer never saw, that another observer saw moments ago, gone
         from the server's listing: that observer may yet report the real leave (the server
         announces the leave of a participant that publishes nothing on a 3 s ticker), so
-        the missed-leave bound waits `leave_news_s` for it. Moments ago: within a refresh of
-        last_seen_at (the other observer writes it that often) and 10 s more."""
+        the missed-leave bound waits `leave_news_s` for it. Moments ago: within `leave_news_s`,
+        a refresh of last_seen_at (the other observer writes it that often) and 10 s."""
         if key in self.seen_live:
             return False
         recent = timedelta(seconds=self.leave_news_s + self.last_seen_refresh_s + 10)
