@@ -83,6 +83,16 @@ def pytest_configure(config: pytest.Config) -> None:
         "compat(scenario): one of the scenarios of the release matrix (tests/compat.py,"
         " scripts/compat.sh); `-m compat` runs them against LIVEKIT_SERVER_BIN",
     )
+    if getattr(config.option, "numprocesses", None) and not hasattr(config, "workerinput"):
+        return  # the controller of a parallel run: its workers hold the rtc clients
+    # The rtc SDK's native core, started as the daemon starts it: without forwarding its
+    # logs to Python. The SDK's own start forwards every trace record of libwebrtc into
+    # Python, which drops nearly all of them: about 5 % of a core for each idle client,
+    # paid by every test's clients and in-process observers (tests/test_sdk_internals.py
+    # shows both ways).
+    from observer.daemon.sdk_internals import start_native_core_quietly
+
+    start_native_core_quietly()
 
 
 def pytest_report_header(config: pytest.Config) -> str:
