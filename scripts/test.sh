@@ -43,7 +43,7 @@ trap - EXIT
 # A worker that crashes (a native fault in a library) ends the run at once with the test it
 # was running named: with --dist loadgroup, the worker xdist would start in its place is never
 # given work nor told to stop, and the run would wait forever.
-workers="${OBSERVER_TEST_WORKERS:-4}"
+workers="${OBSERVER_TEST_WORKERS:-5}"
 .venv/bin/python -m pytest -n "$workers" --dist loadgroup --max-worker-restart=0 "${oldest[@]}" "$@"
 if [[ "$workers" != 0 ]]; then
     rc=0
