@@ -89,10 +89,10 @@ def pytest_configure(config: pytest.Config) -> None:
     # logs to Python. The SDK's own start forwards every trace record of libwebrtc into
     # Python, which drops nearly all of them: about 5 % of a core for each idle client,
     # paid by every test's clients and in-process observers (tests/test_sdk_internals.py
-    # shows both ways).
-    from observer.daemon.sdk_internals import start_native_core_quietly
+    # shows both ways). An SDK whose internals differ starts its own way, with one warning.
+    from observer.daemon.sdk_internals import start_native_core_or_fall_back
 
-    start_native_core_quietly()
+    start_native_core_or_fall_back()
 
 
 def pytest_report_header(config: pytest.Config) -> str:
