@@ -331,8 +331,9 @@ if __name__ == "__main__":
         print("error: --rooms, --duration-s and --rate must be positive", file=sys.stderr)
         sys.exit(2)
     # The clients' native core, started as the daemon starts its own: without forwarding its
-    # logs to Python, which costs about 5 % of a core per idle client (hundreds here).
-    from observer.daemon.sdk_internals import start_native_core_quietly
+    # logs to Python, which costs about 5 % of a core per idle client (hundreds here); an
+    # SDK whose internals differ starts its own way, with one warning.
+    from observer.daemon.sdk_internals import start_native_core_or_fall_back
 
-    start_native_core_quietly()
+    start_native_core_or_fall_back()
     asyncio.run(main(args))
