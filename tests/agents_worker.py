@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, TypeVar
 
+from agent_dispatch import dispatch_agent
 from fake_models import FakeLLM, FakeTTS
 from livekit import rtc
 from livekit.agents import (
@@ -432,15 +433,7 @@ def framework_threads() -> list[threading.Thread]:
 async def dispatch(server: LiveKitServer, worker: AgentWorker, room: str) -> DispatchedJob:
     """Dispatch the worker's agent into ``room``; returns once the agent is in the room
     (with ``voice``, once it is listening)."""
-    from livekit import api
-
-    lkapi = server.api_client()
-    try:
-        created = await lkapi.agent_dispatch.create_dispatch(
-            api.CreateAgentDispatchRequest(agent_name=worker.agent_name, room=room)
-        )
-    finally:
-        await lkapi.aclose()
+    dispatch_id = await dispatch_agent(server, worker.agent_name, room)
     job = await worker.next_job(timeout=15)
-    assert job.dispatch_id == created.id
+    assert job.dispatch_id == dispatch_id
     return job

@@ -25,7 +25,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from livekit import api
+from agent_dispatch import dispatch_agent
 from livekit_server import LiveKitServer, free_tcp_port
 
 TESTS = Path(__file__).parent
@@ -211,13 +211,7 @@ class FrameworkWorker:
         """Dispatch the agent into ``room``; returns once it is in the room (with voice,
         once it has spoken). A job process of the Node worker loads its framework first:
         over 10 s on a loaded machine."""
-        lkapi = self.server.api_client()
-        try:
-            await lkapi.agent_dispatch.create_dispatch(
-                api.CreateAgentDispatchRequest(agent_name=self.agent_name, room=room)
-            )
-        finally:
-            await lkapi.aclose()
+        await dispatch_agent(self.server, self.agent_name, room, timeout)
         await self._until(lambda: self._event("joined", room), "the agent did not join", timeout)
         e = self._event("joined", room)
         assert e is not None
