@@ -31,14 +31,18 @@ from observer.db.reads import SessionFilter
 from observer.db.schema import SessionRow
 from observer.db.store import Store
 
-# Waits of up to 2 min, outages. Three observers over 60 rooms load this 2-core machine:
+# Waits of up to 2 min, outages. Three observers over 30 rooms load this 2-core machine:
 # in a parallel run these tests go to one worker, one after another (--dist loadgroup).
 # The fleet's tests run one after another on one worker (each starts three observers), but
-# the churn in 60 rooms, the heaviest load of the suite, runs with the cluster's (`crowd`).
+# the churn in 30 rooms, the heaviest load of the suite, runs with the cluster's (`crowd`).
 pytestmark = [pytest.mark.live, pytest.mark.timeout(360)]
 fleet_group = pytest.mark.xdist_group("fleet")
 
 FAILOVER_S = 6.0
+# Rooms of the churn with one observer killed: each holds a staying agent and sees another
+# join and leave, watched by two of the three observers. Every second agent of the first
+# two thirds leaves while later ones still join.
+CHURN_ROOMS = 30
 
 
 def start(server: LiveKitServer, db_url: str, observer_id: str, log: Path, **extra: str):  # type: ignore[no-untyped-def]
@@ -201,8 +205,8 @@ def fleet_db_url(pg_db_url: str) -> str:
 async def test_three_observers_one_killed_mid_churn(
     livekit_server: LiveKitServer, fleet_db_url: str, clients: Clients, tmp_path: Path
 ) -> None:
-    rooms = [f"fleet-{i}" for i in range(60)]
-    failover_s = 10.0  # the default: 60 rooms load this 2-core machine's event loops
+    rooms = [f"fleet-{i}" for i in range(CHURN_ROOMS)]
+    failover_s = 10.0  # the default: the churn loads this 2-core machine's event loops
     await open_rooms(livekit_server, clients, rooms, company=False)
     async with three_observers(
         livekit_server,
@@ -247,9 +251,9 @@ async def test_three_observers_one_killed_mid_churn(
         for i, r in enumerate(rooms):
             churners.append(await join_agent(r, f"churn-{i}"))
             joined_at[id(churners[-1])] = time.monotonic()
-            if i % 2 and i > 20:
-                await leave(churners[i - 21])  # leaves while others still join
-        for agent in churners[:40:2]:
+            if i % 2 and i > CHURN_ROOMS // 3:
+                await leave(churners[i - CHURN_ROOMS // 3 - 1])  # leaves while others join
+        for agent in churners[: 2 * CHURN_ROOMS // 3 : 2]:
             await leave(agent)
         procs["a"].send_signal(signal.SIGKILL)
         await asyncio.to_thread(procs["a"].wait, 10)
