@@ -18,7 +18,6 @@ from collections.abc import Awaitable, Callable
 from datetime import datetime
 
 import pytest
-from agents_worker import AgentWorker, dispatch, framework_threads
 from daemon_helpers import Clients, RunningObserver, create_room
 from livekit import rtc
 from livekit_server import LiveKitServer
@@ -30,6 +29,8 @@ from observer.db.schema import SessionRow, SessionSpanRow
 
 pytestmark = [pytest.mark.live, pytest.mark.databases("sqlite")]
 
+# livekit-agents takes about 1.7 s of CPU to import: the tests that run its worker import
+# it themselves, so that collecting the suite (in every worker process) does not.
 AGENT_NAME = "voice-desk"
 StartObserver = Callable[..., Awaitable[RunningObserver]]
 STATE_COLUMNS = (
@@ -97,6 +98,8 @@ def ms_between(start: datetime, end: datetime) -> float:
 async def test_voice_agent_states_and_time_alone(
     livekit_server: LiveKitServer, db_url: str, start_observer: StartObserver, clients: Clients
 ) -> None:
+    from agents_worker import AgentWorker, dispatch, framework_threads
+
     room = f"states-{uuid.uuid4().hex[:8]}"
     await create_room(livekit_server, room)
     caller = await join_caller(clients, room, "caller-1")
@@ -206,6 +209,8 @@ async def test_agent_already_in_the_room_before_the_observer(
     livekit_server: LiveKitServer, db_url: str, start_observer: StartObserver, clients: Clients
 ) -> None:
     """Before the observer came, the agent's states are unknown."""
+    from agents_worker import AgentWorker, dispatch
+
     room = f"states-late-{uuid.uuid4().hex[:8]}"
     await create_room(livekit_server, room)
     await join_caller(clients, room, "caller-1")

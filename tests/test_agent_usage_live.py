@@ -21,10 +21,9 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
-from agents_worker import AgentWorker, DispatchedJob, dispatch, framework_threads
 from daemon_helpers import Clients, RunningObserver, create_room
 from livekit_server import LiveKitServer
 from polling import until
@@ -37,8 +36,13 @@ from observer.db.schema import AgentUsageRow, SessionRow
 from observer.db.store import Store
 from observer.db.usage import UsageSpec
 
+if TYPE_CHECKING:
+    from agents_worker import DispatchedJob
+
 pytestmark = [pytest.mark.live, pytest.mark.databases("sqlite")]
 
+# livekit-agents takes about 1.7 s of CPU to import: the tests that run its worker import
+# it themselves, so that collecting the suite (in every worker process) does not.
 AGENT_NAME = "usage-desk"
 StartObserver = Callable[..., Awaitable[RunningObserver]]
 VOICE_AGENT = Path(__file__).parent / "voice_agent_process.py"
@@ -188,6 +192,8 @@ def linked(store: Store) -> list[tuple[int, str, str]]:
 async def test_voice_agent_usage_lands_with_its_session(
     livekit_server: LiveKitServer, db_url: str, start_observer: StartObserver, clients: Clients
 ) -> None:
+    from agents_worker import AgentWorker, dispatch, framework_threads
+
     room = f"usage-{uuid.uuid4().hex[:8]}"
     await create_room(livekit_server, room)
     await join_caller(clients, room, "caller-1")
@@ -244,6 +250,8 @@ async def test_voice_agent_usage_lands_with_its_session(
 async def test_usage_after_an_observer_restart_is_cumulative_not_doubled(
     livekit_server: LiveKitServer, db_url: str, start_observer: StartObserver, clients: Clients
 ) -> None:
+    from agents_worker import AgentWorker, dispatch
+
     room = f"usage-restart-{uuid.uuid4().hex[:8]}"
     await create_room(livekit_server, room)
     await join_caller(clients, room, "caller-1")

@@ -13,19 +13,22 @@ import os
 import uuid
 
 import pytest
-from agents_worker import AgentWorker, dispatch, framework_threads
 from daemon_helpers import Clients, create_room
 from livekit import rtc
 from livekit_server import LiveKitServer
 
 pytestmark = [pytest.mark.live, pytest.mark.databases("sqlite")]
 
+# livekit-agents takes about 1.7 s of CPU to import: the tests that run its worker import
+# it themselves, so that collecting the suite (in every worker process) does not.
 AGENT_NAME = "front-desk"
 
 
 async def test_dispatched_framework_agent_is_recorded(
     livekit_server: LiveKitServer, db_url: str, start_observer, clients: Clients
 ) -> None:
+    from agents_worker import AgentWorker, dispatch, framework_threads
+
     room = f"dispatch-{uuid.uuid4().hex[:8]}"
     await create_room(livekit_server, room)
     await clients.join(room, "caller-1")
@@ -86,6 +89,8 @@ async def test_worker_shutdown_ends_the_agent_session(
     livekit_server: LiveKitServer, db_url: str, start_observer, clients: Clients
 ) -> None:
     """A worker stopped (a deploy, a restart) takes its agents out of their rooms."""
+    from agents_worker import AgentWorker, dispatch, framework_threads
+
     room = f"dispatch-{uuid.uuid4().hex[:8]}"
     await create_room(livekit_server, room)
     await clients.join(room, "caller-1")
