@@ -3,10 +3,11 @@ Stripe tests; installed by scripts/install-stripe-mock.sh."""
 
 from __future__ import annotations
 
+import json
 import os
-import socket
 import subprocess
 import time
+import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -19,31 +20,47 @@ def default_binary() -> Path:
     return Path(os.environ.get("STRIPE_MOCK_BIN", cache / "stripe-mock" / "bin" / "stripe-mock"))
 
 
+def _answers(base: str) -> bool:
+    """Whether stripe-mock itself answers at base: a list of customers for a test key (a
+    process of another test that took the port first answers otherwise, or not at all)."""
+    request = urllib.request.Request(
+        f"{base}/v1/customers", headers={"Authorization": "Bearer sk_test_readiness"}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=2) as answer:
+            return bool(json.loads(answer.read()).get("object") == "list")
+    except (OSError, ValueError):
+        return False
+
+
 @contextmanager
 def stripe_mock() -> Iterator[str]:
-    """The base URL of a running stripe-mock; stopped when the block ends."""
+    """The base URL of a running stripe-mock; stopped when the block ends. A port another
+    process took between its choice and stripe-mock's start (stripe-mock then exits) is
+    given up for another."""
     binary = default_binary()
     if not binary.is_file():
         raise RuntimeError(
             f"stripe-mock is not installed at {binary}: run scripts/install-stripe-mock.sh"
         )
-    port = free_tcp_port()
-    proc = subprocess.Popen(
-        [str(binary), "-http-addr", f"127.0.0.1:{port}"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-                break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError("stripe-mock did not start") from None
+    for _ in range(3):
+        port = free_tcp_port()
+        base = f"http://127.0.0.1:{port}"
+        proc = subprocess.Popen(
+            [str(binary), "-http-addr", f"127.0.0.1:{port}"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            deadline = time.monotonic() + 20
+            while proc.poll() is None and not _answers(base):
+                if time.monotonic() > deadline:
+                    raise RuntimeError("stripe-mock did not answer within 20 s")
                 time.sleep(0.05)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        proc.terminate()
-        proc.wait(10)
+            if proc.poll() is None:
+                yield base
+                return
+        finally:
+            proc.terminate()
+            proc.wait(10)
+    raise RuntimeError("stripe-mock exited at start three times (ports taken?)")

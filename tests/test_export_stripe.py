@@ -70,7 +70,7 @@ def test_meter_events_against_stripe_mock(
         code, out, err = run(capsys, "export")
     # the day 40 days ago is refused with a line of its own, never sent with a wrong time
     assert code == 1, out + err
-    assert "3 acknowledged, 0 refused, 0 still pending" in out
+    assert "3 acknowledged, 0 refused, 0 still pending" in out, out + err
     assert "older than the 35 days the target accepts" in out
     d0, d1 = f"{START:%Y-%m-%d}", f"{START + timedelta(days=1):%Y-%m-%d}"
     assert ledger(recent) == {
