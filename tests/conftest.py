@@ -83,6 +83,7 @@ def pytest_configure(config: pytest.Config) -> None:
         "compat(scenario): one of the scenarios of the release matrix (tests/compat.py,"
         " scripts/compat.sh); `-m compat` runs them against LIVEKIT_SERVER_BIN",
     )
+    _skip_lsb_release(config)
     if getattr(config.option, "numprocesses", None) and not hasattr(config, "workerinput"):
         return  # the controller of a parallel run: its workers hold the rtc clients
     # The rtc SDK's native core, started as the daemon starts it: without forwarding its
@@ -93,6 +94,36 @@ def pytest_configure(config: pytest.Config) -> None:
     from observer.daemon.sdk_internals import start_native_core_or_fall_back
 
     start_native_core_or_fall_back()
+
+
+SKIPPED_COMMANDS = "observer-tests-path-"
+_made_dirs: list[str] = []
+
+
+def _skip_lsb_release(config: pytest.Config) -> None:
+    """Put first on PATH a directory whose `lsb_release` prints nothing, for this process
+    and every process it starts (xdist's workers, observers, agents, the Node agent).
+
+    The rtc SDK's native core reads the OS's name for its join request (the `os_info`
+    crate) on every connect and reconnect, by running `lsb_release -a`: on Debian a shell
+    script of several processes, about 18 ms of CPU each time here, and the suite connects
+    some thousands of clients and observers. With nothing printed the SDK tells the server
+    "Linux" and no version; nothing the observer records or any test asserts depends on it.
+    """
+    import os
+    import shutil
+    import tempfile
+
+    path = os.environ.get("PATH", "")
+    if SKIPPED_COMMANDS in path.split(os.pathsep)[0]:
+        return  # set up by the process that started this one
+    true = shutil.which("true")
+    if true is None:
+        return
+    bin_dir = tempfile.mkdtemp(prefix=SKIPPED_COMMANDS)
+    os.symlink(true, os.path.join(bin_dir, "lsb_release"))
+    os.environ["PATH"] = os.pathsep.join([bin_dir, path])
+    _made_dirs.append(bin_dir)  # removed at unconfigure (which leaves with os._exit)
 
 
 def pytest_report_header(config: pytest.Config) -> str:
@@ -685,8 +716,11 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     green run red. Every fixture has already stopped its servers and clients here.
     """
     import os
+    import shutil
     import sys
 
+    for made in _made_dirs:
+        shutil.rmtree(made, ignore_errors=True)
     if _exit_status:
         sys.stdout.flush()
         sys.stderr.flush()
