@@ -177,10 +177,10 @@ async def test_a_node_killed_with_agents_inside(
         await via_a.join(orphan, "user-orphan")
         await via_a.agent(orphan, "agent-orphan")  # gone with the node, and its room too
         # LIVEKIT_URL names the node that dies first, or only the one that lives (then the
-        # observer's connections to rooms on the dying node go through the other). Listings
-        # at the default pace: getting back in must not wait for them.
+        # observer's connections to rooms on the dying node go through the other). No listing
+        # within the test: getting back in must not wait for one.
         url = f"{a.ws_url},{b.ws_url}" if observer_url == "dying-node-first" else b.ws_url
-        obs = await start_observer(b, db_url, LIVEKIT_URL=url, OBSERVER_POLL_INTERVAL_S="5")
+        obs = await start_observer(b, db_url, LIVEKIT_URL=url, OBSERVER_POLL_INTERVAL_S="600")
         before = len(names) + len(on_b) + 1
         await obs.wait_rows(lambda rows: len(rows) == before, timeout=60)
         await asyncio.sleep(2)
@@ -195,8 +195,10 @@ async def test_a_node_killed_with_agents_inside(
         rows = await obs.wait_rows(back, timeout=60)
         back_at = datetime.now(UTC)
         rejoined = max(r.joined_at for r in rows if r.joined_at > killed_at)
-        # inside again within seconds of the agents' own return
-        assert back_at - rejoined < timedelta(seconds=6), (rejoined, back_at)
+        # inside again within seconds of the agents' own return (1.3 s on an idle machine;
+        # 6.6 s seen with the whole suite running beside it), long before the observer's own
+        # SDK gives its connection up (about 20 s after the kill) or a listing comes
+        assert back_at - rejoined < timedelta(seconds=10), (killed_at, rejoined, back_at)
         short = await via_b.agent(on_a[0], "agent-short")
         await asyncio.sleep(2)
         short_left = datetime.now(UTC)
@@ -211,7 +213,10 @@ async def test_a_node_killed_with_agents_inside(
 
         rows = await obs.wait_rows(settled, timeout=60)
         settled_s = time.monotonic() - started
-        print(f"back in {(back_at - killed_at).total_seconds():.1f} s, settled {settled_s:.1f} s")
+        print(
+            f"agents back in {(rejoined - killed_at).total_seconds():.1f} s, the observer"
+            f" {(back_at - rejoined).total_seconds():.1f} s later, settled {settled_s:.1f} s"
+        )
         assert settled_s < 60
     finally:
         await via_a.close()
