@@ -274,7 +274,9 @@ async def main(args: argparse.Namespace) -> None:
         rows = await read_rows(conninfo)
         v = compare(clients.stays, rows, args.tolerance_s)
         say(
-            f"end: {v.stays} client sessions ({clients.failed} joins failed), {len(rows)} rows: "
+            f"end: {v.stays} client sessions ({clients.failed} joins failed, of which"
+            f" {clients.late_joined} connected past the limit and left at once),"
+            f" {len(rows)} rows: "
             f"lost {len(v.lost)}, doubled {len(v.doubled)}, left open {len(v.open)}, "
             f"shortened {len(v.shortened)}, lengthened {len(v.lengthened)} "
             f"(tolerance {args.tolerance_s} s plus a row's stated uncertainty)"

@@ -35,6 +35,8 @@ class Clients:
     stays: list[Stay] = field(default_factory=list)
     failed: int = 0
     live: dict[str, rtc.Room] = field(default_factory=dict)
+    late: set[asyncio.Future[None]] = field(default_factory=set)  # connects past the limit
+    late_joined: int = 0  # of them, those that landed after all (and were left at once)
 
     async def join(self, identity: str, room: str, kind: str) -> rtc.Room | None:
         token = (
@@ -43,8 +45,19 @@ class Clients:
             else user_token(self.lk, identity, room)
         )
         r = rtc.Room()
+        # Never cancel a connect in flight (as asyncio.wait_for would at its timeout): the
+        # SDK's native core waits for the connected room's first request from Python, and
+        # panics, ending the process, when it never comes. A connect past the limit counts
+        # as failed and is left when it lands.
+        connecting = asyncio.ensure_future(r.connect(self.lk.ws_url, token, room_options(10)))
+        done, _ = await asyncio.wait({connecting}, timeout=30)
+        if not done:
+            self.failed += 1
+            self.late.add(connecting)
+            connecting.add_done_callback(lambda _: self._leave_late(r, connecting))
+            return None
         try:
-            await asyncio.wait_for(r.connect(self.lk.ws_url, token, room_options(10)), 30)
+            connecting.result()
             source = rtc.AudioSource(48000, 1)
             track = rtc.LocalAudioTrack.create_audio_track("voice", source)
             opts = rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_MICROPHONE)
@@ -57,6 +70,14 @@ class Clients:
         self.stays.append(Stay(identity, room, kind, time.time()))
         self.live[identity] = r
         return r
+
+    def _leave_late(self, r: rtc.Room, connecting: asyncio.Future[None]) -> None:
+        self.late.discard(connecting)
+        if not connecting.cancelled() and connecting.exception() is None:
+            self.late_joined += 1
+            task = asyncio.ensure_future(r.disconnect())
+            self.late.add(task)
+            task.add_done_callback(self.late.discard)
 
     async def leave(self, identity: str) -> None:
         r = self.live.pop(identity, None)
