@@ -74,7 +74,7 @@ def test_a_refused_key_stops_run_and_simulate_with_exit_2(
     assert "Traceback" not in sim.stderr and server.api_secret not in sim.stderr
 
     unit = (ROOT / "deploy" / "systemd" / "observer.service").read_text()
-    assert "Restart=on-failure" in unit and "RestartPreventExitStatus=2" in unit
+    assert "\nRestart=always\n" in unit and "\nRestartPreventExitStatus=2\n" in unit
 
 
 def test_an_unreachable_server_is_retried_and_named(sqlite_url: str, tmp_path: Path) -> None:
