@@ -41,7 +41,7 @@ import psycopg
 from livekit import api
 from livekit_server import LiveKitServer, free_tcp_port
 from postgres_server import PostgresServer
-from soak import measure
+from soak import measure, server_record
 from soak.clients import Clients, Row, compare
 from tcp_proxy import TcpProxy
 
@@ -294,6 +294,16 @@ async def main(args: argparse.Namespace) -> None:
         for what, by in v.off_by.items():
             parts = [f"{src} {n} (up to {worst:.1f} s)" for src, (n, worst) in sorted(by.items())]
             say(f"  {what} by how the end was learned: {', '.join(parts)}")
+
+        # the same rows against the server's own record, which holds every participant the
+        # clients' record misses (connects that timed out on their side but not on the server's)
+        def against_server() -> list[str]:
+            with psycopg.connect(conninfo) as conn:
+                sv = server_record.compare(conn, time.time(), args.tolerance_s)
+            return server_record.report(sv, args.tolerance_s)
+
+        for line in await asyncio.to_thread(against_server):
+            say(line)
         for life, span, rss, fds in measure.slopes(samples, args.warmup_s):
             fmt = lambda x: "n/a" if x is None else f"{x:+.1f}"  # noqa: E731
             say(
