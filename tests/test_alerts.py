@@ -155,7 +155,7 @@ def test_each_alert_has_a_firing_and_a_quiet_case() -> None:
     firing = {c["alertname"] for c in cases if c.get("exp_alerts")}
     quiet = {c["alertname"] for c in cases if not c.get("exp_alerts")}
     assert firing == alerts and quiet == alerts
-    assert len(alerts) == 12
+    assert len(alerts) == 13
 
 
 def test_the_rules_name_only_exported_metrics() -> None:
