@@ -299,7 +299,7 @@ async def main(args: argparse.Namespace) -> None:
         # clients' record misses (connects that timed out on their side but not on the server's)
         def against_server() -> list[str]:
             with psycopg.connect(conninfo) as conn:
-                sv = server_record.compare(conn, time.time(), args.tolerance_s)
+                sv = server_record.compare(*server_record.read(conn), time.time(), args.tolerance_s)
             return server_record.report(sv, args.tolerance_s)
 
         for line in await asyncio.to_thread(against_server):

@@ -17,7 +17,9 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import psycopg
@@ -37,11 +39,28 @@ class ServerVerdict:
     worst_end_s: float = 0.0  # the largest |row end - server end| among those within bounds
 
 
-def compare(conn: psycopg.Connection[Any], until: float, tolerance_s: float = 2.0) -> ServerVerdict:
-    ends: dict[str, tuple[str, float, int]] = {}  # sid -> (event, createdAt, joinedAtMs)
-    for event, body in conn.execute(
+def read(conn: psycopg.Connection[Any]) -> tuple[list[Any], list[Any]]:
+    """The end webhooks (event, body) and the rows (participant sid, joined_at, left_at,
+    end_uncertainty_ms) `compare` takes."""
+    ends = conn.execute(
         "select event, body from webhook_events where event = any(%s)", (list(ENDS),)
-    ):
+    ).fetchall()
+    rows = conn.execute(
+        "select participant_sid, joined_at, left_at, end_uncertainty_ms from sessions"
+    ).fetchall()
+    return ends, rows
+
+
+def compare(
+    webhooks: Iterable[tuple[str, str]],
+    sessions: Iterable[tuple[str, datetime, datetime | None, int | None]],
+    until: float,
+    tolerance_s: float = 2.0,
+) -> ServerVerdict:
+    ends: dict[str, tuple[str, float, int]] = {}  # sid -> (event, createdAt, joinedAtMs)
+    for event, body in webhooks:
+        if event not in ENDS:
+            continue
         e = json.loads(body)
         p = e.get("participant") or {}
         sid = p.get("sid")
@@ -50,9 +69,7 @@ def compare(conn: psycopg.Connection[Any], until: float, tolerance_s: float = 2.
         joined_ms = int(p.get("joinedAtMs") or int(p.get("joinedAt", 0)) * 1000)
         ends.setdefault(sid, (event, float(e.get("createdAt", 0)), joined_ms))
     rows: dict[str, list[tuple[float, float | None, int]]] = {}
-    for sid, joined, left, uncertainty in conn.execute(
-        "select participant_sid, joined_at, left_at, end_uncertainty_ms from sessions"
-    ):
+    for sid, joined, left, uncertainty in sessions:
         rows.setdefault(sid, []).append(
             (joined.timestamp(), left.timestamp() if left else None, uncertainty or 0)
         )
@@ -111,7 +128,7 @@ def main() -> int:
     args = p.parse_args()
     until = args.until if args.until is not None else time.time() - 60
     with psycopg.connect(args.conninfo) as conn:
-        v = compare(conn, until, args.tolerance_s)
+        v = compare(*read(conn), until, args.tolerance_s)
     print("\n".join(report(v, args.tolerance_s)))
     bad = v.lost or v.doubled or v.left_open or v.join_off or v.end_off
     return 1 if bad else 0
