@@ -14,7 +14,7 @@ from observer.config import LiveKitSettings, Settings
 from observer.core import discovery
 from observer.core.events import Event, RoomLost, RoomUnreachable
 from observer.core.vocab import OBSERVER_REJOINING
-from observer.daemon import rooms
+from observer.daemon import room_checks, rooms
 from observer.daemon.rooms import Rooms
 from observer.livekit_api import Client
 
@@ -66,7 +66,7 @@ def make_rooms(probes: Probes, events: list[Event]) -> Rooms:
 
 @pytest.fixture(autouse=True)
 def fast_probes(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(rooms, "UNREACHABLE_CONFIRM_S", 0.01)
+    monkeypatch.setattr(room_checks, "UNREACHABLE_CONFIRM_S", 0.01)
     monkeypatch.setattr(rooms, "UNREACHABLE_RETRY_S", 0.01)
     monkeypatch.setattr(rooms, "STUCK_RECONNECT_S", 0.01)
 
@@ -85,9 +85,8 @@ ROOM = discovery.ListedRoom("RM_x", "x")
 )
 async def test_every_probe_must_say_no_live_node(answers: list[bool], unhosted: bool) -> None:
     probes = Probes(answers)
-    r = make_rooms(probes, [])
-    assert await r._confirm_unhosted(ROOM) is unhosted
-    assert probes.asked == (rooms.UNREACHABLE_PROBES if unhosted else answers.index(True) + 1)
+    assert await room_checks.confirm_unhosted(probes, ROOM.name) is unhosted
+    assert probes.asked == (room_checks.UNREACHABLE_PROBES if unhosted else answers.index(True) + 1)
     await probes.aclose()
 
 

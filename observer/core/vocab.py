@@ -47,8 +47,9 @@ ROOM_ENDED: Final[frozenset[RoomEndReason]] = frozenset({ROOM_DELETED, ROOM_CLOS
 ObserverLeft = Literal[
     "OBSERVER_STOPPED",  # the daemon stops
     "OBSERVER_PROCESS_EXITED",  # the room process holding the room died
-    # a connection left for a join afresh: stuck reconnecting through a dead node, or
-    # overtaken by a newer join of its room
+    # a connection left for a join afresh: stuck reconnecting through a dead node,
+    # overtaken by a newer join of its room, or replaced after the SDK's reconnect by a
+    # fresh join that failed
     "OBSERVER_REJOINING",
     "OBSERVER_OVERFLOW",  # too many events held while reconnecting
 ]

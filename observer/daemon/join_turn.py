@@ -1,5 +1,5 @@
 """Joins one at a time per rtc SDK: joins that overlap in one SDK multiply the sockets each
-room keeps (3 per room joined alone, 6-28 with 2-8 at once)."""
+room keeps (3 per room joined alone, 6-28 with 2-8 at once, ~46 with 200; see `crowding`)."""
 
 from __future__ import annotations
 

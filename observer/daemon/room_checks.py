@@ -15,10 +15,13 @@ from observer.config import LiveKitSettings
 from observer.core.events import Event, ServerListing
 from observer.core.times import utcnow
 from observer.daemon.ended_rooms import EndedRooms
-from observer.livekit_api import API_ERRORS, Client, log_failure
+from observer.livekit_api import API_ERRORS, Client, log_failure, room_hosted
 
 log = logging.getLogger(__name__)
 
+# A room is taken as hosted by no live node when this many probes this far apart say so.
+UNREACHABLE_CONFIRM_S = 2.0
+UNREACHABLE_PROBES = 3
 CHECK_BATCH_DELAY_S = 0.2
 CHECK_RETRY_S = 1.0
 CHECK_CONCURRENCY = 8
@@ -45,6 +48,26 @@ async def list_rooms(lkapi: Client, names: set[str]) -> list[api.Room]:
         return []
     resp = await lkapi.room.list_rooms(api.ListRoomsRequest(names=sorted(names)))
     return list(resp.rooms)
+
+
+async def still_listed(lkapi: Client, name: str, sid: str) -> bool:
+    """The room is listed, or the API did not answer."""
+    try:
+        return sid in {r.sid for r in await list_rooms(lkapi, {name})}
+    except API_ERRORS:
+        return True
+
+
+async def confirm_unhosted(lkapi: Client, name: str) -> bool:
+    """Every probe over UNREACHABLE_CONFIRM_S * (UNREACHABLE_PROBES - 1) seconds says no live
+    node hosts the room: a node that is alive but slow to answer (a loaded host) answers one
+    of them."""
+    for probe in range(UNREACHABLE_PROBES):
+        if probe:
+            await asyncio.sleep(UNREACHABLE_CONFIRM_S)
+        if await room_hosted(lkapi, name) is not False:
+            return False
+    return True
 
 
 class RoomChecks(Generic[W]):

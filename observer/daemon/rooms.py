@@ -31,10 +31,11 @@ from observer.core.events import (
 )
 from observer.core.times import utcnow
 from observer.core.vocab import OBSERVER_REJOINING, OBSERVER_STOPPED
+from observer.daemon.crowding import Crowding
 from observer.daemon.ended_rooms import EndedRooms
 from observer.daemon.fleet import Fleet
 from observer.daemon.join_turn import join_in_turn
-from observer.daemon.room_checks import RoomChecks, list_rooms
+from observer.daemon.room_checks import RoomChecks, confirm_unhosted, still_listed
 from observer.daemon.room_processes.pool import JoinFailed, RemoteWatcher, RoomProcessPool
 from observer.daemon.watcher import RoomMismatchError, RoomWatcher, observer_token
 from observer.livekit_api import API_ERRORS, Client, log_failure, room_hosted
@@ -44,13 +45,8 @@ Watcher = RoomWatcher | RemoteWatcher
 log = logging.getLogger(__name__)
 
 JOIN_TIMEOUT_S = 10.0
-# Joins that overlap in one rtc SDK multiply each room's sockets (3 alone, 6-28 with 2-8 at
-# once): each process joins one room at a time (`join_in_turn`).
 
 LEAVE_CONCURRENCY = 32
-# A room is taken as hosted by no live node when this many probes this far apart say so.
-UNREACHABLE_CONFIRM_S = 2.0
-UNREACHABLE_PROBES = 3
 # A connection still reconnecting this long is checked against the API: the node it went
 # through, or the node hosting its room, may have died (the SDK itself retries for ~20 s).
 STUCK_RECONNECT_S = 3.0
@@ -99,7 +95,8 @@ class Rooms:
         self._slots = asyncio.Semaphore(len(pool.processes) if pool is not None else 1)
         self._joins: set[asyncio.Task[Any]] = set()
         self._stopping = False
-        self._checks: RoomChecks[Watcher] = RoomChecks(
+        # the questions only the server's API can settle, answered in batches
+        self.checks: RoomChecks[Watcher] = RoomChecks(
             lk,
             lkapi,
             emit=emit,
@@ -108,18 +105,37 @@ class Rooms:
             ended=self.ended,
             give_up=self._give_up,
         )
+        self.crowding = Crowding(self.watchers, pool, self._renew, lambda: self._stopping)
 
-    async def check_forever(self) -> None:
-        """Answer, in batches, the questions only the server's API can settle."""
-        await self._checks.check_forever()
+    def _token(self, watcher: Watcher) -> str:
+        lk = self._lk
+        return observer_token(lk.api_key, lk.api_secret, self._identity, watcher.room_name)
+
+    async def _renew(self, watcher: Watcher) -> None:
+        """Join a room afresh, in turn; never cancelled, and waited for as the daemon stops."""
+
+        def start() -> Coroutine[Any, Any, None] | None:
+            if not self._still_wanted(watcher) or watcher.recovering:
+                return None
+            self._joined_via[watcher.room_sid] = self._api.ws_url
+            self.crowding.changed()
+            return watcher.renew(self._api.ws_url, self._token(watcher), JOIN_TIMEOUT_S)
+
+        task = self._track_join(self._spawn(join_in_turn(self._slots, start), "renew"))
+        await asyncio.shield(task)
+
+    def _track_join(self, task: asyncio.Task[Any]) -> asyncio.Task[Any]:
+        self._joins.add(task)
+        task.add_done_callback(self._joins.discard)
+        return task
 
     def verify(self, room_sid: str, room_name: str) -> None:
         """Ask the server who is in this room; the answer arrives as a `ServerListing` event."""
-        self._checks.verify(room_sid, room_name)
+        self.checks.verify(room_sid, room_name)
 
     def recovered(self, watcher: Watcher) -> None:
         """The SDK reconnected this watcher: check it is still in the room it watched."""
-        self._checks.recovered(watcher)
+        self.checks.recovered(watcher)
 
     async def _give_up(self, watcher: Watcher, listed_at: datetime) -> None:
         """The watched room no longer exists: its sessions are settled as gone, and the
@@ -253,6 +269,7 @@ class Rooms:
             case RoomLost():
                 self._forget(ev.room_sid, ended=False)
             case Reconnecting():
+                self.crowding.changed()
                 watcher = self.watchers.get(ev.room_sid)
                 if watcher is not None:
                     self._spawn(self._check_stuck(watcher), f"stuck:{watcher.room_name}")
@@ -289,7 +306,7 @@ class Rooms:
         self._emit(RoomLost(watcher.room_sid, OBSERVER_REJOINING, utcnow()))
         await self._leave_quietly(watcher)
         room = discovery.ListedRoom(watcher.room_sid, watcher.room_name)
-        if not hosted and await self._confirm_unhosted(room):
+        if not hosted and await confirm_unhosted(self._api, room.name):
             self._mark_unreachable(room)
         else:
             self.join_now(room)
@@ -341,9 +358,7 @@ class Rooms:
             )
         self.watchers[room.sid] = watcher
         self._joining.add(room.sid)
-        task = self._spawn(self._join(watcher), f"join:{room.name}")
-        self._joins.add(task)
-        task.add_done_callback(self._joins.discard)
+        self._track_join(self._spawn(self._join(watcher), f"join:{room.name}"))
 
     def _still_wanted(self, watcher: Watcher) -> bool:
         return not self._stopping and self.watchers.get(watcher.room_sid) is watcher
@@ -356,8 +371,7 @@ class Rooms:
                 self._joining.discard(watcher.room_sid)
 
     async def _join_once(self, watcher: Watcher) -> None:
-        lk = self._lk
-        token = observer_token(lk.api_key, lk.api_secret, self._identity, watcher.room_name)
+        token = self._token(watcher)
         if watcher.room_sid in self.unreachable:
             # probed until a live node hosts it (`_reenter_when_hosted`), then joined
             self.watchers.pop(watcher.room_sid, None)
@@ -368,6 +382,7 @@ class Rooms:
             if not self._still_wanted(watcher):
                 return None
             self._joined_via[watcher.room_sid] = self._api.ws_url
+            self.crowding.changed()
             return watcher.join(self._api.ws_url, token, JOIN_TIMEOUT_S)
 
         try:
@@ -443,20 +458,9 @@ class Rooms:
         create it (which the observer's token forbids). Its sessions end at their last
         evidence, and it is probed until a live node hosts it again."""
         room = discovery.ListedRoom(watcher.room_sid, watcher.room_name)
-        if unhosted := await self._confirm_unhosted(room):
+        if unhosted := await confirm_unhosted(self._api, room.name):
             self._mark_unreachable(room)
         return unhosted
-
-    async def _confirm_unhosted(self, room: discovery.ListedRoom) -> bool:
-        """Every probe over UNREACHABLE_CONFIRM_S * (UNREACHABLE_PROBES - 1) seconds says no
-        live node hosts the room: a node that is alive but slow to answer (a loaded host)
-        answers one of them."""
-        for probe in range(UNREACHABLE_PROBES):
-            if probe:
-                await asyncio.sleep(UNREACHABLE_CONFIRM_S)
-            if await room_hosted(self._api, room.name) is not False:
-                return False
-        return True
 
     def _mark_unreachable(self, room: discovery.ListedRoom) -> None:
         if room.sid in self.unreachable or room.sid in self.ended or room.sid in self.watchers:
@@ -488,11 +492,7 @@ class Rooms:
 
     async def _ended_meanwhile(self, watcher: Watcher) -> bool:
         """After a failed join: is the listed room gone? Then it is never tried again."""
-        try:
-            live = {r.sid for r in await list_rooms(self._api, {watcher.room_name})}
-        except API_ERRORS:
-            return False
-        if watcher.room_sid in live:
+        if await still_listed(self._api, watcher.room_name, watcher.room_sid):
             return False
         self._forget(watcher.room_sid, ended=True)
         self._first_seen.pop(watcher.room_sid, None)

@@ -176,7 +176,8 @@ class Observer:
                 consumer = self._spawn(self._consume(), "consumer")
                 self._spawn(self._tick(), "ticker")
                 self._spawn(self.rooms.discover_forever(), "discovery")
-                self._spawn(self.rooms.check_forever(), "checks")
+                self._spawn(self.rooms.checks.check_forever(), "checks")
+                self._spawn(self.rooms.crowding.keep_uncrowded_forever(), "crowding")
                 self._spawn(self.fleet.run_forever(), "fleet")
                 log.info(
                     "observer started",

@@ -32,7 +32,12 @@ from observer.core.events import (
     UsageUndecodable,
 )
 from observer.core.protocol_values import detail_value, participant_kind, reason_value
-from observer.core.vocab import OBSERVER_OVERFLOW, ROOM_ENDED, UNKNOWN_REASON
+from observer.core.vocab import (
+    OBSERVER_OVERFLOW,
+    OBSERVER_REJOINING,
+    ROOM_ENDED,
+    UNKNOWN_REASON,
+)
 from observer.daemon import pulse, session_messages
 from observer.daemon.sdk_internals import ROUTER
 
@@ -203,8 +208,8 @@ class RoomWatcher:
             self._active = False
             self._emit_now(RoomLost(self.room_sid, OBSERVER_OVERFLOW, pulse.stamp().at))
 
-    async def join(self, ws_url: str, token: str, connect_timeout_s: float = 10.0) -> None:
-        """Connect, check the room is the one listed, then report who is present."""
+    async def _connect(self, ws_url: str, token: str, connect_timeout_s: float) -> str:
+        """Connect `self._room` with this watcher's handlers; the sid of the room joined."""
         for event, handler in self._handlers.items():
             self._room.on(event, handler)
         self._room.register_byte_stream_handler(session_messages.TOPIC, self._on_session_stream)
@@ -214,7 +219,11 @@ class RoomWatcher:
             self._unsubscribe()
             raise
         ROUTER.add_or_fall_back(self._room)
-        joined_sid = await self._room.sid
+        return await self._room.sid
+
+    async def join(self, ws_url: str, token: str, connect_timeout_s: float = 10.0) -> None:
+        """Connect, check the room is the one listed, then report who is present."""
+        joined_sid = await self._connect(ws_url, token, connect_timeout_s)
         if joined_sid != self.room_sid:
             await self.leave()
             raise RoomMismatchError(self.room_sid, joined_sid)
@@ -236,6 +245,59 @@ class RoomWatcher:
                 created_at=created_at if created_at and created_at.timestamp() > 0 else None,
             )
         )
+
+    async def renew(self, ws_url: str, token: str, connect_timeout_s: float = 10.0) -> None:
+        """Replace the connection by a fresh join of the same room, reported as a reconnect.
+
+        The SDK reconnects every broken room at once, and rooms that gather their network
+        candidates together keep many more sockets (3 for a room joined alone, ~17 each for
+        12 at once, ~46 each for 200): a cut of the observer's link would leave it holding
+        ten times the sockets for good. A fresh join, one at a time, holds 3 again. The
+        participants' events are held from `Reconnecting` until the new connection's
+        snapshot (`Reconnected`); a room that ended meanwhile is reported lost (the listing
+        then settles its sessions), as is a join that fails (the next listing rejoins it).
+        """
+        if not self._active or self.recovering:
+            return
+        self._emit_now(Reconnecting(self.room_sid, pulse.stamp().at))
+        self._held = []
+        old, self._room = self._room, rtc.Room()
+        for task in self._reads:
+            task.cancel()
+        for event, handler in self._handlers.items():
+            old.off(event, handler)
+        with contextlib.suppress(ValueError, KeyError):
+            old.unregister_byte_stream_handler(session_messages.TOPIC)
+        try:
+            await old.disconnect()
+        except Exception:  # the old connection's fate no longer matters
+            log.warning("leaving the old connection failed", extra={"room": self.room_name})
+        finally:
+            ROUTER.remove(old)
+        try:
+            joined_sid = await self._connect(ws_url, token, connect_timeout_s)
+        except Exception as exc:  # the room must not stay held as recovering
+            self._renew_failed(f"{type(exc).__name__}: {getattr(exc, 'message', exc)}")
+            return
+        if not self._active:  # left meanwhile
+            self._held = None
+            await self.leave()
+            return
+        if joined_sid != self.room_sid:
+            await self.leave()
+            self._renew_failed(f"the room now has another sid ({joined_sid})")
+            return
+        now = pulse.stamp().at
+        present = tuple(self._seen(p, now) for p in self._room.remote_participants.values())
+        self._emit(Reconnected(self.room_sid, present, now))
+        self.recovered(True)
+
+    def _renew_failed(self, why: str) -> None:
+        log.warning("joining a room afresh failed", extra={"room": self.room_name, "error": why})
+        self._held = None
+        if self._active:
+            self._active = False
+            self._emit_now(RoomLost(self.room_sid, OBSERVER_REJOINING, pulse.stamp().at))
 
     async def leave(self) -> None:
         """Disconnect without reporting anything: the caller decides what leaving means."""

@@ -28,6 +28,8 @@ from observer.daemon.room_processes.proto import (
     Left,
     Reconnected,
     Recovered,
+    Renew,
+    Renewed,
     RoomEvent,
 )
 from observer.daemon.sdk_internals import start_native_core_or_fall_back
@@ -98,6 +100,23 @@ class Worker:
                 await asyncio.wait_for(w.leave(), LEAVE_TIMEOUT_S)
         self.send(Left(sid))
 
+    async def renew(self, msg: Renew) -> None:
+        """Join the room afresh, in turn; answered by `Renewed` whatever came of it (what it
+        did arrives as the room's events first)."""
+        w = self.watchers.get(msg.room_sid)
+
+        def start() -> Coroutine[Any, Any, None] | None:
+            if w is None or self.watchers.get(msg.room_sid) is not w:
+                return None
+            return w.renew(msg.ws_url, msg.token, msg.connect_timeout_s)
+
+        try:
+            await join_in_turn(self._join_lock, start)
+        except Exception:
+            log.exception("joining a room afresh failed", extra={"room_sid": msg.room_sid})
+        finally:
+            self.send(Renewed(msg.room_sid))
+
     def recovered(self, msg: Recovered) -> None:
         w = self.watchers.get(msg.room_sid)
         if w is not None:
@@ -127,6 +146,8 @@ async def serve() -> None:
                 worker.spawn(worker.leave(sid))
             case Recovered():
                 worker.recovered(message)
+            case Renew():
+                worker.spawn(worker.renew(message))
             case _:
                 raise channel.ProtocolError(f"unexpected from the daemon: {message!r}")
     # stdin closed. On a clean stop the daemon has had us leave every room already. If rooms

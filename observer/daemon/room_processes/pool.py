@@ -10,6 +10,7 @@ import sys
 from collections.abc import Callable
 from datetime import UTC, datetime
 
+from observer.core import events as tracked
 from observer.core.events import Event, Reconnecting, RoomClosed, RoomLost
 from observer.core.vocab import OBSERVER_PROCESS_EXITED
 from observer.daemon.room_processes import channel
@@ -23,6 +24,8 @@ from observer.daemon.room_processes.proto import (
     Left,
     Reconnected,
     Recovered,
+    Renew,
+    Renewed,
     RoomEvent,
     ToWorker,
 )
@@ -51,6 +54,7 @@ class RemoteWatcher:
         self.recovering = False
         self._joined: asyncio.Future[None] | None = None
         self._left: asyncio.Future[None] | None = None
+        self._renewed: asyncio.Future[None] | None = None
 
     async def join(self, ws_url: str, token: str, connect_timeout_s: float) -> None:
         self.process = self.pool.pick()
@@ -93,6 +97,27 @@ class RemoteWatcher:
         self.recovering = False
         if self.process.alive:
             self.process.send(Recovered(self.room_sid, same_room))
+
+    async def renew(self, ws_url: str, token: str, connect_timeout_s: float) -> None:
+        """Have the worker join the room afresh (see `RoomWatcher.renew`); what came of it
+        arrives as the room's events, before the worker's answer."""
+        if self.process.watchers.get(self.room_sid) is not self or not self.process.alive:
+            return
+        self._renewed = asyncio.get_running_loop().create_future()
+        self.process.send(Renew(self.room_sid, ws_url, token, connect_timeout_s))
+        try:
+            await asyncio.wait_for(self._renewed, JOIN_REPLY_TIMEOUT_S)
+        except TimeoutError:
+            log.warning(
+                "no answer from the room process to a renewal", extra={"room": self.room_name}
+            )
+        finally:
+            self._renewed = None
+
+    def renewed(self) -> None:
+        """The worker is done with this room's renewal (or its process is gone)."""
+        if self._renewed is not None and not self._renewed.done():
+            self._renewed.set_result(None)
 
     def answered(self, reply: JoinReply) -> None:
         """The worker's answer to this room's join."""
@@ -220,6 +245,9 @@ class RoomProcessPool:
                 case Left(room_sid=sid):
                     if (w := process.watchers.get(sid)) is not None:
                         w.left()
+                case Renewed(room_sid=sid):
+                    if (w := process.watchers.get(sid)) is not None:
+                        w.renewed()
                 case _:
                     raise channel.ProtocolError(f"unexpected from a worker: {message!r}")
         await proc.wait()
@@ -231,8 +259,8 @@ class RoomProcessPool:
         if w is not None:
             if isinstance(ev, Reconnecting):
                 w.recovering = True
-            elif isinstance(ev, (RoomLost, RoomClosed)):
-                w.recovering = False
+            elif isinstance(ev, (RoomLost, RoomClosed, tracked.Reconnected)):
+                w.recovering = False  # a Reconnected arrives once the recovery is settled
         self._emit(ev)
 
     async def _replace(self, process: RoomProcess) -> None:
@@ -245,6 +273,7 @@ class RoomProcessPool:
         for w in lost.values():
             w.answered(JoinFailedReply(w.room_sid, "room process exited"))
             w.left()
+            w.renewed()
             self._emit(RoomLost(w.room_sid, OBSERVER_PROCESS_EXITED, now))
         await asyncio.sleep(1)
         if not self._stopping:

@@ -1,8 +1,9 @@
 """The messages between the daemon and a room process: one frozen dataclass each.
 
-The daemon sends `Join`, `Leave` and `Recovered`; a worker answers each join with `Joined`,
-`JoinMismatch` or `JoinFailedReply`, each leave with `Left`, and sends its watchers' tracker
-events as `RoomEvent` and their reconnects as `Reconnected`.
+The daemon sends `Join`, `Leave`, `Recovered` and `Renew`; a worker answers each join with
+`Joined`, `JoinMismatch` or `JoinFailedReply`, each leave with `Left`, each renewal with
+`Renewed`, and sends its watchers' tracker events as `RoomEvent` and their reconnects as
+`Reconnected`.
 """
 
 from __future__ import annotations
@@ -40,6 +41,16 @@ class Recovered:
 
 
 @dataclass(frozen=True, slots=True)
+class Renew:
+    """Join this room afresh, in turn (see `RoomWatcher.renew`); answered by `Renewed`."""
+
+    room_sid: str
+    ws_url: str
+    token: str
+    connect_timeout_s: float
+
+
+@dataclass(frozen=True, slots=True)
 class Joined:
     room_sid: str
 
@@ -73,13 +84,20 @@ class Reconnected:
 
 
 @dataclass(frozen=True, slots=True)
+class Renewed:
+    """The worker is done with a `Renew` (its outcome came as the room's events)."""
+
+    room_sid: str
+
+
+@dataclass(frozen=True, slots=True)
 class RoomEvent:
     """A tracker event from one of the worker's watchers."""
 
     event: Event
 
 
-ToWorker = Join | Leave | Recovered
+ToWorker = Join | Leave | Recovered | Renew
 JoinReply = Joined | JoinMismatch | JoinFailedReply
-FromWorker = JoinReply | Left | Reconnected | RoomEvent
+FromWorker = JoinReply | Left | Renewed | Reconnected | RoomEvent
 Message = ToWorker | FromWorker
