@@ -104,7 +104,7 @@ class Crowding(Generic[W]):
             full = [
                 (pid, rooms)
                 for pid, rooms in self._holders()
-                if crowded(len(rooms), open_files(pid))
+                if rooms and crowded(len(rooms), open_files(pid))  # no rooms: not theirs
             ]
             if not full:
                 swept = False
