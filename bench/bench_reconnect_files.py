@@ -39,14 +39,6 @@ from postgres_server import PostgresServer
 from soak import measure
 from tcp_proxy import TcpProxy
 
-from observer.daemon.crowding import open_files
-
-
-def files_of_tree(pid: int) -> int:
-    """Open files of the daemon and its room processes."""
-    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-    return sum(open_files(int(p)) or 0 for p in [pid, *children])
-
 
 async def main(args: argparse.Namespace) -> None:
     t0 = time.monotonic()
@@ -100,7 +92,7 @@ async def main(args: argparse.Namespace) -> None:
             while time.monotonic() < end:
                 await asyncio.sleep(args.sample_s)
                 m = await measure.metrics(http_port, ("observer_rooms_watched",))
-                seen.append(files_of_tree(pid))
+                seen.append(measure.open_files(pid))
                 say(f"{label}: {seen[-1]} open files, {m['observer_rooms_watched']:.0f} rooms")
             return seen
 

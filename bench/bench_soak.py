@@ -3,16 +3,19 @@ restarts and outages; not part of the test suite, a script that prints numbers.
 
 Runs livekit-server, a private PostgreSQL and `observer run` as their own processes on this
 machine, the observer's signal and API connection through a TCP proxy that can be cut.
-Real rtc clients (agents and callers, each publishing audio) join random rooms at `--rate`
-per second and leave after a random stay; `--stayers` stay the whole run. Once each, at a
+Real rtc clients (agents and callers, each publishing audio), spread over
+`--client-processes` processes (each replaced after `--clients-per-process` clients, which
+frees what the rtc SDK keeps of failed connects), join random rooms at `--rate` per second
+and leave after a random stay; `--stayers` stay the whole run. Once each, at a
 fifth of the run apart: the observer restarted with SIGTERM, PostgreSQL stopped for
 `--db-outage-s`, the observer's signal cut for `--cut-s`, the observer killed (SIGKILL, the
 whole process group, as systemd kills a unit) and started again.
 
 Every `--interval-s` it prints the daemon's RSS, open files, threads and CPU (its room
 processes included), its event queue and pending writes, and the rows written. At the end:
-sessions lost, doubled, left open, shortened or lengthened against the clients' own record,
-and the RSS and open-file slopes per hour of each daemon process after `--warmup-s`.
+sessions lost, doubled, left open or off against LiveKit's own record (its webhooks), then
+against the clients' own record (lost, doubled, left open, shortened or lengthened), and
+the RSS and open-file slopes per hour of each daemon process after `--warmup-s`.
 
     .venv/bin/python bench/bench_soak.py                      # 200 rooms, 24 hours
     .venv/bin/python bench/bench_soak.py --rooms 20 --duration-s 300 --interval-s 60 \\
@@ -42,7 +45,8 @@ from livekit import api
 from livekit_server import LiveKitServer, free_tcp_port
 from postgres_server import PostgresServer
 from soak import measure, server_record
-from soak.clients import Clients, Row, compare
+from soak.client_pool import ClientPool
+from soak.clients import Row, compare
 from tcp_proxy import TcpProxy
 
 from observer.config import LiveKitSettings
@@ -177,29 +181,28 @@ async def main(args: argparse.Namespace) -> None:
             f"clients: {args.rate}/s joining, stays {args.stay_min_s:.0f}-{args.stay_max_s:.0f} s,"
             f" {args.stayers} for the whole run"
         )
-        clients = Clients(LiveKitSettings(server.ws_url, server.api_key, server.api_secret))
+        clients = ClientPool(
+            LiveKitSettings(server.ws_url, server.api_key, server.api_secret),
+            args.client_processes,
+            args.clients_per_process,
+        )
+        await clients.start()
         for i in range(args.stayers):
             kind = "agent" if i % 2 == 0 else "standard"
-            await clients.join(f"stayer-{i}", names[i % len(names)], kind)
+            await clients.stay(f"stayer-{i}", names[i % len(names)], kind, args.duration_s)
         t_run = time.monotonic()
         t_end = t_run + args.duration_s
         samples: list[measure.Sample] = []
 
         async def churn() -> None:
-            pending: set[asyncio.Task[None]] = set()
             k = 0
             while time.monotonic() < t_end:
                 kind = "agent" if random.random() < 0.5 else "standard"
                 stay_s = random.uniform(args.stay_min_s, args.stay_max_s)
                 stay_s = min(stay_s, max(1.0, t_end - time.monotonic()))
-                t = asyncio.create_task(
-                    clients.stay(f"{kind[:5]}-{k}", random.choice(names), kind, stay_s)
-                )
-                pending.add(t)
-                t.add_done_callback(pending.discard)
+                await clients.stay(f"{kind[:5]}-{k}", random.choice(names), kind, stay_s)
                 k += 1
                 await asyncio.sleep(random.expovariate(args.rate))
-            await asyncio.gather(*pending, return_exceptions=True)
 
         async def faults() -> None:
             plan = [
@@ -263,19 +266,30 @@ async def main(args: argparse.Namespace) -> None:
                     f"{m['observer_db_pending_ops']:.0f} writes pending; "
                     f"inside {m['observer_rooms_watched']:.0f} rooms; rows "
                     + (f"{rows[0]} ({rows[1]} closed)" if rows else "(database down)")
-                    + f"; {len(clients.live)} clients in rooms; daemon process #{daemon.life + 1}"
+                    + f"; {clients.live} clients in rooms; daemon process #{daemon.life + 1}"
                 )
                 last_report, t_prev, cpu_used = time.monotonic(), time.monotonic(), 0.0
 
         await asyncio.gather(churn(), faults(), sampler())
-        for identity in list(clients.live):
-            await clients.leave(identity)
+        await clients.close(timeout_s=args.stay_max_s + 120)
         await asyncio.sleep(args.settle_s)
+
+        # the rows against the server's own record first: it holds every participant the
+        # clients' record misses (connects that timed out on their side but not on the
+        # server's), and it does not depend on the clients' processes holding up
+        def against_server() -> list[str]:
+            with psycopg.connect(conninfo) as conn:
+                sv = server_record.compare(*server_record.read(conn), time.time(), args.tolerance_s)
+            return server_record.report(sv, args.tolerance_s)
+
+        for line in await asyncio.to_thread(against_server):
+            say(line)
         rows = await read_rows(conninfo)
         v = compare(clients.stays, rows, args.tolerance_s)
         say(
             f"end: {v.stays} client sessions ({clients.failed} joins failed, of which"
-            f" {clients.late_joined} connected past the limit and left at once),"
+            f" {clients.late_joined} connected past the limit and left at once; clients in"
+            f" {clients.started} processes),"
             f" {len(rows)} rows: "
             f"lost {len(v.lost)}, doubled {len(v.doubled)}, left open {len(v.open)}, "
             f"shortened {len(v.shortened)}, lengthened {len(v.lengthened)} "
@@ -295,15 +309,6 @@ async def main(args: argparse.Namespace) -> None:
             parts = [f"{src} {n} (up to {worst:.1f} s)" for src, (n, worst) in sorted(by.items())]
             say(f"  {what} by how the end was learned: {', '.join(parts)}")
 
-        # the same rows against the server's own record, which holds every participant the
-        # clients' record misses (connects that timed out on their side but not on the server's)
-        def against_server() -> list[str]:
-            with psycopg.connect(conninfo) as conn:
-                sv = server_record.compare(*server_record.read(conn), time.time(), args.tolerance_s)
-            return server_record.report(sv, args.tolerance_s)
-
-        for line in await asyncio.to_thread(against_server):
-            say(line)
         for life, span, rss, fds in measure.slopes(samples, args.warmup_s):
             fmt = lambda x: "n/a" if x is None else f"{x:+.1f}"  # noqa: E731
             say(
@@ -332,6 +337,10 @@ if __name__ == "__main__":
     p.add_argument("--stay-min-s", type=float, default=20)
     p.add_argument("--stay-max-s", type=float, default=120)
     p.add_argument("--stayers", type=int, default=20, help="clients in for the whole run")
+    p.add_argument("--client-processes", type=int, default=4, help="processes of clients")
+    p.add_argument(
+        "--clients-per-process", type=int, default=1000, help="then the process is replaced"
+    )
     p.add_argument("--db-outage-s", type=float, default=60)
     p.add_argument("--cut-s", type=float, default=30)
     p.add_argument("--settle-s", type=float, default=15, help="wait for rows after the end")
@@ -339,8 +348,15 @@ if __name__ == "__main__":
     p.add_argument("--log-level", default="warning")
     p.add_argument("--keep-log", help="copy the daemon's log here at the end")
     args = p.parse_args()
-    if args.rooms < 1 or args.duration_s <= 0 or args.rate <= 0:
-        print("error: --rooms, --duration-s and --rate must be positive", file=sys.stderr)
+    if (
+        min(args.rooms, args.client_processes, args.clients_per_process) < 1
+        or min(args.duration_s, args.rate) <= 0
+    ):
+        print(
+            "error: --rooms, --duration-s, --rate, --client-processes and"
+            " --clients-per-process must be positive",
+            file=sys.stderr,
+        )
         sys.exit(2)
     # The clients' native core, started as the daemon starts its own: without forwarding its
     # logs to Python, which costs about 5 % of a core per idle client (hundreds here); an
