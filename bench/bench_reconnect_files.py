@@ -22,7 +22,6 @@ import argparse
 import asyncio
 import os
 import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -32,8 +31,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from bench_soak import Daemon, wait_watching
-from livekit import api
+from bench_soak import Daemon, prepare, wait_watching
 from livekit_server import LiveKitServer, free_tcp_port
 from postgres_server import PostgresServer
 from soak import measure
@@ -55,30 +53,16 @@ async def main(args: argparse.Namespace) -> None:
     try:
         await asyncio.to_thread(server.start)
         await proxy.start()
-        env = {
-            **{k: v for k, v in os.environ.items() if not k.startswith(("LIVEKIT_", "OBSERVER_"))},
-            "LIVEKIT_URL": proxy.ws_url,
-            "LIVEKIT_API_KEY": server.api_key,
-            "LIVEKIT_API_SECRET": server.api_secret,
-            "OBSERVER_DATABASE_URL": pg.create_database("files"),
-            "OBSERVER_HTTP_ADDR": f"127.0.0.1:{http_port}",
-            "OBSERVER_POLL_INTERVAL_S": "5",
-            "OBSERVER_ROOM_PROCESSES": str(args.processes),
-            "OBSERVER_LOG_LEVEL": "warning",
-        }
-        subprocess.run(
-            [sys.executable, "-m", "observer", "migrate"], env=env, check=True, capture_output=True
+        env = await prepare(
+            server,
+            proxy,
+            pg.create_database("files"),
+            http_port,
+            [f"files-{i}" for i in range(args.rooms)],
+            keep,
+            OBSERVER_ROOM_PROCESSES=str(args.processes),
+            OBSERVER_LOG_LEVEL="warning",
         )
-        lkapi = server.api_client()
-        names = [f"files-{i}" for i in range(args.rooms)]
-        for i in range(0, len(names), 50):
-            await asyncio.gather(
-                *(
-                    lkapi.room.create_room(api.CreateRoomRequest(name=x, empty_timeout=keep))
-                    for x in names[i : i + 50]
-                )
-            )
-        await lkapi.aclose()
         daemon = Daemon(env, Path(tempfile.mkdtemp(prefix="files-")) / "daemon.log")
         daemon.start()
         assert daemon.proc is not None

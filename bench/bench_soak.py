@@ -113,6 +113,42 @@ async def read_rows(conninfo: str) -> list[Row]:
     return await asyncio.to_thread(read)
 
 
+async def prepare(
+    server: LiveKitServer,
+    proxy: TcpProxy,
+    db_url: str,
+    http_port: int,
+    names: list[str],
+    keep_s: int,
+    **extra: str,
+) -> dict[str, str]:
+    """The observer's environment (its signal and API through the proxy), its database
+    migrated, and the rooms created, kept open `keep_s` when empty."""
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("LIVEKIT_", "OBSERVER_"))},
+        "LIVEKIT_URL": proxy.ws_url,
+        "LIVEKIT_API_KEY": server.api_key,
+        "LIVEKIT_API_SECRET": server.api_secret,
+        "OBSERVER_DATABASE_URL": db_url,
+        "OBSERVER_HTTP_ADDR": f"127.0.0.1:{http_port}",
+        "OBSERVER_POLL_INTERVAL_S": "5",
+        **extra,
+    }
+    subprocess.run(
+        [sys.executable, "-m", "observer", "migrate"], env=env, check=True, capture_output=True
+    )
+    lkapi = server.api_client()
+    for i in range(0, len(names), 50):
+        await asyncio.gather(
+            *(
+                lkapi.room.create_room(api.CreateRoomRequest(name=x, empty_timeout=keep_s))
+                for x in names[i : i + 50]
+            )
+        )
+    await lkapi.aclose()
+    return env
+
+
 async def wait_watching(port: int, n: int, timeout: float) -> float:
     t0 = time.monotonic()
     while time.monotonic() - t0 < timeout:
@@ -149,30 +185,17 @@ async def main(args: argparse.Namespace) -> None:
         await proxy.start()
         db_url = pg.create_database("soak")
         conninfo = pg.conninfo("soak")
-        env = {
-            **{k: v for k, v in os.environ.items() if not k.startswith(("LIVEKIT_", "OBSERVER_"))},
-            "LIVEKIT_URL": proxy.ws_url,  # the observer's signal and API go through the proxy
-            "LIVEKIT_API_KEY": server.api_key,
-            "LIVEKIT_API_SECRET": server.api_secret,
-            "OBSERVER_DATABASE_URL": db_url,
-            "OBSERVER_HTTP_ADDR": f"127.0.0.1:{http_port}",
-            "OBSERVER_TRACK_KINDS": "agent,standard",
-            "OBSERVER_POLL_INTERVAL_S": "5",
-            "OBSERVER_LOG_LEVEL": args.log_level,
-        }
-        subprocess.run(
-            [sys.executable, "-m", "observer", "migrate"], env=env, check=True, capture_output=True
-        )
-        lkapi = server.api_client()
         names = [f"soak-{i}" for i in range(args.rooms)]
-        for i in range(0, len(names), 50):
-            await asyncio.gather(
-                *(
-                    lkapi.room.create_room(api.CreateRoomRequest(name=x, empty_timeout=keep))
-                    for x in names[i : i + 50]
-                )
-            )
-        await lkapi.aclose()
+        env = await prepare(
+            server,
+            proxy,
+            db_url,
+            http_port,
+            names,
+            keep,
+            OBSERVER_TRACK_KINDS="agent,standard",
+            OBSERVER_LOG_LEVEL=args.log_level,
+        )
         daemon = Daemon(env, Path(tmp) / "daemon.log")
         daemon.start()
         settle = await wait_watching(http_port, args.rooms, 300)

@@ -261,13 +261,8 @@ class RoomWatcher:
             return
         self._emit_now(Reconnecting(self.room_sid, pulse.stamp().at))
         self._held = []
+        self._unsubscribe()
         old, self._room = self._room, rtc.Room()
-        for task in self._reads:
-            task.cancel()
-        for event, handler in self._handlers.items():
-            old.off(event, handler)
-        with contextlib.suppress(ValueError, KeyError):
-            old.unregister_byte_stream_handler(session_messages.TOPIC)
         try:
             await old.disconnect()
         except Exception:  # the old connection's fate no longer matters
@@ -284,8 +279,8 @@ class RoomWatcher:
             await self.leave()
             return
         if joined_sid != self.room_sid:
+            self._renew_failed(f"the room now has another sid ({joined_sid})")  # reports it lost
             await self.leave()
-            self._renew_failed(f"the room now has another sid ({joined_sid})")
             return
         now = pulse.stamp().at
         present = tuple(self._seen(p, now) for p in self._room.remote_participants.values())
