@@ -7,7 +7,7 @@ LiveKit's bodies, its room), spread over 180 days; months are finalized up to th
 the current month is provisional. Then runs prune as the command does (1,000 keys a batch)
 and prints per kind the rows deleted, the time, the longest single transaction, and the
 writer's longest wait for one of its writes (a session opened, witnessed and closed with its
-spans, every 100 ms).
+spans, every 100 ms); then the next night's run (the cut-off a day later) and its time.
 
     .venv/bin/python bench/bench_prune.py --sessions 50000
 """
@@ -283,6 +283,15 @@ def bench(label: str, url: str, n: int, older_than: str, batch: int) -> None:
         writer.stop.set()
         writer.join(30)
         w = sorted(writer.waits[started:])
+        # the next night's run: one more day of old data to delete, everything else kept
+        nightly = 0.0
+        deleted = 0
+        for kind in KINDS:
+            began = time.perf_counter()
+            r = store.prune(kind, cutoff=cutoff + timedelta(days=1), cov=cov, batch_size=batch)
+            nightly += time.perf_counter() - began
+            deleted += r.deleted
+        print(f"the next night's prune (cut-off a day later): {deleted:,} rows in {nightly:.1f} s")
         print(f"writer alone: {waits(alone)}")
         print(f"prune in all: {total:.1f} s; sessions left: {capacity.counts(store)['sessions']:,}")
         print(

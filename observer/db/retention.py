@@ -1,6 +1,7 @@
 """`observer prune`'s reads and deletes: webhook events, session spans and session witnesses
-older than a cut-off, a batch of keys per transaction, walked by primary key so that each
-statement reads and locks at most one batch. Sessions are never deleted."""
+older than a cut-off, a batch of keys per transaction, so that each statement reads and
+locks at most one batch. Only old rows are walked: webhook events by their time, spans and
+witnesses by their sessions' (kept rows cost nothing). Sessions are never deleted."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 
-from sqlalchemy import Engine, and_, delete, select, tuple_
+from sqlalchemy import Engine, and_, delete, func, select, tuple_
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from observer.core.retention import Coverage, Interval, judge
@@ -54,54 +55,45 @@ class KindResult:
     longest_batch_s: float = 0.0
     batch_s: list[float] = field(default_factory=list, repr=False)  # each batch's time
     error: str | None = None
-    _last: Any = field(default=None, repr=False)
 
-    def hold(self, start: datetime, end: datetime) -> None:
-        self.held += 1
+    def hold(self, start: datetime, end: datetime, rows: int = 1) -> None:
+        self.held += rows
         self.held_from = start if self.held_from is None else min(self.held_from, start)
         self.held_to = end if self.held_to is None else max(self.held_to, end)
 
 
-def _page(kind: Kind, after: Any, limit: int) -> Any:
-    """The next batch of rows after key `after`: (key..., start, end) of each."""
+def _events_page(after: Any, cutoff: datetime, limit: int) -> Any:
+    """The next webhook events older than the cut-off, in (time, id) order from `after`:
+    (key, time, time) of each. Only old events are read (`ix_webhook_events_created_at_id`)."""
+    w = WebhookEventRow
+    q = select(w.created_at, w.id, w.created_at, w.created_at).where(w.created_at < cutoff)
+    if after is not None:
+        q = q.where(w.created_at >= after[0], tuple_(w.created_at, w.id) > tuple_(*after))
+    return q.order_by(w.created_at, w.id).limit(limit)
+
+
+def _sessions_page(after: Any, cutoff: datetime, limit: int) -> Any:
+    """The next sessions that ended before the cut-off, in (join, id) order from `after`:
+    (joined_at, id, joined_at, left_at). Only sessions that
+    joined before the cut-off are read (`ix_sessions_joined_at_id`): the rows of sessions
+    prune keeps are never walked."""
     s = SessionRow
-    if kind == "webhook_events":
-        w = WebhookEventRow
-        q: Any = select(w.id, w.created_at, w.created_at).order_by(w.id)
-        return (q if after is None else q.where(w.id > after[0])).limit(limit)
-    if kind == "session_spans":
-        sp = SessionSpanRow
-        on = and_(s.room_sid == sp.room_sid, s.participant_sid == sp.participant_sid)
-        q = (
-            select(sp.id, s.id, s.joined_at, s.left_at, sp.started_at, sp.ended_at)
-            .select_from(sp)
-            .outerjoin(s, on)
-            .order_by(sp.id)
-        )
-        return (q if after is None else q.where(sp.id > after[0])).limit(limit)
-    wt = SessionWitnessRow
-    on = and_(s.room_sid == wt.room_sid, s.participant_sid == wt.participant_sid)
-    key = (wt.room_sid, wt.participant_sid, wt.observer_id)
-    q = (
-        select(*key, s.id, s.joined_at, s.left_at, wt.first_seen_at, wt.first_seen_at)
-        .select_from(wt)
-        .outerjoin(s, on)
-        .order_by(*key)
+    q = select(s.joined_at, s.id, s.joined_at, s.left_at).where(
+        s.joined_at < cutoff, s.left_at < cutoff
     )
-    return (q if after is None else q.where(tuple_(*key) > tuple_(*after))).limit(limit)
+    if after is not None:
+        q = q.where(s.joined_at >= after[0], tuple_(s.joined_at, s.id) > tuple_(*after))
+    return q.order_by(s.joined_at, s.id).limit(limit)
 
 
-def _span(kind: Kind, row: Any) -> tuple[Any, datetime | None, datetime | None]:
-    """A row's key and the times its data belongs to: a webhook event its own time; a span
-    or witness its session's (None at the end while the session is open), or its own when
-    there is no session row."""
-    if kind == "webhook_events":
-        return (row[0],), row[1], row[2]
-    width = 1 if kind == "session_spans" else 3
-    key, (session_id, joined, left, own_start, own_end) = tuple(row[:width]), row[width:]
-    if session_id is None:
-        return key, own_start, own_end
-    return key, joined, left
+def _of_sessions(kind: Kind, sessions: list[int]) -> tuple[Any, Any, Any]:
+    """The table of `kind` (spans or witnesses), its key columns, and the join and clause
+    picking the rows of these sessions (by the sessions' ids: an index lookup each)."""
+    t: Any = SessionSpanRow if kind == "session_spans" else SessionWitnessRow
+    key = (t.id,) if kind == "session_spans" else (t.room_sid, t.participant_sid, t.observer_id)
+    s = SessionRow
+    on = and_(s.room_sid == t.room_sid, s.participant_sid == t.participant_sid)
+    return t, key, (on, s.id.in_(sessions))
 
 
 def _delete(kind: Kind, keys: list[Any]) -> Any:
@@ -122,61 +114,162 @@ def prune(
     batch_size: int,
     on_batch: Callable[[KindResult], None] | None = None,
 ) -> KindResult:
-    """Delete `kind`'s rows older than `cutoff` whose time finalized periods hold, one
-    batch of at most `batch_size` keys per transaction (read, deleted, committed), so no
-    lock is held for longer than a batch. A batch that meets a lock or a lost connection
-    is tried again; any other failure, or one that does not heal, stops this kind with
-    `error` set (what was deleted before stays deleted)."""
+    """Delete `kind`'s rows older than `cutoff` whose time finalized periods hold, at most
+    `batch_size` rows per transaction (read, deleted, committed), so no lock is held for
+    longer than a batch. Only old data is read: webhook events older than the cut-off, and
+    the spans and witnesses of sessions that ended before it (a span or witness is always
+    written with, or after, its session's row, and sessions are never deleted). A batch
+    that meets a lock or a lost connection is tried again; any other failure, or one that
+    does not heal, stops this kind with `error` set (what was deleted before stays
+    deleted)."""
     result = KindResult(kind)
+    walk = _walk_events if kind == "webhook_events" else _walk_sessions
+    try:
+        walk(engine, kind, result, cutoff, cov, batch_size, on_batch)
+    except _Stopped as stop:
+        result.error = stop.reason
+    return result
+
+
+class _Stopped(Exception):
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+
+def _attempt(result: KindResult, step: Callable[..., Any], *args: Any) -> Any:
+    """Run one batch's transaction, again after a lock or a lost connection; timed."""
+    for attempt in range(1, ATTEMPTS + 1):
+        began = time.perf_counter()
+        try:
+            out = step(*args)
+        except OperationalError as exc:
+            if attempt == ATTEMPTS:
+                raise _Stopped(_first_line(exc)) from None
+            time.sleep(0.5 * attempt)
+            continue
+        except DBAPIError as exc:
+            raise _Stopped(_first_line(exc)) from None
+        result.batch_s.append(time.perf_counter() - began)
+        result.longest_batch_s = max(result.longest_batch_s, result.batch_s[-1])
+        return out
+    raise AssertionError("unreachable")
+
+
+def _walk_events(
+    engine: Engine,
+    kind: Kind,
+    result: KindResult,
+    cutoff: datetime,
+    cov: Coverage,
+    size: int,
+    on_batch: Callable[[KindResult], None] | None,
+) -> None:
+    after: Any = None
     while True:
-        for attempt in range(1, ATTEMPTS + 1):
-            try:
-                finished = _batch(engine, kind, result, cutoff, cov, batch_size)
-                break
-            except OperationalError as exc:
-                if attempt == ATTEMPTS:
-                    result.error = _first_line(exc)
-                    return result
-                time.sleep(0.5 * attempt)
-            except DBAPIError as exc:
-                result.error = _first_line(exc)
-                return result
+        rows, deleted, held = _attempt(
+            result, _events_batch, engine, _events_page(after, cutoff, size), cutoff, cov
+        )
+        # counted once the transaction committed: a batch tried again is not counted twice
+        result.deleted += max(deleted, 0)
+        for start, end in held:
+            result.hold(start, end)
+        result.batches += 1
         if on_batch is not None:
             on_batch(result)
-        if finished:
-            return result
+        if len(rows) < size:
+            return
+        after = (rows[-1][0], rows[-1][1])
 
 
-def _batch(
-    engine: Engine, kind: Kind, result: KindResult, cutoff: datetime, cov: Coverage, size: int
-) -> bool:
-    """One batch in one transaction; True when the table has been walked to its end."""
-    began = time.perf_counter()
+def _events_batch(
+    engine: Engine, page: Any, cutoff: datetime, cov: Coverage
+) -> tuple[list[Any], int, list[tuple[datetime, datetime]]]:
     with engine.begin() as conn:
-        rows = conn.execute(_page(kind, result._last, size)).all()
+        rows = list(conn.execute(page).all())
         doomed, held = [], []
-        for row in rows:
-            key, start, end = _span(kind, row)
+        for _created, event_id, start, end in rows:
             verdict = judge(start, end, cutoff, cov)
             if verdict.delete:
-                doomed.append(key)
-            elif verdict.held and start is not None and end is not None:
+                doomed.append((event_id,))
+            elif verdict.held:
                 held.append((start, end))
+        deleted = int(conn.execute(_delete("webhook_events", doomed)).rowcount) if doomed else 0
+    return rows, deleted, held
+
+
+def _read(engine: Engine, query: Any) -> list[Any]:
+    with engine.connect() as conn:
+        return list(conn.execute(query).all())
+
+
+def _walk_sessions(
+    engine: Engine,
+    kind: Kind,
+    result: KindResult,
+    cutoff: datetime,
+    cov: Coverage,
+    size: int,
+    on_batch: Callable[[KindResult], None] | None,
+) -> None:
+    after: Any = None
+    while True:
+        sessions = _attempt(result, _read, engine, _sessions_page(after, cutoff, size))
+        doomed: list[int] = []
+        for _joined, session_id, start, end in sessions:
+            verdict = judge(start, end, cutoff, cov)
+            if verdict.delete:
+                doomed.append(session_id)
+            elif verdict.held:
+                _hold(engine, kind, result, session_id, start, end)
         if doomed:
-            done: Any = conn.execute(_delete(kind, doomed))
-            deleted = int(done.rowcount)
-        else:
-            deleted = 0
-    # counted once the transaction committed: a batch tried again is not counted twice
-    result.deleted += max(deleted, 0)
-    for start, end in held:
-        result.hold(start, end)
-    if rows:
-        result._last = _span(kind, rows[-1])[0]
-    result.batches += 1
-    result.batch_s.append(time.perf_counter() - began)
-    result.longest_batch_s = max(result.longest_batch_s, result.batch_s[-1])
-    return len(rows) < size
+            _delete_of(engine, kind, result, doomed, size, on_batch)
+        if len(sessions) < size:
+            return
+        after = (sessions[-1][0], sessions[-1][1])
+
+
+def _hold(
+    engine: Engine,
+    kind: Kind,
+    result: KindResult,
+    session: int,
+    start: datetime,
+    end: datetime,
+) -> None:
+    t, _, (on, of) = _of_sessions(kind, [session])
+    query = select(func.count()).select_from(t).join(SessionRow, on).where(of)
+    n = _attempt(result, _read, engine, query)[0][0]
+    if n:
+        result.hold(start, end, n)
+
+
+def _delete_of(
+    engine: Engine,
+    kind: Kind,
+    result: KindResult,
+    sessions: list[int],
+    size: int,
+    on_batch: Callable[[KindResult], None] | None,
+) -> None:
+    """Delete the rows of `kind` of these sessions, at most `size` a transaction."""
+    t, key, (on, of) = _of_sessions(kind, sessions)
+    page = select(*key).select_from(t).join(SessionRow, on).where(of).limit(size)
+    while True:
+        found, deleted = _attempt(result, _delete_batch, engine, kind, page)
+        if found:
+            result.deleted += max(deleted, 0)
+            result.batches += 1
+            if on_batch is not None:
+                on_batch(result)
+        if found < size:
+            return
+
+
+def _delete_batch(engine: Engine, kind: Kind, page: Any) -> tuple[int, int]:
+    with engine.begin() as conn:
+        keys = [tuple(k) for k in conn.execute(page)]
+        deleted = int(conn.execute(_delete(kind, keys)).rowcount) if keys else 0
+    return len(keys), deleted
 
 
 def _first_line(exc: DBAPIError) -> str:

@@ -169,7 +169,8 @@ class SessionRow(Base):
         Index("ix_sessions_agent_name_joined_at", "agent_name", "joined_at"),
         Index("ix_sessions_room_name_joined_at", "room_name", "joined_at"),
         Index("ix_sessions_participant_identity_joined_at", "participant_identity", "joined_at"),
-        Index("ix_sessions_joined_at", "joined_at"),
+        # (join, id): prune walks the sessions that ended before its cut-off in this order
+        Index("ix_sessions_joined_at_id", "joined_at", "id"),
         Index("ix_sessions_duration_ms", "duration_ms"),
         Index(
             "ix_sessions_closed_updated_at",
@@ -424,7 +425,8 @@ class WebhookEventRow(Base):
     body: Mapped[str] = mapped_column(Text)
 
     __table_args__ = (
-        Index("ix_webhook_events_created_at", "created_at"),
+        # (time, id): prune walks the events older than its cut-off in this order
+        Index("ix_webhook_events_created_at_id", "created_at", "id"),
         Index("ix_webhook_events_room_sid_participant_sid", "room_sid", "participant_sid"),
     )
 
