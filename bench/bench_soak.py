@@ -202,12 +202,13 @@ async def main(args: argparse.Namespace) -> None:
         say(
             f"{os.cpu_count()} cores; {args.rooms} rooms; inside all after {settle:.1f} s; "
             f"clients: {args.rate}/s joining, stays {args.stay_min_s:.0f}-{args.stay_max_s:.0f} s,"
-            f" {args.stayers} for the whole run"
+            f" {args.stayers} for the whole run" + ("; no audio" if args.no_audio else "")
         )
         clients = ClientPool(
             LiveKitSettings(server.ws_url, server.api_key, server.api_secret),
             args.client_processes,
             args.clients_per_process,
+            not args.no_audio,
         )
         await clients.start()
         for i in range(args.stayers):
@@ -363,6 +364,11 @@ if __name__ == "__main__":
     p.add_argument("--client-processes", type=int, default=4, help="processes of clients")
     p.add_argument(
         "--clients-per-process", type=int, default=1000, help="then the process is replaced"
+    )
+    p.add_argument(
+        "--no-audio",
+        action="store_true",
+        help="clients publish no track (a published one costs the machine a silent encoder each)",
     )
     p.add_argument("--db-outage-s", type=float, default=60)
     p.add_argument("--cut-s", type=float, default=30)

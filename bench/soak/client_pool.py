@@ -28,6 +28,7 @@ class ClientPool:
     lk: LiveKitSettings
     processes: int
     per_process: int
+    audio: bool = True
     stays: list[Stay] = field(default_factory=list)
     failed: int = 0
     late_joined: int = 0
@@ -78,6 +79,7 @@ class ClientPool:
             self.lk.ws_url,
             self.lk.api_key,
             self.lk.api_secret,
+            "audio" if self.audio else "no-audio",
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
         )

@@ -1,4 +1,5 @@
-"""One process of the soak's clients (`python bench/soak/client_worker.py URL KEY SECRET`).
+"""One process of the soak's clients (`python bench/soak/client_worker.py URL KEY SECRET
+audio|no-audio`).
 
 It reads one JSON line per client on stdin, `{"identity", "room", "kind", "seconds"}`, joins
 it (`Clients.stay`), and writes a JSON line on stdout for each client's end: its own record
@@ -23,8 +24,8 @@ from observer.config import LiveKitSettings
 from soak.clients import Clients
 
 
-async def serve(lk: LiveKitSettings) -> None:
-    clients = Clients(lk)
+async def serve(lk: LiveKitSettings, audio: bool) -> None:
+    clients = Clients(lk, audio)
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader()
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
@@ -56,8 +57,8 @@ def main() -> None:
     from observer.daemon.sdk_internals import start_native_core_or_fall_back
 
     start_native_core_or_fall_back()
-    url, key, secret = sys.argv[1:4]
-    asyncio.run(serve(LiveKitSettings(url, key, secret)))
+    url, key, secret, audio = sys.argv[1:5]
+    asyncio.run(serve(LiveKitSettings(url, key, secret), audio == "audio"))
     sys.stdout.flush()
     import os
 

@@ -32,6 +32,7 @@ class Stay:
 @dataclass
 class Clients:
     lk: LiveKitSettings
+    audio: bool = True  # publish a (silent) microphone track
     stays: list[Stay] = field(default_factory=list)
     failed: int = 0
     live: dict[str, rtc.Room] = field(default_factory=dict)
@@ -58,10 +59,11 @@ class Clients:
             return None
         try:
             connecting.result()
-            source = rtc.AudioSource(48000, 1)
-            track = rtc.LocalAudioTrack.create_audio_track("voice", source)
-            opts = rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_MICROPHONE)
-            await asyncio.wait_for(r.local_participant.publish_track(track, opts), 30)
+            if self.audio:
+                source = rtc.AudioSource(48000, 1)
+                track = rtc.LocalAudioTrack.create_audio_track("voice", source)
+                opts = rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_MICROPHONE)
+                await asyncio.wait_for(r.local_participant.publish_track(track, opts), 30)
         except Exception:
             self.failed += 1
             with contextlib.suppress(Exception):
