@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import textwrap
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -27,7 +28,9 @@ from observer.db.store import Store
 pytestmark = [pytest.mark.live, pytest.mark.databases("sqlite")]
 
 
-def start_daemon(server: LiveKitServer, db_url: str, log: Path) -> subprocess.Popen[bytes]:
+def start_daemon(
+    server: LiveKitServer, db_url: str, log: Path, argv: tuple[str, ...] = ("-m", "observer", "run")
+) -> subprocess.Popen[bytes]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("LIVEKIT_", "OBSERVER_"))}
     env.update(
         LIVEKIT_URL=server.ws_url,
@@ -42,7 +45,7 @@ def start_daemon(server: LiveKitServer, db_url: str, log: Path) -> subprocess.Po
     )
     with log.open("ab") as out:
         return subprocess.Popen(
-            [sys.executable, "-m", "observer", "run"],
+            [sys.executable, *argv],
             env=env,
             stdout=out,
             stderr=out,
@@ -108,6 +111,62 @@ async def test_restart_continues_rows_and_reconciles_the_gap(
             daemon.wait(30)
         store.close()
     assert "Traceback" not in log.read_text()
+
+
+# `observer run`, with a thread that, once asked (a file appears), hands the SDK's own event
+# callback a panic event, as the native core does when it panics
+PANICKING_DAEMON = textwrap.dedent(
+    """
+    import ctypes, sys, threading, time
+    from pathlib import Path
+    from observer.cli import main
+
+    def panic_when_asked(trigger):
+        while not trigger.exists():
+            time.sleep(0.05)
+        from livekit.rtc import _ffi_client
+        from livekit.rtc._proto import ffi_pb2
+        event = ffi_pb2.FfiEvent()
+        event.panic.message = "a panic of the native core"
+        data = event.SerializeToString()
+        buf = (ctypes.c_uint8 * len(data)).from_buffer_copy(data)
+        _ffi_client.ffi_event_callback(buf, len(data))
+
+    threading.Thread(target=panic_when_asked, args=(Path(sys.argv[1]),), daemon=True).start()
+    sys.exit(main(["run"]))
+    """
+)
+
+
+async def test_a_native_panic_exits_1_and_keeps_rows_open(
+    livekit_server: LiveKitServer, db_url: str, clients: Clients, tmp_path: Path
+) -> None:
+    """The SDK stops its process with SIGTERM when its native core panics; the observer
+    stops as cleanly as on any SIGTERM (the agent's row stays open) but exits 1, so a
+    supervisor that restarts on failure restarts it."""
+    room = "native-panic"
+    await create_room(livekit_server, room)
+    await clients.agent(room, "agent-stays")
+    store = Store(db_url)
+    log = tmp_path / "observer.log"
+    trigger = tmp_path / "panic-now"
+    daemon = start_daemon(livekit_server, db_url, log, ("-c", PANICKING_DAEMON, str(trigger)))
+    try:
+        await wait_rows(store, lambda rows: len(rows) == 1)
+        trigger.touch()
+        code = await asyncio.to_thread(daemon.wait, 30)
+        text = log.read_text()
+        assert code == 1, text[-3000:]
+        assert "FFI Panic:  a panic of the native core" in text
+        assert "the rtc SDK's native core panicked" in text
+        rows = store.sessions(SessionFilter())
+        assert [r.left_at for r in rows] == [None]  # the agent is still there
+    finally:
+        if daemon.poll() is None:
+            daemon.kill()
+            daemon.wait(30)
+        store.close()
+    assert "Traceback" not in text
 
 
 def test_open_files_limit_is_raised_to_the_hard_limit() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 from collections.abc import Sequence
 from contextlib import closing
 from datetime import UTC, datetime
@@ -25,6 +26,8 @@ from observer.errors import EXIT_FAILED, EXIT_OK, CommandError
 if TYPE_CHECKING:
     from observer.config import LiveKitSettings
     from observer.db.store import Store
+
+log = logging.getLogger(__name__)
 
 
 def cmd_migrate(settings: Settings, _args: argparse.Namespace) -> int:
@@ -171,7 +174,11 @@ def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
     """The daemon, with the process around it: open files, the native core, signals."""
     from observer import server_release
     from observer.daemon.identity import new_run_id
-    from observer.daemon.sdk_internals import start_native_core_or_fall_back
+    from observer.daemon.sdk_internals import (
+        native_panicked,
+        note_native_panics,
+        start_native_core_or_fall_back,
+    )
     from observer.daemon.service import Observer
     from observer.db.store import Store
     from observer.livekit_api import first_contact
@@ -218,5 +225,11 @@ def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
         raise_fd_limit()
         if not settings.room_processes:
             start_native_core_or_fall_back()
+            note_native_panics()
         prepare_daemon_process()
-        return asyncio.run(main(store))
+        code = asyncio.run(main(store))
+    if native_panicked():
+        # the SDK printed `FFI Panic: ...` and stopped the process with SIGTERM: a failure
+        log.error("the rtc SDK's native core panicked (see 'FFI Panic' above); exit code 1")
+        return EXIT_FAILED
+    return code

@@ -3,7 +3,9 @@ falls back to, with one warning, when an SDK version looks different.
 
 - the native core started without forwarding its logs to Python (`start_native_core_*`);
 - one router that hands each native room event to its own room, stamped as it arrives
-  (`EventRouter`, `ROUTER`).
+  (`EventRouter`, `ROUTER`);
+- a panic of the native core noted (`note_native_panics`, `native_panicked`): the SDK ends
+  its process with SIGTERM then, which would otherwise look like a clean stop.
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ import asyncio
 import importlib.metadata
 import logging
 import os
+import signal
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -103,6 +107,46 @@ def start_native_core_quietly() -> None:
     finally:
         ffi.get_ffi_lib = real_get_lib
     client._ffi_lib = lib
+
+
+_PANICKED = threading.Event()
+
+
+class _KillNoting:
+    """`os` as the SDK's FFI module sees it, but a SIGTERM the process sends itself (the
+    SDK's answer to a panic of its native core, after printing `FFI Panic: ...`) is noted
+    first."""
+
+    def __init__(self, real: Any) -> None:
+        self._real = real
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._real, name)
+
+    def kill(self, pid: int, sig: int) -> None:
+        if pid == self._real.getpid() and sig == signal.SIGTERM:
+            _PANICKED.set()
+        self._real.kill(pid, sig)
+
+
+def note_native_panics() -> None:
+    """Note a panic of the native core, so that the process can exit with failure rather
+    than 0 (a supervisor that restarts only on failure would leave it stopped). Without
+    the SDK internals this relies on, one warning, and a panic exits 0 as the SDK has it."""
+    try:
+        from livekit.rtc import _ffi_client as ffi
+
+        if getattr(ffi, "os", None) is not os:
+            raise SdkInternalsChanged("rtc SDK internals changed: its FFI module's os")
+    except (AttributeError, ImportError, SdkInternalsChanged) as exc:
+        log.warning("%s (livekit %s): a native panic will exit 0", exc, sdk_version())
+        return
+    setattr(ffi, "os", _KillNoting(os))  # noqa: B010 (the module's name, not an attribute)
+
+
+def native_panicked() -> bool:
+    """Whether the native core panicked (the SDK then sent this process SIGTERM)."""
+    return _PANICKED.is_set()
 
 
 class EventRouter:
