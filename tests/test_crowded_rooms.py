@@ -106,3 +106,15 @@ async def test_rooms_joined_afresh_change_no_row(
     high = gone.left_at.timestamp() + (gone.end_uncertainty_ms or 0) / 1000
     assert gone.left_at.timestamp() - TOLERANCE_S <= left_at <= high + TOLERANCE_S, describe(rows)
     assert abs(by["agent-late"].joined_at.timestamp() - late_joined) < TOLERANCE_S
+
+    # the metric the open-files alert reads for room processes
+    held = obs.obs.metrics.value("observer_room_process_open_fds_max")
+    if not processes:
+        assert held == 0
+    else:
+        pool = obs.obs.pool
+        assert pool is not None
+        (pid,) = [p.proc.pid for p in pool.processes if p.alive and p.proc is not None]
+        files = crowding.open_files(pid)
+        assert files is not None and files > 2 * ROOMS
+        assert abs(held - files) <= 10, (held, files)

@@ -87,6 +87,13 @@ class Crowding(Generic[W]):
             if p.alive and p.proc is not None
         ]
 
+    def room_process_files(self) -> float:
+        """The most open files one room process holds (0 without room processes)."""
+        if self._pool is None:
+            return 0.0
+        counts = (open_files(pid) for pid, _ in self._holders())
+        return float(max((n for n in counts if n is not None), default=0))
+
     def changed(self) -> None:
         """A join or a renewal started, or a connection broke: sockets are not settled."""
         self._last_change = time.monotonic()

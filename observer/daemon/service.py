@@ -108,6 +108,7 @@ class Observer:
             rooms_unreachable=lambda: len(self.rooms.unreachable) if self.rooms else 0,
             ready=self.recording,
             rooms_listed=lambda: self.rooms.listed_count() if self.rooms else 0,
+            room_process_fds=lambda: self.rooms.crowding.room_process_files() if self.rooms else 0,
             buffer_max=settings.queue_max,
             replicas_wanted=settings.replicas,
         )

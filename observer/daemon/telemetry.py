@@ -210,6 +210,12 @@ class Metrics:
             "OBSERVER_REPLICAS: observers wanted inside each room",
             registry=r,
         )
+        self.room_process_open_fds = Gauge(
+            "observer_room_process_open_fds_max",
+            "Open file descriptors of the room process holding the most (0 without room"
+            " processes); each has the daemon's limit, process_max_fds",
+            registry=r,
+        )
         # process_resident_memory_bytes, process_open_fds, process_cpu_seconds_total, ...
         ProcessCollector(registry=r)
 
@@ -229,12 +235,14 @@ class Metrics:
         rooms_unreachable: Callable[[], float] = lambda: 0.0,
         ready: Callable[[], float] = lambda: 0.0,
         rooms_listed: Callable[[], float] = lambda: 0.0,
+        room_process_fds: Callable[[], float] = lambda: 0.0,
         buffer_max: int = 0,
         replicas_wanted: int = 1,
     ) -> None:
         """Have each gauge read its value from its owner when scraped."""
         self.ready.set_function(ready)
         self.rooms_listed.set_function(rooms_listed)
+        self.room_process_open_fds.set_function(room_process_fds)
         self.replicas_wanted.set(replicas_wanted)
         for buffer, depth in (("events", event_queue_depth), ("writes", db_pending_ops)):
             self.buffer_capacity.labels(buffer=buffer).set(buffer_max)
