@@ -215,12 +215,15 @@ def _walk_sessions(
     while True:
         sessions = _attempt(result, _read, engine, _sessions_page(after, cutoff, size))
         doomed: list[int] = []
+        held: dict[int, tuple[datetime, datetime]] = {}
         for _joined, session_id, start, end in sessions:
             verdict = judge(start, end, cutoff, cov)
             if verdict.delete:
                 doomed.append(session_id)
             elif verdict.held:
-                _hold(engine, kind, result, session_id, start, end)
+                held[session_id] = (start, end)
+        if held:
+            _hold(engine, kind, result, held)
         if doomed:
             _delete_of(engine, kind, result, doomed, size, on_batch)
         if len(sessions) < size:
@@ -229,18 +232,13 @@ def _walk_sessions(
 
 
 def _hold(
-    engine: Engine,
-    kind: Kind,
-    result: KindResult,
-    session: int,
-    start: datetime,
-    end: datetime,
+    engine: Engine, kind: Kind, result: KindResult, held: dict[int, tuple[datetime, datetime]]
 ) -> None:
-    t, _, (on, of) = _of_sessions(kind, [session])
-    query = select(func.count()).select_from(t).join(SessionRow, on).where(of)
-    n = _attempt(result, _read, engine, query)[0][0]
-    if n:
-        result.hold(start, end, n)
+    """Count the rows of `kind` the finalized-period rule holds back, one query a page."""
+    t, _, (on, of) = _of_sessions(kind, list(held))
+    query = select(SessionRow.id, func.count()).select_from(t).join(SessionRow, on).where(of)
+    for session_id, n in _attempt(result, _read, engine, query.group_by(SessionRow.id)):
+        result.hold(*held[session_id], n)
 
 
 def _delete_of(
