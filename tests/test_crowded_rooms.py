@@ -16,6 +16,7 @@ import time
 
 import pytest
 from daemon_helpers import Clients, create_room, describe
+from livekit import api
 from livekit_server import LiveKitServer
 from polling import until
 
@@ -118,3 +119,73 @@ async def test_rooms_joined_afresh_change_no_row(
         files = crowding.open_files(pid)
         assert files is not None and files > 2 * ROOMS
         assert abs(held - files) <= 10, (held, files)
+
+
+async def test_a_room_reborn_during_its_renewal_is_let_go_and_its_successor_watched(
+    caplog: pytest.LogCaptureFixture,
+    livekit_server: LiveKitServer,
+    db_url: str,
+    start_observer,  # type: ignore[no-untyped-def]
+    clients: Clients,
+) -> None:
+    """While a room is joined afresh, it ends and a client creates a new room of its name:
+    the fresh join lands in the new room. The old room is reported lost (its agent's row
+    closes), the fresh connection is left, and the new room is joined from the next
+    listing, where its agent gets its own row."""
+    name = "reborn"
+    await create_room(livekit_server, name)
+    await clients.join(name, "user-old")
+    await clients.agent(name, "agent-old")
+    obs = await start_observer(livekit_server, db_url, OBSERVER_ROOM_PATTERN=name)
+    await obs.wait_rows(lambda rows: len(rows) == 1)
+    rooms = obs.obs.rooms
+    (watcher,) = rooms.watchers.values()
+    old_sid = watcher.room_sid
+    real_connect = watcher._connect
+    # listings that would see the rebirth before the fresh join lands are let pass unread
+    # (LiveKit's listing is a poll: it can miss the ~100 ms a rebirth takes)
+    real_poll = rooms.poll_once
+    reading = asyncio.Event()
+    reading.set()
+
+    def poll_once(listed, listed_at=None):  # type: ignore[no-untyped-def]
+        if reading.is_set():
+            real_poll(listed, listed_at)
+
+    async def connect_after_rebirth(*args):  # type: ignore[no-untyped-def]
+        reading.clear()
+        lkapi = livekit_server.api_client()
+        try:
+            await lkapi.room.delete_room(api.DeleteRoomRequest(room=name))
+        finally:
+            await lkapi.aclose()
+        await create_room(livekit_server, name)
+        return await real_connect(*args)
+
+    rooms.poll_once = poll_once
+    watcher._connect = connect_after_rebirth
+    caplog.set_level(logging.WARNING, logger="observer.daemon.watcher")
+    await rooms._renew(watcher)
+    why = [getattr(r, "error", "") for r in caplog.records]
+    assert any(w.startswith("the room now has another sid") for w in why), why
+    reading.set()
+    await clients.join(name, "user-new")
+    await clients.agent(name, "agent-new")
+
+    def settled(rows: list[SessionRow]) -> bool:
+        by = {r.participant_identity: r for r in rows}
+        return "agent-new" in by and by["agent-old"].left_at is not None
+
+    rows = await obs.wait_rows(settled, timeout=30)
+    by = {r.participant_identity: r for r in rows}
+    assert len(rows) == 2, describe(rows)
+    assert by["agent-old"].room_sid == old_sid, describe(rows)
+    assert by["agent-new"].room_sid != old_sid and by["agent-new"].left_at is None
+    # one observer connection in the new room: the renewal's was left
+    lkapi = livekit_server.api_client()
+    try:
+        listed = await lkapi.room.list_participants(api.ListParticipantsRequest(room=name))
+    finally:
+        await lkapi.aclose()
+    hidden = [p.identity for p in listed.participants if p.identity.startswith("lk-observer-")]
+    assert len(hidden) == 1, [p.identity for p in listed.participants]
