@@ -13,6 +13,7 @@ from typing import Any, Literal
 
 from sqlalchemy import Engine, and_, delete, func, select, tuple_
 from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.orm import aliased
 
 from observer.core.retention import Coverage, Interval, judge
 from observer.db.schema import (
@@ -86,23 +87,20 @@ def _sessions_page(after: Any, cutoff: datetime, limit: int) -> Any:
     return q.order_by(s.joined_at, s.id).limit(limit)
 
 
-def _of_sessions(kind: Kind, sessions: list[int]) -> tuple[Any, Any, Any]:
-    """The table of `kind` (spans or witnesses), its key columns, and the join and clause
-    picking the rows of these sessions (by the sessions' ids: an index lookup each)."""
-    t: Any = SessionSpanRow if kind == "session_spans" else SessionWitnessRow
+def _of_sessions(kind: Kind, sessions: list[int], t: Any = None) -> tuple[Any, Any, Any]:
+    """The table of `kind` (spans or witnesses; or `t`, an alias of it), its key columns,
+    and the join and clause picking the rows of these sessions (by the sessions' ids: an
+    index lookup each)."""
+    if t is None:
+        t = SessionSpanRow if kind == "session_spans" else SessionWitnessRow
     key = (t.id,) if kind == "session_spans" else (t.room_sid, t.participant_sid, t.observer_id)
     s = SessionRow
     on = and_(s.room_sid == t.room_sid, s.participant_sid == t.participant_sid)
     return t, key, (on, s.id.in_(sessions))
 
 
-def _delete(kind: Kind, keys: list[Any]) -> Any:
-    if kind == "webhook_events":
-        return delete(WebhookEventRow).where(WebhookEventRow.id.in_([k[0] for k in keys]))
-    if kind == "session_spans":
-        return delete(SessionSpanRow).where(SessionSpanRow.id.in_([k[0] for k in keys]))
-    w = SessionWitnessRow
-    return delete(w).where(tuple_(w.room_sid, w.participant_sid, w.observer_id).in_(keys))
+def _delete_events(keys: list[Any]) -> Any:
+    return delete(WebhookEventRow).where(WebhookEventRow.id.in_([k[0] for k in keys]))
 
 
 def prune(
@@ -193,7 +191,7 @@ def _events_batch(
                 doomed.append((event_id,))
             elif verdict.held:
                 held.append((start, end))
-        deleted = int(conn.execute(_delete("webhook_events", doomed)).rowcount) if doomed else 0
+        deleted = int(conn.execute(_delete_events(doomed)).rowcount) if doomed else 0
     return rows, deleted, held
 
 
@@ -249,25 +247,27 @@ def _delete_of(
     size: int,
     on_batch: Callable[[KindResult], None] | None,
 ) -> None:
-    """Delete the rows of `kind` of these sessions, at most `size` a transaction."""
-    t, key, (on, of) = _of_sessions(kind, sessions)
-    page = select(*key).select_from(t).join(SessionRow, on).where(of).limit(size)
+    """Delete the rows of `kind` of these sessions, at most `size` a transaction: one
+    statement each, whose subquery picks the keys (an alias of the table, so that it does
+    not stand for the rows being deleted)."""
+    t, key, _ = _of_sessions(kind, sessions)
+    inner, inner_key, (on, of) = _of_sessions(kind, sessions, aliased(t))
+    page = select(*inner_key).select_from(inner).join(SessionRow, on).where(of).limit(size)
+    stmt = delete(t).where(tuple_(*key).in_(page) if len(key) > 1 else key[0].in_(page))
     while True:
-        found, deleted = _attempt(result, _delete_batch, engine, kind, page)
-        if found:
-            result.deleted += max(deleted, 0)
+        deleted = _attempt(result, _delete_batch, engine, stmt)
+        if deleted:
+            result.deleted += deleted
             result.batches += 1
             if on_batch is not None:
                 on_batch(result)
-        if found < size:
+        if deleted < size:
             return
 
 
-def _delete_batch(engine: Engine, kind: Kind, page: Any) -> tuple[int, int]:
+def _delete_batch(engine: Engine, stmt: Any) -> int:
     with engine.begin() as conn:
-        keys = [tuple(k) for k in conn.execute(page)]
-        deleted = int(conn.execute(_delete(kind, keys)).rowcount) if keys else 0
-    return len(keys), deleted
+        return max(int(conn.execute(stmt).rowcount), 0)
 
 
 def _first_line(exc: DBAPIError) -> str:
