@@ -99,10 +99,6 @@ def _of_sessions(kind: Kind, sessions: list[int], t: Any = None) -> tuple[Any, A
     return t, key, (on, s.id.in_(sessions))
 
 
-def _delete_events(keys: list[Any]) -> Any:
-    return delete(WebhookEventRow).where(WebhookEventRow.id.in_([k[0] for k in keys]))
-
-
 def prune(
     engine: Engine,
     kind: Kind,
@@ -120,13 +116,15 @@ def prune(
     that meets a lock or a lost connection is tried again; any other failure, or one that
     does not heal, stops this kind with `error` set (what was deleted before stays
     deleted)."""
-    result = KindResult(kind)
-    walk = _walk_events if kind == "webhook_events" else _walk_sessions
+    walk = _Walk(engine, kind, KindResult(kind), cutoff, cov, batch_size, on_batch)
     try:
-        walk(engine, kind, result, cutoff, cov, batch_size, on_batch)
+        if kind == "webhook_events":
+            walk.events()
+        else:
+            walk.sessions()
     except _Stopped as stop:
-        result.error = stop.reason
-    return result
+        walk.result.error = stop.reason
+    return walk.result
 
 
 class _Stopped(Exception):
@@ -134,140 +132,119 @@ class _Stopped(Exception):
         self.reason = reason
 
 
-def _attempt(result: KindResult, step: Callable[..., Any], *args: Any) -> Any:
-    """Run one batch's transaction, again after a lock or a lost connection; timed."""
-    for attempt in range(1, ATTEMPTS + 1):
-        began = time.perf_counter()
-        try:
-            out = step(*args)
-        except OperationalError as exc:
-            if attempt == ATTEMPTS:
+@dataclass
+class _Walk:
+    """One kind's prune: what it walks with, and what it did so far (`result`)."""
+
+    engine: Engine
+    kind: Kind
+    result: KindResult
+    cutoff: datetime
+    cov: Coverage
+    size: int
+    on_batch: Callable[[KindResult], None] | None
+
+    def events(self) -> None:
+        after: Any = None
+        while True:
+            page = _events_page(after, self.cutoff, self.size)
+            rows, deleted, held = self._attempt(self._events_batch, page)
+            # counted once the transaction committed: a batch tried again is not counted twice
+            self._deleted(deleted)
+            for start, end in held:
+                self.result.hold(start, end)
+            if len(rows) < self.size:
+                return
+            after = (rows[-1][0], rows[-1][1])
+
+    def sessions(self) -> None:
+        after: Any = None
+        while True:
+            sessions = self._attempt(self._read, _sessions_page(after, self.cutoff, self.size))
+            doomed: list[int] = []
+            held: dict[int, tuple[datetime, datetime]] = {}
+            for _joined, session_id, start, end in sessions:
+                verdict = judge(start, end, self.cutoff, self.cov)
+                if verdict.delete:
+                    doomed.append(session_id)
+                elif verdict.held:
+                    held[session_id] = (start, end)
+            if held:
+                self._hold(held)
+            if doomed:
+                self._delete_of(doomed)
+            if len(sessions) < self.size:
+                return
+            after = (sessions[-1][0], sessions[-1][1])
+
+    def _hold(self, held: dict[int, tuple[datetime, datetime]]) -> None:
+        """Count the rows the finalized-period rule holds back, one query a page."""
+        t, _, (on, of) = _of_sessions(self.kind, list(held))
+        query = select(SessionRow.id, func.count()).select_from(t).join(SessionRow, on).where(of)
+        for session_id, n in self._attempt(self._read, query.group_by(SessionRow.id)):
+            self.result.hold(*held[session_id], n)
+
+    def _delete_of(self, sessions: list[int]) -> None:
+        """Delete the rows of these sessions, at most a batch a transaction: one statement
+        each, whose subquery picks the keys (an alias of the table, so that it does not
+        stand for the rows being deleted)."""
+        t, key, _ = _of_sessions(self.kind, sessions)
+        inner, inner_key, (on, of) = _of_sessions(self.kind, sessions, aliased(t))
+        page = select(*inner_key).select_from(inner).join(SessionRow, on).where(of)
+        page = page.limit(self.size)
+        stmt = delete(t).where(tuple_(*key).in_(page) if len(key) > 1 else key[0].in_(page))
+        while True:
+            deleted = self._attempt(self._delete, stmt)
+            if deleted:
+                self._deleted(deleted)
+            if deleted < self.size:
+                return
+
+    def _deleted(self, rows: int) -> None:
+        self.result.deleted += max(rows, 0)
+        self.result.batches += 1
+        if self.on_batch is not None:
+            self.on_batch(self.result)
+
+    def _attempt(self, step: Callable[[Any], Any], arg: Any) -> Any:
+        """Run one batch's transaction, again after a lock or a lost connection; timed."""
+        for attempt in range(1, ATTEMPTS + 1):
+            began = time.perf_counter()
+            try:
+                out = step(arg)
+            except OperationalError as exc:
+                if attempt == ATTEMPTS:
+                    raise _Stopped(_first_line(exc)) from None
+                time.sleep(0.5 * attempt)
+                continue
+            except DBAPIError as exc:
                 raise _Stopped(_first_line(exc)) from None
-            time.sleep(0.5 * attempt)
-            continue
-        except DBAPIError as exc:
-            raise _Stopped(_first_line(exc)) from None
-        result.batch_s.append(time.perf_counter() - began)
-        result.longest_batch_s = max(result.longest_batch_s, result.batch_s[-1])
-        return out
-    raise AssertionError("unreachable")
+            self.result.batch_s.append(time.perf_counter() - began)
+            self.result.longest_batch_s = max(self.result.longest_batch_s, self.result.batch_s[-1])
+            return out
+        raise AssertionError("unreachable")
 
+    def _events_batch(self, page: Any) -> tuple[list[Any], int, list[tuple[datetime, datetime]]]:
+        with self.engine.begin() as conn:
+            rows = list(conn.execute(page).all())
+            doomed, held = [], []
+            for _created, event_id, start, end in rows:
+                verdict = judge(start, end, self.cutoff, self.cov)
+                if verdict.delete:
+                    doomed.append(event_id)
+                elif verdict.held:
+                    held.append((start, end))
+            stmt = delete(WebhookEventRow).where(WebhookEventRow.id.in_(doomed))
+            deleted = int(conn.execute(stmt).rowcount) if doomed else 0
+        return rows, deleted, held
 
-def _walk_events(
-    engine: Engine,
-    kind: Kind,
-    result: KindResult,
-    cutoff: datetime,
-    cov: Coverage,
-    size: int,
-    on_batch: Callable[[KindResult], None] | None,
-) -> None:
-    after: Any = None
-    while True:
-        rows, deleted, held = _attempt(
-            result, _events_batch, engine, _events_page(after, cutoff, size), cutoff, cov
-        )
-        # counted once the transaction committed: a batch tried again is not counted twice
-        result.deleted += max(deleted, 0)
-        for start, end in held:
-            result.hold(start, end)
-        result.batches += 1
-        if on_batch is not None:
-            on_batch(result)
-        if len(rows) < size:
-            return
-        after = (rows[-1][0], rows[-1][1])
+    def _read(self, query: Any) -> list[Any]:
+        with self.engine.connect() as conn:
+            return list(conn.execute(query).all())
 
-
-def _events_batch(
-    engine: Engine, page: Any, cutoff: datetime, cov: Coverage
-) -> tuple[list[Any], int, list[tuple[datetime, datetime]]]:
-    with engine.begin() as conn:
-        rows = list(conn.execute(page).all())
-        doomed, held = [], []
-        for _created, event_id, start, end in rows:
-            verdict = judge(start, end, cutoff, cov)
-            if verdict.delete:
-                doomed.append((event_id,))
-            elif verdict.held:
-                held.append((start, end))
-        deleted = int(conn.execute(_delete_events(doomed)).rowcount) if doomed else 0
-    return rows, deleted, held
-
-
-def _read(engine: Engine, query: Any) -> list[Any]:
-    with engine.connect() as conn:
-        return list(conn.execute(query).all())
-
-
-def _walk_sessions(
-    engine: Engine,
-    kind: Kind,
-    result: KindResult,
-    cutoff: datetime,
-    cov: Coverage,
-    size: int,
-    on_batch: Callable[[KindResult], None] | None,
-) -> None:
-    after: Any = None
-    while True:
-        sessions = _attempt(result, _read, engine, _sessions_page(after, cutoff, size))
-        doomed: list[int] = []
-        held: dict[int, tuple[datetime, datetime]] = {}
-        for _joined, session_id, start, end in sessions:
-            verdict = judge(start, end, cutoff, cov)
-            if verdict.delete:
-                doomed.append(session_id)
-            elif verdict.held:
-                held[session_id] = (start, end)
-        if held:
-            _hold(engine, kind, result, held)
-        if doomed:
-            _delete_of(engine, kind, result, doomed, size, on_batch)
-        if len(sessions) < size:
-            return
-        after = (sessions[-1][0], sessions[-1][1])
-
-
-def _hold(
-    engine: Engine, kind: Kind, result: KindResult, held: dict[int, tuple[datetime, datetime]]
-) -> None:
-    """Count the rows of `kind` the finalized-period rule holds back, one query a page."""
-    t, _, (on, of) = _of_sessions(kind, list(held))
-    query = select(SessionRow.id, func.count()).select_from(t).join(SessionRow, on).where(of)
-    for session_id, n in _attempt(result, _read, engine, query.group_by(SessionRow.id)):
-        result.hold(*held[session_id], n)
-
-
-def _delete_of(
-    engine: Engine,
-    kind: Kind,
-    result: KindResult,
-    sessions: list[int],
-    size: int,
-    on_batch: Callable[[KindResult], None] | None,
-) -> None:
-    """Delete the rows of `kind` of these sessions, at most `size` a transaction: one
-    statement each, whose subquery picks the keys (an alias of the table, so that it does
-    not stand for the rows being deleted)."""
-    t, key, _ = _of_sessions(kind, sessions)
-    inner, inner_key, (on, of) = _of_sessions(kind, sessions, aliased(t))
-    page = select(*inner_key).select_from(inner).join(SessionRow, on).where(of).limit(size)
-    stmt = delete(t).where(tuple_(*key).in_(page) if len(key) > 1 else key[0].in_(page))
-    while True:
-        deleted = _attempt(result, _delete_batch, engine, stmt)
-        if deleted:
-            result.deleted += deleted
-            result.batches += 1
-            if on_batch is not None:
-                on_batch(result)
-        if deleted < size:
-            return
-
-
-def _delete_batch(engine: Engine, stmt: Any) -> int:
-    with engine.begin() as conn:
-        return max(int(conn.execute(stmt).rowcount), 0)
+    def _delete(self, stmt: Any) -> int:
+        with self.engine.begin() as conn:
+            return max(int(conn.execute(stmt).rowcount), 0)
 
 
 def _first_line(exc: DBAPIError) -> str:
