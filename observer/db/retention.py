@@ -65,9 +65,9 @@ class KindResult:
 
 def _events_page(after: Any, cutoff: datetime, limit: int) -> Any:
     """The next webhook events older than the cut-off, in (time, id) order from `after`:
-    (key, time, time) of each. Only old events are read (`ix_webhook_events_created_at_id`)."""
+    (time, id) of each. Only old events are read (`ix_webhook_events_created_at_id`)."""
     w = WebhookEventRow
-    q = select(w.created_at, w.id, w.created_at, w.created_at).where(w.created_at < cutoff)
+    q = select(w.created_at, w.id).where(w.created_at < cutoff)
     if after is not None:
         q = q.where(w.created_at >= after[0], tuple_(w.created_at, w.id) > tuple_(*after))
     return q.order_by(w.created_at, w.id).limit(limit)
@@ -75,13 +75,11 @@ def _events_page(after: Any, cutoff: datetime, limit: int) -> Any:
 
 def _sessions_page(after: Any, cutoff: datetime, limit: int) -> Any:
     """The next sessions that ended before the cut-off, in (join, id) order from `after`:
-    (joined_at, id, joined_at, left_at). Only sessions that
+    (joined_at, id, left_at). Only sessions that
     joined before the cut-off are read (`ix_sessions_joined_at_id`): the rows of sessions
     prune keeps are never walked."""
     s = SessionRow
-    q = select(s.joined_at, s.id, s.joined_at, s.left_at).where(
-        s.joined_at < cutoff, s.left_at < cutoff
-    )
+    q = select(s.joined_at, s.id, s.left_at).where(s.joined_at < cutoff, s.left_at < cutoff)
     if after is not None:
         q = q.where(s.joined_at >= after[0], tuple_(s.joined_at, s.id) > tuple_(*after))
     return q.order_by(s.joined_at, s.id).limit(limit)
@@ -163,7 +161,7 @@ class _Walk:
             sessions = self._attempt(self._read, _sessions_page(after, self.cutoff, self.size))
             doomed: list[int] = []
             held: dict[int, tuple[datetime, datetime]] = {}
-            for _joined, session_id, start, end in sessions:
+            for start, session_id, end in sessions:
                 verdict = judge(start, end, self.cutoff, self.cov)
                 if verdict.delete:
                     doomed.append(session_id)
@@ -228,12 +226,12 @@ class _Walk:
         with self.engine.begin() as conn:
             rows = list(conn.execute(page).all())
             doomed, held = [], []
-            for _created, event_id, start, end in rows:
-                verdict = judge(start, end, self.cutoff, self.cov)
+            for created, event_id in rows:
+                verdict = judge(created, created, self.cutoff, self.cov)
                 if verdict.delete:
                     doomed.append(event_id)
                 elif verdict.held:
-                    held.append((start, end))
+                    held.append((created, created))
             stmt = delete(WebhookEventRow).where(WebhookEventRow.id.in_(doomed))
             deleted = int(conn.execute(stmt).rowcount) if doomed else 0
         return rows, deleted, held
