@@ -9,7 +9,9 @@ frees what the rtc SDK keeps of failed connects), join random rooms at `--rate` 
 and leave after a random stay; `--stayers` stay the whole run. Once each, at a
 fifth of the run apart: the observer restarted with SIGTERM, PostgreSQL stopped for
 `--db-outage-s`, the observer's signal cut for `--cut-s`, the observer killed (SIGKILL, the
-whole process group, as systemd kills a unit) and started again.
+whole process group, as systemd kills a unit) and started again. `--faults` picks which of
+these happen (at the same points); `none` leaves one daemon process the whole run, to see
+its memory over a long run.
 
 Every `--interval-s` it prints the daemon's RSS, open files, threads and CPU (its room
 processes included), its event queue and pending writes, and the rows written. At the end:
@@ -51,6 +53,7 @@ from tcp_proxy import TcpProxy
 
 from observer.config import LiveKitSettings
 
+FAULTS = ("sigterm", "db-outage", "cut", "sigkill")
 QUEUES = ("observer_event_queue_depth", "observer_db_pending_ops", "observer_rooms_watched")
 
 
@@ -159,6 +162,13 @@ async def wait_watching(port: int, n: int, timeout: float) -> float:
     return float("nan")
 
 
+def faults_arg(text: str) -> frozenset[str]:
+    picked = frozenset() if text == "none" else frozenset(text.split(","))
+    if unknown := picked - set(FAULTS):
+        raise argparse.ArgumentTypeError(f"unknown fault {sorted(unknown)[0]!r}")
+    return picked
+
+
 async def main(args: argparse.Namespace) -> None:
     t_start = time.monotonic()
 
@@ -230,24 +240,26 @@ async def main(args: argparse.Namespace) -> None:
 
         async def faults() -> None:
             plan = [
-                (0.2, "observer restarted (SIGTERM)"),
-                (0.4, f"PostgreSQL stopped for {args.db_outage_s:.0f} s"),
-                (0.6, f"observer's signal cut for {args.cut_s:.0f} s"),
-                (0.8, "observer killed (SIGKILL) and started again"),
+                (0.2, "sigterm", "observer restarted (SIGTERM)"),
+                (0.4, "db-outage", f"PostgreSQL stopped for {args.db_outage_s:.0f} s"),
+                (0.6, "cut", f"observer's signal cut for {args.cut_s:.0f} s"),
+                (0.8, "sigkill", "observer killed (SIGKILL) and started again"),
             ]
-            for i, (at, what) in enumerate(plan):
+            for at, fault, what in plan:
+                if fault not in args.faults:
+                    continue
                 await asyncio.sleep(max(0.0, t_run + at * args.duration_s - time.monotonic()))
                 say(what)
-                if i == 0:
+                if fault == "sigterm":
                     code = await daemon.stop(signal.SIGTERM)
                     say(f"  exit code {code}; starting again")
                     daemon.start()
-                elif i == 1:
+                elif fault == "db-outage":
                     await asyncio.to_thread(pg.stop)
                     await asyncio.sleep(args.db_outage_s)
                     await asyncio.to_thread(pg.start)
                     say("  PostgreSQL back")
-                elif i == 2:
+                elif fault == "cut":
                     proxy.cut()
                     await asyncio.sleep(args.cut_s)
                     proxy.restore()
@@ -372,6 +384,12 @@ if __name__ == "__main__":
     )
     p.add_argument("--db-outage-s", type=float, default=60)
     p.add_argument("--cut-s", type=float, default=30)
+    p.add_argument(
+        "--faults",
+        type=faults_arg,
+        default=",".join(FAULTS),
+        help=f"which of {','.join(FAULTS)} happen, comma-separated, or none",
+    )
     p.add_argument("--settle-s", type=float, default=15, help="wait for rows after the end")
     p.add_argument("--tolerance-s", type=float, default=2.0)
     p.add_argument("--log-level", default="warning")
