@@ -13,10 +13,12 @@ import pytest
 
 from observer.config import LiveKitSettings, Settings
 from observer.core import gaps
+from observer.core.changes import Open
 from observer.core.discovery import ListedRoom
 from observer.core.events import (
     Blind,
     Event,
+    ParticipantJoined,
     ParticipantLeft,
     RoomClosed,
     RoomHandedOver,
@@ -24,7 +26,9 @@ from observer.core.events import (
     SeenParticipant,
     ServerListing,
     Tick,
+    WebhookJoined,
 )
+from observer.core.recent import Recent
 from observer.core.tracker import SessionTracker
 from observer.daemon import ended_rooms, rooms
 from observer.daemon.ended_rooms import EndedRooms
@@ -143,7 +147,7 @@ def test_the_tracker_s_bookkeeping_of_rooms_that_come_and_go_stays_bounded() -> 
     tracker = SessionTracker(frozenset({"agent"}))
     book = tracker._s
     at = T0
-    most_asked = most_gaps = 0
+    most_asked = most_gaps = most_closed = 0
     for n in range(3000):  # a room a minute for two days
         room = f"RM_{n}"
         at += timedelta(seconds=60)
@@ -168,6 +172,7 @@ def test_the_tracker_s_bookkeeping_of_rooms_that_come_and_go_stays_bounded() -> 
             tracker.handle(Blind(at, at + timedelta(seconds=1)))  # the whole process paused
         most_asked = max(most_asked, len(tracker._listing_asked))
         most_gaps = max(most_gaps, len(tracker._gaps))
+        most_closed = max(most_closed, len(book.recently_closed))
     tracker.handle(Tick(at + timedelta(hours=2)))
     assert most_asked <= 2
     # a gone room's mark lasts an hour: at a room a minute, an hour of rooms at most
@@ -189,4 +194,65 @@ def test_the_tracker_s_bookkeeping_of_rooms_that_come_and_go_stays_bounded() -> 
     ):
         assert not kept, kept
     assert len(book.timelines) == 0
-    assert len(book.recently_closed) <= 3000  # capped at RECENTLY_CLOSED_MAX
+    # a session a minute: the keys of one to two hours of closed sessions, then none
+    assert 60 <= most_closed <= 122
+    assert len(book.recently_closed) == 0
+
+
+def test_a_key_is_remembered_an_hour_at_least_and_two_at_most() -> None:
+    r = Recent[str](timedelta(hours=1), 5)
+    r.age(T0)
+    r.add("a")
+    r.age(T0 + timedelta(minutes=59))
+    assert "a" in r
+    r.age(T0 + timedelta(minutes=60))  # a generation begins; "a" is in the old one
+    r.add("b")
+    r.age(T0 + timedelta(minutes=119))
+    assert "a" in r and "b" in r
+    r.age(T0 + timedelta(minutes=120))
+    assert "a" not in r and "b" in r and len(r) == 1
+    r.age(T0 + timedelta(minutes=300))  # no clock for hours: everything is older than two
+    assert len(r) == 0
+    for k in "cdefgh":
+        r.add(k)
+    assert len(r) == 5 and "c" not in r and "h" in r  # the cap: the oldest go first
+    r.age(T0 + timedelta(minutes=360))
+    r.add("i")
+    r.add("j")
+    assert (
+        len(r) == 5
+        and "d" not in r
+        and "e" not in r
+        and {"f", "g", "h", "i", "j"} <= {k for k in "cdefghij" if k in r}
+    )
+    r.discard("j")
+    assert "j" not in r
+
+
+def test_closed_sessions_are_remembered_by_the_hour_not_by_a_cap() -> None:
+    """Two sessions a second closing for six hours: the tracker remembers the keys of two
+    hours of them at most, and a late sighting of a session closed 59 minutes before, by
+    webhook or a room's snapshot, does not open it again."""
+    tracker = SessionTracker(frozenset({"agent"}))
+    at = T0
+    room = "RM_busy"
+    tracker.handle(RoomJoined("busy", room, (), at))
+    most = 0
+    for n in range(6 * 3600 * 2):
+        at += timedelta(seconds=0.5)
+        p = agent(f"PA_{n}", at)
+        tracker.handle(ParticipantJoined("busy", room, p, at))
+        tracker.handle(ParticipantLeft(room, p.sid, "CLIENT_INITIATED", at))
+        if n % 2:
+            tracker.handle(Tick(at))
+        most = max(most, len(tracker._s.recently_closed))
+    assert 3600 * 2 <= most <= 2 * 3600 * 2 + 2
+    assert not tracker.open_sessions
+    closed_lately = agent(f"PA_{6 * 3600 * 2 - 59 * 60 * 2}", T0)
+    late = at + timedelta(seconds=1)
+    for ev in (
+        WebhookJoined("busy", room, closed_lately, late),
+        ParticipantJoined("busy", room, closed_lately, late),
+    ):
+        assert not [w for w in tracker.handle(ev).writes if isinstance(w, Open)]
+    assert not tracker.open_sessions

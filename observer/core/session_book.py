@@ -5,7 +5,6 @@ that decide which move an event makes are `observer.core.sessions`."""
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
@@ -29,9 +28,14 @@ from observer.core.events import (
 )
 from observer.core.occupancy import Occupancy
 from observer.core.open_sessions import OpenSessions
+from observer.core.recent import Recent
 from observer.core.timeline import Timelines
 from observer.core.vocab import END_RECONCILED, END_WEBHOOK, EndSource
 
+# A closed session's key is remembered so that late news of it (a listing, a webhook, a
+# stored row) does not open it again: for an hour at least, two at most, and never more
+# than a cap
+RECENTLY_CLOSED_KEEP = timedelta(hours=1)
 RECENTLY_CLOSED_MAX = 100_000
 
 
@@ -51,7 +55,9 @@ class SessionBook:
     # sighting by another observer is this much older than the truth, and still recent
     last_seen_refresh_s: float = 15.0
     open: OpenSessions = field(default_factory=OpenSessions)
-    recently_closed: OrderedDict[SessionKey, None] = field(default_factory=OrderedDict)
+    recently_closed: Recent[SessionKey] = field(
+        default_factory=lambda: Recent(RECENTLY_CLOSED_KEEP, RECENTLY_CLOSED_MAX)
+    )
     # leaves reported without a reason, not yet confirmed by the server's API
     suspect: dict[SessionKey, ParticipantLeft] = field(default_factory=dict)
     # webhook leaves held for a moment, for the observer to see the leave itself
@@ -164,7 +170,7 @@ class SessionBook:
         self.witness.pop(key, None)
         # (a leave that was not yet confirmed left the room's numbers as they were)
         self.occupancy.departed(key.room_sid, key.participant_sid)
-        self.recently_closed[key] = None
+        self.recently_closed.add(key)
         self.in_view.discard(key)
         self.witnessed.discard(key)
         self.seen_live.discard(key)
@@ -174,8 +180,6 @@ class SessionBook:
         self.superseded_by.pop(key, None)
         self.absent_at_join.pop(key, None)
         self.absent_listed.pop(key, None)
-        if len(self.recently_closed) > RECENTLY_CLOSED_MAX:
-            self.recently_closed.popitem(last=False)
         return Close(
             key=key,
             left_at=left_at,

@@ -475,6 +475,7 @@ class SessionTracker:
         for room_sid in [r for r, asked in self._listing_asked.items() if at - asked >= retry]:
             del self._listing_asked[room_sid]
         self._gaps.prune(self._rooms, at)
+        self._s.recently_closed.age(at)
         ops += self._stuck(at)
         if self._last_refresh is None:
             self._last_refresh = at

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import OrderedDict
 from collections.abc import Coroutine, Sequence
 from typing import Any
 
@@ -57,7 +56,6 @@ EXIT_SCHEMA = 2
 EXIT_ID_HELD = 2
 EXIT_OVERFLOW = 3
 TICK_S = 0.5
-SEEN_WEBHOOKS_MAX = 50_000
 WEBHOOK_DB_WAIT_S = 2.0
 
 
@@ -119,7 +117,7 @@ class Observer:
         self.web: WebServer | None = None
         self.page_store: Store | None = None  # the page's threads and connections
         self.exit_code = EXIT_OK
-        self._seen_webhooks: OrderedDict[str, None] = OrderedDict()
+        self._seen_webhooks = webhooks.seen_ids()
         self._stop = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._api: livekit_api.Client | None = None
@@ -430,16 +428,16 @@ class Observer:
         event goes through the writer like any write and counts as new."""
         if ev.id in self._seen_webhooks:
             return "duplicate"
-        self._seen_webhooks[ev.id] = None
-        if len(self._seen_webhooks) > SEEN_WEBHOOKS_MAX:
-            self._seen_webhooks.popitem(last=False)
+        now = utcnow()
+        self._seen_webhooks.age(now)
+        self._seen_webhooks.add(ev.id)
         if ev.event not in webhooks.KNOWN_EVENTS:
             telemetry.record_unknown(self.metrics, [("webhook_event", ev.event)])
-        rec = webhooks.record(ev, body, utcnow())
+        rec = webhooks.record(ev, body, now)
         try:
             stored = await self._store_webhook(rec)
         except BaseException:
-            self._seen_webhooks.pop(ev.id, None)  # not kept: LiveKit's redelivery must count
+            self._seen_webhooks.discard(ev.id)  # not kept: LiveKit's redelivery must count
             raise
         if stored is False:
             return "duplicate"

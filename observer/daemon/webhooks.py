@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import binascii
 import json
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import jwt
@@ -20,8 +20,13 @@ from observer.core.events import (
     WebhookRoomFinished,
 )
 from observer.core.protocol_values import detail_value, participant_kind, reason_value
+from observer.core.recent import Recent
 from observer.db.writes import WebhookRecord
 
+# The ids of events handled lately, answered `duplicate` without asking the database (which
+# decides for older ones): an hour at least, two at most, and never more than a cap
+SEEN_KEEP = timedelta(hours=1)
+SEEN_MAX = 50_000
 LEFT_EVENTS = frozenset({"participant_left", "participant_connection_aborted"})
 KNOWN_EVENTS = frozenset(
     {
@@ -135,6 +140,10 @@ def usage_report(text: str, received_at: datetime) -> UsageReport:
         source="http",
         models=models,
     )
+
+
+def seen_ids() -> Recent[str]:
+    return Recent(SEEN_KEEP, SEEN_MAX)
 
 
 def record(ev: api.WebhookEvent, body: str, received_at: datetime) -> WebhookRecord:
