@@ -13,6 +13,7 @@ import pytest
 
 from observer.config import LiveKitSettings, Settings
 from observer.core import gaps
+from observer.core.agent_usage import ModelUsage, UsageReport
 from observer.core.changes import Open
 from observer.core.discovery import ListedRoom
 from observer.core.events import (
@@ -26,6 +27,7 @@ from observer.core.events import (
     SeenParticipant,
     ServerListing,
     Tick,
+    UsageReported,
     WebhookJoined,
 )
 from observer.core.recent import Recent
@@ -200,53 +202,63 @@ def test_the_tracker_s_bookkeeping_of_rooms_that_come_and_go_stays_bounded() -> 
 
 
 def test_a_key_is_remembered_an_hour_at_least_and_two_at_most() -> None:
-    r = Recent[str](timedelta(hours=1), 5)
+    r = Recent[str, int](timedelta(hours=1), 5)
     r.age(T0)
-    r.add("a")
+    r.add("a", 1)
     r.age(T0 + timedelta(minutes=59))
-    assert "a" in r
+    assert "a" in r and r.get("a") == 1
     r.age(T0 + timedelta(minutes=60))  # a generation begins; "a" is in the old one
-    r.add("b")
+    r.add("b", 2)
     r.age(T0 + timedelta(minutes=119))
-    assert "a" in r and "b" in r
+    assert r.get("a") == 1 and r.get("b") == 2
     r.age(T0 + timedelta(minutes=120))
     assert "a" not in r and "b" in r and len(r) == 1
     r.age(T0 + timedelta(minutes=300))  # no clock for hours: everything is older than two
     assert len(r) == 0
     for k in "cdefgh":
-        r.add(k)
+        r.add(k, 0)
     assert len(r) == 5 and "c" not in r and "h" in r  # the cap: the oldest go first
     r.age(T0 + timedelta(minutes=360))
-    r.add("i")
-    r.add("j")
+    r.add("i", 0)
+    r.add("j", 0)
     assert (
         len(r) == 5
         and "d" not in r
         and "e" not in r
         and {"f", "g", "h", "i", "j"} <= {k for k in "cdefghij" if k in r}
     )
-    r.discard("j")
-    assert "j" not in r
+    r.add("f", 6)  # moved to the new generation
+    r.age(T0 + timedelta(minutes=420))
+    assert r.get("f") == 6 and r.get("g") is None
+    r.discard("f")
+    assert "f" not in r
 
 
 def test_closed_sessions_are_remembered_by_the_hour_not_by_a_cap() -> None:
-    """Two sessions a second closing for six hours: the tracker remembers the keys of two
-    hours of them at most, and a late sighting of a session closed 59 minutes before, by
-    webhook or a room's snapshot, does not open it again."""
+    """Two sessions a second, each reporting usage, closing for six hours: the tracker
+    remembers the keys (and the usage totals written) of two hours of them at most, and a
+    late sighting of a session closed 59 minutes before, by webhook or a room's snapshot,
+    does not open it again."""
     tracker = SessionTracker(frozenset({"agent"}))
     at = T0
     room = "RM_busy"
     tracker.handle(RoomJoined("busy", room, (), at))
-    most = 0
+    most = most_usage = 0
     for n in range(6 * 3600 * 2):
         at += timedelta(seconds=0.5)
         p = agent(f"PA_{n}", at)
         tracker.handle(ParticipantJoined("busy", room, p, at))
+        usage = ModelUsage("llm", "openai", "gpt-x", input_tokens=n)
+        tracker.handle(
+            UsageReported(UsageReport(room, p.sid, p.identity, at, at, "room", (usage,)))
+        )
         tracker.handle(ParticipantLeft(room, p.sid, "CLIENT_INITIATED", at))
         if n % 2:
             tracker.handle(Tick(at))
         most = max(most, len(tracker._s.recently_closed))
+        most_usage = max(most_usage, len(tracker._usage._written))
     assert 3600 * 2 <= most <= 2 * 3600 * 2 + 2
+    assert 3600 * 2 <= most_usage <= 2 * 3600 * 2 + 2  # the totals last written, likewise
     assert not tracker.open_sessions
     closed_lately = agent(f"PA_{6 * 3600 * 2 - 59 * 60 * 2}", T0)
     late = at + timedelta(seconds=1)

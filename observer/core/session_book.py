@@ -55,7 +55,7 @@ class SessionBook:
     # sighting by another observer is this much older than the truth, and still recent
     last_seen_refresh_s: float = 15.0
     open: OpenSessions = field(default_factory=OpenSessions)
-    recently_closed: Recent[SessionKey] = field(
+    recently_closed: Recent[SessionKey, None] = field(
         default_factory=lambda: Recent(RECENTLY_CLOSED_KEEP, RECENTLY_CLOSED_MAX)
     )
     # leaves reported without a reason, not yet confirmed by the server's API
@@ -170,7 +170,7 @@ class SessionBook:
         self.witness.pop(key, None)
         # (a leave that was not yet confirmed left the room's numbers as they were)
         self.occupancy.departed(key.room_sid, key.participant_sid)
-        self.recently_closed.add(key)
+        self.recently_closed.add(key, None)
         self.in_view.discard(key)
         self.witnessed.discard(key)
         self.seen_live.discard(key)

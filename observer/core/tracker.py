@@ -476,6 +476,7 @@ class SessionTracker:
             del self._listing_asked[room_sid]
         self._gaps.prune(self._rooms, at)
         self._s.recently_closed.age(at)
+        self._usage.age(at)
         ops += self._stuck(at)
         if self._last_refresh is None:
             self._last_refresh = at

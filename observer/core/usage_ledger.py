@@ -4,12 +4,17 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
 
 from observer.core.agent_usage import ModelUsage, UsageReport
 from observer.core.changes import RecordUsage, UsageFlagged
 from observer.core.events import SessionKey
+from observer.core.recent import Recent
 
-# How many sessions' models (and flags) are remembered
+# How long the totals written for a session's model are remembered (a report of the same
+# totals after that is written again, and changes nothing), and how many at most; and how
+# many sessions' flags
+WRITTEN_KEEP = timedelta(hours=1)
 REMEMBERED_MAX = 100_000
 
 
@@ -17,8 +22,8 @@ REMEMBERED_MAX = 100_000
 class UsageLedger:
     """The totals this observer last wrote per session and model, and the flags raised."""
 
-    _written: OrderedDict[tuple[SessionKey, tuple[str, str, str]], ModelUsage] = field(
-        default_factory=OrderedDict
+    _written: Recent[tuple[SessionKey, tuple[str, str, str]], ModelUsage] = field(
+        default_factory=lambda: Recent(WRITTEN_KEEP, REMEMBERED_MAX)
     )
     _flagged: OrderedDict[tuple[SessionKey, str], None] = field(default_factory=OrderedDict)
 
@@ -31,11 +36,11 @@ class UsageLedger:
             seen = (key, m.key)
             if self._written.get(seen) != m:
                 changed.append(m)
-                self._written[seen] = m
-                self._written.move_to_end(seen)
-        while len(self._written) > REMEMBERED_MAX:
-            self._written.popitem(last=False)
+                self._written.add(seen, m)
         return [RecordUsage(replace(r, models=tuple(changed)))] if changed else []
+
+    def age(self, at: datetime) -> None:
+        self._written.age(at)
 
     def flags(self, r: UsageReport, *, session_known: bool) -> list[UsageFlagged]:
         """Each flag once per session: `unseen_session` (reported in a room for a session

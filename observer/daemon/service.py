@@ -430,7 +430,7 @@ class Observer:
             return "duplicate"
         now = utcnow()
         self._seen_webhooks.age(now)
-        self._seen_webhooks.add(ev.id)
+        self._seen_webhooks.add(ev.id, None)
         if ev.event not in webhooks.KNOWN_EVENTS:
             telemetry.record_unknown(self.metrics, [("webhook_event", ev.event)])
         rec = webhooks.record(ev, body, now)

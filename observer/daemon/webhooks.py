@@ -142,7 +142,7 @@ def usage_report(text: str, received_at: datetime) -> UsageReport:
     )
 
 
-def seen_ids() -> Recent[str]:
+def seen_ids() -> Recent[str, None]:
     return Recent(SEEN_KEEP, SEEN_MAX)
 
 
