@@ -175,6 +175,7 @@ def test_the_tracker_s_bookkeeping_of_rooms_that_come_and_go_stays_bounded() -> 
         most_asked = max(most_asked, len(tracker._listing_asked))
         most_gaps = max(most_gaps, len(tracker._gaps))
         most_closed = max(most_closed, len(book.recently_closed))
+    tracker.handle(Tick(at + timedelta(hours=1)))
     tracker.handle(Tick(at + timedelta(hours=2)))
     assert most_asked <= 2
     # a gone room's mark lasts an hour: at a room a minute, an hour of rooms at most
@@ -213,12 +214,17 @@ def test_a_key_is_remembered_an_hour_at_least_and_two_at_most() -> None:
     assert r.get("a") == 1 and r.get("b") == 2
     r.age(T0 + timedelta(minutes=120))
     assert "a" not in r and "b" in r and len(r) == 1
-    r.age(T0 + timedelta(minutes=300))  # no clock for hours: everything is older than two
+    r.add("x", 3)
+    r.age(T0 + timedelta(minutes=300))  # no clock for hours: "x" is kept one more period
+    assert "b" not in r and "x" in r
+    r.age(T0 + timedelta(minutes=359))
+    assert "x" in r
+    r.age(T0 + timedelta(minutes=360))
     assert len(r) == 0
     for k in "cdefgh":
         r.add(k, 0)
     assert len(r) == 5 and "c" not in r and "h" in r  # the cap: the oldest go first
-    r.age(T0 + timedelta(minutes=360))
+    r.age(T0 + timedelta(minutes=420))
     r.add("i", 0)
     r.add("j", 0)
     assert (
@@ -228,7 +234,7 @@ def test_a_key_is_remembered_an_hour_at_least_and_two_at_most() -> None:
         and {"f", "g", "h", "i", "j"} <= {k for k in "cdefghij" if k in r}
     )
     r.add("f", 6)  # moved to the new generation
-    r.age(T0 + timedelta(minutes=420))
+    r.age(T0 + timedelta(minutes=480))
     assert r.get("f") == 6 and r.get("g") is None
     r.discard("f")
     assert "f" not in r

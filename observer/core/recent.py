@@ -1,6 +1,6 @@
 """Keys, with a value each, remembered for a while, in two generations: a key added is
-kept at least `keep` and forgotten once it is older than twice that (when the clock is
-moved on with `age`), and never more than `most` are kept (the oldest go first). Memory
+kept at least `keep`, and forgotten by the time it is twice that old if the clock is moved
+on (`age`) at least every `keep`; never more than `most` are kept (the oldest go first). Memory
 then follows the rate of keys added, not the length of the run: a daemon that runs for
 months keeps an hour or two of them, reached within hours, instead of filling a cap over
 days."""
@@ -50,6 +50,5 @@ class Recent(Generic[K, V]):
         if self._since is None:
             self._since = at
         elif at - self._since >= self.keep:
-            self._old = self._new if at - self._since < 2 * self.keep else {}
-            self._new = {}
+            self._old, self._new = self._new, {}
             self._since = at
