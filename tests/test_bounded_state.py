@@ -32,7 +32,7 @@ from observer.core.events import (
 )
 from observer.core.recent import Recent
 from observer.core.tracker import SessionTracker
-from observer.daemon import ended_rooms, rooms
+from observer.daemon import ended_rooms, rooms, webhooks
 from observer.daemon.ended_rooms import EndedRooms
 from observer.livekit_api import Client
 
@@ -274,3 +274,23 @@ def test_closed_sessions_are_remembered_by_the_hour_not_by_a_cap() -> None:
     ):
         assert not [w for w in tracker.handle(ev).writes if isinstance(w, Open)]
     assert not tracker.open_sessions
+
+
+def test_webhook_ids_are_remembered_for_minutes_not_by_a_cap() -> None:
+    """Eight webhook events a second for three hours: the ids of ten to twenty minutes of
+    them are kept, a redelivery within LiveKit's five minutes of retrying is answered
+    `duplicate` without the database, and an id forgotten is new again (for the database to
+    decide); an event not kept is forgotten at once."""
+    seen = webhooks.SeenIds()
+    at = T0
+    most = 0
+    for n in range(3 * 3600 * 8):
+        at += timedelta(seconds=0.125)
+        assert seen.first(f"EV_{n}", at)
+        if n >= 5 * 60 * 8:
+            assert not seen.first(f"EV_{n - 5 * 60 * 8}", at)  # redelivered 5 minutes on
+        most = max(most, len(seen))
+    assert 10 * 60 * 8 <= most <= 20 * 60 * 8 + 1
+    assert seen.first("EV_0", at)  # three hours on: the database decides
+    seen.forget("EV_0")
+    assert seen.first("EV_0", at)

@@ -117,7 +117,7 @@ class Observer:
         self.web: WebServer | None = None
         self.page_store: Store | None = None  # the page's threads and connections
         self.exit_code = EXIT_OK
-        self._seen_webhooks = webhooks.seen_ids()
+        self._seen_webhooks = webhooks.SeenIds()
         self._stop = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._api: livekit_api.Client | None = None
@@ -426,18 +426,16 @@ class Observer:
         The database decides whether an event is new, so a redelivery after a restart, or to
         another observer, is answered `duplicate`. While the database cannot answer, the
         event goes through the writer like any write and counts as new."""
-        if ev.id in self._seen_webhooks:
-            return "duplicate"
         now = utcnow()
-        self._seen_webhooks.age(now)
-        self._seen_webhooks.add(ev.id, None)
+        if not self._seen_webhooks.first(ev.id, now):
+            return "duplicate"
         if ev.event not in webhooks.KNOWN_EVENTS:
             telemetry.record_unknown(self.metrics, [("webhook_event", ev.event)])
         rec = webhooks.record(ev, body, now)
         try:
             stored = await self._store_webhook(rec)
         except BaseException:
-            self._seen_webhooks.discard(ev.id)  # not kept: LiveKit's redelivery must count
+            self._seen_webhooks.forget(ev.id)
             raise
         if stored is False:
             return "duplicate"

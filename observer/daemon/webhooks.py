@@ -24,8 +24,10 @@ from observer.core.recent import Recent
 from observer.db.writes import WebhookRecord
 
 # The ids of events handled lately, answered `duplicate` without asking the database (which
-# decides for older ones): an hour at least, two at most, and never more than a cap
-SEEN_KEEP = timedelta(hours=1)
+# decides for older ones): ten minutes at least, twenty at most, and never more than a cap.
+# LiveKit gives up on an event within five minutes (its default client timeout; queued
+# events older than 30 s are dropped), so its redeliveries fall inside the window.
+SEEN_KEEP = timedelta(minutes=10)
 SEEN_MAX = 50_000
 LEFT_EVENTS = frozenset({"participant_left", "participant_connection_aborted"})
 KNOWN_EVENTS = frozenset(
@@ -142,8 +144,26 @@ def usage_report(text: str, received_at: datetime) -> UsageReport:
     )
 
 
-def seen_ids() -> Recent[str, None]:
-    return Recent(SEEN_KEEP, SEEN_MAX)
+class SeenIds:
+    """The ids of the events handled lately (see SEEN_KEEP)."""
+
+    def __init__(self) -> None:
+        self._ids: Recent[str, None] = Recent(SEEN_KEEP, SEEN_MAX)
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def first(self, event_id: str, at: datetime) -> bool:
+        """False if `event_id` was handled lately; otherwise remember it from `at`."""
+        if event_id in self._ids:
+            return False
+        self._ids.age(at)
+        self._ids.add(event_id, None)
+        return True
+
+    def forget(self, event_id: str) -> None:
+        """The event was not kept after all: its redelivery must count."""
+        self._ids.discard(event_id)
 
 
 def record(ev: api.WebhookEvent, body: str, received_at: datetime) -> WebhookRecord:
