@@ -34,6 +34,9 @@ from observer.core.recent import Recent
 from observer.core.tracker import SessionTracker
 from observer.daemon import ended_rooms, rooms, webhooks
 from observer.daemon.ended_rooms import EndedRooms
+from observer.daemon.fleet import Fleet
+from observer.daemon.telemetry import Metrics
+from observer.db.fleet import Member
 from observer.livekit_api import Client
 
 pytestmark = pytest.mark.unit
@@ -294,3 +297,54 @@ def test_webhook_ids_are_remembered_for_minutes_not_by_a_cap() -> None:
     assert seen.first("EV_0", at)  # three hours on: the database decides
     seen.forget("EV_0")
     assert seen.first("EV_0", at)
+
+
+class Heartbeats:
+    """A store whose heartbeat answers with the live observers it is given."""
+
+    def __init__(self) -> None:
+        self.live: list[Member] = []
+        self.heartbeat = object()
+
+    async def run(self, fn: object, **_: object) -> list[Member]:
+        assert fn is self.heartbeat
+        return self.live
+
+
+async def test_observers_that_died_leave_no_series_behind() -> None:
+    """A fleet whose observers come and go for months (a pod's name each) shows the rooms of
+    the live ones only: a dead observer's series goes with it, not kept at its last value."""
+    settings = Settings.from_mapping(
+        {"OBSERVER_ID": "obs-0", "OBSERVER_HTTP_ADDR": "off"}, need_livekit=False
+    )
+    metrics = Metrics()
+    store = Heartbeats()
+    fleet = Fleet(
+        settings,
+        store,  # type: ignore[arg-type]
+        metrics,
+        run_id="run",
+        rooms_inside=lambda: ["a"],
+        on_change=lambda: None,
+        on_id_taken=lambda: None,
+    )
+
+    def member(observer_id: str, rooms: int) -> Member:
+        inside = tuple(f"room-{i}" for i in range(rooms))
+        return Member(observer_id, "host", 1, T0, T0, False, inside, "run")
+
+    def shown() -> dict[str, float]:
+        return {
+            s.labels["observer"]: s.value
+            for metric in metrics.registry.collect()
+            if metric.name == "observer_fleet_rooms_per_observer"
+            for s in metric.samples
+        }
+
+    for n in range(1, 1001):  # a thousand pods, three alive at a time
+        store.live = [member("obs-0", 5), member(f"pod-{n}", n % 7), member(f"pod-{n + 1}", 2)]
+        await fleet.beat()
+        assert shown() == {"obs-0": 5.0, f"pod-{n}": float(n % 7), f"pod-{n + 1}": 2.0}
+    store.live = [member("obs-0", 9)]
+    await fleet.beat()
+    assert shown() == {"obs-0": 9.0}

@@ -70,6 +70,7 @@ class Fleet:
         self._failing_since: float | None = None
         self._stopping = False
         self._beats = 0
+        self._shown: set[str] = set()  # the observers in `observer_fleet_rooms_per_observer`
         metrics.observers_alive.set_function(lambda: len(self.members))
 
     @property
@@ -137,6 +138,10 @@ class Fleet:
         if time.monotonic() - self._healthy_since < self.failover_s:
             live |= set(self.members)  # just back: nobody is taken for dead yet
         self._set_members(tuple(sorted(live)))
+        shown = {m.observer_id for m in members}
+        for gone in self._shown - shown:  # dead or replaced: no series left at its last value
+            self._metrics.rooms_per_observer.remove(gone)
+        self._shown = shown
         for m in members:
             self._metrics.rooms_per_observer.labels(observer=m.observer_id).set(len(m.rooms))
         self._beats += 1
